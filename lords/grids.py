@@ -35,9 +35,17 @@ def normal_float(bits: int) -> torch.Tensor:
     ``2**(b-1)`` positive and ``2**(b-1) - 1`` negative quantiles of N(0, 1), taken between
     ``offset`` and 1/2, normalised by the largest so the grid spans ``[-1, 1]``. The offset
     generalises bitsandbytes' 0.9677 = 1 - (1/(2·15) + 1/(2·16)) / 2 to any bit width.
-    Returns shape ``(2**bits,)`` float32, sorted ascending.
+    Returns shape ``(2**bits,)`` float32, sorted ascending. NF4 returns bitsandbytes' table itself:
+    the construction matches it to 2e-7 (scipy's and torch's quantile functions differ in the last bit),
+    and QLoRA checkpoints must agree code for code.
     """
     _check_bits(bits)
+    if bits == 4:
+        return torch.tensor(NF4_BITSANDBYTES, dtype=torch.float32)
+    return _normal_float_construction(bits)
+
+
+def _normal_float_construction(bits: int) -> torch.Tensor:
     n = 2**bits
     offset = 1.0 - 0.5 * (1.0 / (2 * (n - 1)) + 1.0 / (2 * n))
     half = n // 2
@@ -72,12 +80,17 @@ def make_grid(name: str, bits: int) -> torch.Tensor:
 def nearest_code(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Index of the nearest grid value for every element of ``x`` (any shape), as uint8.
 
-    ``bucketize`` on the midpoints between sorted grid values: O(log G) per element, no
-    ``(numel, G)`` distance matrix. Ties go to the lower code, as bitsandbytes' CPU path does.
+    The code is the number of midpoints between sorted grid values that ``x`` exceeds; ties go to
+    the lower code. One vectorised comparison per midpoint (at most 15) runs several times faster on
+    CPU than ``torch.bucketize``, which gives the same answer.
     """
     grid = grid.to(device=x.device, dtype=torch.float32)
-    mids = (grid[1:] + grid[:-1]) / 2
-    return torch.bucketize(x.float().contiguous(), mids, right=False).to(torch.uint8)
+    mids = ((grid[1:] + grid[:-1]) / 2).tolist()
+    x = x.float()
+    codes = torch.zeros(x.shape, dtype=torch.uint8, device=x.device)
+    for mid in mids:
+        codes += x > mid
+    return codes
 
 
 def bits_per_weight(bits: int, block_size: int, scale_bits: int = 16) -> float:

@@ -1,0 +1,180 @@
+"""Quantized linear modules: ``LoRDSLinear`` (codes ⊙ B·A) and ``BlockLinear`` (codes ⊙ block scales).
+
+Both hold packed codes, never the float weight. ``LoRDSLinear`` computes its forward through a
+backend chosen per module: ``"torch"`` (the reference below, any device), ``"triton"`` (registered
+by the ``kernels`` package when imported) or ``"auto"`` (Triton for CUDA inputs when registered).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blockwise import dequantize, expand_blocks
+from .errors import ConfigError, ShapeError
+from .packing import packed_width, unpack_codes
+
+Backend = Callable[["LoRDSLinear", torch.Tensor], torch.Tensor]
+_BACKENDS: dict[str, Backend] = {}
+BACKEND_NAMES = ("auto", "torch", "triton")
+
+
+def register_backend(name: str, fn: Backend) -> None:
+    """Make ``fn(layer, x) -> y`` available to LoRDSLinear as backend ``name``."""
+    if name not in BACKEND_NAMES[1:]:
+        raise ConfigError(f"backend name {name!r} is not one of {BACKEND_NAMES[1:]}")
+    _BACKENDS[name] = fn
+
+
+def available_backends() -> tuple[str, ...]:
+    return tuple(_BACKENDS)
+
+
+class _QuantizedLinear(nn.Module):
+    """What both layers share: packed codes, the grid, an optional bias."""
+
+    def __init__(self, in_features: int, out_features: int, bits: int, grid: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features, self.bits = in_features, out_features, bits
+        if grid.shape != (2**bits,):
+            raise ShapeError(f"grid must have shape ({2**bits},) at {bits} bits, got {tuple(grid.shape)}")
+        self.register_buffer("qweight", torch.zeros(out_features, packed_width(in_features, bits), dtype=torch.uint8))
+        self.register_buffer("grid", grid.detach().float().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.cache_weight = False
+        self._cache = None
+
+    def codes(self) -> torch.Tensor:
+        """Unpacked codes ``(out, in)`` uint8."""
+        return unpack_codes(self.qweight, self.bits, self.in_features)
+
+    def set_codes(self, codes: torch.Tensor) -> None:
+        from .packing import pack_codes
+
+        if codes.shape != (self.out_features, self.in_features):
+            raise ShapeError(f"codes {tuple(codes.shape)} do not match ({self.out_features}, {self.in_features})")
+        self.qweight.copy_(pack_codes(codes.to(self.qweight.device), self.bits))
+
+    def scale_matrix(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def weight_for(self, dtype: torch.dtype) -> torch.Tensor:
+        """``W_hat`` in ``dtype`` for the torch path; reused while ``cache_weight`` is on, nothing
+        needs gradients and no stored tensor has changed (inference-only speed-up, costs W's memory)."""
+        key = (dtype, self.qweight._version, *(p._version for p in self.parameters()))
+        if self.cache_weight and not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        weight = self.grid[self.codes().long()].to(dtype) * self.scale_matrix_in(dtype)
+        if self.cache_weight and not torch.is_grad_enabled():
+            self._cache = (key, weight)
+        return weight
+
+    def scale_matrix_in(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.scale_matrix().to(dtype)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """``W_hat = grid[Q] ⊙ S``, ``(out, in)`` float32 (for tests and reference math)."""
+        return dequantize(self.codes(), self.scale_matrix(), self.grid)
+
+    def float_params(self) -> int:
+        """Floats stored besides the codes (scale parameters; bias excluded)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, bias={self.bias is not None}"
+
+
+class LoRDSLinear(_QuantizedLinear):
+    """``y = x · (grid[Q] ⊙ (B·A))ᵀ + bias``; ``qweight (out, packed)``, ``B (out, r)``, ``A (r, in)``."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bits: int, grid: torch.Tensor,
+                 bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32):
+        super().__init__(in_features, out_features, bits, grid, bias)
+        self.rank = rank
+        self.B = nn.Parameter(torch.zeros(out_features, rank, dtype=dtype), requires_grad=False)
+        self.A = nn.Parameter(torch.zeros(rank, in_features, dtype=dtype), requires_grad=False)
+        self.backend = "auto"
+
+    def scale_matrix(self) -> torch.Tensor:
+        return self.B.float() @ self.A.float()
+
+    def float_params(self) -> int:
+        return self.B.numel() + self.A.numel()
+
+    def scale_matrix_in(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.B.to(dtype) @ self.A.to(dtype)
+
+    def set_backend(self, name: str) -> "LoRDSLinear":
+        if name not in BACKEND_NAMES:
+            raise ConfigError(f"backend={name!r} is not one of {BACKEND_NAMES}")
+        if name != "auto" and name not in _BACKENDS:
+            raise ConfigError(f"backend {name!r} is not registered (import kernels to register 'triton')")
+        self.backend = name
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        name = self.backend
+        if name == "auto":
+            name = "triton" if x.is_cuda and "triton" in _BACKENDS else "torch"
+        return _BACKENDS[name](self, x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", rank={self.rank}, backend={self.backend}"
+
+
+def lords_forward_reference(layer: LoRDSLinear, x: torch.Tensor) -> torch.Tensor:
+    """The specification: dequantize in the activation dtype, then one matmul. Gradients reach x, B, A."""
+    if x.shape[-1] != layer.in_features:
+        raise ShapeError(f"input has {x.shape[-1]} features, layer expects {layer.in_features}")
+    weight = layer.weight_for(x.dtype)
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    return F.linear(x, weight, bias)
+
+
+register_backend("torch", lords_forward_reference)
+
+
+class BlockLinear(_QuantizedLinear):
+    """Block-wise baseline: ``y = x · (grid[Q] ⊙ expand(scales))ᵀ + bias``; ``scales (out, ceil(in/block))``."""
+
+    def __init__(self, in_features: int, out_features: int, block_size: int, bits: int, grid: torch.Tensor,
+                 bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32):
+        super().__init__(in_features, out_features, bits, grid, bias)
+        self.block_size = block_size
+        nb = -(-in_features // block_size)
+        self.scales = nn.Parameter(torch.zeros(out_features, nb, dtype=dtype), requires_grad=False)
+
+    def scale_matrix(self) -> torch.Tensor:
+        return expand_blocks(self.scales.float(), self.in_features, self.block_size)
+
+    def float_params(self) -> int:
+        return self.scales.numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ShapeError(f"input has {x.shape[-1]} features, layer expects {self.in_features}")
+        weight = self.weight_for(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", block_size={self.block_size}"
+
+
+class cached_weights:
+    """Context manager: quantized modules of ``model`` reuse their dequantized weight under no_grad
+    (inference on CPU runs once per forward otherwise); the cache is dropped on exit."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, _QuantizedLinear)]
+
+    def __enter__(self):
+        for m in self.layers:
+            m.cache_weight = True
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.layers:
+            m.cache_weight, m._cache = False, None

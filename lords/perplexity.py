@@ -1,0 +1,35 @@
+"""Perplexity by the standard protocol: non-overlapping windows, exp of the mean next-token NLL."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, input_ids: torch.Tensor, window: int | None = None) -> tuple[float, int]:
+    """``(perplexity, tokens scored)`` of ``model`` on ``input_ids (1, T)``.
+
+    Windows of ``window`` tokens (default: 2048, or the model's context if smaller); inside each,
+    every token but the first is scored, so no token is scored twice and none sees another window.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ConfigError(f"input_ids must have shape (1, T), got {tuple(input_ids.shape)}")
+    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", 2048)
+    window = window or min(2048, ctx)
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    for start in range(0, input_ids.shape[1], window):
+        chunk = input_ids[:, start : start + window].to(device)
+        if chunk.shape[1] < 2:
+            continue
+        logits = model(chunk).logits.float()
+        nll += float(F.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum"))
+        count += chunk.shape[1] - 1
+    if count == 0:
+        raise ConfigError("need at least 2 tokens to compute perplexity")
+    return math.exp(nll / count), count

@@ -1,0 +1,62 @@
+"""A journal of finished layers, so an interrupted ``quantize_`` resumes after the last one.
+
+Each finished layer is written atomically as ``<dir>/layers/<name>.safetensors`` with its report in the
+metadata; ``<dir>/config.json`` pins the config, so a journal made with another config is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from torch import nn
+
+from .checkpoint import atomic_write_bytes, module_from_meta, module_meta
+from .errors import CheckpointError
+
+
+class LayerJournal:
+    def __init__(self, directory: str | os.PathLike, config):
+        self.dir = Path(directory)
+        (self.dir / "layers").mkdir(parents=True, exist_ok=True)
+        cfg_path = self.dir / "config.json"
+        wanted = json.dumps(config.to_dict(), sort_keys=True)
+        if cfg_path.exists():
+            if json.dumps(json.loads(cfg_path.read_text()), sort_keys=True) != wanted:
+                raise CheckpointError(f"{self.dir} holds a PTQ journal made with another config; use a new directory")
+        else:
+            atomic_write_bytes(cfg_path, wanted.encode())
+
+    def _path(self, name: str) -> Path:
+        return self.dir / "layers" / f"{name}.safetensors"
+
+    def save(self, name: str, module: nn.Module, report) -> None:
+        from safetensors.torch import save
+
+        meta = {"module": json.dumps(module_meta(module)), "report": json.dumps(report.__dict__)}
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        atomic_write_bytes(self._path(name), save(state, metadata=meta))
+
+    def load(self, name: str, linear: nn.Linear):
+        """The finished ``(module, report)`` of layer ``name``, or None if it has not been done."""
+        from safetensors import safe_open
+
+        from .quantize import LayerReport
+
+        path = self._path(name)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata()
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise CheckpointError(f"journal entry {path} is corrupt ({e}); delete it to redo that layer") from e
+        module = module_from_meta(json.loads(meta["module"]))
+        if (module.out_features, module.in_features) != tuple(linear.weight.shape):
+            raise CheckpointError(f"journal entry {path} has shape {(module.out_features, module.in_features)}, "
+                                  f"the layer has {tuple(linear.weight.shape)}")
+        module.load_state_dict(state)
+        report = json.loads(meta["report"])
+        report["shape"] = tuple(report["shape"])
+        return module.to(linear.weight.device), LayerReport(**report)

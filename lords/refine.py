@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .blockwise import expand_blocks, quantize_with_scale
+from .blockwise import expand_blocks
+from .grids import nearest_code
 from .config import RefineConfig
 from .errors import ConfigError, ShapeError
 
@@ -70,25 +71,67 @@ class RefineResult:
 
 def objective_fn(name: str, stats: LayerStats | None, in_features: int):
     """The loss ``f(E)`` for an error matrix ``E (n, m)``; mean-normalised so lr is shape-independent."""
+    weigh = _error_weighting(name, stats, in_features)
+    return lambda err: (err * weigh(err)).sum() / err.numel()
+
+
+def _error_weighting(name: str, stats: LayerStats | None, in_features: int):
+    """``h(E)`` with loss ``= ⟨E, h(E)⟩ / numel`` and gradient ``∂loss/∂E = 2·h(E) / numel``.
+
+    weight: ``h(E) = E``; act_diag: ``E ⊙ d`` with ``d = E[x²] / mean(E[x²])``; act: ``E·XᵀX / (t·mean(E[x²]))``.
+    The normalisations put every objective on the weight-MSE scale, so one lr fits all.
+    """
     if name == "weight":
-        return lambda err: err.pow(2).mean()
+        return lambda err: err
     if stats is None:
         raise ConfigError(f"objective={name!r} needs calibration statistics; none were collected for this layer")
     if stats.diag.shape != (in_features,):
         raise ShapeError(f"calibration diag has shape {tuple(stats.diag.shape)}, layer has {in_features} inputs")
+    norm = stats.diag.float().mean().clamp_min(1e-12)
     if name == "act_diag":
-        # Normalise by the mean so the loss is on the weight-MSE scale whatever the activation size.
-        d = (stats.diag / stats.diag.mean().clamp_min(1e-12)).float()
-        return lambda err: (err.pow(2) * d).mean()
+        d = stats.diag.float() / norm
+        return lambda err: err * d
     if name == "act":
-        if stats.sample is None:
+        if stats.sample is None or stats.sample.shape[0] == 0:
             raise ConfigError("objective='act' needs a sample of calibration inputs (sample_tokens > 0)")
         x = stats.sample.float()
-        norm = stats.diag.mean().clamp_min(1e-12).float()
-        return lambda err: (err @ x.T).pow(2).mean() / norm
+        scale = 1.0 / (x.shape[0] * norm)
+        return lambda err: ((err @ x.T) @ x) * scale
     raise ConfigError(f"objective={name!r} is not one of ('weight', 'act_diag', 'act')")
 
 
+class _Adam:
+    """Adam on a list of tensors with gradients given explicitly (no autograd graph per step)."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m, v.div(c2).sqrt_().add_(self.eps), value=-self.lr / c1)
+
+
+def _scale_grads(scale: nn.Module, grad_S: torch.Tensor) -> list[torch.Tensor]:
+    """Chain rule from ``∂loss/∂S (n, m)`` to the scale's parameters (``B, A`` or block scales)."""
+    if isinstance(scale, LowRankScale):
+        return [grad_S @ scale.A.T, scale.B.T @ grad_S]
+    if isinstance(scale, BlockScale):
+        n, m = grad_S.shape
+        nb, bs = scale.scales.shape[1], scale.block_size
+        padded = grad_S.new_zeros(n, nb * bs)
+        padded[:, :m] = grad_S
+        return [padded.view(n, nb, bs).sum(-1)]
+    raise ConfigError(f"cannot refine a scale of type {type(scale).__name__}")
+
+
+@torch.no_grad()
 def refine(
     weight: torch.Tensor,
     scale: nn.Module,
@@ -98,32 +141,36 @@ def refine(
 ) -> RefineResult:
     """Run Algorithm 1 in place on ``scale`` (left at its best iterate); ``weight (n, m)``.
 
-    Each iteration costs one scale forward/backward and one nearest-code search. Float32 math on
-    ``weight``'s device.
+    Gradients are written out by hand (``∂loss/∂S = −2·h(E) ⊙ grid[Q] / numel``), which on CPU runs
+    about twice as fast as autograd for these elementwise-heavy steps. Float32 math on ``weight``'s device.
     """
     w = weight.detach().float()
-    grid = grid.to(w.device)
+    grid = grid.to(w.device).float()
     scale = scale.to(w.device)
-    loss_of = objective_fn(config.objective, _to(stats, w.device), w.shape[1])
-    opt = torch.optim.Adam(scale.parameters(), lr=config.lr)
-    best_state = {k: v.detach().clone() for k, v in scale.state_dict().items()}
+    weigh = _error_weighting(config.objective, _to(stats, w.device), w.shape[1])
+    params = list(scale.parameters())
+    opt = _Adam(params, lr=config.lr)
+    best_params = [p.detach().clone() for p in params]
     result = RefineResult(codes=torch.empty(0))
     best = float("inf")
     for step in range(config.steps + 1):
         S = scale()
-        codes = quantize_with_scale(w, S.detach(), grid)
-        loss = loss_of(w - S * grid[codes.long()])
-        value = float(loss.detach())
+        # Where S is exactly 0, W/S is ±inf or NaN: the code is arbitrary and E = W either way.
+        codes = nearest_code(w / S, grid)
+        values = grid[codes.long()]
+        err = torch.addcmul(w, S, values, value=-1.0)
+        h = weigh(err)
+        value = float(torch.vdot(err.flatten(), h.flatten())) / err.numel()
         result.losses.append(value)
         if value < best:
             best, result.best_step, result.codes = value, step, codes
-            best_state = {k: v.detach().clone() for k, v in scale.state_dict().items()}
+            best_params = [p.detach().clone() for p in params]
         if step == config.steps:
             break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    scale.load_state_dict(best_state)
+        grad_S = h.mul_(values).mul_(-2.0 / err.numel())
+        opt.step(_scale_grads(scale, grad_S))
+    for p, b in zip(params, best_params):
+        p.copy_(b)
     return result
 
 

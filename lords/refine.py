@@ -8,7 +8,6 @@ the starting point included, so refinement never returns something worse than it
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -133,43 +132,19 @@ def _scale_grads(scale: nn.Module, grad_S: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _step(w, S, grid, mids, d, x, kind: str):
-    """One Algorithm-1 evaluation: codes of ``w / S``, the loss, and ``∂loss/∂S``; pure tensor math.
+    """One Algorithm-1 evaluation: codes of ``w / S``, the loss, and ``∂loss/∂S``.
 
     ``kind``: 'diag' (loss ``mean(E² ⊙ d)``, d = 1 for weight MSE) or 'act' (``⟨E, E·XᵀX⟩ / numel``,
-    with ``x`` already scaled). Written once for eager and ``torch.compile`` (which fuses the
-    elementwise passes into a few loops, 2–6× faster on CPU for large layers).
+    with ``x`` already scaled). In-place where it can: the step is memory-bound on CPU. (A
+    ``torch.compile``d version was tried: on one thread it ran 2× slower than this at 4 bits.)
     """
     # Where S is exactly 0, any code gives E = W: divide by 1 there.
-    u = w / torch.where(S == 0, torch.ones_like(S), S)
-    codes = (u.unsqueeze(-1) > mids).sum(-1)
-    values = grid[codes]
-    err = w - S * values
-    h = err * d if kind == "diag" else (err @ x.T) @ x
-    loss = (err * h).sum() / err.numel()
-    return codes.to(torch.uint8), loss, h * values * (-2.0 / err.numel())
-
-
-def _step_eager(w, S, grid, mids, d, x, kind: str):
-    """``_step`` with a loop over midpoints instead of the ``(n, m, G-1)`` broadcast eager would allocate."""
     codes = nearest_code(w / torch.where(S == 0, torch.ones_like(S), S), grid)
     values = grid[codes.long()]
     err = torch.addcmul(w, S, values, value=-1.0)
     h = err * d if kind == "diag" else (err @ x.T) @ x
     loss = torch.vdot(err.flatten(), h.flatten()) / err.numel()
     return codes, loss, h.mul_(values).mul_(-2.0 / err.numel())
-
-
-COMPILE_MIN_NUMEL = 1 << 17  # below this, compiling costs more than it saves
-_compiled = {"fn": None, "failed": False}
-
-
-def _step_fn(numel: int):
-    """The compiled step for large layers when ``torch.compile`` works here, else the eager one."""
-    if numel < COMPILE_MIN_NUMEL or _compiled["failed"] or not hasattr(torch, "compile"):
-        return _step_eager
-    if _compiled["fn"] is None:
-        _compiled["fn"] = torch.compile(_step, dynamic=True)
-    return _compiled["fn"]
 
 
 def _inputs(config: RefineConfig, stats: LayerStats | None, w: torch.Tensor):
@@ -208,17 +183,8 @@ def refine(
     best_params = [p.detach().clone() for p in params]
     result = RefineResult(codes=torch.empty(0))
     best = float("inf")
-    step_fn = _step_fn(w.numel())
     for step in range(config.steps + 1):
-        S = scale()
-        try:
-            codes, loss, grad_S = step_fn(w, S, grid, mids, d, x, kind)
-        except Exception as e:  # a compiler missing on this machine must not stop a PTQ run
-            if step_fn is _step_eager:
-                raise
-            warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); refining in eager mode")
-            _compiled["failed"], step_fn = True, _step_eager
-            codes, loss, grad_S = step_fn(w, S, grid, mids, d, x, kind)
+        codes, loss, grad_S = _step(w, scale(), grid, mids, d, x, kind)
         value = float(loss)
         result.losses.append(value)
         if value < best:

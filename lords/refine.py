@@ -142,7 +142,12 @@ def _step(w, S, grid, mids, d, x, kind: str):
     codes = nearest_code(w / torch.where(S == 0, torch.ones_like(S), S), grid)
     values = grid[codes.long()]
     err = torch.addcmul(w, S, values, value=-1.0)
-    h = err * d if kind == "diag" else (err @ x.T) @ x
+    if kind == "diag":
+        h = err * d
+    elif kind == "gram":  # x holds XᵀX (m, m): cheaper than two products with X when m < 2t
+        h = err @ x
+    else:
+        h = (err @ x.T) @ x
     loss = torch.vdot(err.flatten(), h.flatten()) / err.numel()
     return codes, loss, h.mul_(values).mul_(-2.0 / err.numel())
 
@@ -157,7 +162,10 @@ def _inputs(config: RefineConfig, stats: LayerStats | None, w: torch.Tensor):
     if config.objective == "act_diag":
         return (stats.diag.float() / norm).to(w.device), None, "diag"
     x = stats.sample.float().to(w.device)
-    return None, x / (x.shape[0] * norm).sqrt(), "act"
+    x = x / (x.shape[0] * norm).sqrt()
+    if m < 2 * x.shape[0]:
+        return None, x.T @ x, "gram"
+    return None, x, "act"
 
 
 @torch.no_grad()

@@ -1,0 +1,1 @@
+"""LoRDS Triton kernels."""

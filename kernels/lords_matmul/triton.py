@@ -1,0 +1,425 @@
+"""Triton kernels for ``y = x · (grid[Q] ⊙ (B·A))ᵀ + bias`` and its backward, on :mod:`.layout` codes.
+
+Four kernels, one launcher each (the math they implement is :mod:`.reference`):
+
+- ``_gemv_kernel`` (M = 1, decode): the activation-side identity ``y = Σ_j B[:, j] ⊙ (grid[Q] · (A[j] ⊙ x))``.
+  The tensor cores multiply raw code values ``(BN, T)`` by ``(A ⊙ x)ᵀ (T, R)`` into ``Z (BN, R)``; one
+  ``Σ_j B ⊙ Z`` at the end. No per-weight multiply by a scale at all.
+- ``_gemm_kernel`` (M ≥ 2, decode batches and prefill): the weight-side form. For every ``(T, BN)`` slice of the
+  weight it rebuilds the scale tile on chip, ``S = Aᵀ_tile · Bᵀ_tile`` (a ``tl.dot``), multiplies by the code
+  values and feeds ``x_tile · W_tile`` to the tensor cores. ``Q ⊙ (BA)`` never reaches memory.
+- ``_dx_kernel``: ``dx = dy · W_hat``, the same on-chip rebuild, summed over N.
+- ``_ds_kernel``: ``dS = (dyᵀ x) ⊙ grid[Q]`` per ``(BN, T)`` tile on chip, reduced at once into ``dB = dS Aᵀ``
+  (kept in registers along K) and ``dA = Bᵀ dS`` (one fp32 partial per N-block, summed after). ``dS`` never
+  reaches memory.
+
+Split-K (``gemv``/``gemm``): each split writes an fp32 partial; the last split of a tile to arrive (an atomic
+counter, reset by that split) sums them, adds the bias and writes ``y``: one launch, no memset.
+
+``DOT_FP32`` (set under ``TRITON_INTERPRET=1``): dots on fp32 operands, since the interpreter's bf16 dot is wrong.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .layout import T, KernelCodes, group_size
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _field(lo, hi, f, BITS: tl.constexpr):
+    """Codes of field ``f`` (int32) from a tile of ``lo`` bytes (and pre-shifted ``hi`` bytes at 3 bits)."""
+    if BITS == 4:
+        c = (lo >> (4 * f)) & 15
+    elif BITS == 2:
+        c = (lo >> (2 * f)) & 3
+    else:
+        c = ((lo >> (2 * f)) & 3) | (((hi >> f) & 1) << 2)
+    return c
+
+
+@triton.jit
+def _load_codes(lo_ptr, hi_ptr, rows, row_mask, g, offs_j, stride_lo, stride_hi, ROWS_FIRST: tl.constexpr,
+                BITS: tl.constexpr, T: tl.constexpr):
+    """Bytes of group ``g`` for ``rows``: ``(len(rows), T)`` if ROWS_FIRST else ``(T, len(rows))``, int32."""
+    if ROWS_FIRST:
+        lo = tl.load(lo_ptr + rows[:, None] * stride_lo + g * T + offs_j[None, :], mask=row_mask[:, None], other=0)
+    else:
+        lo = tl.load(lo_ptr + rows[None, :] * stride_lo + g * T + offs_j[:, None], mask=row_mask[None, :], other=0)
+    lo = lo.to(tl.int32)
+    if BITS == 3:
+        jj = offs_j % (T // 2)
+        sh = 4 * (offs_j // (T // 2))
+        if ROWS_FIRST:
+            hi = tl.load(hi_ptr + rows[:, None] * stride_hi + g * (T // 2) + jj[None, :], mask=row_mask[:, None], other=0)
+            hi = hi.to(tl.int32) >> sh[None, :]
+        else:
+            hi = tl.load(hi_ptr + rows[None, :] * stride_hi + g * (T // 2) + jj[:, None], mask=row_mask[None, :], other=0)
+            hi = hi.to(tl.int32) >> sh[:, None]
+    else:
+        hi = lo
+    return lo, hi
+
+
+@triton.jit
+def _splitk_epilogue(acc, offs_m, offs_n, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, lock_ptr, tile_id, pid_k,
+                     split_k, HAS_BIAS: tl.constexpr):
+    """Write ``acc (BM, BN)`` fp32: directly if one split, else through the partials and the last split."""
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if split_k > 1:
+        ws = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws + pid_k * M * N, acc, mask=mask)
+        count = tl.atomic_add(lock_ptr + tile_id, 1)  # acq_rel: our partial is visible before the count
+        if count == split_k - 1:
+            acc = tl.zeros_like(acc)
+            for s in range(0, split_k):
+                acc += tl.load(ws + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(lock_ptr + tile_id, 0)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
+                 N, K, r, n_groups, split_k, stride_lo, stride_hi, stride_bn, stride_ar,
+                 HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
+                 BN: tl.constexpr, DOT_FP32: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    cdt = tl.float32 if DOT_FP32 else x_ptr.dtype.element_ty
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    n_mask = offs_n < N
+    offs_j = tl.arange(0, T)
+    offs_r = tl.arange(0, R)
+    r_mask = offs_r < r
+    per = tl.cdiv(n_groups, split_k)
+    g0 = pid_k * per
+    g1 = tl.minimum(g0 + per, n_groups)
+    z = tl.zeros((BN, R), dtype=tl.float32)
+    for g in range(g0, g1):
+        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T)
+        for f in tl.static_range(F):
+            q = tl.load(grid_ptr + _field(lo, hi, f, BITS))  # (BN, T) code values
+            k = g * (F * T) + f * T + offs_j
+            k_mask = k < K
+            xk = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
+            # (A ⊙ x)ᵀ as a (T, R) tile
+            at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
+                         other=0.0).to(tl.float32)
+            xa = (at * xk[:, None]).to(cdt)
+            if DOT_FP32:
+                z = tl.dot(q, xa, z, input_precision="ieee")
+            else:
+                z = tl.dot(q.to(cdt), xa, z)
+    b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
+                other=0.0).to(tl.float32)
+    y = tl.sum(z * b, axis=1)
+    offs_m = tl.zeros((1,), dtype=tl.int32)
+    _splitk_epilogue(y[None, :], offs_m, offs_n, 1, N, y_ptr, 0, bias_ptr, ws_ptr, lock_ptr, pid_n, pid_k,
+                     split_k, HAS_BIAS)
+
+
+@triton.jit
+def _gemm_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
+                 M, N, K, r, n_groups, split_k, stride_xm, stride_ym, stride_lo, stride_hi, stride_bn, stride_ar,
+                 HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr, DOT_FP32: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    # grouped order: GROUP_M row-blocks share each weight column-block while it is in L2
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    gsize = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % gsize
+    pid_n = (pid % width) // gsize
+    cdt = tl.float32 if DOT_FP32 else x_ptr.dtype.element_ty
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    offs_j = tl.arange(0, T)
+    offs_r = tl.arange(0, R)
+    r_mask = offs_r < r
+    # Bᵀ tile (R, BN), kept for the whole K loop
+    bt = tl.load(B_ptr + offs_n[None, :] * stride_bn + offs_r[:, None], mask=r_mask[:, None] & n_mask[None, :],
+                 other=0.0).to(cdt)
+    per = tl.cdiv(n_groups, split_k)
+    g0 = pid_k * per
+    g1 = tl.minimum(g0 + per, n_groups)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for g in range(g0, g1):
+        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, False, BITS, T)
+        for f in tl.static_range(F):
+            k = g * (F * T) + f * T + offs_j
+            k_mask = k < K
+            at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
+                         other=0.0).to(cdt)  # Aᵀ tile (T, R)
+            if DOT_FP32:
+                s = tl.dot(at, bt, input_precision="ieee")  # Sᵀ tile (T, BN), fp32
+            else:
+                s = tl.dot(at, bt)
+            q = tl.load(grid_ptr + _field(lo, hi, f, BITS))  # (T, BN)
+            w = (q * s).to(cdt)
+            xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
+                         other=0.0).to(cdt)
+            if DOT_FP32:
+                acc = tl.dot(xt, w, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(xt, w, acc)
+    _splitk_epilogue(acc, offs_m, offs_n, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, lock_ptr,
+                     pid_m * num_n + pid_n, pid_k, split_k, HAS_BIAS)
+
+
+@triton.jit
+def _dx_kernel(dy_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dx_ptr, M, N, K, r,
+               stride_dym, stride_dxm, stride_lo, stride_hi, stride_bn, stride_ar,
+               BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr, DOT_FP32: tl.constexpr):
+    """``dx[:, kt] = dy · W_hat[:, kt]`` for one ``T``-wide slice ``kt`` of K (field ``f`` of group ``g``)."""
+    pid_m = tl.program_id(0)
+    kt = tl.program_id(1)
+    g = kt // F
+    f = kt % F
+    cdt = tl.float32 if DOT_FP32 else dy_ptr.dtype.element_ty
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    m_mask = offs_m < M
+    offs_j = tl.arange(0, T)
+    offs_r = tl.arange(0, R)
+    r_mask = offs_r < r
+    k = g * (F * T) + f * T + offs_j
+    k_mask = k < K
+    a = tl.load(A_ptr + offs_r[:, None] * stride_ar + k[None, :], mask=r_mask[:, None] & k_mask[None, :],
+                other=0.0).to(cdt)  # (R, T)
+    acc = tl.zeros((BM, T), dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        offs_n = n0 + tl.arange(0, BN)
+        n_mask = offs_n < N
+        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T)
+        q = tl.load(grid_ptr + _field(lo, hi, f, BITS))  # (BN, T)
+        b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
+                    other=0.0).to(cdt)
+        dyt = tl.load(dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :], mask=m_mask[:, None] & n_mask[None, :],
+                      other=0.0).to(cdt)
+        if DOT_FP32:
+            s = tl.dot(b, a, input_precision="ieee")
+            acc = tl.dot(dyt, (q * s).to(cdt), acc, input_precision="ieee")
+        else:
+            s = tl.dot(b, a)
+            acc = tl.dot(dyt, (q * s).to(cdt), acc)
+    tl.store(dx_ptr + offs_m[:, None] * stride_dxm + k[None, :], acc.to(dx_ptr.dtype.element_ty),
+             mask=m_mask[:, None] & k_mask[None, :])
+
+
+@triton.jit
+def _ds_kernel(dy_ptr, x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr, dA_ws_ptr, M, N, K, r,
+               n_slices, slices_per, stride_dym, stride_xm, stride_lo, stride_hi, stride_bn, stride_ar,
+               BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
+               BN: tl.constexpr, BM: tl.constexpr, DOT_FP32: tl.constexpr):
+    """For N-block ``pid_n`` and a run of K slices: ``dS = (dyᵀ x) ⊙ grid[Q]`` on chip, then
+    ``dB_ws[pid_k, rows] = Σ dS Aᵀ`` and ``dA_ws[pid_n, :, slice] = Bᵀ dS`` (fp32 partials)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    cdt = tl.float32 if DOT_FP32 else dy_ptr.dtype.element_ty
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    n_mask = offs_n < N
+    offs_j = tl.arange(0, T)
+    offs_r = tl.arange(0, R)
+    r_mask = offs_r < r
+    b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
+                other=0.0).to(tl.float32)  # (BN, R)
+    bt = tl.trans(b)
+    dB = tl.zeros((BN, R), dtype=tl.float32)
+    kt0 = pid_k * slices_per
+    kt1 = tl.minimum(kt0 + slices_per, n_slices)
+    for kt in range(kt0, kt1):
+        g = kt // F
+        f = kt % F
+        k = g * (F * T) + f * T + offs_j
+        k_mask = k < K
+        gacc = tl.zeros((BN, T), dtype=tl.float32)
+        for m0 in range(0, M, BM):
+            offs_m = m0 + tl.arange(0, BM)
+            m_mask = offs_m < M
+            dyt = tl.load(dy_ptr + offs_m[None, :] * stride_dym + offs_n[:, None],
+                          mask=m_mask[None, :] & n_mask[:, None], other=0.0).to(cdt)  # (BN, BM)
+            xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
+                         other=0.0).to(cdt)  # (BM, T)
+            if DOT_FP32:
+                gacc = tl.dot(dyt, xt, gacc, input_precision="ieee")
+            else:
+                gacc = tl.dot(dyt, xt, gacc)
+        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T)
+        ds = gacc * tl.load(grid_ptr + _field(lo, hi, f, BITS))  # (BN, T) fp32: tf32 dots keep fp32 range
+        at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
+                     other=0.0).to(tl.float32)  # (T, R)
+        if DOT_FP32:
+            dB = tl.dot(ds, at, dB, input_precision="ieee")
+            dA = tl.dot(bt, ds, input_precision="ieee")
+        else:
+            dB = tl.dot(ds, at, dB)
+            dA = tl.dot(bt, ds)
+        tl.store(dA_ws_ptr + pid_n * R * K + offs_r[:, None] * K + k[None, :], dA,
+                 mask=r_mask[:, None] & k_mask[None, :])
+    tl.store(dB_ws_ptr + pid_k * N * R + offs_n[:, None] * R + offs_r[None, :], dB, mask=n_mask[:, None])
+
+
+# ----------------------------------------------------------------------------------------------- launchers
+
+_SCRATCH: dict = {}
+_LOCKS = 1 << 16
+
+
+def _scratch(device: torch.device, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split-K partials (fp32, grown on demand) and tile counters (int32, zero between launches)."""
+    key = (device.type, device.index)
+    ws, locks = _SCRATCH.get(key, (None, None))
+    if ws is None or ws.numel() < numel:
+        ws = torch.empty(max(numel, 1 << 20), dtype=torch.float32, device=device)
+        if locks is None:
+            locks = torch.zeros(_LOCKS, dtype=torch.int32, device=device)
+        _SCRATCH[key] = (ws, locks)
+    return ws, locks
+
+
+def rank_pad(r: int) -> int:
+    return max(16, triton.next_power_of_2(r))
+
+
+def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) -> dict:
+    """A tile choice with no tuning table: fill the SMs, split K when N alone cannot."""
+    n_groups = -(-K // group_size(bits))
+    if M == 1:
+        bn = 128 if N >= 8192 else 64
+        tiles = -(-N // bn)
+        split = max(1, min(n_groups, 16, (2 * sms) // tiles))
+        return dict(kernel="gemv", BN=bn, split_k=split, num_warps=4, num_stages=3)
+    if M <= 64:
+        bm = 16 if M <= 16 else (32 if M <= 32 else 64)
+        bn = 64
+        tiles = -(-N // bn) * -(-M // bm)
+        split = max(1, min(n_groups, 16, (2 * sms) // tiles))
+        return dict(kernel="gemm", BM=bm, BN=bn, split_k=split, num_warps=4, num_stages=3, GROUP_M=8)
+    return dict(kernel="gemm", BM=128, BN=128, split_k=1, num_warps=8, num_stages=3, GROUP_M=8)
+
+
+_TABLE: dict = {}
+
+
+def load_table(path: str) -> int:
+    """Load a committed tuning table (JSON: ``{"M,N,K,bits,R": config}``); returns the number of entries."""
+    import json
+
+    with open(path) as fh:
+        table = json.load(fh)
+    _TABLE.update(table.get("configs", table))
+    return len(_TABLE)
+
+
+def m_bucket(M: int) -> int:
+    return M if M <= 2 else min(triton.next_power_of_2(M), 8192)
+
+
+def pick_config(M: int, N: int, K: int, bits: int, r: int) -> dict:
+    key = f"{m_bucket(M)},{N},{K},{bits},{rank_pad(r)}"
+    return _TABLE.get(key) or default_config(M, N, K, bits, r)
+
+
+def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torch.Tensor,
+                 bias: torch.Tensor | None, config: dict | None = None) -> torch.Tensor:
+    """``y (..., N) = x @ W_hat.T + bias`` in ``x.dtype``; ``x (..., K)`` fp16/bf16, ``B (N, r)``, ``A (r, K)``."""
+    K = codes.K
+    N, r = B.shape
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0:
+        return y.reshape(*lead, N)
+    bits = codes.bits
+    R = rank_pad(r)
+    cfg = dict(config or pick_config(M, N, K, bits, r))
+    n_groups = codes.k_pad // group_size(bits)
+    split = max(1, min(int(cfg.get("split_k", 1)), n_groups))
+    F = 8 // (2 if bits == 3 else bits)
+    hi = codes.hi if bits == 3 else codes.lo
+    A = A if A.stride(-1) == 1 else A.contiguous()
+    B = B if B.stride(-1) == 1 else B.contiguous()
+    has_bias = bias is not None
+    common = dict(HAS_BIAS=has_bias, BITS=bits, T=T, F=F, R=R, DOT_FP32=INTERPRET,
+                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if cfg["kernel"] == "gemv" and M == 1:
+        tiles = triton.cdiv(N, cfg["BN"])
+        ws, locks = _scratch(x.device, split * N if split > 1 else 1)
+        assert tiles <= _LOCKS
+        _gemv_kernel[(tiles, split)](
+            x2, codes.lo, hi, grid, B, A, bias if has_bias else y, y, ws, locks,
+            N, K, r, n_groups, split, codes.lo.stride(0), hi.stride(0), B.stride(0), A.stride(0),
+            BN=cfg["BN"], **common)
+    else:
+        bm, bn = cfg.get("BM", 64), cfg["BN"]
+        tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+        ws, locks = _scratch(x.device, split * M * N if split > 1 else 1)
+        assert tiles <= _LOCKS
+        _gemm_kernel[(tiles, split)](
+            x2, codes.lo, hi, grid, B, A, bias if has_bias else y, y, ws, locks,
+            M, N, K, r, n_groups, split, x2.stride(0), y.stride(0), codes.lo.stride(0), hi.stride(0),
+            B.stride(0), A.stride(0), BM=bm, BN=bn, GROUP_M=cfg.get("GROUP_M", 8), **common)
+    return y.reshape(*lead, N)
+
+
+def lords_matmul_backward(dy: torch.Tensor, x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor,
+                          B: torch.Tensor, A: torch.Tensor, need_dx: bool = True, need_dBA: bool = True):
+    """``(dx (..., K) in x.dtype | None, dB (N, r) fp32 | None, dA (r, K) fp32 | None)``; see reference."""
+    K = codes.K
+    N, r = B.shape
+    bits = codes.bits
+    R = rank_pad(r)
+    F = 8 // (2 if bits == 3 else bits)
+    hi = codes.hi if bits == 3 else codes.lo
+    dy2 = dy.reshape(-1, N)
+    dy2 = dy2 if dy2.stride(-1) == 1 else dy2.contiguous()
+    x2 = x.reshape(-1, K)
+    x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
+    M = dy2.shape[0]
+    A = A if A.stride(-1) == 1 else A.contiguous()
+    B = B if B.stride(-1) == 1 else B.contiguous()
+    n_slices = codes.k_pad // T
+    dx = dB = dA = None
+    big = M >= 256
+    if need_dx:
+        dx = torch.empty(M, K, dtype=dy.dtype, device=dy.device)
+        bm = 128 if big else max(16, min(64, triton.next_power_of_2(M)))
+        _dx_kernel[(triton.cdiv(M, bm), n_slices)](
+            dy2, codes.lo, hi, grid, B, A, dx, M, N, K, r, dy2.stride(0), dx.stride(0), codes.lo.stride(0),
+            hi.stride(0), B.stride(0), A.stride(0), BITS=bits, T=T, F=F, R=R, BM=bm, BN=64,
+            DOT_FP32=INTERPRET, num_warps=8 if big else 4, num_stages=3)
+        dx = dx.reshape(*x.shape[:-1], K)
+    if need_dBA:
+        bn = 128
+        n_blocks = triton.cdiv(N, bn)
+        split = max(1, min(n_slices, triton.cdiv(264, n_blocks)))
+        per = triton.cdiv(n_slices, split)
+        split = triton.cdiv(n_slices, per)
+        dB_ws = torch.empty(split, N, R, dtype=torch.float32, device=dy.device)
+        dA_ws = torch.empty(n_blocks, R, K, dtype=torch.float32, device=dy.device)
+        _ds_kernel[(n_blocks, split)](
+            dy2, x2, codes.lo, hi, grid, B, A, dB_ws, dA_ws, M, N, K, r, n_slices, per, dy2.stride(0),
+            x2.stride(0), codes.lo.stride(0), hi.stride(0), B.stride(0), A.stride(0),
+            BITS=bits, T=T, F=F, R=R, BN=bn, BM=64, DOT_FP32=INTERPRET, num_warps=8, num_stages=3)
+        dB = dB_ws.sum(0)[:, :r]
+        dA = dA_ws.sum(0)[:r]
+    return dx, dB, dA

@@ -89,7 +89,7 @@ def _splitk_epilogue(acc, offs_m, offs_n, M, N, y_ptr, stride_ym, bias_ptr, ws_p
         tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["r", "n_groups", "split_k"])
 def _gemv_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
                  N, K, r, n_groups, split_k, stride_lo, stride_hi, stride_bn, stride_ar,
                  HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
@@ -129,7 +129,7 @@ def _gemv_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr,
                      split_k, HAS_BIAS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "r", "n_groups", "split_k"])
 def _gemm_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
                  M, N, K, r, n_groups, split_k, stride_xm, stride_ym, stride_lo, stride_hi, stride_bn, stride_ar,
                  HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
@@ -182,7 +182,7 @@ def _gemm_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr,
                      pid_m * num_n + pid_n, pid_k, split_k, HAS_BIAS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "r"])
 def _dx_kernel(dy_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dx_ptr, M, N, K, r,
                stride_dym, stride_dxm, stride_lo, stride_hi, stride_bn, stride_ar,
                BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
@@ -222,7 +222,7 @@ def _dx_kernel(dy_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dx_ptr, M, N, K, 
              mask=m_mask[:, None] & k_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "r", "n_slices", "slices_per"])
 def _ds_kernel(dy_ptr, x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr, dA_ws_ptr, M, N, K, r,
                n_slices, slices_per, stride_dym, stride_xm, stride_lo, stride_hi, stride_bn, stride_ar,
                BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,

@@ -206,14 +206,13 @@ def tune(args, torch, triton):
                 key = f"{tk.m_bucket(M)},{N},{K},{bits},{tk.rank_pad(parity_rank(N, K))}"
                 table[key] = best[1]
                 print(f"tune N={N} K={K} bits={bits} M={M}: {best[0]:.1f} us {best[1]}", flush=True)
+                with open(args.tune, "w") as fh:  # after every cell: a run cut short keeps what it found
+                    json.dump({"device": torch.cuda.get_device_name(), "configs": table}, fh, indent=1)
+                if args.log:
+                    with open(args.log, "w") as fh:
+                        json.dump(log, fh)
             del layers, codes
             torch.cuda.empty_cache()
-    dev = torch.cuda.get_device_name()
-    with open(args.tune, "w") as fh:
-        json.dump({"device": dev, "configs": table}, fh, indent=1)
-    if args.log:
-        with open(args.log, "w") as fh:
-            json.dump(log, fh)
 
 
 # ----------------------------------------------------------------------------------------------- bench

@@ -159,7 +159,7 @@ def candidate_configs(M, N, K, bits):
     if M == 1:
         for bn in (64, 128, 256):
             for s in splits(-(-N // bn)):
-                for nw, ns in ((4, 3), (8, 3), (4, 4)):
+                for nw, ns in ((4, 3), (4, 4)):
                     out.append(dict(kernel="gemv", BN=bn, split_k=s, num_warps=nw, num_stages=ns))
     if M <= 64:
         bm = 16 if M <= 16 else (32 if M <= 32 else 64)
@@ -168,8 +168,8 @@ def candidate_configs(M, N, K, bits):
                 for nw, ns in ((4, 3), (4, 4)):
                     out.append(dict(kernel="gemm", BM=bm, BN=bn, split_k=s, num_warps=nw, num_stages=ns, GROUP_M=8))
     else:
-        tiles = [(64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 128, 4, 3),
-                 (128, 256, 8, 3), (256, 128, 8, 3), (128, 128, 8, 4)]
+        tiles = [(64, 128, 4, 3), (128, 64, 4, 3), (128, 128, 4, 3), (128, 128, 4, 2), (128, 128, 8, 3),
+                 (128, 256, 8, 3), (256, 128, 8, 3), (64, 128, 4, 4)]
         for bm, bn, nw, ns in tiles:
             if bm > 2 * M:
                 continue
@@ -220,8 +220,6 @@ def tune(args, torch, triton):
 def bench(args, torch, triton):
     import kernels
 
-    if args.table:
-        kernels.load_table(args.table)
     peers = Peers()
     bw = bandwidth_TBps(torch, triton)
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {bw:.2f} TB/s  missing peers: {peers.missing}",
@@ -273,6 +271,41 @@ def bench(args, torch, triton):
     with open(args.json, "w") as fh:
         json.dump(out, fh, indent=1)
     return out
+
+
+def backward(args, torch, triton):
+    """Forward + backward at large M: LoRDS (grads for x, B, A) against cuBLAS fp16 (grads for x, W)."""
+    import kernels
+
+    rows = []
+    for N, K in SHAPES:
+        for M in args.ms:
+            x = torch.randn(M, K, dtype=torch.float16, device="cuda", requires_grad=True)
+            W = torch.randn(N, K, dtype=torch.float16, device="cuda", requires_grad=True)
+            dy = torch.randn(M, N, dtype=torch.float16, device="cuda")
+
+            def fp16():
+                torch.nn.functional.linear(x, W).backward(dy)
+
+            layer = lords_layers(torch, N, K, 4, 1, torch.float16)[0]
+            layer.B.requires_grad_(True)
+            layer.A.requires_grad_(True)
+            kernels.kernel_codes(layer)
+
+            def lords():
+                kernels.triton_forward(layer, x).backward(dy)
+
+            def lords_peft():  # PEFT: no grad for x
+                kernels.triton_forward(layer, x.detach()).backward(dy)
+
+            for name, fn in (("fp16", fp16), ("lords", lords), ("lords_peft", lords_peft)):
+                us = time_eager(triton, fn)
+                rows.append(dict(N=N, K=K, M=M, impl=name, us_fwd_bwd=us))
+                print(f"bwd {N}x{K} M={M} {name:<11} fwd+bwd {us:9.1f} us", flush=True)
+            x.grad = W.grad = None
+    with open(args.backward, "w") as fh:
+        json.dump(dict(device=torch.cuda.get_device_name(), rows=rows,
+                       method="do_bench median of forward+backward, eager, fp16"), fh, indent=1)
 
 
 # ----------------------------------------------------------------------------------------------- render
@@ -345,6 +378,7 @@ def main(argv=None):
     p.add_argument("--json", default=os.path.join(REPORTS, "kernels.json"))
     p.add_argument("--out-dir", default=REPORTS)
     p.add_argument("--tune", default=None, help="sweep LoRDS configs, write the table here")
+    p.add_argument("--backward", default=None, help="time forward+backward at --ms, write JSON here")
     p.add_argument("--log", default=None, help="with --tune: every timing, as JSON")
     p.add_argument("--table", default=os.path.join(os.path.dirname(__file__), "lords_matmul", "tuned_h100.json"),
                    help="tuning table to load (missing: built-in heuristic)")
@@ -363,8 +397,15 @@ def main(argv=None):
 
     if args.table and not os.path.exists(args.table):
         args.table = None
+    if args.table:
+        import kernels
+
+        kernels.load_table(args.table)
     if args.tune:
         tune(args, torch, triton)
+        return
+    if args.backward:
+        backward(args, torch, triton)
         return
     bench(args, torch, triton)
     try:

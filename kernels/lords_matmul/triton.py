@@ -29,6 +29,7 @@ import triton.language as tl
 from .layout import T, KernelCodes, group_size
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERP_MODE = tl.constexpr(INTERPRET)
 
 
 @triton.jit
@@ -41,6 +42,22 @@ def _field(lo, hi, f, BITS: tl.constexpr):
     else:
         c = ((lo >> (2 * f)) & 3) | (((hi >> f) & 1) << 2)
     return c
+
+
+@triton.jit
+def _lut(grid_ptr, c):
+    """``grid[c]`` in the grid's dtype. On the GPU an explicit ``ld.global.nc`` (the 2**bits-entry table stays
+    in L1): a plain ``tl.load`` here is taken by the software pipeliner and becomes one ``cp.async`` per weight
+    element through shared memory (measured 3-10x slower, NOTES.md)."""
+    if INTERP_MODE:
+        return tl.load(grid_ptr + c)
+    else:
+        if grid_ptr.dtype.element_ty == tl.float32:
+            return tl.inline_asm_elementwise("ld.global.nc.f32 $0, [$1];", "=r,l", [grid_ptr + c],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise("ld.global.nc.b16 $0, [$1];", "=h,l", [grid_ptr + c],
+                                             dtype=grid_ptr.dtype.element_ty, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -109,7 +126,7 @@ def _gemv_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr,
     for g in range(g0, g1):
         lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T)
         for f in tl.static_range(F):
-            q = tl.load(grid_ptr + _field(lo, hi, f, BITS))  # (BN, T) code values
+            q = _lut(grid_ptr, _field(lo, hi, f, BITS))  # (BN, T) code values
             k = g * (F * T) + f * T + offs_j
             k_mask = k < K
             xk = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
@@ -155,29 +172,33 @@ def _gemm_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr,
     # Bᵀ tile (R, BN), kept for the whole K loop
     bt = tl.load(B_ptr + offs_n[None, :] * stride_bn + offs_r[:, None], mask=r_mask[:, None] & n_mask[None, :],
                  other=0.0).to(cdt)
-    per = tl.cdiv(n_groups, split_k)
-    g0 = pid_k * per
-    g1 = tl.minimum(g0 + per, n_groups)
+    # one T-wide slice of K per iteration (field f of group g): a small pipeline stage, F times the byte
+    # loads (they hit L1/L2); unrolling the F fields of a group multiplied shared memory by F.
+    n_slices = n_groups * F
+    per = tl.cdiv(n_slices, split_k)
+    kt0 = pid_k * per
+    kt1 = tl.minimum(kt0 + per, n_slices)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for g in range(g0, g1):
+    for kt in range(kt0, kt1):
+        g = kt // F
+        f = kt % F
         lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, False, BITS, T)
-        for f in tl.static_range(F):
-            k = g * (F * T) + f * T + offs_j
-            k_mask = k < K
-            at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
-                         other=0.0).to(cdt)  # Aᵀ tile (T, R)
-            if DOT_FP32:
-                s = tl.dot(at, bt, input_precision="ieee")  # Sᵀ tile (T, BN), fp32
-            else:
-                s = tl.dot(at, bt)
-            q = tl.load(grid_ptr + _field(lo, hi, f, BITS))  # (T, BN)
-            w = (q * s).to(cdt)
-            xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
-                         other=0.0).to(cdt)
-            if DOT_FP32:
-                acc = tl.dot(xt, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(xt, w, acc)
+        k = g * (F * T) + f * T + offs_j
+        k_mask = k < K
+        at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
+                     other=0.0).to(cdt)  # Aᵀ tile (T, R)
+        if DOT_FP32:
+            s = tl.dot(at, bt, input_precision="ieee")  # Sᵀ tile (T, BN), fp32
+        else:
+            s = tl.dot(at, bt)
+        q = _lut(grid_ptr, _field(lo, hi, f, BITS))  # (T, BN)
+        w = (q.to(tl.float32) * s).to(cdt)
+        xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
+                     other=0.0).to(cdt)
+        if DOT_FP32:
+            acc = tl.dot(xt, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(xt, w, acc)
     _splitk_epilogue(acc, offs_m, offs_n, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, lock_ptr,
                      pid_m * num_n + pid_n, pid_k, split_k, HAS_BIAS)
 
@@ -207,17 +228,17 @@ def _dx_kernel(dy_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dx_ptr, M, N, K, 
         offs_n = n0 + tl.arange(0, BN)
         n_mask = offs_n < N
         lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T)
-        q = tl.load(grid_ptr + _field(lo, hi, f, BITS))  # (BN, T)
+        q = _lut(grid_ptr, _field(lo, hi, f, BITS))  # (BN, T)
         b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
                     other=0.0).to(cdt)
         dyt = tl.load(dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :], mask=m_mask[:, None] & n_mask[None, :],
                       other=0.0).to(cdt)
         if DOT_FP32:
             s = tl.dot(b, a, input_precision="ieee")
-            acc = tl.dot(dyt, (q * s).to(cdt), acc, input_precision="ieee")
+            acc = tl.dot(dyt, (q.to(tl.float32) * s).to(cdt), acc, input_precision="ieee")
         else:
             s = tl.dot(b, a)
-            acc = tl.dot(dyt, (q * s).to(cdt), acc)
+            acc = tl.dot(dyt, (q.to(tl.float32) * s).to(cdt), acc)
     tl.store(dx_ptr + offs_m[:, None] * stride_dxm + k[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=m_mask[:, None] & k_mask[None, :])
 
@@ -261,7 +282,7 @@ def _ds_kernel(dy_ptr, x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr,
             else:
                 gacc = tl.dot(dyt, xt, gacc)
         lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T)
-        ds = gacc * tl.load(grid_ptr + _field(lo, hi, f, BITS))  # (BN, T) fp32: tf32 dots keep fp32 range
+        ds = gacc * _lut(grid_ptr, _field(lo, hi, f, BITS)).to(tl.float32)  # (BN, T) fp32: tf32 dots keep fp32 range
         at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
                      other=0.0).to(tl.float32)  # (T, R)
         if DOT_FP32:
@@ -291,6 +312,20 @@ def _scratch(device: torch.device, numel: int) -> tuple[torch.Tensor, torch.Tens
             locks = torch.zeros(_LOCKS, dtype=torch.int32, device=device)
         _SCRATCH[key] = (ws, locks)
     return ws, locks
+
+
+_GRIDS: dict = {}
+
+
+def grid_as(grid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``grid`` in ``dtype``, cast once and cached (the cache holds the source, so its address stays unique)."""
+    if grid.dtype == dtype:
+        return grid
+    key = (grid.data_ptr(), grid._version, dtype)
+    hit = _GRIDS.get(key)
+    if hit is None:
+        hit = _GRIDS[key] = (grid, grid.to(dtype))
+    return hit[1]
 
 
 def rank_pad(r: int) -> int:
@@ -365,8 +400,10 @@ def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: tor
         tiles = triton.cdiv(N, cfg["BN"])
         ws, locks = _scratch(x.device, split * N if split > 1 else 1)
         assert tiles <= _LOCKS
+        # the gathered code values feed the tensor cores directly: fetch them in the operand dtype
+        g = grid if INTERPRET else grid_as(grid, x.dtype)
         _gemv_kernel[(tiles, split)](
-            x2, codes.lo, hi, grid, B, A, bias if has_bias else y, y, ws, locks,
+            x2, codes.lo, hi, g, B, A, bias if has_bias else y, y, ws, locks,
             N, K, r, n_groups, split, codes.lo.stride(0), hi.stride(0), B.stride(0), A.stride(0),
             BN=cfg["BN"], **common)
     else:

@@ -159,8 +159,8 @@ def candidate_configs(M, N, K, bits):
     if M == 1:
         for bn in (64, 128, 256):
             for s in splits(-(-N // bn)):
-                for nw, ns in ((4, 3), (4, 4)):
-                    out.append(dict(kernel="gemv", BN=bn, split_k=s, num_warps=nw, num_stages=ns))
+                for nw, ns, qb in ((4, 3, True), (4, 4, True), (4, 3, False)):
+                    out.append(dict(kernel="gemv", BN=bn, split_k=s, num_warps=nw, num_stages=ns, Q_AS_B=qb))
     if M <= 64:
         bm = 16 if M <= 16 else (32 if M <= 32 else 64)
         for bn in (32, 64, 128):

@@ -110,7 +110,7 @@ def _splitk_epilogue(acc, offs_m, offs_n, M, N, y_ptr, stride_ym, bias_ptr, ws_p
 def _gemv_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
                  N, K, r, n_groups, split_k, stride_lo, stride_hi, stride_bn, stride_ar,
                  HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
-                 BN: tl.constexpr, DOT_FP32: tl.constexpr):
+                 BN: tl.constexpr, Q_AS_B: tl.constexpr, DOT_FP32: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     cdt = tl.float32 if DOT_FP32 else x_ptr.dtype.element_ty
@@ -122,25 +122,42 @@ def _gemv_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr,
     per = tl.cdiv(n_groups, split_k)
     g0 = pid_k * per
     g1 = tl.minimum(g0 + per, n_groups)
-    z = tl.zeros((BN, R), dtype=tl.float32)
+    if Q_AS_B:  # Zᵀ (R, BN) = (A ⊙ x) (R, T) · grid[Q]ᵀ (T, BN): the code values go straight to shared memory
+        z = tl.zeros((R, BN), dtype=tl.float32)
+    else:  # Z (BN, R) = grid[Q] (BN, T) · (A ⊙ x)ᵀ (T, R)
+        z = tl.zeros((BN, R), dtype=tl.float32)
     for g in range(g0, g1):
-        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T)
+        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, not Q_AS_B, BITS, T)
         for f in tl.static_range(F):
-            q = _lut(grid_ptr, _field(lo, hi, f, BITS))  # (BN, T) code values
+            q = _lut(grid_ptr, _field(lo, hi, f, BITS))  # code values, (BN, T) or (T, BN)
             k = g * (F * T) + f * T + offs_j
             k_mask = k < K
-            xk = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
-            # (A ⊙ x)ᵀ as a (T, R) tile
-            at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
-                         other=0.0).to(tl.float32)
-            xa = (at * xk[:, None]).to(cdt)
-            if DOT_FP32:
-                z = tl.dot(q, xa, z, input_precision="ieee")
+            if Q_AS_B:
+                xk = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
+                a = tl.load(A_ptr + offs_r[:, None] * stride_ar + k[None, :], mask=r_mask[:, None] & k_mask[None, :],
+                            other=0.0).to(tl.float32)
+                xa = (a * xk[None, :]).to(cdt)  # (R, T)
+                if DOT_FP32:
+                    z = tl.dot(xa, q, z, input_precision="ieee")
+                else:
+                    z = tl.dot(xa, q.to(cdt), z)
             else:
-                z = tl.dot(q.to(cdt), xa, z)
-    b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
-                other=0.0).to(tl.float32)
-    y = tl.sum(z * b, axis=1)
+                xk = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
+                at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
+                             other=0.0).to(tl.float32)
+                xa = (at * xk[:, None]).to(cdt)  # (T, R)
+                if DOT_FP32:
+                    z = tl.dot(q, xa, z, input_precision="ieee")
+                else:
+                    z = tl.dot(q.to(cdt), xa, z)
+    if Q_AS_B:
+        bt = tl.load(B_ptr + offs_n[None, :] * stride_bn + offs_r[:, None], mask=n_mask[None, :] & r_mask[:, None],
+                     other=0.0).to(tl.float32)
+        y = tl.sum(z * bt, axis=0)
+    else:
+        b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
+                    other=0.0).to(tl.float32)
+        y = tl.sum(z * b, axis=1)
     offs_m = tl.zeros((1,), dtype=tl.int32)
     _splitk_epilogue(y[None, :], offs_m, offs_n, 1, N, y_ptr, 0, bias_ptr, ws_ptr, lock_ptr, pid_n, pid_k,
                      split_k, HAS_BIAS)
@@ -405,7 +422,7 @@ def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: tor
         _gemv_kernel[(tiles, split)](
             x2, codes.lo, hi, g, B, A, bias if has_bias else y, y, ws, locks,
             N, K, r, n_groups, split, codes.lo.stride(0), hi.stride(0), B.stride(0), A.stride(0),
-            BN=cfg["BN"], **common)
+            BN=cfg["BN"], Q_AS_B=bool(cfg.get("Q_AS_B", True)), **common)
     else:
         bm, bn = cfg.get("BM", 64), cfg["BN"]
         tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)

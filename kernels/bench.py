@@ -159,14 +159,17 @@ def candidate_configs(M, N, K, bits):
     if M == 1:
         for bn in (64, 128, 256):
             for s in splits(-(-N // bn)):
-                for nw, ns, qb in ((4, 3, True), (4, 4, True), (4, 3, False)):
-                    out.append(dict(kernel="gemv", BN=bn, split_k=s, num_warps=nw, num_stages=ns, Q_AS_B=qb))
-    if M <= 64:
+                for nw, ns, qb, pr in ((4, 3, True, True), (4, 3, False, True), (4, 4, False, True),
+                                       (4, 3, False, False)):
+                    out.append(dict(kernel="gemv", BN=bn, split_k=s, num_warps=nw, num_stages=ns, Q_AS_B=qb,
+                                    PRMT=pr))
+    if 1 < M <= 64 or (M == 1 and os.environ.get("TUNE_GEMM_M1")):
         bm = 16 if M <= 16 else (32 if M <= 32 else 64)
         for bn in (32, 64, 128):
             for s in splits(-(-N // bn) * -(-M // bm)):
-                for nw, ns in ((4, 3), (4, 4)):
-                    out.append(dict(kernel="gemm", BM=bm, BN=bn, split_k=s, num_warps=nw, num_stages=ns, GROUP_M=8))
+                for nw, ns, pr in ((4, 3, bits != 3), (4, 4, bits != 3), (4, 3, bits == 3)):
+                    out.append(dict(kernel="gemm", BM=bm, BN=bn, split_k=s, num_warps=nw, num_stages=ns, GROUP_M=8,
+                                    PRMT=pr))
     else:
         tiles = [(64, 128, 4, 3), (128, 64, 4, 3), (128, 128, 4, 3), (128, 128, 4, 2), (128, 128, 8, 3),
                  (128, 256, 8, 3), (256, 128, 8, 3), (64, 128, 4, 4)]

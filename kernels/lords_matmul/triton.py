@@ -3,8 +3,8 @@
 Four kernels, one launcher each (the math they implement is :mod:`.reference`):
 
 - ``_gemv_kernel`` (M = 1, decode): the activation-side identity ``y = Σ_j B[:, j] ⊙ (grid[Q] · (A[j] ⊙ x))``.
-  The tensor cores multiply raw code values ``(BN, T)`` by ``(A ⊙ x)ᵀ (T, R)`` into ``Z (BN, R)``; one
-  ``Σ_j B ⊙ Z`` at the end. No per-weight multiply by a scale at all.
+  ``_xa_kernel`` forms ``(A ⊙ x)ᵀ (K_pad, R)`` once; the tensor cores multiply raw code values ``(BN, T)`` by
+  its ``(T, R)`` tiles into ``Z (BN, R)``; one ``Σ_j B ⊙ Z`` at the end. No per-weight multiply by a scale.
 - ``_gemm_kernel`` (M ≥ 2, decode batches and prefill): the weight-side form. For every ``(T, BN)`` slice of the
   weight it rebuilds the scale tile on chip, ``S = Aᵀ_tile · Bᵀ_tile`` (a ``tl.dot``), multiplies by the code
   values and feeds ``x_tile · W_tile`` to the tensor cores. ``Q ⊙ (BA)`` never reaches memory.
@@ -60,23 +60,109 @@ def _lut(grid_ptr, c):
                                              dtype=grid_ptr.dtype.element_ty, is_pure=True, pack=1)
 
 
+def _prmt_asm(bits: int, shift) -> str:
+    """PTX mapping 4 packed codes (one per byte of ``$2``) to 4 fp16/bf16 grid values in ``$0, $1`` with byte
+    permutes (``prmt``): the 16-entry table is 8 words, low bytes ``L0..L3`` (``$3 $7 $11 $15``) and high bytes
+    ``H0..H3`` (``$19 $23 $27 $31``) of the 16-bit values; ``prmt`` looks up 8 entries at a time from a nibble
+    selector, the 4th code bit picks between two lookups. About 4 instructions per weight, no memory access
+    (the gather it replaces costs ~5 instructions and one load per weight). Checked bit-exact against an emulation
+    of ``prmt``/``lop3`` for every width (NOTES.md)."""
+    pre = [f"shr.b32 w, $2, {shift};" if shift else "mov.b32 w, $2;"]  # shift: an immediate or "$35"
+    if bits == 4:
+        body = ["and.b32 w, w, 0x0F0F0F0F;", "shr.b32 t, w, 4;", "or.b32 t, t, w;", "prmt.b32 sel, t, t, 0x0020;",
+                "and.b32 sel, sel, 0x7777;", "shl.b32 m, w, 4;", "prmt.b32 m, m, m, 0xBA98;",
+                "prmt.b32 a, $3, $7, sel;", "prmt.b32 b, $11, $15, sel;", "lop3.b32 lo, a, b, m, 0xD8;",
+                "prmt.b32 a, $19, $23, sel;", "prmt.b32 b, $27, $31, sel;", "lop3.b32 hi, a, b, m, 0xD8;"]
+    elif bits == 2:
+        body = ["and.b32 w, w, 0x03030303;", "shr.b32 t, w, 4;", "or.b32 t, t, w;", "prmt.b32 sel, t, t, 0x0020;",
+                "prmt.b32 lo, $3, $3, sel;", "prmt.b32 hi, $19, $19, sel;"]
+    else:  # 3 bits: the bytes already hold codes < 8
+        body = ["shr.b32 t, w, 4;", "or.b32 t, t, w;", "prmt.b32 sel, t, t, 0x0020;",
+                "prmt.b32 lo, $3, $7, sel;", "prmt.b32 hi, $19, $23, sel;"]
+    post = ["prmt.b32 $0, lo, hi, 0x5140;", "prmt.b32 $1, lo, hi, 0x7362;"]
+    return "{ .reg .b32 w, t, sel, m, a, b, lo, hi; " + " ".join(pre + body + post) + " }"
+
+
+PRMT4_0 = tl.constexpr(_prmt_asm(4, 0))
+PRMT4_1 = tl.constexpr(_prmt_asm(4, 4))
+PRMT2_0 = tl.constexpr(_prmt_asm(2, 0))
+PRMT2_1 = tl.constexpr(_prmt_asm(2, 2))
+PRMT2_2 = tl.constexpr(_prmt_asm(2, 4))
+PRMT2_3 = tl.constexpr(_prmt_asm(2, 6))
+PRMT3 = tl.constexpr(_prmt_asm(3, 0))
+PRMT_CONSTRAINTS = tl.constexpr("=r,=r,r" + ",r" * 32)
+PRMT4_RT = tl.constexpr(_prmt_asm(4, "$35"))
+PRMT2_RT = tl.constexpr(_prmt_asm(2, "$35"))
+PRMT_RT_CONSTRAINTS = tl.constexpr("=r,=r,r" + ",r" * 36)
+
+
+@triton.jit
+def _lut_prmt_rt(raw, tab_ptr, dt_ptr, shift, BITS: tl.constexpr):
+    """:func:`_lut_prmt` with a run-time field shift (4 and 2 bits only)."""
+    DT = dt_ptr.dtype.element_ty
+    z = tl.zeros(raw.shape, dtype=tl.int32)
+    args = [raw, z + tl.load(tab_ptr + 0), z + tl.load(tab_ptr + 1), z + tl.load(tab_ptr + 2),
+            z + tl.load(tab_ptr + 3), z + tl.load(tab_ptr + 4), z + tl.load(tab_ptr + 5), z + tl.load(tab_ptr + 6),
+            z + tl.load(tab_ptr + 7), z + shift]
+    if BITS == 4:
+        v = tl.inline_asm_elementwise(PRMT4_RT, PRMT_RT_CONSTRAINTS, args, dtype=DT, is_pure=True, pack=4)
+    else:
+        v = tl.inline_asm_elementwise(PRMT2_RT, PRMT_RT_CONSTRAINTS, args, dtype=DT, is_pure=True, pack=4)
+    return v
+
+
+@triton.jit
+def _lut_prmt(raw, tab_ptr, dt_ptr, f: tl.constexpr, BITS: tl.constexpr):
+    """Grid values (``dt_ptr``'s 16-bit dtype) of field ``f`` of the uint8 tile ``raw`` (3 bits: ``raw`` holds
+    codes)."""
+    DT = dt_ptr.dtype.element_ty
+    z = tl.zeros(raw.shape, dtype=tl.int32)
+    args = [raw, z + tl.load(tab_ptr + 0), z + tl.load(tab_ptr + 1), z + tl.load(tab_ptr + 2),
+            z + tl.load(tab_ptr + 3), z + tl.load(tab_ptr + 4), z + tl.load(tab_ptr + 5), z + tl.load(tab_ptr + 6),
+            z + tl.load(tab_ptr + 7)]
+    if BITS == 4:
+        if f == 0:
+            v = tl.inline_asm_elementwise(PRMT4_0, PRMT_CONSTRAINTS, args, dtype=DT, is_pure=True, pack=4)
+        else:
+            v = tl.inline_asm_elementwise(PRMT4_1, PRMT_CONSTRAINTS, args, dtype=DT, is_pure=True, pack=4)
+    elif BITS == 2:
+        if f == 0:
+            v = tl.inline_asm_elementwise(PRMT2_0, PRMT_CONSTRAINTS, args, dtype=DT, is_pure=True, pack=4)
+        elif f == 1:
+            v = tl.inline_asm_elementwise(PRMT2_1, PRMT_CONSTRAINTS, args, dtype=DT, is_pure=True, pack=4)
+        elif f == 2:
+            v = tl.inline_asm_elementwise(PRMT2_2, PRMT_CONSTRAINTS, args, dtype=DT, is_pure=True, pack=4)
+        else:
+            v = tl.inline_asm_elementwise(PRMT2_3, PRMT_CONSTRAINTS, args, dtype=DT, is_pure=True, pack=4)
+    else:
+        v = tl.inline_asm_elementwise(PRMT3, PRMT_CONSTRAINTS, args, dtype=DT, is_pure=True, pack=4)
+    return v
+
+
 @triton.jit
 def _load_codes(lo_ptr, hi_ptr, rows, row_mask, g, offs_j, stride_lo, stride_hi, ROWS_FIRST: tl.constexpr,
-                BITS: tl.constexpr, T: tl.constexpr):
+                BITS: tl.constexpr, T: tl.constexpr, MASKED: tl.constexpr = True, RAW: tl.constexpr = False):
     """Bytes of group ``g`` for ``rows``: ``(len(rows), T)`` if ROWS_FIRST else ``(T, len(rows))``, int32."""
     if ROWS_FIRST:
-        lo = tl.load(lo_ptr + rows[:, None] * stride_lo + g * T + offs_j[None, :], mask=row_mask[:, None], other=0)
+        lo_p = lo_ptr + rows[:, None] * stride_lo + g * T + offs_j[None, :]
+        rm = row_mask[:, None]
     else:
-        lo = tl.load(lo_ptr + rows[None, :] * stride_lo + g * T + offs_j[:, None], mask=row_mask[None, :], other=0)
-    lo = lo.to(tl.int32)
+        lo_p = lo_ptr + rows[None, :] * stride_lo + g * T + offs_j[:, None]
+        rm = row_mask[None, :]
+    if MASKED:
+        lo = tl.load(lo_p, mask=rm, other=0)
+    else:
+        lo = tl.load(lo_p)
+    if not RAW:
+        lo = lo.to(tl.int32)
     if BITS == 3:
         jj = offs_j % (T // 2)
         sh = 4 * (offs_j // (T // 2))
         if ROWS_FIRST:
-            hi = tl.load(hi_ptr + rows[:, None] * stride_hi + g * (T // 2) + jj[None, :], mask=row_mask[:, None], other=0)
+            hi = tl.load(hi_ptr + rows[:, None] * stride_hi + g * (T // 2) + jj[None, :], mask=rm, other=0)
             hi = hi.to(tl.int32) >> sh[None, :]
         else:
-            hi = tl.load(hi_ptr + rows[None, :] * stride_hi + g * (T // 2) + jj[:, None], mask=row_mask[None, :], other=0)
+            hi = tl.load(hi_ptr + rows[None, :] * stride_hi + g * (T // 2) + jj[:, None], mask=rm, other=0)
             hi = hi.to(tl.int32) >> sh[:, None]
     else:
         hi = lo
@@ -106,14 +192,28 @@ def _splitk_epilogue(acc, offs_m, offs_n, M, N, y_ptr, stride_ym, bias_ptr, ws_p
         tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _xa_kernel(x_ptr, A_ptr, xa_ptr, K, r, stride_ar, R: tl.constexpr, BK: tl.constexpr):
+    """``xaᵀ (K_pad, R) = (A ⊙ x)ᵀ``, zero beyond ``r`` and ``K``: the gemv's second operand, made once per call
+    instead of once per N-block."""
+    k = tl.program_id(0) * BK + tl.arange(0, BK)
+    j = tl.arange(0, R)
+    km = k < K
+    a = tl.load(A_ptr + j[None, :] * stride_ar + k[:, None], mask=(j[None, :] < r) & km[:, None], other=0.0)
+    xk = tl.load(x_ptr + k, mask=km, other=0.0)
+    xa = a.to(tl.float32) * xk.to(tl.float32)[:, None]
+    tl.store(xa_ptr + k[:, None] * R + j[None, :], xa.to(xa_ptr.dtype.element_ty))
+
+
 @triton.jit(do_not_specialize=["r", "n_groups", "split_k"])
-def _gemv_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
-                 N, K, r, n_groups, split_k, stride_lo, stride_hi, stride_bn, stride_ar,
+def _gemv_kernel(xa_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
+                 N, r, n_groups, split_k, stride_lo, stride_hi, stride_bn,
                  HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
-                 BN: tl.constexpr, Q_AS_B: tl.constexpr, DOT_FP32: tl.constexpr):
+                 BN: tl.constexpr, Q_AS_B: tl.constexpr, EVEN_N: tl.constexpr, PRMT: tl.constexpr,
+                 DOT_FP32: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    cdt = tl.float32 if DOT_FP32 else x_ptr.dtype.element_ty
+    cdt = xa_ptr.dtype.element_ty
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_mask = offs_n < N
     offs_j = tl.arange(0, T)
@@ -127,29 +227,29 @@ def _gemv_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr,
     else:  # Z (BN, R) = grid[Q] (BN, T) · (A ⊙ x)ᵀ (T, R)
         z = tl.zeros((BN, R), dtype=tl.float32)
     for g in range(g0, g1):
-        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, not Q_AS_B, BITS, T)
+        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, not Q_AS_B, BITS, T,
+                             not EVEN_N, PRMT and BITS != 3)
         for f in tl.static_range(F):
-            q = _lut(grid_ptr, _field(lo, hi, f, BITS))  # code values, (BN, T) or (T, BN)
+            if PRMT:  # code values by byte permutes (no memory access), (BN, T) or (T, BN)
+                if BITS == 3:
+                    q = _lut_prmt(_field(lo, hi, f, BITS).to(tl.uint8), tab_ptr, xa_ptr, f, BITS)
+                else:
+                    q = _lut_prmt(lo, tab_ptr, xa_ptr, f, BITS)
+            else:  # code values by a gather from the L1-resident table
+                q = _lut(grid_ptr, _field(lo, hi, f, BITS)).to(cdt)
             k = g * (F * T) + f * T + offs_j
-            k_mask = k < K
             if Q_AS_B:
-                xk = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
-                a = tl.load(A_ptr + offs_r[:, None] * stride_ar + k[None, :], mask=r_mask[:, None] & k_mask[None, :],
-                            other=0.0).to(tl.float32)
-                xa = (a * xk[None, :]).to(cdt)  # (R, T)
+                xa = tl.load(xa_ptr + k[None, :] * R + offs_r[:, None])  # (R, T)
                 if DOT_FP32:
                     z = tl.dot(xa, q, z, input_precision="ieee")
                 else:
-                    z = tl.dot(xa, q.to(cdt), z)
+                    z = tl.dot(xa, q, z)
             else:
-                xk = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
-                at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
-                             other=0.0).to(tl.float32)
-                xa = (at * xk[:, None]).to(cdt)  # (T, R)
+                xa = tl.load(xa_ptr + k[:, None] * R + offs_r[None, :])  # (T, R)
                 if DOT_FP32:
                     z = tl.dot(q, xa, z, input_precision="ieee")
                 else:
-                    z = tl.dot(q.to(cdt), xa, z)
+                    z = tl.dot(q, xa, z)
     if Q_AS_B:
         bt = tl.load(B_ptr + offs_n[None, :] * stride_bn + offs_r[:, None], mask=n_mask[None, :] & r_mask[:, None],
                      other=0.0).to(tl.float32)
@@ -164,10 +264,11 @@ def _gemv_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr,
 
 
 @triton.jit(do_not_specialize=["M", "r", "n_groups", "split_k"])
-def _gemm_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
+def _gemm_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
                  M, N, K, r, n_groups, split_k, stride_xm, stride_ym, stride_lo, stride_hi, stride_bn, stride_ar,
                  HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr, DOT_FP32: tl.constexpr):
+                 BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr, PRMT: tl.constexpr,
+                 DOT_FP32: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_m = tl.cdiv(M, BM)
@@ -199,7 +300,8 @@ def _gemm_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr,
     for kt in range(kt0, kt1):
         g = kt // F
         f = kt % F
-        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, False, BITS, T)
+        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, False, BITS, T,
+                             True, PRMT and BITS != 3)
         k = g * (F * T) + f * T + offs_j
         k_mask = k < K
         at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
@@ -208,7 +310,13 @@ def _gemm_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, bias_ptr, y_ptr,
             s = tl.dot(at, bt, input_precision="ieee")  # Sᵀ tile (T, BN), fp32
         else:
             s = tl.dot(at, bt)
-        q = _lut(grid_ptr, _field(lo, hi, f, BITS))  # (T, BN)
+        if PRMT:  # (T, BN) code values in x's dtype, by byte permutes
+            if BITS == 3:
+                q = _lut_prmt(_field(lo, hi, f, BITS).to(tl.uint8), tab_ptr, x_ptr, 0, BITS)
+            else:
+                q = _lut_prmt_rt(lo, tab_ptr, x_ptr, f * BITS, BITS)
+        else:
+            q = _lut(grid_ptr, _field(lo, hi, f, BITS))  # (T, BN)
         w = (q.to(tl.float32) * s).to(cdt)
         xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
                      other=0.0).to(cdt)
@@ -345,6 +453,19 @@ def grid_as(grid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return hit[1]
 
 
+def prmt_table(grid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The 8 int32 words ``_prmt_asm`` reads: low bytes then high bytes of the grid in ``dtype``, padded to 16."""
+    key = ("prmt", grid.data_ptr(), grid._version, dtype)
+    hit = _GRIDS.get(key)
+    if hit is None:
+        g16 = torch.zeros(16, dtype=dtype, device=grid.device)
+        g16[: grid.numel()] = grid.to(dtype)
+        by = g16.view(torch.uint8)
+        tab = torch.cat([by[0::2].contiguous().view(torch.int32), by[1::2].contiguous().view(torch.int32)])
+        hit = _GRIDS[key] = (grid, tab)
+    return hit[1]
+
+
 def rank_pad(r: int) -> int:
     return max(16, triton.next_power_of_2(r))
 
@@ -419,19 +540,25 @@ def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: tor
         assert tiles <= _LOCKS
         # the gathered code values feed the tensor cores directly: fetch them in the operand dtype
         g = grid if INTERPRET else grid_as(grid, x.dtype)
+        xa = torch.empty(codes.k_pad, R, dtype=torch.float32 if INTERPRET else x.dtype, device=x.device)
+        _xa_kernel[(codes.k_pad // 64,)](x2, A, xa, K, r, A.stride(0), R=R, BK=64, num_warps=4)
+        prmt = bool(cfg.get("PRMT", True)) and not INTERPRET
+        tab = prmt_table(grid, x.dtype) if prmt else locks
         _gemv_kernel[(tiles, split)](
-            x2, codes.lo, hi, g, B, A, bias if has_bias else y, y, ws, locks,
-            N, K, r, n_groups, split, codes.lo.stride(0), hi.stride(0), B.stride(0), A.stride(0),
-            BN=cfg["BN"], Q_AS_B=bool(cfg.get("Q_AS_B", True)), **common)
+            xa, codes.lo, hi, g, tab, B, bias if has_bias else y, y, ws, locks,
+            N, r, n_groups, split, codes.lo.stride(0), hi.stride(0), B.stride(0),
+            BN=cfg["BN"], Q_AS_B=bool(cfg.get("Q_AS_B", True)), EVEN_N=N % cfg["BN"] == 0, PRMT=prmt, **common)
     else:
         bm, bn = cfg.get("BM", 64), cfg["BN"]
         tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
         ws, locks = _scratch(x.device, split * M * N if split > 1 else 1)
         assert tiles <= _LOCKS
+        prmt = bool(cfg.get("PRMT", bits != 3)) and not INTERPRET
+        tab = prmt_table(grid, x.dtype) if prmt else locks
         _gemm_kernel[(tiles, split)](
-            x2, codes.lo, hi, grid, B, A, bias if has_bias else y, y, ws, locks,
+            x2, codes.lo, hi, grid, tab, B, A, bias if has_bias else y, y, ws, locks,
             M, N, K, r, n_groups, split, x2.stride(0), y.stride(0), codes.lo.stride(0), hi.stride(0),
-            B.stride(0), A.stride(0), BM=bm, BN=bn, GROUP_M=cfg.get("GROUP_M", 8), **common)
+            B.stride(0), A.stride(0), BM=bm, BN=bn, GROUP_M=cfg.get("GROUP_M", 8), PRMT=prmt, **common)
     return y.reshape(*lead, N)
 
 

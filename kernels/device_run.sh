@@ -10,7 +10,7 @@ fi
 export PYTHONPATH=/tmp/site:$PWD/_peers:$PWD
 for step in "$@"; do
   case $step in
-    tests) timeout 170 python3 -m pytest -m gpu tests/test_kernels_matmul.py tests/test_kernels_dispatch.py -q -n 8 \
+    tests) timeout ${TEST_S:-170} python3 -m pytest -m gpu tests/test_kernels_matmul.py tests/test_kernels_dispatch.py -q -n 8 ${TEST_K:+-k "$TEST_K"} \
              -p no:cacheprovider 2>&1 | tail -30 > $OUT/pytest.log; tail -6 $OUT/pytest.log ;;
     tune) timeout ${TUNE_S:-300} python3 -m kernels.bench --tune $OUT/tuned.json --log $OUT/tunelog.json \
              --bits ${TUNE_BITS:-4} --ms ${TUNE_MS:-1 4 16 64 256 2048 8192} 2>&1 | grep -v "^  skip" ;;

@@ -471,20 +471,23 @@ def rank_pad(r: int) -> int:
 
 
 def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) -> dict:
-    """A tile choice with no tuning table: fill the SMs, split K when N alone cannot."""
+    """A tile choice with no tuning table: fill the SMs, split K when N alone cannot (what the H100 sweep
+    preferred, kernels/lords_matmul/tuned_h100.json)."""
     n_groups = -(-K // group_size(bits))
     if M == 1:
         bn = 128 if N >= 8192 else 64
         tiles = -(-N // bn)
         split = max(1, min(n_groups, 16, (2 * sms) // tiles))
-        return dict(kernel="gemv", BN=bn, split_k=split, num_warps=4, num_stages=3)
+        return dict(kernel="gemv", BN=bn, split_k=split, num_warps=4, num_stages=3, Q_AS_B=N >= 8192)
     if M <= 64:
         bm = 16 if M <= 16 else (32 if M <= 32 else 64)
         bn = 64
         tiles = -(-N // bn) * -(-M // bm)
         split = max(1, min(n_groups, 16, (2 * sms) // tiles))
         return dict(kernel="gemm", BM=bm, BN=bn, split_k=split, num_warps=4, num_stages=3, GROUP_M=8)
-    return dict(kernel="gemm", BM=128, BN=128, split_k=1, num_warps=8, num_stages=3, GROUP_M=8)
+    if N >= 8192:
+        return dict(kernel="gemm", BM=128, BN=128, split_k=1, num_warps=4, num_stages=2, GROUP_M=8)
+    return dict(kernel="gemm", BM=128, BN=64, split_k=1, num_warps=4, num_stages=3, GROUP_M=8)
 
 
 _TABLE: dict = {}

@@ -123,16 +123,16 @@ class Peers:
             self.gemlite = None
             self.missing["gemlite_w4g64"] = repr(e)[:200]
 
-    def bnb_fns(self, torch, N, K, x, copies):
+    def bnb_fns(self, torch, N, K, cur, copies):
         objs = []
         for _ in range(copies):
             W = torch.randn(N, K, dtype=torch.float16, device="cuda")
             qW, st = self.bf.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=False)
             objs.append((qW, st))
             del W
-        return [(lambda qW=qW, st=st: self.bnb.matmul_4bit(x, qW.t(), quant_state=st)) for qW, st in objs]
+        return [(lambda qW=qW, st=st: self.bnb.matmul_4bit(cur["x"], qW.t(), quant_state=st)) for qW, st in objs]
 
-    def gemlite_fns(self, torch, N, K, x, copies):
+    def gemlite_fns(self, torch, N, K, cur, copies):
         layers = []
         for _ in range(copies):
             lin = self.GemLiteLinear(4, group_size=64, in_features=K, out_features=N,
@@ -142,7 +142,7 @@ class Peers:
             zeros = torch.full((N, K // 64), 7.5, device="cuda").half()
             lin.pack(W_q, scales, zeros, bias=None)
             layers.append(lin)
-        return [(lambda lin=lin: lin(x)) for lin in layers]
+        return [(lambda lin=lin: lin(cur["x"])) for lin in layers]
 
 
 # ----------------------------------------------------------------------------------------------- tuning
@@ -229,6 +229,19 @@ def bench(args, torch, triton):
           flush=True)
     rows = []
 
+    def save():
+        out = dict(device=torch.cuda.get_device_name(), bandwidth_TBps=bw, torch=torch.__version__,
+                   triton=triton.__version__, missing_peers=peers.missing,
+                   method="us: do_bench median, eager Python call, L2 flushed; us_graph: CUDA graph, weights rotated "
+                          "over >=150 MB of copies (cold L2), median replay / calls; fp16 activations; LoRDS rank = "
+                          "parity rank at block 64, NF grid, B/A fp16; bnb NF4 blocksize 64 without double quant; "
+                          "floor = (4-bit codes + fp16 group-64 scales + activations in/out) / copy bandwidth",
+                   rows=rows)
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+        return out
+
     def add(N, K, M, bits, impl, us, us_graph):
         rows.append(dict(N=N, K=K, M=M, bits=bits, impl=impl, us=us, us_graph=us_graph))
         print(f"{N:>6}x{K:<6} M={M:<5} {impl:<14} bits={bits:<2} eager {us:8.1f}  graph {us_graph:8.1f}", flush=True)
@@ -240,75 +253,34 @@ def bench(args, torch, triton):
         for layer_list in lords.values():
             for layer in layer_list:
                 kernels.kernel_codes(layer)
+        cur = {}
+        bnb = peers.bnb_fns(torch, N, K, cur, n_copies(N * K // 2)) if peers.bnb is not None else None
+        try:
+            gml = peers.gemlite_fns(torch, N, K, cur, n_copies(N * K // 2)) if peers.gemlite is not None else None
+        except Exception as e:
+            gml = None
+            peers.missing.setdefault("gemlite_w4g64_pack", repr(e)[:200])
         for M in args.ms:
-            x = torch.randn(M, K, dtype=torch.float16, device="cuda")
+            x = cur["x"] = torch.randn(M, K, dtype=torch.float16, device="cuda")
             floor = (N * K // 2 + 2 * N * K // 64 + 2 * M * (K + N)) / (bw * 1e12) * 1e6
             add(N, K, M, 4, "floor", floor, floor)
             fns = [(lambda W=W: torch.nn.functional.linear(x, W)) for W in Ws]
             add(N, K, M, 16, "fp16", time_eager(triton, fns[0]), time_graph(torch, fns))
-            if peers.bnb is not None and M <= args.peer_max_m:
-                fns = peers.bnb_fns(torch, N, K, x, n_copies(N * K // 2))
-                add(N, K, M, 4, "bnb_nf4", time_eager(triton, fns[0]), time_graph(torch, fns))
-                del fns
-            if peers.gemlite is not None and M <= args.peer_max_m:
+            if bnb is not None and M <= args.peer_max_m:
+                add(N, K, M, 4, "bnb_nf4", time_eager(triton, bnb[0]), time_graph(torch, bnb))
+            if gml is not None and M <= args.peer_max_m:
                 try:
-                    fns = peers.gemlite_fns(torch, N, K, x, n_copies(N * K // 2))
-                    add(N, K, M, 4, "gemlite_w4g64", time_eager(triton, fns[0]), time_graph(torch, fns))
-                    del fns
+                    add(N, K, M, 4, "gemlite_w4g64", time_eager(triton, gml[0]), time_graph(torch, gml))
                 except Exception as e:
-                    peers.missing.setdefault("gemlite_w4g64_call", repr(e)[:200])
+                    peers.missing.setdefault(f"gemlite_w4g64_call_M{M}", repr(e)[:200])
             for b, layers in lords.items():
                 fns = [(lambda L=L: kernels.triton_forward(L, x)) for L in layers]
                 add(N, K, M, b, "lords", time_eager(triton, fns[0]), time_graph(torch, fns))
             torch.cuda.empty_cache()
-        del Ws, lords
+        del Ws, lords, bnb, gml
         torch.cuda.empty_cache()
-    out = dict(device=torch.cuda.get_device_name(), bandwidth_TBps=bw, torch=torch.__version__,
-               triton=triton.__version__, missing_peers=peers.missing,
-               method="us: do_bench median, eager Python call, L2 flushed; us_graph: CUDA graph, weights rotated "
-                      "over >=150 MB of copies (cold L2), median replay / calls; fp16 activations; LoRDS rank = "
-                      "parity rank at block 64, NF grid, B/A fp16; bnb NF4 blocksize 64 without double quant; "
-                      "floor = (4-bit codes + fp16 group-64 scales + activations in/out) / copy bandwidth",
-               rows=rows)
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as fh:
-        json.dump(out, fh, indent=1)
-    return out
-
-
-def backward(args, torch, triton):
-    """Forward + backward at large M: LoRDS (grads for x, B, A) against cuBLAS fp16 (grads for x, W)."""
-    import kernels
-
-    rows = []
-    for N, K in SHAPES:
-        for M in args.ms:
-            x = torch.randn(M, K, dtype=torch.float16, device="cuda", requires_grad=True)
-            W = torch.randn(N, K, dtype=torch.float16, device="cuda", requires_grad=True)
-            dy = torch.randn(M, N, dtype=torch.float16, device="cuda")
-
-            def fp16():
-                torch.nn.functional.linear(x, W).backward(dy)
-
-            layer = lords_layers(torch, N, K, 4, 1, torch.float16)[0]
-            layer.B.requires_grad_(True)
-            layer.A.requires_grad_(True)
-            kernels.kernel_codes(layer)
-
-            def lords():
-                kernels.triton_forward(layer, x).backward(dy)
-
-            def lords_peft():  # PEFT: no grad for x
-                kernels.triton_forward(layer, x.detach()).backward(dy)
-
-            for name, fn in (("fp16", fp16), ("lords", lords), ("lords_peft", lords_peft)):
-                us = time_eager(triton, fn)
-                rows.append(dict(N=N, K=K, M=M, impl=name, us_fwd_bwd=us))
-                print(f"bwd {N}x{K} M={M} {name:<11} fwd+bwd {us:9.1f} us", flush=True)
-            x.grad = W.grad = None
-    with open(args.backward, "w") as fh:
-        json.dump(dict(device=torch.cuda.get_device_name(), rows=rows,
-                       method="do_bench median of forward+backward, eager, fp16"), fh, indent=1)
+        save()  # after every shape: a run cut short keeps what it measured
+    return save()
 
 
 # ----------------------------------------------------------------------------------------------- render

@@ -156,6 +156,16 @@ def candidate_configs(M, N, K, bits):
     def splits(tiles, lo=66, hi=1100):
         return sorted({s for s in (1, 2, 3, 4, 6, 8, 12, 16) if s <= n_groups and lo <= tiles * s <= hi} or {1})
 
+    if M == 1 and os.environ.get("TUNE_W8"):  # second sweep: two warpgroups per CTA, plus the current pick
+        from kernels.lords_matmul import triton as tk
+
+        out.append(dict(tk.pick_config(M, N, K, bits, parity_rank(N, K))))
+        for bn in (128, 256):
+            for s in splits(-(-N // bn)):
+                for ns, qb in ((3, True), (3, False), (2, True)):
+                    out.append(dict(kernel="gemv", BN=bn, split_k=s, num_warps=8, num_stages=ns, Q_AS_B=qb,
+                                    PRMT=True))
+        return out
     if M == 1:
         for bn in (64, 128, 256):
             for s in splits(-(-N // bn)):

@@ -118,6 +118,11 @@ def triton_forward(layer, x: torch.Tensor) -> torch.Tensor:
         from lords.errors import ShapeError
 
         raise ShapeError(f"input has {x.shape[-1]} features, layer expects {layer.in_features}")
+    if not x.is_cuda and not tk.INTERPRET:
+        from lords.errors import ConfigError
+
+        raise ConfigError("backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before importing kernels); "
+                          "use backend 'torch' or 'auto' on the CPU")
     codes = kernel_codes(layer)
     if x.dtype == torch.float32:
         return lords_linear(x.to(torch.bfloat16), codes, layer.grid, layer.B, layer.A, layer.bias).float()

@@ -5,7 +5,7 @@ exposes the per-model switches. Nothing process-wide changes: a model runs Trito
 (``backend="triton"``, or ``"auto"`` on CUDA).
 """
 from .dispatch import kernel_codes, lords_linear, triton_forward, use_torch, use_triton
-from .lords_matmul.triton import load_table
+from .lords_matmul.tuning import load_table
 
 try:
     from lords.linear import register_backend

@@ -157,9 +157,9 @@ def candidate_configs(M, N, K, bits):
         return sorted({s for s in (1, 2, 3, 4, 6, 8, 12, 16) if s <= n_groups and lo <= tiles * s <= hi} or {1})
 
     if M == 1 and os.environ.get("TUNE_W8"):  # second sweep: two warpgroups per CTA, plus the current pick
-        from kernels.lords_matmul import triton as tk
+        from kernels.lords_matmul import tuning
 
-        out.append(dict(tk.pick_config(M, N, K, bits, parity_rank(N, K))))
+        out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K))))
         for bn in (128, 256):
             for s in splits(-(-N // bn)):
                 for ns, qb in ((3, True), (3, False), (2, True)):
@@ -193,6 +193,7 @@ def candidate_configs(M, N, K, bits):
 def tune(args, torch, triton):
     import kernels
     from kernels.lords_matmul import triton as tk
+    from kernels.lords_matmul import tuning
 
     table = {}
     log = []
@@ -216,7 +217,7 @@ def tune(args, torch, triton):
                     log.append(dict(N=N, K=K, M=M, bits=bits, cfg=cfg, us_graph=us, wall=time.time() - t0))
                     if best is None or us < best[0]:
                         best = (us, cfg)
-                key = f"{tk.m_bucket(M)},{N},{K},{bits},{tk.rank_pad(parity_rank(N, K))}"
+                key = f"{tuning.m_bucket(M)},{N},{K},{bits},{tuning.rank_pad(parity_rank(N, K))}"
                 table[key] = best[1]
                 print(f"tune N={N} K={K} bits={bits} M={M}: {best[0]:.1f} us {best[1]}", flush=True)
                 with open(args.tune, "w") as fh:  # after every cell: a run cut short keeps what it found

@@ -19,6 +19,7 @@ from lords.packing import pack_codes  # noqa: E402
 
 from kernels.lords_matmul import reference as ref  # noqa: E402
 from kernels.lords_matmul import triton as tk  # noqa: E402
+from kernels.lords_matmul import tuning  # noqa: E402
 from kernels.lords_matmul.layout import repack, unrepack  # noqa: E402
 
 # Tolerances on ‖out − ref‖/‖ref‖ against float64: the kernels round W_hat (or A ⊙ x) and x to the operand
@@ -139,7 +140,7 @@ def test_forward_gpu(shape, bits, dtype):
     for split in (None, 3):
         cfg = None
         if split is not None:
-            cfg = dict(tk.pick_config(M, N, K, bits, r), split_k=split)
+            cfg = dict(tuning.pick_config(M, N, K, bits, r), split_k=split)
         poison = torch.full((M * N + 4096,), float("nan"), dtype=dtype, device="cuda")
         del poison  # the allocator hands this block back: an unwritten output element stays NaN
         y = tk.lords_matmul(x, kc, grid, B, A, bias, cfg)

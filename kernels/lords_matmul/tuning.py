@@ -1,0 +1,53 @@
+"""Tile choices for the LoRDS kernels: a committed per-GPU table (``tuned_h100.json``, loaded explicitly with
+:func:`load_table`) and a heuristic for shapes it does not hold. Keys are ``"M_bucket,N,K,bits,R_pad"``."""
+from __future__ import annotations
+
+import json
+
+import triton
+
+from .layout import group_size
+
+
+def rank_pad(r: int) -> int:
+    return max(16, triton.next_power_of_2(r))
+
+
+def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) -> dict:
+    """A tile choice with no tuning table: fill the SMs, split K when N alone cannot (what the H100 sweep
+    preferred, kernels/lords_matmul/tuned_h100.json)."""
+    n_groups = -(-K // group_size(bits))
+    if M == 1:
+        bn = 128 if N >= 8192 else 64
+        tiles = -(-N // bn)
+        split = max(1, min(n_groups, 16, (2 * sms) // tiles))
+        return dict(kernel="gemv", BN=bn, split_k=split, num_warps=4, num_stages=3, Q_AS_B=N >= 8192)
+    if M <= 64:
+        bm = 16 if M <= 16 else (32 if M <= 32 else 64)
+        bn = 64
+        tiles = -(-N // bn) * -(-M // bm)
+        split = max(1, min(n_groups, 16, (2 * sms) // tiles))
+        return dict(kernel="gemm", BM=bm, BN=bn, split_k=split, num_warps=4, num_stages=3, GROUP_M=8)
+    if N >= 8192:
+        return dict(kernel="gemm", BM=128, BN=128, split_k=1, num_warps=4, num_stages=2, GROUP_M=8)
+    return dict(kernel="gemm", BM=128, BN=64, split_k=1, num_warps=4, num_stages=3, GROUP_M=8)
+
+
+_TABLE: dict = {}
+
+
+def load_table(path: str) -> int:
+    """Load a committed tuning table (JSON: ``{"M,N,K,bits,R": config}``); returns the number of entries."""
+    with open(path) as fh:
+        table = json.load(fh)
+    _TABLE.update(table.get("configs", table))
+    return len(_TABLE)
+
+
+def m_bucket(M: int) -> int:
+    return M if M <= 2 else min(triton.next_power_of_2(M), 8192)
+
+
+def pick_config(M: int, N: int, K: int, bits: int, r: int) -> dict:
+    key = f"{m_bucket(M)},{N},{K},{bits},{rank_pad(r)}"
+    return _TABLE.get(key) or default_config(M, N, K, bits, r)

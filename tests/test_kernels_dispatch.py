@@ -1,0 +1,162 @@
+"""The ``triton`` backend function, its custom ops and autograd, and the per-model switch.
+
+CPU: Triton's interpreter on small shapes (``TRITON_INTERPRET=1`` set before ``kernels`` is imported).
+"""
+from __future__ import annotations
+
+import os
+import types
+
+import pytest
+import torch
+from torch import nn
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from lords.grids import make_grid  # noqa: E402
+from lords.packing import pack_codes  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels.lords_matmul import reference as ref  # noqa: E402
+from kernels.lords_matmul import triton as tk  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not tk.INTERPRET,
+                                reason="kernels imported without TRITON_INTERPRET=1 and no GPU")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# bf16 operands, fp32 accumulation: see test_kernels_matmul.TOL
+TOL = 1.2e-2
+
+
+def rel(out, want):
+    return ((out.double() - want.double()).norm() / want.double().norm()).item()
+
+
+class FakeLayer(nn.Module):
+    """The attributes LoRDSLinear exposes to a backend (the lead's module may not be merged yet)."""
+
+    def __init__(self, N=40, K=72, r=6, bits=4, dtype=torch.bfloat16, bias=True):
+        super().__init__()
+        g = torch.Generator().manual_seed(N + K + bits)
+        self.in_features, self.out_features, self.bits, self.rank = K, N, bits, r
+        self.register_buffer("qweight", pack_codes(torch.randint(0, 2**bits, (N, K), generator=g), bits))
+        self.register_buffer("grid", make_grid("nf", bits))
+        self.B = nn.Parameter((torch.randn(N, r, generator=g) / r**0.5).to(dtype))
+        self.A = nn.Parameter((torch.rand(r, K, generator=g) + 0.5).to(dtype))
+        self.bias = nn.Parameter(torch.randn(N, generator=g).to(dtype)) if bias else None
+        self.backend = "auto"
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_triton_forward_on_namespace_layer(bits):
+    g = torch.Generator().manual_seed(bits)
+    N, K, r = 33, 100, 5
+    layer = types.SimpleNamespace(
+        qweight=pack_codes(torch.randint(0, 2**bits, (N, K), generator=g), bits).to(DEV),
+        grid=make_grid("nf", bits).to(DEV), B=torch.randn(N, r, generator=g).half().to(DEV),
+        A=torch.randn(r, K, generator=g).half().to(DEV), bias=None, bits=bits, in_features=K, out_features=N)
+    x = torch.randn(2, 5, K).half().to(DEV)
+    y = kernels.triton_forward(layer, x)
+    want = ref.lords_matmul(x, layer.qweight, layer.grid, layer.B, layer.A, None, bits)
+    assert y.shape == (2, 5, N) and y.dtype == torch.float16
+    assert rel(y, want) < 2e-3  # fp16 operands (see test_kernels_matmul.TOL)
+
+
+def test_repack_cache_follows_qweight_writes():
+    layer = FakeLayer().to(DEV)
+    first = kernels.kernel_codes(layer)
+    assert kernels.kernel_codes(layer) is first
+    layer.qweight.copy_(pack_codes(torch.zeros(40, 72, dtype=torch.uint8), 4))
+    assert kernels.kernel_codes(layer) is not first
+
+
+def test_autograd_matches_reference_gradients():
+    layer = FakeLayer(bits=3).to(DEV)
+    x = torch.randn(7, 72, dtype=torch.bfloat16, device=DEV, requires_grad=True)
+    y = kernels.triton_forward(layer, x)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    rx, rB, rA = ref.lords_matmul_backward(dy, x.detach(), layer.qweight, layer.grid, layer.B.detach(),
+                                           layer.A.detach(), 3)
+    assert rel(x.grad, rx) < TOL
+    assert rel(layer.B.grad, rB) < TOL
+    assert rel(layer.A.grad, rA) < TOL
+    assert rel(layer.bias.grad, dy.double().sum(0)) < TOL
+
+
+def test_peft_only_scales_get_gradients():
+    layer = FakeLayer(bias=False).to(DEV)
+    x = torch.randn(5, 72, dtype=torch.bfloat16, device=DEV)  # no grad for x: the dx kernel is skipped
+    kernels.triton_forward(layer, x).float().pow(2).sum().backward()
+    assert layer.B.grad is not None and layer.A.grad is not None and x.grad is None
+
+
+def test_fp32_input_round_trips_through_bf16():
+    layer = FakeLayer().to(DEV)
+    x = torch.randn(3, 72, device=DEV)
+    with torch.no_grad():
+        y = kernels.triton_forward(layer, x)
+    assert y.dtype == torch.float32
+    assert rel(y, ref.lords_matmul(x, layer.qweight, layer.grid, layer.B, layer.A, layer.bias, 4)) < TOL
+
+
+def test_custom_op_fake_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    layer = FakeLayer()
+    codes = kernels.kernel_codes(layer)
+    real = (codes.lo, codes.hi, layer.grid, layer.B.detach(), layer.A.detach())
+    with FakeTensorMode() as mode:
+        x = mode.from_tensor(torch.randn(2, 3, 72, dtype=torch.bfloat16))
+        args = [mode.from_tensor(t) for t in real]
+        y = torch.ops.lords.matmul(x, *args, None, 4, 72)
+        assert y.shape == (2, 3, 40) and y.dtype == torch.bfloat16
+        dy = mode.from_tensor(torch.randn(2, 3, 40, dtype=torch.bfloat16))
+        dx, dB, dA = torch.ops.lords.matmul_backward(dy, x, *args, 4, 72, True, True)
+        assert dx.shape == x.shape and dB.shape == (40, 6) and dA.shape == (6, 72)
+
+
+def test_use_triton_and_use_torch_switch_one_model():
+    linear = pytest.importorskip("lords.linear")
+    if not hasattr(linear, "LoRDSLinear"):
+        pytest.skip("lords.linear has no LoRDSLinear yet")
+    g = make_grid("nf", 4)
+    model = nn.Sequential(linear.LoRDSLinear(72, 40, 6, 4, g), nn.ReLU(), linear.LoRDSLinear(40, 24, 4, 4, g))
+    other = nn.Sequential(linear.LoRDSLinear(72, 40, 6, 4, g))
+    for m in model.modules():
+        if isinstance(m, linear.LoRDSLinear):
+            m.set_codes(torch.randint(0, 16, (m.out_features, m.in_features)))
+            with torch.no_grad():
+                m.B.normal_()
+                m.A.uniform_(0.5, 1.5)
+    assert kernels.use_triton(model) is model
+    assert {m.backend for m in model.modules() if isinstance(m, linear.LoRDSLinear)} == {"triton"}
+    assert other[0].backend == "auto"  # per model, not process-wide
+    model = model.to(DEV).to(torch.bfloat16)
+    x = torch.randn(3, 72, dtype=torch.bfloat16, device=DEV)
+    with torch.no_grad():
+        y_triton = model(x)
+        y_torch = kernels.use_torch(model)(x)
+    assert rel(y_triton, y_torch) < 3 * TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_and_compile():
+    layer = FakeLayer(N=4096, K=4096, r=32, dtype=torch.float16).cuda()
+    x = torch.randn(1, 4096, dtype=torch.float16, device="cuda")
+    with torch.no_grad():
+        want = kernels.triton_forward(layer, x)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            kernels.triton_forward(layer, x)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = kernels.triton_forward(layer, x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel(out, want) < 1e-6
+        compiled = torch.compile(lambda t: kernels.triton_forward(layer, t), fullgraph=True)
+        assert rel(compiled(x), want) < 1e-6

@@ -1,0 +1,167 @@
+"""Triton LoRDS kernels against the float64 specification (``kernels/lords_matmul/reference.py``).
+
+On a CPU machine the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set here before ``kernels`` is
+imported) on small shapes; tests marked ``gpu`` run the same checks on CUDA at model shapes.
+Metric: ‖out − ref‖ / ‖ref‖ on fresh random inputs.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from lords.grids import make_grid  # noqa: E402
+from lords.packing import pack_codes  # noqa: E402
+
+from kernels.lords_matmul import reference as ref  # noqa: E402
+from kernels.lords_matmul import triton as tk  # noqa: E402
+from kernels.lords_matmul import tuning  # noqa: E402
+from kernels.lords_matmul.layout import repack, unrepack  # noqa: E402
+
+# Tolerances on ‖out − ref‖/‖ref‖ against float64: the kernels round W_hat (or A ⊙ x) and x to the operand
+# dtype before the tensor-core products and accumulate in fp32, so the error is a few units of the operand
+# dtype's rounding: fp16 (2^-11 ≈ 4.9e-4) measured ~2e-4, bf16 (2^-8 ≈ 3.9e-3) measured ~3e-3.
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1.2e-2}
+DTYPES = [torch.float16, torch.bfloat16]
+DT_IDS = ["fp16", "bf16"]
+
+needs_interp_or_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available() and not tk.INTERPRET,
+    reason="kernels were imported without TRITON_INTERPRET=1 and there is no GPU")
+
+
+def rel(out: torch.Tensor, want: torch.Tensor) -> float:
+    return ((out.double() - want.double()).norm() / want.double().norm()).item()
+
+
+def make_case(N, K, r, bits, dtype, device, grid_name="nf", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 2**bits, (N, K), generator=g)
+    qweight = pack_codes(codes, bits).to(device)
+    B = (torch.randn(N, r, generator=g) / r**0.5).to(dtype).to(device)
+    A = (torch.rand(r, K, generator=g) + 0.5).to(dtype).to(device)
+    grid = make_grid(grid_name, bits).to(device)
+    return qweight, grid, B, A
+
+
+def device_of() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("K", [8, 136, 264, 520])
+def test_repack_roundtrip(bits, K):
+    codes = torch.randint(0, 2**bits, (7, K))
+    kc = repack(pack_codes(codes, bits), bits, K)
+    assert torch.equal(unrepack(kc), codes.to(torch.uint8))
+
+
+# (M, N, K, r): M = 1 takes the gemv kernel; N, K, r not multiples of any tile; K not a multiple of 8 is the
+# stored format's padding case.
+CPU_SHAPES = [(1, 48, 200, 5), (1, 70, 300, 20), (3, 33, 136, 7), (17, 64, 256, 16), (40, 50, 100, 3)]
+# Tile configs forced on top of the default pick: split-K through the last-split reduction, tiny tiles.
+CPU_CONFIGS = [None, dict(kernel="gemm", BM=16, BN=32, split_k=3, num_warps=4, num_stages=1),
+               dict(kernel="gemv", BN=32, split_k=2, num_warps=4, num_stages=1)]
+
+
+@needs_interp_or_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: "M{}N{}K{}r{}".format(*s))
+def test_forward_matches_reference(shape, bits, dtype):
+    M, N, K, r = shape
+    dev = device_of()
+    qweight, grid, B, A = make_case(N, K, r, bits, dtype, dev, seed=M + N + bits)
+    x = torch.randn(M, K, dtype=dtype, device=dev)
+    bias = torch.randn(N, dtype=dtype, device=dev)
+    kc = repack(qweight, bits, K)
+    want = ref.lords_matmul(x, qweight, grid, B, A, bias, bits)
+    for cfg in CPU_CONFIGS:
+        if cfg is not None and cfg["kernel"] == "gemv" and M != 1:
+            continue
+        y = tk.lords_matmul(x, kc, grid, B, A, bias, cfg)
+        assert y.dtype == dtype and y.shape == (M, N)
+        assert torch.isfinite(y).all()
+        assert rel(y, want) < TOL[dtype], (cfg, rel(y, want))
+
+
+@needs_interp_or_cuda
+@pytest.mark.parametrize("grid_name", ["int", "nf"])
+def test_forward_int_grid_no_bias_3d_input(grid_name):
+    dev = device_of()
+    qweight, grid, B, A = make_case(40, 72, 6, 4, torch.float16, dev, grid_name)
+    x = torch.randn(2, 3, 72, dtype=torch.float16, device=dev)
+    y = tk.lords_matmul(x, repack(qweight, 4, 72), grid, B, A, None)
+    assert y.shape == (2, 3, 40)
+    assert rel(y, ref.lords_matmul(x, qweight, grid, B, A, None, 4)) < TOL[torch.float16]
+
+
+@needs_interp_or_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(1, 48, 200, 5), (19, 70, 300, 20)], ids=["M1", "M19"])
+def test_backward_matches_reference(shape, bits, dtype):
+    M, N, K, r = shape
+    dev = device_of()
+    qweight, grid, B, A = make_case(N, K, r, bits, dtype, dev, seed=7 + bits)
+    x = torch.randn(M, K, dtype=dtype, device=dev)
+    dy = torch.randn(M, N, dtype=dtype, device=dev)
+    dx, dB, dA = tk.lords_matmul_backward(dy, x, repack(qweight, bits, K), grid, B, A)
+    rx, rB, rA = ref.lords_matmul_backward(dy, x, qweight, grid, B, A, bits)
+    assert rel(dx, rx) < TOL[dtype]
+    # dB, dA: fp32 (tf32 on GPU) products of dy, x in their dtype → the same tolerance
+    assert rel(dB, rB) < TOL[dtype]
+    assert rel(dA, rA) < TOL[dtype]
+
+
+# ----------------------------------------------------------------------------------------------- GPU
+
+GPU_SHAPES = [(1, 4096, 4096, 32), (1, 14336, 4096, 49), (1, 4096, 14336, 49), (1, 1024, 4096, 12),
+              (4, 4096, 4096, 32), (16, 14336, 4096, 49), (64, 1024, 4096, 12), (300, 4096, 4096, 32),
+              (2048, 1000, 1000, 7), (257, 777, 555, 9), (1, 777, 555, 9)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "M{}N{}K{}r{}".format(*s))
+def test_forward_gpu(shape, bits, dtype):
+    M, N, K, r = shape
+    qweight, grid, B, A = make_case(N, K, r, bits, dtype, "cuda", seed=M * 3 + bits)
+    x = torch.randn(M, K, dtype=dtype, device="cuda")
+    bias = torch.randn(N, dtype=dtype, device="cuda")
+    kc = repack(qweight, bits, K)
+    want = ref.lords_matmul(x, qweight, grid, B, A, bias, bits)
+    for split in (None, 3):
+        cfg = None
+        if split is not None:
+            cfg = dict(tuning.pick_config(M, N, K, bits, r), split_k=split)
+        poison = torch.full((M * N + 4096,), float("nan"), dtype=dtype, device="cuda")
+        del poison  # the allocator hands this block back: an unwritten output element stays NaN
+        y = tk.lords_matmul(x, kc, grid, B, A, bias, cfg)
+        torch.cuda.synchronize()
+        assert torch.isfinite(y).all()
+        assert rel(y, want) < TOL[dtype], (cfg, rel(y, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("shape", [(2048, 4096, 4096, 32), (16, 1024, 4096, 12), (300, 777, 555, 9)],
+                         ids=lambda s: "M{}N{}K{}r{}".format(*s))
+def test_backward_gpu(shape, bits):
+    M, N, K, r = shape
+    dtype = torch.bfloat16
+    qweight, grid, B, A = make_case(N, K, r, bits, dtype, "cuda", seed=bits)
+    x = torch.randn(M, K, dtype=dtype, device="cuda")
+    dy = torch.randn(M, N, dtype=dtype, device="cuda")
+    dx, dB, dA = tk.lords_matmul_backward(dy, x, repack(qweight, bits, K), grid, B, A)
+    rx, rB, rA = ref.lords_matmul_backward(dy, x, qweight, grid, B, A, bits)
+    assert rel(dx, rx) < TOL[dtype]
+    assert rel(dB, rB) < TOL[dtype]
+    assert rel(dA, rA) < TOL[dtype]

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test test-all test-gpu reproduce-ptq reproduce-all clean
+.PHONY: help setup demo test test-all test-gpu test-kernels reproduce-ptq reproduce-kernels render-kernels reproduce-all clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -38,3 +38,12 @@ reproduce-all: reproduce-ptq  ## every CPU report
 
 clean:  ## remove run outputs (keeps committed reports)
 	find outputs -mindepth 1 -maxdepth 1 ! -name reports -exec rm -rf {} +
+
+reproduce-kernels: $(STAMP)  ## GPU: kernel benchmark vs cuBLAS/bnb/gemlite and end-to-end decode (see kernels/NOTES.md)
+	$(PY) -m kernels.bench && $(PY) -m kernels.decode
+
+render-kernels: $(STAMP)  ## CPU: re-render outputs/reports/kernels.{md,png} from kernels.json
+	$(PY) -m kernels.bench --render
+
+test-kernels: $(STAMP)  ## kernel tests through the Triton interpreter on CPU
+	TRITON_INTERPRET=1 $(PY) -m pytest tests/test_kernels_*.py -q

@@ -3,6 +3,10 @@ import os
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run in its interpreter; the flag must be set before triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Tests are small: two threads match CI's two cores and keep timings stable.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -110,7 +110,9 @@ def save_checkpoint(model: nn.Module, s: RunSettings, out_dir: Path) -> Path | N
     if s.quant.method == "none":
         return None
     path = out_dir / "quantized"
-    save_quantized(model, path, s.quant.library_config(s.quant.bit_widths[-1]))
+    # Mixed precision: each module's bits are in the checkpoint's module layout; the config is the 2-bit one.
+    save_quantized(model, path, s.quant.library_config(s.quant.bit_widths[-1]),
+                   extra={"pipeline_settings": s.to_dict(), "quant_bits": s.quant.bits})
     return path
 
 
@@ -198,8 +200,3 @@ def out_dir_of(s: RunSettings) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-
-def check_no_nan(value: float, what: str) -> float:
-    if value != value:
-        raise ConfigError(f"{what} is NaN")
-    return value

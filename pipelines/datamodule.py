@@ -110,7 +110,7 @@ class LordsDataModule(L.LightningDataModule):
         if kind not in ("calib", "finetune"):
             raise ConfigError(f"kind={kind!r} is not one of ('calib', 'finetune')")
         self.data, self.tokenizer, self.kind = data, tokenizer, kind
-        self.train_set = self.val_set = None
+        self.train_set = self.val_set = self.calib_ids = None
 
     def _windows(self, ids: torch.Tensor) -> list[dict]:
         w = self.data.window
@@ -122,7 +122,7 @@ class LordsDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         if self.kind == "calib":
-            ids = calibration_ids(self.data, self.tokenizer)
+            ids = self.calib_ids = calibration_ids(self.data, self.tokenizer)
             self.train_set = _Items(self._windows(ids))
             try:
                 val = tokenize(self.tokenizer, source_text(self.data.calib_source, self.data.text_field,
@@ -137,6 +137,12 @@ class LordsDataModule(L.LightningDataModule):
             enc = [encode_pair(self.tokenizer, p, a, self.data.max_length) for p, a in pairs]
             cut = len(enc) - self.data.val_items
             self.train_set, self.val_set = _Items(enc[:cut]), _Items(enc[cut:])
+
+    def calibration_ids(self) -> torch.Tensor:
+        """The calibration tokens ``(1, T)`` the windows were cut from (``kind='calib'``, after ``setup``)."""
+        if self.calib_ids is None:
+            raise ConfigError("calibration_ids() needs kind='calib' and setup() first")
+        return self.calib_ids
 
     def _loader(self, ds, shuffle):
         pad = self.tokenizer.pad_token_id

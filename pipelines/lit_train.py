@@ -25,7 +25,7 @@ class CausalLMModule(L.LightningModule):
 
     def __init__(self, model: nn.Module, param_groups: list[dict], weight_decay: float = 0.0):
         super().__init__()
-        self.model = model
+        self.model = model.train()
         self.param_groups = param_groups
         self.weight_decay = weight_decay
 

@@ -18,7 +18,7 @@ from pipelines.settings import settings_from_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
-TINY = ["model=tiny-llama", "logger=csv", "quant.block_size=16", "quant.refine.steps=2", "quant.calib_tokens=256",
+TINY = ["model=tiny-llama", "logger=csv", "quant.block_size=16", "quant.calib_tokens=256",
         "quant.sample_tokens=64", "data.calib_tokens=256", "data.window=64", "data.val_items=8", "data.batch_size=4",
         "eval.perplexity_tokens=128", "trainer.fast_dev_run=true"]
 
@@ -36,7 +36,7 @@ def read_metrics(tmp_path: Path) -> dict:
 def test_ptq_refine_stage_fast_dev_run(tmp_path):
     from pipelines import ptq_refine
 
-    metrics, objs = ptq_refine.run(tiny_settings("ptq_refine", tmp_path))
+    metrics, objs = ptq_refine.run(tiny_settings("ptq_refine", tmp_path, "quant.refine.steps=2"))
     assert metrics["refine_steps"] == 1 and metrics["layers"] == 14 and metrics["ppl"] > 1
     model, _ = load_quantized(tmp_path / "quantized", objs["model"])
     assert isinstance(model.model.layers[0].mlp.up_proj, LoRDSLinear)
@@ -56,7 +56,7 @@ def test_qat_stage_fast_dev_run(tmp_path):
 def test_peft_stage_fast_dev_run_at_matched_floats(tmp_path, method):
     from pipelines import peft
 
-    extra = ["quant.refine=null"] + (["quant=nf", "quant.bits=4", "stage.method=qlora"] if method == "qlora" else [])
+    extra = ["quant=nf", "quant.bits=4", "stage.method=qlora"] if method == "qlora" else ["quant.refine=null"]
     metrics, objs = peft.run(tiny_settings("peft", tmp_path, *extra))
     # Parity rank at block 16 on the tiny model: the same trainable floats for LoRDS's B, A and for LoRA.
     assert metrics["trainable_floats"] == 17152

@@ -44,11 +44,12 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def markdown(rows: list[dict[str, Any]], title: str) -> str:
+def markdown(rows: list[dict[str, Any]], title: str, note: str | None = None) -> str:
     metrics = [k for k in ORDER if any(k in r for r in rows)]
     metrics += sorted({k for r in rows for k in r if "/" in k})  # lm-eval task/metric columns
     cols = list(KEYS) + metrics
-    lines = [f"# {title}", "", f"{len(rows)} runs.", "", "| " + " | ".join(cols) + " |",
+    lines = [f"# {title}", "", *([note, ""] if note else []), f"{len(rows)} runs.", "",
+             "| " + " | ".join(cols) + " |",
              "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
@@ -86,14 +87,15 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str | None = None) -> P
     return path
 
 
-def aggregate(root: str | Path, out: str | Path | None = None, title: str | None = None) -> dict[str, Any]:
+def aggregate(root: str | Path, out: str | Path | None = None, title: str | None = None,
+              note: str | None = None) -> dict[str, Any]:
     """Write ``<out>.md``, ``<out>.json`` and ``<out>.png`` (default ``<root>/summary``); returns paths and rows."""
     root = Path(root)
     out = Path(out) if out else root / "summary"
     rows = load_rows(root)
     out.parent.mkdir(parents=True, exist_ok=True)
     md = out.with_suffix(".md")
-    md.write_text(markdown(rows, title or f"Sweep {root.name}"))
+    md.write_text(markdown(rows, title or f"Sweep {root.name}", note))
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     png = plot(rows, out.with_suffix(".png")) if rows else None
     return {"rows": rows, "markdown": md, "json": out.with_suffix(".json"), "plot": png}
@@ -112,8 +114,9 @@ def main(argv=None):
     p.add_argument("root", help="a sweep directory (searched recursively for metrics.json)")
     p.add_argument("--out", default=None, help="output path without suffix (default <root>/summary)")
     p.add_argument("--title", default=None)
+    p.add_argument("--note", default=None, help="a paragraph printed under the title (what, how, caveats)")
     args = p.parse_args(argv)
-    result = aggregate(args.root, args.out, args.title)
+    result = aggregate(args.root, args.out, args.title, args.note)
     print(result["markdown"].read_text())
 
 

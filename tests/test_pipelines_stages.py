@@ -140,3 +140,25 @@ def test_multirun_sweep_bits_by_block_size_aggregates_one_table(tmp_path):
     assert got == {(3, 16), (3, 32), (4, 16), (4, 32)}
     # wandb offline: one run directory per job, grouped by sweep.
     assert len(list(sweep.glob("*/wandb/offline-run-*"))) == 4
+
+
+def test_datamodule_packs_windows_and_masks_prompts(tmp_path):
+    from pipelines.common import load_model
+    from pipelines.datamodule import IGNORE, LordsDataModule
+
+    s = tiny_settings("peft", tmp_path)
+    _, tok = load_model(s.model)
+    calib = LordsDataModule(s.data, tok, kind="calib")
+    calib.setup("fit")
+    batch = next(iter(calib.train_dataloader()))
+    assert batch["input_ids"].shape == (4, 64) and torch.equal(batch["labels"], batch["input_ids"])
+    assert len(calib.train_set) == 256 // 64 and calib.calibration_ids().shape == (1, 256)
+    ft = LordsDataModule(s.data, tok, kind="finetune")
+    ft.setup("fit")
+    assert (len(ft.train_set), len(ft.val_set)) == (190 - 8, 8)
+    item = ft.val_set[0]
+    prompt_len = len(tok('Unicode name of "x":', add_special_tokens=False).input_ids)
+    labels = item["labels"]
+    # Loss on the answer (and EOS) only: every prompt position is ignored, every answer position kept.
+    assert (labels[:prompt_len - 1] == IGNORE).all() and (labels[-3:] != IGNORE).all()
+    assert labels[-1] == tok.eos_token_id

@@ -42,8 +42,20 @@ def _bpe_tokenizer(vocab: int):
                                    pad_token=special[0], unk_token=special[0])
 
 
-def load_model(s: ModelSettings, seed: int = 0):
-    """``(model, tokenizer)`` for the model settings; the tiny Llama gets the offline BPE tokenizer."""
+def device_for(accelerator: str) -> str:
+    """Where a stage puts the model before quantizing: CUDA for trainer.accelerator gpu/cuda/auto when present."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def load_model(s: ModelSettings, seed: int = 0, device: str = "cpu"):
+    """``(model, tokenizer)`` for the model settings on ``device``; the tiny Llama gets the offline BPE tokenizer."""
+    model, tok = _load_model(s, seed)
+    return model.to(device), tok
+
+
+def _load_model(s: ModelSettings, seed: int):
     if s.name == "tiny-llama":
         from lords.models import tiny_llama
 

@@ -14,7 +14,7 @@ import torch
 
 from lords.checkpoint import load_quantized
 
-from .common import (bits_per_weight, finish_logger, load_model, make_logger, out_dir_of, quantize_model,
+from .common import (bits_per_weight, device_for, finish_logger, load_model, make_logger, out_dir_of, quantize_model,
                      write_metrics)
 from .evaluation import evaluate
 from .settings import RunSettings, settings_from_cfg
@@ -24,7 +24,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
     torch.manual_seed(s.seed)
     out = out_dir_of(s)
-    model, tok = load_model(s.model, s.seed)
+    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
     logger = make_logger(s, out)
     if s.stage.checkpoint:
         model, _ = load_quantized(s.stage.checkpoint, model)
@@ -35,8 +35,6 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
 
             calib = calibration_ids(s.data, tok)
         quantize_model(model, s.quant, calib)
-    if s.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available():
-        model = model.cuda()
     metrics: dict[str, Any] = {"bits_per_weight": bits_per_weight(model)}
     metrics.update(evaluate(model, tok, s.eval))
     write_metrics(out, s, metrics)

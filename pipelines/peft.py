@@ -16,7 +16,7 @@ import torch
 from lords.checkpoint import load_quantized
 from lords.errors import ConfigError
 
-from .common import (bits_per_weight, finish_logger, load_model, make_logger, out_dir_of, quantize_model,
+from .common import (bits_per_weight, device_for, finish_logger, load_model, make_logger, out_dir_of, quantize_model,
                      save_checkpoint, write_metrics)
 from .evaluation import answer_metrics, evaluate
 from .settings import RunSettings, settings_from_cfg
@@ -57,7 +57,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
 
     torch.manual_seed(s.seed)
     out = out_dir_of(s)
-    model, tok = load_model(s.model, s.seed)
+    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
     logger = make_logger(s, out)
     model, trainable = prepare(model, tok, s)
     dm = LordsDataModule(s.data, tok, kind="finetune")

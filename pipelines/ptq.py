@@ -12,7 +12,7 @@ from typing import Any
 import hydra
 import torch
 
-from .common import (bits_per_weight, finish_logger, load_model, make_logger, out_dir_of, quantize_model,
+from .common import (bits_per_weight, device_for, finish_logger, load_model, make_logger, out_dir_of, quantize_model,
                      save_checkpoint, write_metrics)
 from .evaluation import evaluate
 from .settings import RunSettings, settings_from_cfg
@@ -28,7 +28,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
     torch.manual_seed(s.seed)
     out = out_dir_of(s)
-    model, tok = load_model(s.model, s.seed)
+    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
     logger = make_logger(s, out)
     calib = None
     if s.quant.method != "none" and s.quant.refine is not None and s.quant.refine.objective != "weight":

@@ -17,7 +17,7 @@ from lords.calibration import collect_stats
 from lords.errors import ConfigError
 from lords.quantize import select_linears
 
-from .common import (bits_per_weight, finish_logger, load_model, make_logger, out_dir_of, quant_plan,
+from .common import (bits_per_weight, device_for, finish_logger, load_model, make_logger, out_dir_of, quant_plan,
                      save_checkpoint, write_metrics)
 from .evaluation import evaluate
 from .settings import RunSettings, settings_from_cfg
@@ -33,7 +33,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
 
     torch.manual_seed(s.seed)
     out = out_dir_of(s)
-    model, tok = load_model(s.model, s.seed)
+    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
     logger = make_logger(s, out)
     plan = quant_plan(model, s.quant)
     stats = None

@@ -13,7 +13,7 @@ import torch
 
 from lords.errors import ConfigError
 
-from .common import (bits_per_weight, finish_logger, load_model, make_logger, out_dir_of, quant_plan,
+from .common import (bits_per_weight, device_for, finish_logger, load_model, make_logger, out_dir_of, quant_plan,
                      save_checkpoint, write_metrics)
 from .evaluation import evaluate
 from .settings import RunSettings, settings_from_cfg
@@ -29,7 +29,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
 
     torch.manual_seed(s.seed)
     out = out_dir_of(s)
-    model, tok = load_model(s.model, s.seed)
+    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
     logger = make_logger(s, out)
     dm = LordsDataModule(s.data, tok, kind=s.stage.data)
     module = QATModule(model, quant_plan(model, s.quant), s.stage.lr_weight, s.stage.lr_scale, s.stage.weight_decay)

@@ -138,8 +138,14 @@ def test_multirun_sweep_bits_by_block_size_aggregates_one_table(tmp_path):
     assert len(rows) == 4 and (sweep / "summary.png").stat().st_size > 0
     got = {(r["bits"], r["block_size"]) for r in json.loads((sweep / "summary.json").read_text())}
     assert got == {(3, 16), (3, 32), (4, 16), (4, 32)}
-    # wandb offline: one run directory per job, grouped by sweep.
+    # wandb offline: one run per job, grouped by sweep, with the validated config and the final metrics.
+    from pipelines.wandb_offline import read_offline_run
+
     assert len(list(sweep.glob("*/wandb/offline-run-*"))) == 4
+    run = read_offline_run(sweep / "0" / "wandb")
+    assert run["group"] == "ptq-sweep" and run["project"] == "lords"
+    assert run["config"]["quant.bits"] == 3 and run["config"]["model.name"] == "tiny-llama"
+    assert run["summary"]["ppl"] > 1 and "final/weight_rel_error" in run["summary"]
 
 
 def test_datamodule_packs_windows_and_masks_prompts(tmp_path):

@@ -43,10 +43,11 @@ def test_ptq_refine_stage_fast_dev_run(tmp_path):
     assert read_metrics(tmp_path)["float_params"] == metrics["float_params"]
 
 
-def test_qat_stage_fast_dev_run(tmp_path):
+@pytest.mark.parametrize("data", ["calib", "finetune"])
+def test_qat_stage_fast_dev_run(tmp_path, data):
     from pipelines import qat
 
-    metrics, objs = qat.run(tiny_settings("qat", tmp_path, "quant.bits=2"))
+    metrics, objs = qat.run(tiny_settings("qat", tmp_path, "quant.bits=2", f"stage.data={data}"))
     assert metrics["train_steps"] == 1 and metrics["bits_per_weight"] == 2
     assert isinstance(objs["model"].model.layers[1].self_attn.o_proj, LoRDSLinear)
     assert (tmp_path / "quantized" / "lords.json").is_file()
@@ -66,6 +67,17 @@ def test_peft_stage_fast_dev_run_at_matched_floats(tmp_path, method):
     else:
         base = objs["model"].base_model.model.model.layers[0].mlp.up_proj.base_layer
         assert isinstance(base, BlockLinear)
+
+
+def test_ptq_stage_mixed_precision_saves_and_reloads(tmp_path):
+    from pipelines import ptq
+
+    metrics, objs = ptq.run(tiny_settings("ptq", tmp_path, "quant.bits=2.5", "model.tiny.layers=4",
+                                          "quant.refine.objective=weight", "quant.refine.steps=2"))
+    # 4 equal decoder layers at 2.5 bits: the first round(4 · 0.5 / 2) = 1 at 4 bits, 3 at 2 bits.
+    assert metrics["bits_per_weight"] == pytest.approx(2.5)
+    model, _ = load_quantized(tmp_path / "quantized", objs["model"])
+    assert [model.model.layers[i].mlp.up_proj.bits for i in range(4)] == [4, 2, 2, 2]
 
 
 def test_lightning_refine_equals_library_refine():

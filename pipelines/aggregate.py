@@ -46,7 +46,8 @@ def _fmt(v) -> str:
 
 def markdown(rows: list[dict[str, Any]], title: str, note: str | None = None) -> str:
     metrics = [k for k in ORDER if any(k in r for r in rows)]
-    metrics += sorted({k for r in rows for k in r if "/" in k})  # lm-eval task/metric columns
+    # lm-eval task/metric columns and before/after pairs (item counts stay in the JSON).
+    metrics += sorted({k for r in rows for k in r if "/" in k and not k.endswith("_items")})
     cols = list(KEYS) + metrics
     lines = [f"# {title}", "", *([note, ""] if note else []), f"{len(rows)} runs.", "",
              "| " + " | ".join(cols) + " |",

@@ -23,22 +23,24 @@ EXPERIMENTS = "peft_smollm2_lords,peft_smollm2_qlora"
 
 
 def note(rows: list[dict], seconds: float, settings: dict) -> str:
-    t, d = settings["trainer"], settings["data"]
+    t, d, q = settings["trainer"], settings["data"], settings["quant"]
+    pairs = sum(1 for line in open(d["finetune_source"]) if line.strip())
     floats = sorted({r.get("trainable_floats") for r in rows})
     return (
-        "Both start from the embedded SmolLM2-135M-Instruct at 4 bits, block 64, every decoder linear quantized "
+        f"Both start from `{settings['model']['name']}` at {q['bits']} bits, block {q['block_size']}, every decoder "
+        "linear quantized "
         "(lm_head kept in float): LoRDS from its SVD init (no PTQ refinement), QLoRA from block-wise NF4. LoRDS "
         "trains only B, A (the model stays Q ⊙ BA, nothing merged); QLoRA trains an additive LoRA (peft `lora.Linear` "
         "registered for `BlockLinear`) whose rank per layer is LoRDS's parity rank, so both train "
         f"{', '.join(f'{f:,}' for f in floats)} floats. Task: the Unicode name of a Latin letter "
-        f"(`{d['finetune_source']}`, {190 - d['val_items']} training pairs, {d['val_items']} held out), loss on "
-        f"answers only; AdamW, {t['max_steps']} steps of batch {d['batch_size']}, lr from each experiment file. "
+        f"(`{d['finetune_source']}`, {pairs - d['val_items']} training pairs, {d['val_items']} held out), loss on "
+        f"answers only; AdamW, {t['max_steps']} steps of batch {d['batch_size']}, lr {settings['stage']['lr']}. "
         "`answer_nll` / `answer_exact`: mean answer-token NLL and the share of held-out pairs whose every answer token "
         "is the greedy next token, after training (`before/…`: the quantized model before training); "
         "`lords_unicode/acc`: lm-eval 4-way multiple choice on the same held-out letters; `ppl`: perplexity on "
-        "the first tokens of the shipped licence texts (forgetting check). Weights come from a Q4_1 GGUF: a 4-bit "
-        "base is biased towards grids that contain the original 4-bit points (NF4 more than LoRDS's continuous "
-        f"scales). One seed; small held-out set: differences of a few points are noise. Wall time "
+        "the first tokens of the shipped licence texts (forgetting check). SmolLM2's weights come from a Q4_1 GGUF: "
+        "a 4-bit base is biased towards grids that contain the original 4-bit points (NF4's fixed grid more than "
+        f"LoRDS's continuous scales). One seed; small held-out set: differences of a few points are noise. Wall time "
         f"{seconds / 60:.1f} min on {os.cpu_count()} CPU cores shared with another job ({platform.machine()})."
     )
 

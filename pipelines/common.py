@@ -178,7 +178,7 @@ def make_logger(s: RunSettings, out_dir: Path):
     if ls.kind == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
-        logger = CSVLogger(save_dir=str(out_dir), name="csv", version="")
+        logger = CSVLogger(save_dir=str(out_dir), name="csv")  # version_N per (re)start: resume keeps old logs
     else:
         from lightning.pytorch.loggers import WandbLogger
 

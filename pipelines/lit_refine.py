@@ -98,7 +98,8 @@ class RefineLayer(nn.Module):
 
 
 class StepDataset(Dataset):
-    """``steps`` dummy items: Algorithm 1 needs no batches (its data is in the layers' statistics)."""
+    """``steps`` dummy items: Algorithm 1 needs no batches (its data is in the layers' statistics).
+    The stage uses one item per epoch, so every checkpoint ends an epoch and resume needs no loader state."""
 
     def __init__(self, steps: int):
         self.steps = steps

@@ -47,7 +47,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     steps = s.quant.refine.steps
     trainer = make_trainer(s, out, logger, max_steps=steps)
     t = time.time()
-    trainer.fit(module, train_dataloaders=DataLoader(StepDataset(steps), batch_size=1),
+    trainer.fit(module, train_dataloaders=DataLoader(StepDataset(1), batch_size=1),
                 ckpt_path=resume_path(s, out))
     metrics: dict[str, Any] = module.finish()
     metrics.update(module.write_back(model))

@@ -106,6 +106,31 @@ def quantize_model(model: nn.Module, q: QuantSettings, calib_ids: torch.Tensor |
     return report
 
 
+def apply_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Pick the ``LoRDSLinear`` forward for this model (an explicit per-model call, nothing process-wide).
+
+    ``triton`` needs the ``kernels`` package (its import registers the backend) and uses its ``use_triton``;
+    ``auto`` imports ``kernels`` when it is installed, so layers on CUDA run Triton and CPU layers torch.
+    """
+    import importlib.util
+
+    from lords.linear import LoRDSLinear
+
+    have_kernels = importlib.util.find_spec("kernels") is not None
+    if backend == "triton":
+        if not have_kernels:
+            raise ConfigError("trainer.backend='triton' needs the kernels package (Triton kernels) installed")
+        import kernels
+
+        return kernels.use_triton(model)
+    if backend == "auto" and have_kernels and torch.cuda.is_available():
+        import kernels  # noqa: F401  (registers the "triton" backend that "auto" picks on CUDA)
+    for m in model.modules():
+        if isinstance(m, LoRDSLinear):
+            m.set_backend(backend)
+    return model
+
+
 def bits_per_weight(model: nn.Module) -> float | None:
     """Average code bits over quantized modules (weighted by weight count)."""
     from lords.linear import _QuantizedLinear

@@ -14,8 +14,8 @@ import torch
 
 from lords.checkpoint import load_quantized
 
-from .common import (bits_per_weight, device_for, finish_logger, load_model, make_logger, out_dir_of, quantize_model,
-                     write_metrics)
+from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
+                     out_dir_of, quantize_model, write_metrics)
 from .evaluation import evaluate
 from .settings import RunSettings, settings_from_cfg
 
@@ -35,6 +35,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
 
             calib = calibration_ids(s.data, tok)
         quantize_model(model, s.quant, calib)
+    apply_backend(model, s.trainer.backend)
     metrics: dict[str, Any] = {"bits_per_weight": bits_per_weight(model)}
     metrics.update(evaluate(model, tok, s.eval))
     write_metrics(out, s, metrics)

@@ -16,8 +16,8 @@ import torch
 from lords.checkpoint import load_quantized
 from lords.errors import ConfigError
 
-from .common import (bits_per_weight, device_for, finish_logger, load_model, make_logger, out_dir_of, quantize_model,
-                     save_checkpoint, write_metrics)
+from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
+                     out_dir_of, quantize_model, save_checkpoint, write_metrics)
 from .evaluation import answer_metrics, evaluate
 from .settings import RunSettings, settings_from_cfg
 
@@ -60,6 +60,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
     logger = make_logger(s, out)
     model, trainable = prepare(model, tok, s)
+    apply_backend(model, s.trainer.backend)
     dm = LordsDataModule(s.data, tok, kind="finetune")
     dm.setup("fit")
     before = answer_metrics(model, dm.val_dataloader())

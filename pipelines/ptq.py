@@ -12,8 +12,8 @@ from typing import Any
 import hydra
 import torch
 
-from .common import (bits_per_weight, device_for, finish_logger, load_model, make_logger, out_dir_of, quantize_model,
-                     save_checkpoint, write_metrics)
+from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
+                     out_dir_of, quantize_model, save_checkpoint, write_metrics)
 from .evaluation import evaluate
 from .settings import RunSettings, settings_from_cfg
 
@@ -38,6 +38,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     t = time.time()
     report = quantize_model(model, s.quant, calib)
     metrics = quant_metrics(report, model, time.time() - t)
+    apply_backend(model, s.trainer.backend)
     metrics.update(evaluate(model, tok, s.eval))
     ckpt = save_checkpoint(model, s, out) if s.stage.save else None
     metrics["checkpoint"] = None if ckpt is None else str(ckpt)

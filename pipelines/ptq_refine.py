@@ -17,8 +17,8 @@ from lords.calibration import collect_stats
 from lords.errors import ConfigError
 from lords.quantize import select_linears
 
-from .common import (bits_per_weight, device_for, finish_logger, load_model, make_logger, out_dir_of, quant_plan,
-                     save_checkpoint, write_metrics)
+from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
+                     out_dir_of, quant_plan, save_checkpoint, write_metrics)
 from .evaluation import evaluate
 from .settings import RunSettings, settings_from_cfg
 
@@ -51,6 +51,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
                 ckpt_path=resume_path(s, out))
     metrics: dict[str, Any] = module.finish()
     metrics.update(module.write_back(model))
+    apply_backend(model, s.trainer.backend)
     metrics.update(quant_seconds=time.time() - t, bits_per_weight=bits_per_weight(model))
     metrics.update(evaluate(model, tok, s.eval))
     ckpt = save_checkpoint(model, s, out) if s.stage.save else None

@@ -13,8 +13,8 @@ import torch
 
 from lords.errors import ConfigError
 
-from .common import (bits_per_weight, device_for, finish_logger, load_model, make_logger, out_dir_of, quant_plan,
-                     save_checkpoint, write_metrics)
+from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
+                     out_dir_of, quant_plan, save_checkpoint, write_metrics)
 from .evaluation import evaluate
 from .settings import RunSettings, settings_from_cfg
 
@@ -38,7 +38,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))
     metrics: dict[str, Any] = {"train_seconds": time.time() - t, "trainable_floats": module.trainable_floats(),
                                "train_steps": trainer.global_step}
-    model = module.convert()
+    model = apply_backend(module.convert(), s.trainer.backend)
     metrics["bits_per_weight"] = bits_per_weight(model)
     metrics.update(evaluate(model, tok, s.eval))
     ckpt = save_checkpoint(model, s, out) if s.stage.save else None

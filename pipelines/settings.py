@@ -214,15 +214,18 @@ class TrainerSettings:
     checkpoint_every_n_steps: int = 25
     resume: str | None = None
     deterministic: bool = False
+    backend: str = "auto"
+    """LoRDSLinear forward: auto (Triton kernels on CUDA when the ``kernels`` package is installed), torch, triton."""
 
     def check(self, key):
         _choice(f"{key}.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
+        _choice(f"{key}.backend", self.backend, ("auto", "torch", "triton"))
         _positive(f"{key}.max_steps", self.max_steps)
         _positive(f"{key}.checkpoint_every_n_steps", self.checkpoint_every_n_steps)
 
     def trainer_kwargs(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("checkpoint_every_n_steps", "resume"):
+        for k in ("checkpoint_every_n_steps", "resume", "backend"):
             d.pop(k)
         return d
 

@@ -80,6 +80,21 @@ def test_ptq_stage_mixed_precision_saves_and_reloads(tmp_path):
     assert [model.model.layers[i].mlp.up_proj.bits for i in range(4)] == [4, 2, 2, 2]
 
 
+def test_backend_choice_is_per_model(tmp_path):
+    import importlib.util
+
+    from lords.errors import ConfigError
+    from pipelines import eval as eval_stage
+
+    metrics, objs = eval_stage.run(tiny_settings("eval", tmp_path, "quant.refine=null", "trainer.backend=torch",
+                                                 "eval.perplexity_tokens=64"))
+    assert {m.backend for m in objs["model"].modules() if isinstance(m, LoRDSLinear)} == {"torch"}
+    if importlib.util.find_spec("kernels") is None:
+        with pytest.raises(ConfigError, match=r"trainer\.backend"):
+            eval_stage.run(tiny_settings("eval", tmp_path / "t", "quant.refine=null", "trainer.backend=triton",
+                                         "eval.perplexity_tokens=64"))
+
+
 def test_lightning_refine_equals_library_refine():
     import lightning as L
     from torch import nn

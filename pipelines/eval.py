@@ -17,7 +17,7 @@ from lords.checkpoint import load_quantized
 from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
                      out_dir_of, quantize_model, write_metrics)
 from .evaluation import evaluate
-from .settings import RunSettings, settings_from_cfg
+from .settings import RunSettings, settings_from_cfg, settings_or_exit
 
 
 def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -45,7 +45,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg) -> None:
-    run(cfg)
+    run(settings_or_exit(cfg))
 
 
 if __name__ == "__main__":

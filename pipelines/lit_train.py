@@ -60,6 +60,9 @@ class QATModule(CausalLMModule):
         layers = [m for m in model.modules() if isinstance(m, QATLinear)]
         if not layers:
             raise ValueError("QAT found no linear layer to prepare (quant.include/exclude?)")
+        for m in layers:
+            if m.bias is not None:
+                m.bias.requires_grad_(False)  # biases stay as they are; only W and B, A train
         weights = [m.weight for m in layers]
         scales = [p for m in layers for p in (m.B, m.A)]
         if lr_weight == 0:

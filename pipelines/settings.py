@@ -350,6 +350,17 @@ def settings_from_dict(d: dict[str, Any]) -> RunSettings:
     return RunSettings(**parts)
 
 
+def settings_or_exit(cfg) -> RunSettings:
+    """For ``@hydra.main``: the validated settings, or exit status 2 with the one-line message naming the key."""
+    import sys
+
+    try:
+        return settings_from_cfg(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def settings_from_cfg(cfg) -> RunSettings:
     """Validate a composed Hydra/OmegaConf config (interpolations resolved)."""
     from omegaconf import OmegaConf

@@ -79,3 +79,18 @@ def test_mixed_precision_plan_is_loftq_convention():
     # 4 layers at 2.5 bits: round(4 · 0.5 / 2) = 1 layer at 4 bits.
     assert keep_high(None, "model.layers.0.mlp.up_proj") and not keep_high(None, "model.layers.1.mlp.up_proj")
     assert keep_low(None, "model.layers.3.self_attn.q_proj")
+
+
+def test_entry_point_exits_with_the_key_named(tmp_path):
+    """``python -m pipelines.ptq quant.bits=7`` stops at start: exit status 2, one line naming the key."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(CONF).parent
+    done = subprocess.run([sys.executable, "-m", "pipelines.ptq", "quant.bits=7", f"hydra.run.dir={tmp_path}",
+                           f"out_dir={tmp_path}"], cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "config error: quant.bits=7 is not one of" in done.stderr
+    assert not (tmp_path / "metrics.json").exists()

@@ -97,11 +97,14 @@ def quant_plan(model: nn.Module, q: QuantSettings) -> list[tuple[Any, Any]]:
 
 
 def quantize_model(model: nn.Module, q: QuantSettings, calib_ids: torch.Tensor | None = None,
-                   progress: bool = False) -> QuantizeReport:
-    """Quantize ``model`` in place by the settings (several library calls for mixed precision)."""
+                   progress: bool = False, journal: Path | None = None) -> QuantizeReport:
+    """Quantize ``model`` in place by the settings (several library calls for mixed precision); with
+    ``journal``, finished layers are kept there (the library's ``resume_dir``) and a rerun resumes."""
     report = QuantizeReport()
     for config, filter_fn in quant_plan(model, q):
-        part = quantize_(model, config, filter_fn=filter_fn, calib_ids=calib_ids, progress=progress)
+        resume = None if journal is None else journal / f"{config.bits}bit"
+        part = quantize_(model, config, filter_fn=filter_fn, calib_ids=calib_ids, progress=progress,
+                         resume_dir=resume)
         report.layers.extend(part.layers)
     return report
 

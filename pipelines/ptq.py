@@ -36,7 +36,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
 
         calib = calibration_ids(s.data, tok)
     t = time.time()
-    report = quantize_model(model, s.quant, calib)
+    report = quantize_model(model, s.quant, calib, journal=out / "journal" if s.stage.journal else None)
     metrics = quant_metrics(report, model, time.time() - t)
     apply_backend(model, s.trainer.backend)
     metrics.update(evaluate(model, tok, s.eval))

@@ -148,11 +148,14 @@ class DataSettings:
 class PTQStage:
     name: str
     save: bool = True
+    journal: bool = True
+    """Keep the library's per-layer journal in <out_dir>/journal: a rerun with the same out_dir resumes."""
 
 
 @dataclass(frozen=True)
-class RefineStage(PTQStage):
-    pass
+class RefineStage:
+    name: str
+    save: bool = True
 
 
 @dataclass(frozen=True)

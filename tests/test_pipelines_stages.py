@@ -78,6 +78,11 @@ def test_ptq_stage_mixed_precision_saves_and_reloads(tmp_path):
     assert metrics["bits_per_weight"] == pytest.approx(2.5)
     model, _ = load_quantized(tmp_path / "quantized", objs["model"])
     assert [model.model.layers[i].mlp.up_proj.bits for i in range(4)] == [4, 2, 2, 2]
+    # The per-layer journal: a rerun into the same out_dir resumes (every layer read back, same result).
+    assert len(list((tmp_path / "journal").rglob("*.safetensors"))) == 28
+    again, _ = ptq.run(tiny_settings("ptq", tmp_path, "quant.bits=2.5", "model.tiny.layers=4",
+                                     "quant.refine.objective=weight", "quant.refine.steps=2"))
+    assert again["weight_rel_error"] == pytest.approx(metrics["weight_rel_error"])
 
 
 def test_backend_choice_is_per_model(tmp_path):

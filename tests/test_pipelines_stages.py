@@ -131,6 +131,21 @@ def test_lightning_refine_equals_library_refine():
     assert torch.equal(model[0].codes(), reference.codes)
 
 
+def test_ptq_refine_stage_matches_library_quantize_with_calibration(tmp_path):
+    """End to end: the Lightning stage and ``lords.quantize_`` (ptq stage) give the same model (act_diag, 3 steps)."""
+    from pipelines import ptq, ptq_refine
+
+    common = ["trainer.fast_dev_run=false", "quant.refine.steps=3", "quant.refine.objective=act_diag",
+              "eval.perplexity_tokens=128", "stage.save=false"]
+    lit, lit_objs = ptq_refine.run(tiny_settings("ptq_refine", tmp_path / "lit", *common))
+    lib, lib_objs = ptq.run(tiny_settings("ptq", tmp_path / "lib", *common, "stage.journal=false"))
+    assert lit["weight_rel_error"] == pytest.approx(lib["weight_rel_error"], rel=1e-5)
+    assert lit["ppl"] == pytest.approx(lib["ppl"], rel=1e-4)
+    a = lit_objs["model"].model.layers[1].self_attn.q_proj
+    b = lib_objs["model"].model.layers[1].self_attn.q_proj
+    assert torch.equal(a.qweight, b.qweight)
+
+
 def test_ptq_refine_resumes_from_lightning_checkpoint(tmp_path):
     from pipelines import ptq_refine
 

@@ -1,0 +1,242 @@
+"""What every entry point shares: model loading, quantization by settings, metrics JSON, the logger.
+
+Nothing here imports Lightning or wandb at module level (the PTQ stage needs neither unless asked).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lords.errors import ConfigError
+from lords.quantize import QuantizeReport, quantize_
+
+from .settings import LoggerSettings, ModelSettings, QuantSettings, RunSettings
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@lru_cache(maxsize=4)
+def _bpe_tokenizer(vocab: int):
+    """A byte-level BPE tokenizer with ``vocab`` entries, trained offline on Python's pydoc topics (< 1 s)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from lords.texts import calibration_text
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([calibration_text()[:400_000]], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=special[0], bos_token=special[0],
+                                   pad_token=special[0], unk_token=special[0])
+
+
+def device_for(accelerator: str) -> str:
+    """Where a stage puts the model before quantizing: CUDA for trainer.accelerator gpu/cuda/auto when present."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def load_model(s: ModelSettings, seed: int = 0, device: str = "cpu"):
+    """``(model, tokenizer)`` for the model settings on ``device``; the tiny Llama gets the offline BPE tokenizer."""
+    model, tok = _load_model(s, seed)
+    return model.to(device), tok
+
+
+def _load_model(s: ModelSettings, seed: int):
+    if s.name == "tiny-llama":
+        from lords.models import tiny_llama
+
+        t = s.tiny
+        tok = _bpe_tokenizer(t.vocab)
+        model = tiny_llama(seed=seed, hidden=t.hidden, layers=t.layers, heads=t.heads, kv_heads=t.kv_heads,
+                           intermediate=t.intermediate, vocab=len(tok))
+        return model.to(_DTYPES[s.dtype]).eval(), tok
+    from lords.models import load_model as lib_load
+
+    return lib_load(s.name, _DTYPES[s.dtype], gguf_file=s.gguf_file)
+
+
+def decoder_layer_index(name: str) -> int | None:
+    """The decoder layer a module name belongs to (``model.layers.7.mlp.up_proj`` → 7), else None."""
+    m = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", f".{name}.")
+    return None if m is None else int(m.group(1))
+
+
+def num_decoder_layers(model: nn.Module) -> int:
+    return getattr(getattr(model, "config", None), "num_hidden_layers", None) or 1 + max(
+        (decoder_layer_index(n) or 0) for n, _ in model.named_modules())
+
+
+def quant_plan(model: nn.Module, q: QuantSettings) -> list[tuple[Any, Any]]:
+    """``[(library_config, filter_fn)]``: one entry for uniform bits; for mixed precision (2.25 / 2.5 bits)
+    LoftQ's convention: 4 bits in the first ``round(L·(b−2)/2)`` decoder layers, 2 bits in the rest."""
+    if q.method == "none":
+        return []
+    if not q.mixed:
+        return [(q.library_config(), None)]
+    n_high = round(num_decoder_layers(model) * (q.bits - 2) / 2)
+
+    def high(_m, name):
+        i = decoder_layer_index(name)
+        return i is not None and i < n_high
+
+    return [(q.library_config(4), high), (q.library_config(2), lambda m, name: not high(m, name))]
+
+
+def quantize_model(model: nn.Module, q: QuantSettings, calib_ids: torch.Tensor | None = None,
+                   progress: bool = False, journal: Path | None = None) -> QuantizeReport:
+    """Quantize ``model`` in place by the settings (several library calls for mixed precision); with
+    ``journal``, finished layers are kept there (the library's ``resume_dir``) and a rerun resumes."""
+    report = QuantizeReport()
+    for config, filter_fn in quant_plan(model, q):
+        resume = None if journal is None else journal / f"{config.bits}bit"
+        part = quantize_(model, config, filter_fn=filter_fn, calib_ids=calib_ids, progress=progress,
+                         resume_dir=resume)
+        report.layers.extend(part.layers)
+    return report
+
+
+def apply_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Pick the ``LoRDSLinear`` forward for this model (an explicit per-model call, nothing process-wide).
+
+    ``triton`` needs the ``kernels`` package (its import registers the backend) and uses its ``use_triton``;
+    ``auto`` imports ``kernels`` when it is installed, so layers on CUDA run Triton and CPU layers torch.
+    """
+    import importlib.util
+
+    from lords.linear import LoRDSLinear
+
+    have_kernels = importlib.util.find_spec("kernels") is not None
+    if backend == "triton":
+        if not have_kernels:
+            raise ConfigError("trainer.backend='triton' needs the kernels package (Triton kernels) installed")
+        import kernels
+
+        return kernels.use_triton(model)
+    if backend == "auto" and have_kernels and torch.cuda.is_available():
+        import kernels  # noqa: F401  (registers the "triton" backend that "auto" picks on CUDA)
+    for m in model.modules():
+        if isinstance(m, LoRDSLinear):
+            m.set_backend(backend)
+    return model
+
+
+def bits_per_weight(model: nn.Module) -> float | None:
+    """Average code bits over quantized modules (weighted by weight count)."""
+    from lords.linear import _QuantizedLinear
+
+    layers = [m for m in model.modules() if isinstance(m, _QuantizedLinear)]
+    total = sum(m.in_features * m.out_features for m in layers)
+    return None if not total else sum(m.bits * m.in_features * m.out_features for m in layers) / total
+
+
+def save_checkpoint(model: nn.Module, s: RunSettings, out_dir: Path) -> Path | None:
+    """The library's quantized checkpoint in ``<out_dir>/quantized`` (uniform bits; config JSON beside it)."""
+    from lords.checkpoint import save_quantized
+
+    if s.quant.method == "none":
+        return None
+    path = out_dir / "quantized"
+    # Mixed precision: each module's bits are in the checkpoint's module layout; the config is the 2-bit one.
+    save_quantized(model, path, s.quant.library_config(s.quant.bit_widths[-1]),
+                   extra={"pipeline_settings": s.to_dict(), "quant_bits": s.quant.bits})
+    return path
+
+
+def write_metrics(out_dir: Path, s: RunSettings, metrics: dict[str, Any]) -> Path:
+    """``<out_dir>/metrics.json``: the metrics and the validated settings that produced them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "metrics.json"
+    record = {"metrics": metrics, "settings": s.to_dict(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    tmp.replace(path)
+    return path
+
+
+def flat_settings(s: RunSettings) -> dict[str, Any]:
+    """``{"quant.bits": 3, ...}`` for loggers."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = list(value) if isinstance(value, tuple) else value
+
+    walk("", s.to_dict())
+    return out
+
+
+def sweep_group(out_dir: Path, s: RunSettings) -> str:
+    """The wandb group: explicit ``logger.group``, else the sweep directory's name for --multirun runs."""
+    if s.logger.group:
+        return s.logger.group
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return f"{s.stage.name}-{Path(hc.sweep.dir).name}"
+    except Exception:  # not under Hydra (tests calling run() directly): no sweep
+        pass
+    return s.stage.name
+
+
+def make_logger(s: RunSettings, out_dir: Path):
+    """A Lightning logger (wandb offline by default, csv) or None; the settings are logged as hyperparameters."""
+    ls: LoggerSettings = s.logger
+    if ls.kind == "none":
+        return None
+    if ls.kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        logger = CSVLogger(save_dir=str(out_dir), name="csv")  # version_N per (re)start: resume keeps old logs
+    else:
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        if ls.mode == "offline":
+            os.environ["WANDB_MODE"] = "offline"
+        (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
+        logger = WandbLogger(project=ls.project, group=sweep_group(out_dir, s), tags=list(ls.tags),
+                             save_dir=str(out_dir), mode=ls.mode, name=out_dir.name, job_type=s.stage.name,
+                             config=flat_settings(s))
+    logger.log_hyperparams(flat_settings(s))
+    return logger
+
+
+def finish_logger(logger, metrics: dict[str, Any]) -> None:
+    """Log the final metrics (numbers only), then close the run."""
+    if logger is None:
+        return
+    logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
+    if type(logger).__name__ == "WandbLogger":
+        logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+    logger.finalize("success")
+    if type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        wandb.finish()
+
+
+def out_dir_of(s: RunSettings) -> Path:
+    path = Path(s.out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+

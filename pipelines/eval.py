@@ -1,0 +1,52 @@
+"""Eval stage: perplexity and lm-eval zero-shot accuracy of a quantized checkpoint, of the model quantized on
+the fly by the ``quant`` group, or of the float model (``quant=none``).
+
+    python -m pipelines.eval model=smollm2-135m stage.checkpoint=outputs/runs/ptq/<run>/quantized \
+        eval.tasks=[lords_cloze,lords_unicode]
+    python -m pipelines.eval model=llama3-8b quant=none trainer=gpu eval.tasks=[arc_easy,piqa]   # online
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+import torch
+
+from lords.checkpoint import load_quantized
+
+from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
+                     out_dir_of, quantize_model, write_metrics)
+from .evaluation import evaluate
+from .settings import RunSettings, settings_from_cfg, settings_or_exit
+
+
+def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
+    s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
+    torch.manual_seed(s.seed)
+    out = out_dir_of(s)
+    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
+    logger = make_logger(s, out)
+    if s.stage.checkpoint:
+        model, _ = load_quantized(s.stage.checkpoint, model)
+    elif s.quant.method != "none":
+        calib = None
+        if s.quant.refine is not None and s.quant.refine.objective != "weight":
+            from .datamodule import calibration_ids
+
+            calib = calibration_ids(s.data, tok)
+        quantize_model(model, s.quant, calib)
+    apply_backend(model, s.trainer.backend)
+    metrics: dict[str, Any] = {"bits_per_weight": bits_per_weight(model)}
+    metrics.update(evaluate(model, tok, s.eval))
+    write_metrics(out, s, metrics)
+    finish_logger(logger, metrics)
+    return metrics, {"model": model, "tokenizer": tok}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg) -> None:
+    run(settings_or_exit(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""LightningModules that train a causal LM on masked next-token loss: QAT and PEFT (LoRDS, QLoRA baseline).
+
+- ``QATModule``: ``lords.qat.prepare_qat`` swaps linears for ``QATLinear`` (latent ``W`` + ``B, A``, STE
+  through the rounding); only those are trained (two learning rates); ``convert`` packs them (``convert_qat``).
+- ``PEFTModule``: the model is already quantized; LoRDS trains only ``B, A``
+  (``lords.mark_only_scales_trainable``); the QLoRA baseline (``add_lora``) trains an additive LoRA
+  through ``peft`` on a ``BlockLinear`` base, registered as a custom module of peft's ``lora.Linear``.
+Batches come from ``LordsDataModule`` (labels −100 where no loss is taken).
+"""
+from __future__ import annotations
+
+import warnings
+
+import lightning as L
+import torch
+from torch import nn
+
+from lords.lowrank import parity_rank
+from lords.peft import mark_only_scales_trainable
+from lords.qat import QATLinear, convert_qat, prepare_qat
+
+
+class CausalLMModule(L.LightningModule):
+    """``model(input_ids, attention_mask, labels).loss`` on train/val batches; AdamW on ``param_groups``."""
+
+    def __init__(self, model: nn.Module, param_groups: list[dict], weight_decay: float = 0.0):
+        super().__init__()
+        self.model = model.train()
+        self.param_groups = param_groups
+        self.weight_decay = weight_decay
+
+    def forward(self, batch):
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["labels"]).loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self(batch), prog_bar=True)
+
+    def configure_optimizers(self):
+        groups = [g for g in self.param_groups if g["params"]]
+        return torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+
+    def trainable_floats(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+class QATModule(CausalLMModule):
+    """QAT with LoRDS: latent weights at ``lr_weight``, ``B, A`` at ``lr_scale``; everything else frozen."""
+
+    def __init__(self, model: nn.Module, plan, lr_weight: float, lr_scale: float, weight_decay: float = 0.0):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for config, filter_fn in plan:
+            prepare_qat(model, config, filter_fn)
+        layers = [m for m in model.modules() if isinstance(m, QATLinear)]
+        if not layers:
+            raise ValueError("QAT found no linear layer to prepare (quant.include/exclude?)")
+        for m in layers:
+            if m.bias is not None:
+                m.bias.requires_grad_(False)  # biases stay as they are; only W and B, A train
+        weights = [m.weight for m in layers]
+        scales = [p for m in layers for p in (m.B, m.A)]
+        if lr_weight == 0:
+            for w in weights:
+                w.requires_grad_(False)
+        groups = [{"params": weights if lr_weight > 0 else [], "lr": lr_weight}, {"params": scales, "lr": lr_scale}]
+        super().__init__(model, groups, weight_decay)
+
+    def convert(self) -> nn.Module:
+        """The model with every ``QATLinear`` packed into a ``LoRDSLinear``."""
+        return convert_qat(self.model)
+
+
+class PEFTModule(CausalLMModule):
+    """Train what is marked trainable in an already prepared model (``prepare_lords_peft`` / ``add_lora``)."""
+
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0):
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("PEFT: nothing is trainable")
+        super().__init__(model, [{"params": params, "lr": lr}], weight_decay)
+
+
+def prepare_lords_peft(model: nn.Module) -> int:
+    """Freeze all but the LoRDS scales ``B, A``; returns the trainable floats."""
+    return mark_only_scales_trainable(model)
+
+
+def matched_lora_ranks(model: nn.Module, block_size: int) -> dict[str, int]:
+    """Per quantized layer, LoRDS's parity rank at ``block_size``: a LoRA of that rank has ``r·(n+m)``
+    trainable floats, exactly the ``B, A`` floats LoRDS trains on the same layer."""
+    from lords.linear import _QuantizedLinear
+
+    return {name: parity_rank(m.out_features, m.in_features, block_size)
+            for name, m in model.named_modules() if isinstance(m, _QuantizedLinear)}
+
+
+def add_lora(model: nn.Module, ranks: dict[str, int], alpha_ratio: float = 2.0, seed: int = 0) -> nn.Module:
+    """QLoRA baseline: an additive LoRA (peft) on every quantized module, rank per layer from ``ranks``.
+
+    peft has no dispatcher for ``BlockLinear``; its generic ``lora.Linear`` only calls the base layer's forward
+    and adds ``B·A·x``, so it is registered as the LoRA layer for ``BlockLinear`` through
+    ``LoraConfig._register_custom_module`` (peft's documented, experimental custom-module API). Merging is
+    not supported (and not needed: the baseline keeps the adapter path at inference, as QLoRA does).
+    """
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from lords.linear import BlockLinear, LoRDSLinear
+
+    ranks = {k: v for k, v in ranks.items() if v > 0}
+    default = max(ranks.values())
+    # Anchored full names: peft matches rank_pattern keys as regexes against module names.
+    pattern = {f"^{k.replace('.', '[.]')}$": v for k, v in ranks.items()}
+    alpha = {k: alpha_ratio * v for k, v in pattern.items()}
+    cfg = LoraConfig(r=default, lora_alpha=alpha_ratio * default, target_modules=list(ranks), rank_pattern=pattern,
+                     alpha_pattern=alpha, lora_dropout=0.0, bias="none")
+    cfg._register_custom_module({BlockLinear: LoraLinear, LoRDSLinear: LoraLinear})
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unsupported layer type")
+        return get_peft_model(model, cfg)

@@ -1,0 +1,95 @@
+"""PEFT stage: quantize (or load a quantized checkpoint), then fine-tune on prompt/answer pairs with loss on
+answers only. ``stage.method=lords`` trains only ``B, A`` (the model stays ``Q ⊙ BA``: nothing to merge);
+``stage.method=qlora`` trains an additive LoRA (peft) on a block-wise base at matched trainable floats.
+
+    python -m pipelines.peft model=smollm2-135m quant.bits=4                      # LoRDS PEFT
+    python -m pipelines.peft model=smollm2-135m quant=nf stage.method=qlora       # QLoRA baseline
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import hydra
+import torch
+
+from lords.checkpoint import load_quantized
+from lords.errors import ConfigError
+
+from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
+                     out_dir_of, quantize_model, save_checkpoint, write_metrics)
+from .evaluation import answer_metrics, evaluate
+from .settings import RunSettings, settings_from_cfg, settings_or_exit
+
+
+def prepare(model, tok, s: RunSettings):
+    """Quantize ``model`` (or load ``stage.init_checkpoint`` into it) and mark what PEFT trains."""
+    from .lit_train import add_lora, matched_lora_ranks, prepare_lords_peft
+
+    st = s.stage
+    if st.method == "lords" and s.quant.method != "lords":
+        raise ConfigError(f"quant.method={s.quant.method!r}: stage.method=lords needs quant=lords")
+    if st.method == "qlora" and s.quant.method != "blockwise":
+        raise ConfigError(f"quant.method={s.quant.method!r}: stage.method=qlora needs a block-wise base (quant=nf)")
+    if st.init_checkpoint:
+        model, _ = load_quantized(st.init_checkpoint, model)
+    else:
+        calib = None
+        if s.quant.refine is not None and s.quant.refine.objective != "weight":
+            from .datamodule import calibration_ids
+
+            calib = calibration_ids(s.data, tok)
+        quantize_model(model, s.quant, calib)
+    if st.method == "lords":
+        return model, prepare_lords_peft(model)
+    ranks = matched_lora_ranks(model, s.quant.block_size)
+    if st.lora_rank is not None:
+        ranks = {k: st.lora_rank for k in ranks}
+    model = add_lora(model, ranks, st.lora_alpha_ratio, s.seed)
+    return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
+    s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
+    from .datamodule import LordsDataModule
+    from .lit_train import PEFTModule
+    from .training import make_trainer, resume_path
+
+    torch.manual_seed(s.seed)
+    out = out_dir_of(s)
+    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
+    logger = make_logger(s, out)
+    model, trainable = prepare(model, tok, s)
+    apply_backend(model, s.trainer.backend)
+    dm = LordsDataModule(s.data, tok, kind="finetune")
+    dm.setup("fit")
+    before = answer_metrics(model, dm.val_dataloader())
+    module = PEFTModule(model, s.stage.lr, s.stage.weight_decay)
+    trainer = make_trainer(s, out, logger)
+    t = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))
+    metrics: dict[str, Any] = {"train_seconds": time.time() - t, "trainable_floats": trainable,
+                               "train_steps": trainer.global_step, "bits_per_weight": bits_per_weight(model)}
+    metrics.update({f"before/{k}": v for k, v in before.items()})
+    metrics.update(answer_metrics(model, dm.val_dataloader()))
+    metrics.update(evaluate(model, tok, s.eval))
+    ckpt = None
+    if s.stage.save:
+        if s.stage.method == "lords":
+            ckpt = save_checkpoint(model, s, out)  # still Q ⊙ BA: the library's checkpoint, nothing merged
+        else:
+            ckpt = out / "qlora_adapter"
+            model.save_pretrained(str(ckpt))  # the LoRA adapter (peft format); the base is s.quant applied
+    metrics["checkpoint"] = None if ckpt is None else str(ckpt)
+    write_metrics(out, s, metrics)
+    finish_logger(logger, metrics)
+    return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="peft")
+def main(cfg) -> None:
+    run(settings_or_exit(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""PTQ-refine stage: Algorithm 1 as a Lightning fit (``PTQRefineModule``), resumable from its checkpoints;
+then the refined layers are written back, evaluated and saved as the library's quantized checkpoint.
+
+    python -m pipelines.ptq_refine model=smollm2-135m quant.bits=3 quant.refine.steps=100
+    python -m pipelines.ptq_refine ... out_dir=outputs/runs/r1 trainer.resume=last     # resume after a stop
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import hydra
+import torch
+from torch.utils.data import DataLoader
+
+from lords.calibration import collect_stats
+from lords.errors import ConfigError
+from lords.quantize import select_linears
+
+from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
+                     out_dir_of, quant_plan, save_checkpoint, write_metrics)
+from .evaluation import evaluate
+from .settings import RunSettings, settings_from_cfg, settings_or_exit
+
+
+def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
+    s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
+    if s.quant.method == "none" or s.quant.refine is None:
+        raise ConfigError("quant.refine: the ptq_refine stage needs a quantizer with refine settings")
+    from .datamodule import LordsDataModule
+    from .lit_refine import PTQRefineModule, StepDataset
+    from .training import make_trainer, resume_path
+
+    torch.manual_seed(s.seed)
+    out = out_dir_of(s)
+    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
+    logger = make_logger(s, out)
+    plan = quant_plan(model, s.quant)
+    stats = None
+    if s.quant.refine.objective != "weight":
+        dm = LordsDataModule(s.data, tok, kind="calib")
+        dm.setup("fit")
+        ids = dm.calibration_ids()[:, : s.quant.calib_tokens]
+        linears = {n: m for c, f in plan for n, m in select_linears(model, c, f).items()}
+        stats = collect_stats(model, ids, linears, s.quant.sample_tokens, seed=s.seed)
+    module = PTQRefineModule(model, plan, stats)
+    steps = s.quant.refine.steps
+    trainer = make_trainer(s, out, logger, max_steps=steps)
+    t = time.time()
+    trainer.fit(module, train_dataloaders=DataLoader(StepDataset(1), batch_size=1),
+                ckpt_path=resume_path(s, out))
+    metrics: dict[str, Any] = module.finish()
+    metrics.update(module.write_back(model))
+    apply_backend(model, s.trainer.backend)
+    metrics.update(quant_seconds=time.time() - t, bits_per_weight=bits_per_weight(model))
+    metrics.update(evaluate(model, tok, s.eval))
+    ckpt = save_checkpoint(model, s, out) if s.stage.save else None
+    metrics["checkpoint"] = None if ckpt is None else str(ckpt)
+    write_metrics(out, s, metrics)
+    finish_logger(logger, metrics)
+    return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="ptq_refine")
+def main(cfg) -> None:
+    run(settings_or_exit(cfg))
+
+
+if __name__ == "__main__":
+    main()

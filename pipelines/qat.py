@@ -1,0 +1,57 @@
+"""QAT stage: latent weights and LoRDS scales trained jointly through the rounding (straight-through
+estimator, ``lords.qat``) on masked next-token loss; packed into ``LoRDSLinear`` and saved at the end.
+
+    python -m pipelines.qat model=smollm2-135m quant.bits=2 trainer.max_steps=200
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import hydra
+import torch
+
+from lords.errors import ConfigError
+
+from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
+                     out_dir_of, quant_plan, save_checkpoint, write_metrics)
+from .evaluation import evaluate
+from .settings import RunSettings, settings_from_cfg, settings_or_exit
+
+
+def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
+    s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
+    if s.quant.method != "lords":
+        raise ConfigError(f"quant.method={s.quant.method!r}: QAT trains LoRDS scales, use quant=lords")
+    from .datamodule import LordsDataModule
+    from .lit_train import QATModule
+    from .training import make_trainer, resume_path
+
+    torch.manual_seed(s.seed)
+    out = out_dir_of(s)
+    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
+    logger = make_logger(s, out)
+    dm = LordsDataModule(s.data, tok, kind=s.stage.data)
+    module = QATModule(model, quant_plan(model, s.quant), s.stage.lr_weight, s.stage.lr_scale, s.stage.weight_decay)
+    trainer = make_trainer(s, out, logger)
+    t = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))
+    metrics: dict[str, Any] = {"train_seconds": time.time() - t, "trainable_floats": module.trainable_floats(),
+                               "train_steps": trainer.global_step}
+    model = apply_backend(module.convert(), s.trainer.backend)
+    metrics["bits_per_weight"] = bits_per_weight(model)
+    metrics.update(evaluate(model, tok, s.eval))
+    ckpt = save_checkpoint(model, s, out) if s.stage.save else None
+    metrics["checkpoint"] = None if ckpt is None else str(ckpt)
+    write_metrics(out, s, metrics)
+    finish_logger(logger, metrics)
+    return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="qat")
+def main(cfg) -> None:
+    run(settings_or_exit(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""Typed, frozen settings for the pipelines: Hydra config → these dataclasses → library calls.
+
+``settings_from_cfg(cfg)`` checks every key and value of the composed Hydra config before anything
+runs: an unknown key, a wrong type or a bad value raises ``lords.errors.ConfigError`` whose message
+starts with the dotted key (``quant.bits=5 ...``). Library configs (``LordsConfig``, ``BlockwiseConfig``)
+are built here too, so their own validation runs at start, with the key prefixed by its group.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from lords.config import BlockwiseConfig, LordsConfig, RefineConfig
+from lords.errors import ConfigError
+
+STAGES = ("ptq", "ptq_refine", "qat", "peft", "eval")
+MIXED_BITS = (2.25, 2.5)
+
+
+def _fail(key: str, value, why: str):
+    raise ConfigError(f"{key}={value!r} {why}")
+
+
+def _choice(key: str, value, choices):
+    if value not in choices:
+        _fail(key, value, f"is not one of {tuple(choices)}")
+
+
+def _positive(key: str, value, allow_zero=False):
+    if value < 0 or (value == 0 and not allow_zero):
+        _fail(key, value, f"must be {'non-negative' if allow_zero else 'positive'}")
+
+
+@dataclass(frozen=True)
+class TinySettings:
+    """Shape of the random tiny Llama (model=tiny-llama)."""
+
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 256
+    vocab: int = 512
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str
+    """Embedded alias (smollm2-135m), 'tiny-llama', a hub id or a local folder."""
+    dtype: str = "float32"
+    """Weights' dtype: float32, bfloat16 or float16."""
+    gguf_file: str | None = None
+    """A GGUF file inside the folder/repo ``name``."""
+    tiny: TinySettings | None = None
+    """Shape of the tiny random Llama (only with name=tiny-llama)."""
+
+    def check(self, key):
+        _choice(f"{key}.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if (self.name == "tiny-llama") != (self.tiny is not None):
+            _fail(f"{key}.tiny", self.tiny, "must be set exactly when model.name is 'tiny-llama'")
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    steps: int = 50
+    lr: float = 1e-2
+    objective: str = "act_diag"
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    method: str
+    """lords | blockwise | none (float)."""
+    bits: float = 4
+    """2, 3, 4, or 2.25 / 2.5 mixed precision (4 bits in the first round(L·(b−2)/2) decoder layers, 2 after)."""
+    block_size: int = 64
+    grid: str = "nf"
+    rank: int | None = None
+    scale_dtype: str = "float32"
+    double_quant: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ("lm_head",)
+    refine: RefineSettings | None = None
+    calib_tokens: int = 2048
+    sample_tokens: int = 512
+
+    def check(self, key):
+        _choice(f"{key}.method", self.method, ("lords", "blockwise", "none"))
+        if self.method == "none":
+            return
+        _choice(f"{key}.bits", self.bits, (2, 3, 4) + MIXED_BITS)
+        for bits in self.bit_widths:  # build the library configs now: their validation runs at start
+            self.library_config(bits, key)
+
+    @property
+    def mixed(self) -> bool:
+        return self.bits in MIXED_BITS
+
+    @property
+    def bit_widths(self) -> tuple[int, ...]:
+        return (4, 2) if self.mixed else (int(self.bits),)
+
+    def library_config(self, bits: int | None = None, key: str = "quant"):
+        """The ``LordsConfig`` / ``BlockwiseConfig`` for ``bits`` (default: the uniform width)."""
+        bits = int(self.bits) if bits is None else bits
+        try:
+            kw = dict(bits=bits, block_size=self.block_size, grid=self.grid, include=self.include,
+                      exclude=self.exclude, calib_tokens=self.calib_tokens, sample_tokens=self.sample_tokens,
+                      refine=None if self.refine is None else RefineConfig(**dataclasses.asdict(self.refine)))
+            if self.method == "lords":
+                if self.double_quant:
+                    _fail(f"{key}.double_quant", True, "applies to method=blockwise only")
+                return LordsConfig(**kw, rank=self.rank, scale_dtype=self.scale_dtype)
+            if self.rank is not None:
+                _fail(f"{key}.rank", self.rank, "applies to method=lords only")
+            return BlockwiseConfig(**kw, double_quant=self.double_quant)
+        except ConfigError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(key + ".") else f"{key}.{msg}") from None
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    calib_source: str = "pydoc_topics"
+    calib_tokens: int = 2048
+    window: int = 256
+    finetune_source: str = "pipelines/data/unicode_names.jsonl"
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    text_field: str = "text"
+    split: str = "train"
+    max_length: int = 64
+    val_items: int = 48
+    batch_size: int = 8
+    num_workers: int = 0
+
+    def check(self, key):
+        for name in ("calib_tokens", "window", "max_length", "batch_size"):
+            _positive(f"{key}.{name}", getattr(self, name))
+        _positive(f"{key}.val_items", self.val_items, allow_zero=True)
+        _positive(f"{key}.num_workers", self.num_workers, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class PTQStage:
+    name: str
+    save: bool = True
+    journal: bool = True
+    """Keep the library's per-layer journal in <out_dir>/journal: a rerun with the same out_dir resumes."""
+
+
+@dataclass(frozen=True)
+class RefineStage:
+    name: str
+    save: bool = True
+
+
+@dataclass(frozen=True)
+class QATStage:
+    name: str
+    data: str = "calib"
+    lr_weight: float = 1e-5
+    lr_scale: float = 1e-3
+    weight_decay: float = 0.0
+    save: bool = True
+
+    def check(self, key):
+        _choice(f"{key}.data", self.data, ("calib", "finetune"))
+        _positive(f"{key}.lr_weight", self.lr_weight, allow_zero=True)
+        _positive(f"{key}.lr_scale", self.lr_scale)
+
+
+@dataclass(frozen=True)
+class PEFTStage:
+    name: str
+    method: str = "lords"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lora_rank: int | None = None
+    lora_alpha_ratio: float = 2.0
+    init_checkpoint: str | None = None
+    save: bool = True
+
+    def check(self, key):
+        _choice(f"{key}.method", self.method, ("lords", "qlora"))
+        _positive(f"{key}.lr", self.lr)
+        if self.lora_rank is not None:
+            _positive(f"{key}.lora_rank", self.lora_rank)
+
+
+@dataclass(frozen=True)
+class EvalStage:
+    name: str
+    checkpoint: str | None = None
+
+
+STAGE_TYPES = {"ptq": PTQStage, "ptq_refine": RefineStage, "qat": QATStage, "peft": PEFTStage, "eval": EvalStage}
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    accelerator: str = "cpu"
+    devices: Union[int, str] = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_steps: int = 50
+    max_epochs: int = -1
+    log_every_n_steps: int = 5
+    val_check_interval: Union[int, float, None] = None
+    limit_val_batches: Union[int, float] = 1.0
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = 1
+    fast_dev_run: Union[bool, int] = False
+    checkpoint_every_n_steps: int = 25
+    resume: str | None = None
+    deterministic: bool = False
+    backend: str = "auto"
+    """LoRDSLinear forward: auto (Triton kernels on CUDA when the ``kernels`` package is installed), torch, triton."""
+
+    def check(self, key):
+        _choice(f"{key}.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
+        _choice(f"{key}.backend", self.backend, ("auto", "torch", "triton"))
+        _positive(f"{key}.max_steps", self.max_steps)
+        _positive(f"{key}.checkpoint_every_n_steps", self.checkpoint_every_n_steps)
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("checkpoint_every_n_steps", "resume", "backend"):
+            d.pop(k)
+        return d
+
+
+@dataclass(frozen=True)
+class LoggerSettings:
+    kind: str = "wandb"
+    mode: str = "offline"
+    project: str = "lords"
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def check(self, key):
+        _choice(f"{key}.kind", self.kind, ("wandb", "csv", "none"))
+        _choice(f"{key}.mode", self.mode, ("offline", "online", "disabled"))
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    perplexity_tokens: int = 8192
+    window: int = 2048
+    corpus: str = "licenses"
+    tasks: tuple[str, ...] = ()
+    task_limit: int | None = None
+    batch_size: int = 1
+
+    def check(self, key):
+        _positive(f"{key}.perplexity_tokens", self.perplexity_tokens, allow_zero=True)
+        _positive(f"{key}.window", self.window)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    model: ModelSettings
+    quant: QuantSettings
+    data: DataSettings
+    stage: Any
+    trainer: TrainerSettings
+    logger: LoggerSettings
+    eval: EvalSettings
+    seed: int = 0
+    out_dir: str = "outputs/runs/default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _is_instance(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_is_instance(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    return isinstance(value, tp)
+
+
+def _build(cls, data, key: str):
+    """``cls(**data)`` with unknown keys, missing keys and wrong types reported by dotted key."""
+    if not isinstance(data, dict):
+        _fail(key, data, f"must be a mapping of {cls.__name__} fields")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key (known: {sorted(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{key}.{name}" if key else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{sub}: missing key")
+            continue
+        value, tp = data[name], hints[name]
+        nested = [t for t in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(t)]
+        if nested and isinstance(value, dict):
+            value = _build(nested[0], value, sub)
+        elif not _is_instance(value, tp):
+            _fail(sub, value, f"has the wrong type (expected {tp})")
+        if typing.get_origin(tp) is tuple or (isinstance(value, list)):
+            value = tuple(value)
+        if tp is float and isinstance(value, int):
+            value = float(value) if name != "bits" else value
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    if hasattr(obj, "check"):
+        obj.check(key)
+    return obj
+
+
+def settings_from_dict(d: dict[str, Any]) -> RunSettings:
+    """Validate a plain (resolved) config dict; see the module docstring."""
+    d = dict(d)
+    d.pop("experiment", None)  # the experiment group is overrides only
+    stage = d.get("stage")
+    name = stage.get("name") if isinstance(stage, dict) else None
+    if name not in STAGE_TYPES:
+        _fail("stage.name", name, f"is not one of {STAGES}")
+    known = {f.name for f in dataclasses.fields(RunSettings)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown top-level key (known: {sorted(known)})")
+    parts = {}
+    types_ = {"model": ModelSettings, "quant": QuantSettings, "data": DataSettings, "stage": STAGE_TYPES[name],
+              "trainer": TrainerSettings, "logger": LoggerSettings, "eval": EvalSettings}
+    for key, cls in types_.items():
+        if key not in d:
+            raise ConfigError(f"{key}: missing config group")
+        parts[key] = _build(cls, d[key], key)
+    for key in ("seed", "out_dir"):
+        if key in d:
+            parts[key] = d[key]
+    if not isinstance(parts.get("seed", 0), int):
+        _fail("seed", parts["seed"], "must be an integer")
+    return RunSettings(**parts)
+
+
+def settings_or_exit(cfg) -> RunSettings:
+    """For ``@hydra.main``: the validated settings, or exit status 2 with the one-line message naming the key."""
+    import sys
+
+    try:
+        return settings_from_cfg(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def settings_from_cfg(cfg) -> RunSettings:
+    """Validate a composed Hydra/OmegaConf config (interpolations resolved)."""
+    from omegaconf import OmegaConf
+
+    return settings_from_dict(OmegaConf.to_container(cfg, resolve=True))

@@ -1,0 +1,39 @@
+"""The Lightning Trainer every training stage uses: validated trainer settings, the run's logger,
+checkpoints under ``<out_dir>/checkpoints`` (``last.ckpt`` kept) and resume (``trainer.resume``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lords.errors import ConfigError
+
+from .settings import RunSettings
+
+
+def resume_path(s: RunSettings, out: Path) -> str | None:
+    """``trainer.resume``: null (fresh), 'last' (this out_dir's last.ckpt, fresh if none) or a .ckpt path."""
+    r = s.trainer.resume
+    if r is None:
+        return None
+    if r == "last":
+        last = out / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(r).is_file():
+        raise ConfigError(f"trainer.resume={r!r}: no such checkpoint")
+    return r
+
+
+def make_trainer(s: RunSettings, out: Path, logger, max_steps: int | None = None) -> L.Trainer:
+    kw = s.trainer.trainer_kwargs()
+    if max_steps is not None:
+        kw["max_steps"] = max_steps
+    fast = bool(kw["fast_dev_run"])
+    callbacks = []
+    if not fast:
+        callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
+                                         every_n_train_steps=s.trainer.checkpoint_every_n_steps))
+    return L.Trainer(**kw, logger=logger if logger is not None else False, callbacks=callbacks,
+                     enable_checkpointing=not fast, default_root_dir=str(out), enable_model_summary=False,
+                     num_sanity_val_steps=0)

@@ -1,0 +1,37 @@
+"""The stages on a CUDA GPU (``trainer=gpu``), tiny Llama, fast_dev_run: devices, buffers and checkpoints agree."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lords.linear import LoRDSLinear
+
+from test_pipelines_stages import tiny_settings  # tests/ is on sys.path (pytest prepend mode)
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+GPU = ["trainer=gpu", "trainer.precision=32-true", "trainer.fast_dev_run=true"]
+
+
+def test_ptq_refine_on_gpu(tmp_path):
+    from pipelines import ptq_refine
+
+    metrics, objs = ptq_refine.run(tiny_settings("ptq_refine", tmp_path, *GPU, "quant.refine.steps=2"))
+    layer = objs["model"].model.layers[0].mlp.down_proj
+    assert isinstance(layer, LoRDSLinear) and layer.B.is_cuda and metrics["ppl"] > 1
+
+
+@pytest.mark.parametrize("method", ["lords", "qlora"])
+def test_peft_on_gpu(tmp_path, method):
+    from pipelines import peft
+
+    extra = ["quant=nf", "quant.bits=4", "stage.method=qlora"] if method == "qlora" else ["quant.refine=null"]
+    metrics, _ = peft.run(tiny_settings("peft", tmp_path, *GPU, *extra, "eval.tasks=[lords_unicode]",
+                                        "eval.task_limit=4"))
+    assert metrics["trainable_floats"] == 17152 and 0 <= metrics["lords_unicode/acc"] <= 1
+
+
+def test_qat_on_gpu(tmp_path):
+    from pipelines import qat
+
+    metrics, _ = qat.run(tiny_settings("qat", tmp_path, *GPU, "quant.bits=3"))
+    assert metrics["bits_per_weight"] == 3

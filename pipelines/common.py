@@ -167,6 +167,22 @@ def write_metrics(out_dir: Path, s: RunSettings, metrics: dict[str, Any]) -> Pat
     return path
 
 
+def finished_metrics(out_dir: Path, s: RunSettings) -> dict[str, Any] | None:
+    """The metrics of a run already finished in ``out_dir`` with the very same settings, else None.
+
+    A killed ``--multirun`` resumes by relaunching with ``hydra.sweep.dir=<its folder>``: finished jobs
+    (their ``metrics.json`` is written last, atomically) are skipped, the rest run."""
+    path = out_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    same = json.loads(json.dumps(record.get("settings"), default=str)) == json.loads(json.dumps(s.to_dict(), default=str))
+    return record.get("metrics") if same else None
+
+
 def flat_settings(s: RunSettings) -> dict[str, Any]:
     """``{"quant.bits": 3, ...}`` for loggers."""
     out = {}

@@ -13,7 +13,7 @@ import hydra
 import torch
 
 from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
-                     out_dir_of, quantize_model, save_checkpoint, write_metrics)
+                     finished_metrics, out_dir_of, quantize_model, save_checkpoint, write_metrics)
 from .evaluation import evaluate
 from .settings import RunSettings, settings_from_cfg, settings_or_exit
 
@@ -28,6 +28,10 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
     torch.manual_seed(s.seed)
     out = out_dir_of(s)
+    done = finished_metrics(out, s)
+    if done is not None:
+        print(f"{out}: finished earlier with the same settings, skipped")
+        return done, {}
     model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
     logger = make_logger(s, out)
     calib = None

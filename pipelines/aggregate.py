@@ -58,28 +58,39 @@ def markdown(rows: list[dict[str, Any]], title: str, note: str | None = None) ->
 
 
 def plot(rows: list[dict[str, Any]], path: Path, metric: str | None = None) -> Path | None:
-    """``metric`` (perplexity by default, else weight error) against bits; one line per model/method/block."""
-    metric = metric or next((k for k in ("ppl", "weight_rel_error") if any(k in r for r in rows)), None)
-    if metric is None:
-        return None
+    """Sweeps over bits: ``metric`` (perplexity, else weight error) against bits, a line per model/method/block.
+    Fine-tuning runs (``answer_nll`` present): held-out answer NLL before and after training, a bar pair per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    lines: dict[str, list] = {}
-    for r in rows:
-        if metric in r:
-            lines.setdefault(f"{r['model']} {r['method']} {r['refine']} b{r['block_size']}".replace("  ", " "),
-                             []).append((float(r["bits"]), r[metric]))
-    for label, pts in sorted(lines.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-    ax.set_xlabel("bits per weight (codes)")
-    ax.set_ylabel(metric)
-    if metric == "ppl":
-        ax.set_yscale("log")
+    if all("answer_nll" in r for r in rows):
+        labels = [f"{r['model']} {r['method']} b{r['block_size']}" for r in rows]
+        x = range(len(rows))
+        ax.bar([i - 0.2 for i in x], [r.get("before/answer_nll", float("nan")) for r in rows], 0.4, label="before")
+        ax.bar([i + 0.2 for i in x], [r["answer_nll"] for r in rows], 0.4, label="after")
+        ax.set_xticks(list(x), labels, fontsize=8)
+        ax.set_ylabel("held-out answer NLL (nats/token)")
+    else:
+        metric = metric or next((k for k in ("ppl", "weight_rel_error") if any(k in r for r in rows)), None)
+        if metric is None:
+            plt.close(fig)
+            return None
+        lines: dict[str, list] = {}
+        for r in rows:
+            if metric in r:
+                label = f"{r['model']} {r['method']} {r['refine']} b{r['block_size']}".replace("  ", " ")
+                lines.setdefault(label, []).append((float(r["bits"]), r[metric]))
+        for label, pts in sorted(lines.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.set_xlabel("bits per weight (codes)")
+        ax.set_ylabel(metric)
+        values = [v for pts in lines.values() for _, v in pts]
+        if metric == "ppl" and min(values) > 0 and max(values) / min(values) > 10:
+            ax.set_yscale("log")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -39,8 +39,9 @@ def note(rows: list[dict], seconds: float, settings: dict) -> str:
         "`lords_unicode/acc`: lm-eval 4-way multiple choice on the same held-out letters; `ppl`: perplexity on "
         "the first tokens of the shipped licence texts (forgetting check). SmolLM2's weights come from a Q4_1 GGUF: "
         "a 4-bit base is biased towards grids that contain the original 4-bit points (NF4's fixed grid more than "
-        f"LoRDS's continuous scales). One seed; small held-out set: differences of a few points are noise. Wall time "
-        f"{seconds / 60:.1f} min on {os.cpu_count()} CPU cores shared with another job ({platform.machine()})."
+        "LoRDS's continuous scales). One seed; small held-out set: differences of a few points are noise. "
+        "`train_seconds` depends on what else ran on the machine at the time: it is not a speed comparison. "
+        f"Wall time {seconds / 60:.1f} min on {os.cpu_count()} CPU cores shared with another job ({platform.machine()})."
     )
 
 
@@ -48,15 +49,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep-dir", default="outputs/sweeps/peft_smollm2")
     p.add_argument("--out", default="outputs/reports/peft_smollm2")
+    p.add_argument("--render", action="store_true", help="only re-aggregate an existing sweep (no training)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for both runs (e.g. trainer.max_steps=5)")
     args = p.parse_args(argv)
     sweep = Path(args.sweep_dir)
-    shutil.rmtree(sweep, ignore_errors=True)
-    start = time.time()
-    cmd = [sys.executable, "-m", "pipelines.peft", "--multirun", f"experiment={EXPERIMENTS}",
-           f"hydra.sweep.dir={sweep}", *args.overrides]
-    subprocess.run(cmd, check=True, env=dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline")))
-    seconds = time.time() - start
+    if not args.render:
+        shutil.rmtree(sweep, ignore_errors=True)
+        start = time.time()
+        cmd = [sys.executable, "-m", "pipelines.peft", "--multirun", f"experiment={EXPERIMENTS}",
+               f"hydra.sweep.dir={sweep}", *args.overrides]
+        subprocess.run(cmd, check=True, env=dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline")))
+        (sweep / "wall_seconds.json").write_text(json.dumps(time.time() - start))
+    seconds = json.loads((sweep / "wall_seconds.json").read_text())
     first = json.loads(next(sweep.rglob("metrics.json")).read_text())["settings"]
     rows = aggregate(sweep)["rows"]
     result = aggregate(sweep, args.out, "PEFT on SmolLM2-135M: LoRDS vs QLoRA at matched trainable floats",

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test test-all test-gpu test-kernels reproduce-ptq reproduce-kernels render-kernels reproduce-all clean
+.PHONY: help setup demo test test-all test-gpu test-kernels sweep-tiny reproduce-ptq reproduce-peft reproduce-kernels render-kernels reproduce-all clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -34,7 +34,13 @@ test-gpu: $(STAMP)  ## GPU tests (on a CUDA machine)
 reproduce-ptq: $(STAMP)  ## regenerate outputs/reports/ptq_smollm2.{md,json}
 	$(PY) -m pipelines.ptq_report --out outputs/reports/ptq_smollm2
 
-reproduce-all: reproduce-ptq  ## every CPU report
+sweep-tiny: $(STAMP)  ## CI-sized Hydra sweep: tiny random Llama, 2 bits x 2 block sizes -> outputs/sweeps/ptq/<time>/summary.md
+	$(PY) -m pipelines.ptq --multirun experiment=sweep_tiny
+
+reproduce-peft: $(STAMP)  ## regenerate outputs/reports/peft_smollm2.{md,json,png}: LoRDS PEFT vs QLoRA at matched trainable floats
+	$(PY) -m pipelines.peft_report --out outputs/reports/peft_smollm2
+
+reproduce-all: reproduce-ptq reproduce-peft  ## every CPU report (reproduce-kernels needs a GPU)
 
 clean:  ## remove run outputs (keeps committed reports)
 	find outputs -mindepth 1 -maxdepth 1 ! -name reports -exec rm -rf {} +

@@ -82,3 +82,12 @@ def test_config_round_trips_through_a_dict():
 def test_bad_config_values_are_refused_naming_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         LordsConfig(**{field: value})
+
+
+def test_the_readme_api_is_reachable_from_the_package_with_torch_alone():
+    import subprocess
+    import sys
+
+    code = ("import sys, lords; lords.models.load_model; lords.texts.tokenize; lords.qat.prepare_qat; "
+            "assert 'transformers' not in sys.modules and 'lightning' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -19,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the pinned dependencies (CPU torch)
 
-demo: $(STAMP)  ## the main job: PTQ of the embedded SmolLM2-135M, LoRDS vs NF at 3 and 4 bits (30 min measured on 2 busy cores)
+demo: $(STAMP)  ## the main job: PTQ of the embedded SmolLM2-135M, LoRDS vs NF at 3 and 4 bits (16 min on 2 cores)
 	$(PY) -m pipelines.ptq_report
 
 test: $(STAMP)  ## the test suite CI runs (skips `gpu` and `slow` markers)

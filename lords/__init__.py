@@ -8,7 +8,7 @@ Importable with torch alone (transformers is needed only to load or rebuild Hugg
 """
 __version__ = "0.1.0"
 
-from . import models, qat, texts
+from . import models, qat, texts  # noqa: F401  (lords.models.load_model etc.)
 from .checkpoint import load_quantized, save_quantized
 from .config import BlockwiseConfig, LordsConfig, RefineConfig
 from .errors import LordsError

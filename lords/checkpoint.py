@@ -19,7 +19,6 @@ from torch import nn
 from . import __version__
 from .config import config_from_dict
 from .errors import CheckpointError
-from .grids import make_grid
 from .linear import BlockLinear, LoRDSLinear, _QuantizedLinear
 
 FORMAT = "lords-checkpoint"

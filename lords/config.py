@@ -6,7 +6,7 @@ block scales), never a string switch read back out of a path.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError

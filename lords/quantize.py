@@ -6,10 +6,8 @@ block scales). Each handler quantizes one weight and returns the new module plus
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -103,12 +101,34 @@ def quantize_lords(name: str, linear: nn.Linear, config: LordsConfig, stats: Lay
         codes = quantize_with_scale(weight.float(), B @ A, grid)
     if not (torch.isfinite(B).all() and torch.isfinite(A).all()):
         raise NumericsError(f"{name}: LoRDS scales became non-finite (lower refine.lr?)")
+    module = build_lords_linear(B, A, codes, config, grid, _bias(linear))
+    return module, _report(name, weight, module, result, rank)
+
+
+def build_lords_linear(B: torch.Tensor, A: torch.Tensor, codes: torch.Tensor, config: LordsConfig,
+                       grid: torch.Tensor, bias: torch.Tensor | None) -> LoRDSLinear:
+    """A ``LoRDSLinear`` holding ``codes (n, m)`` packed and ``B (n, r)``, ``A (r, m)`` in ``config.scale_dtype``."""
     dtype = _DTYPES[config.scale_dtype]
-    module = LoRDSLinear(m, n, rank, config.bits, grid, _bias(linear), dtype=dtype).to(weight.device)
+    (n, r), m = B.shape, A.shape[1]
+    module = LoRDSLinear(m, n, r, config.bits, grid, bias, dtype=dtype).to(B.device)
     module.B.data.copy_(B.to(dtype))
     module.A.data.copy_(A.to(dtype))
     module.set_codes(codes)
-    return module, _report(name, weight, module, result, rank)
+    return module
+
+
+def build_block_linear(weight: torch.Tensor, scales: torch.Tensor, config: BlockwiseConfig, grid: torch.Tensor,
+                       bias: torch.Tensor | None) -> BlockLinear:
+    """A ``BlockLinear`` with block ``scales (n, nb)`` (after an int8 round trip if ``config.double_quant``)
+    and the nearest codes of ``weight (n, m)`` under them."""
+    n, m = weight.shape
+    if config.double_quant:
+        # Scales are stored after an int8 round trip, so quality reflects double quantization.
+        scales = double_dequantize(*double_quantize(scales), shape=scales.shape).to(weight.device)
+    module = BlockLinear(m, n, config.block_size, config.bits, grid, bias).to(weight.device)
+    module.scales.data.copy_(scales)
+    module.set_codes(quantize_with_scale(weight.float(), expand_blocks(scales, m, config.block_size), grid))
+    return module
 
 
 @register_handler(BlockwiseConfig)
@@ -124,13 +144,7 @@ def quantize_blockwise_layer(name: str, linear: nn.Linear, config: BlockwiseConf
         scale = BlockScale(scales, m, config.block_size)
         result = refine(weight, scale, grid, config.refine, stats)
         scales = scale.scales.detach()
-    if config.double_quant:
-        # Scales are stored after an int8 round trip, so quality reflects double quantization.
-        scales = double_dequantize(*double_quantize(scales), shape=scales.shape).to(weight.device)
-    codes = quantize_with_scale(weight.float(), expand_blocks(scales, m, config.block_size), grid)
-    module = BlockLinear(m, n, config.block_size, config.bits, grid, _bias(linear)).to(weight.device)
-    module.scales.data.copy_(scales)
-    module.set_codes(codes)
+    module = build_block_linear(weight, scales, config, grid, _bias(linear))
     return module, _report(name, weight, module, result)
 
 

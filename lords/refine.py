@@ -70,34 +70,50 @@ class RefineResult:
 
 
 def objective_fn(name: str, stats: LayerStats | None, in_features: int):
-    """The loss ``f(E)`` for an error matrix ``E (n, m)``; mean-normalised so lr is shape-independent."""
-    weigh = _error_weighting(name, stats, in_features)
-    return lambda err: (err * weigh(err)).sum() / err.numel()
+    """The loss ``f(E)`` for an error matrix ``E (n, m)``; mean-normalised so lr is shape-independent.
+
+    For autograd users (the Lightning stage, tests); ``refine`` uses the same terms with explicit gradients.
+    """
+    d, x, kind = _objective_terms(name, stats, in_features, None if stats is None else stats.diag.device)
+
+    def loss(err: torch.Tensor) -> torch.Tensor:
+        on = (lambda t: None if t is None else t.to(err.device))  # no copy when already there
+        return (err * _weighted(err, on(d), on(x), kind)).sum() / err.numel()
+
+    return loss
 
 
-def _error_weighting(name: str, stats: LayerStats | None, in_features: int):
-    """``h(E)`` with loss ``= ⟨E, h(E)⟩ / numel`` and gradient ``∂loss/∂E = 2·h(E) / numel``.
+def _objective_terms(name: str, stats: LayerStats | None, in_features: int, device):
+    """``(d, x, kind)`` such that loss ``= ⟨E, h(E)⟩ / numel`` with ``h`` from :func:`_weighted`.
 
-    weight: ``h(E) = E``; act_diag: ``E ⊙ d`` with ``d = E[x²] / mean(E[x²])``; act: ``E·XᵀX / (t·mean(E[x²]))``.
-    The normalisations put every objective on the weight-MSE scale, so one lr fits all.
+    weight: ``h(E) = E``; act_diag: ``E ⊙ d`` with ``d = E[x²] / mean(E[x²])``; act: ``E·XᵀX`` with
+    ``X`` scaled by ``1 / sqrt(t·mean(E[x²]))``. The normalisations put every objective on the weight-MSE
+    scale, so one lr fits all. Refuses missing or mis-shaped statistics, naming what is wrong.
     """
     if name == "weight":
-        return lambda err: err
+        return torch.ones(in_features, device=device), None, "diag"
+    if name not in ("act_diag", "act"):
+        raise ConfigError(f"objective={name!r} is not one of ('weight', 'act_diag', 'act')")
     if stats is None:
         raise ConfigError(f"objective={name!r} needs calibration statistics; none were collected for this layer")
     if stats.diag.shape != (in_features,):
         raise ShapeError(f"calibration diag has shape {tuple(stats.diag.shape)}, layer has {in_features} inputs")
     norm = stats.diag.float().mean().clamp_min(1e-12)
     if name == "act_diag":
-        d = stats.diag.float() / norm
-        return lambda err: err * d
-    if name == "act":
-        if stats.sample is None or stats.sample.shape[0] == 0:
-            raise ConfigError("objective='act' needs a sample of calibration inputs (sample_tokens > 0)")
-        x = stats.sample.float()
-        scale = 1.0 / (x.shape[0] * norm)
-        return lambda err: ((err @ x.T) @ x) * scale
-    raise ConfigError(f"objective={name!r} is not one of ('weight', 'act_diag', 'act')")
+        return (stats.diag.float() / norm).to(device), None, "diag"
+    if stats.sample is None or stats.sample.shape[0] == 0:
+        raise ConfigError("objective='act' needs a sample of calibration inputs (sample_tokens > 0)")
+    x = stats.sample.float().to(device)
+    return None, x / (x.shape[0] * norm.to(device)).sqrt(), "act"
+
+
+def _weighted(err: torch.Tensor, d, x, kind: str) -> torch.Tensor:
+    """``h(E)``: the error weighted by what the layer's inputs see (``kind`` from :func:`_objective_terms`)."""
+    if kind == "diag":
+        return err * d
+    if kind == "gram":  # x holds XᵀX (m, m): cheaper than two products with X when m < 2t
+        return err @ x
+    return (err @ x.T) @ x
 
 
 class _Adam:
@@ -131,41 +147,19 @@ def _scale_grads(scale: nn.Module, grad_S: torch.Tensor) -> list[torch.Tensor]:
     raise ConfigError(f"cannot refine a scale of type {type(scale).__name__}")
 
 
-def _step(w, S, grid, mids, d, x, kind: str):
+def _step(w, S, grid, d, x, kind: str):
     """One Algorithm-1 evaluation: codes of ``w / S``, the loss, and ``∂loss/∂S``.
 
-    ``kind``: 'diag' (loss ``mean(E² ⊙ d)``, d = 1 for weight MSE) or 'act' (``⟨E, E·XᵀX⟩ / numel``,
-    with ``x`` already scaled). In-place where it can: the step is memory-bound on CPU. (A
-    ``torch.compile``d version was tried: on one thread it ran 2× slower than this at 4 bits.)
+    In-place where it can: the step is memory-bound on CPU. (A ``torch.compile``d version was tried:
+    on one thread it ran 2× slower than this at 4 bits.)
     """
     # Where S is exactly 0, any code gives E = W: divide by 1 there.
     codes = nearest_code(w / torch.where(S == 0, torch.ones_like(S), S), grid)
     values = grid[codes.long()]
     err = torch.addcmul(w, S, values, value=-1.0)
-    if kind == "diag":
-        h = err * d
-    elif kind == "gram":  # x holds XᵀX (m, m): cheaper than two products with X when m < 2t
-        h = err @ x
-    else:
-        h = (err @ x.T) @ x
+    h = _weighted(err, d, x, kind)
     loss = torch.vdot(err.flatten(), h.flatten()) / err.numel()
     return codes, loss, h.mul_(values).mul_(-2.0 / err.numel())
-
-
-def _inputs(config: RefineConfig, stats: LayerStats | None, w: torch.Tensor):
-    """``(d, x, kind)`` of ``_step`` for an objective (normalised onto the weight-MSE scale)."""
-    m = w.shape[1]
-    if config.objective == "weight":
-        return torch.ones(m, device=w.device), None, "diag"
-    _error_weighting(config.objective, stats, m)  # validates stats, names what is missing
-    norm = stats.diag.float().mean().clamp_min(1e-12)
-    if config.objective == "act_diag":
-        return (stats.diag.float() / norm).to(w.device), None, "diag"
-    x = stats.sample.float().to(w.device)
-    x = x / (x.shape[0] * norm).sqrt()
-    if m < 2 * x.shape[0]:
-        return None, x.T @ x, "gram"
-    return None, x, "act"
 
 
 @torch.no_grad()
@@ -183,16 +177,17 @@ def refine(
     """
     w = weight.detach().float()
     grid = grid.to(w.device).float()
-    mids = (grid[1:] + grid[:-1]) / 2
     scale = scale.to(w.device)
-    d, x, kind = _inputs(config, stats, w)
+    d, x, kind = _objective_terms(config.objective, stats, w.shape[1], w.device)
+    if kind == "act" and w.shape[1] < 2 * x.shape[0]:
+        x, kind = x.T @ x, "gram"  # the same loss, fewer flops per step
     params = list(scale.parameters())
     opt = _Adam(params, lr=config.lr)
     best_params = [p.detach().clone() for p in params]
     result = RefineResult(codes=torch.empty(0))
     best = float("inf")
     for step in range(config.steps + 1):
-        codes, loss, grad_S = _step(w, scale(), grid, mids, d, x, kind)
+        codes, loss, grad_S = _step(w, scale(), grid, d, x, kind)
         value = float(loss)
         result.losses.append(value)
         if value < best:
@@ -204,10 +199,3 @@ def refine(
     for p, b in zip(params, best_params):
         p.copy_(b)
     return result
-
-
-def _to(stats: LayerStats | None, device) -> LayerStats | None:
-    if stats is None:
-        return None
-    sample = None if stats.sample is None else stats.sample.to(device)
-    return LayerStats(diag=stats.diag.to(device), sample=sample)

@@ -14,15 +14,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lords.blockwise import block_absmax, double_dequantize, double_quantize, expand_blocks, quantize_with_scale
-from lords.config import BlockwiseConfig, LordsConfig
-from lords.grids import make_grid, nearest_code
-from lords.linear import BlockLinear, LoRDSLinear
+from lords.blockwise import block_absmax, quantize_with_scale
+from lords.config import LordsConfig
+from lords.grids import make_grid
 from lords.lowrank import check_rank, init_from_blocks, parity_rank
-from lords.quantize import select_linears
+from lords.quantize import build_block_linear, build_lords_linear, select_linears
 from lords.refine import BlockScale, LayerStats, LowRankScale, objective_fn
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class RefineLayer(nn.Module):
@@ -58,7 +56,7 @@ class RefineLayer(nn.Module):
         """The objective at the current scales, codes re-picked first (no gradient through the pick)."""
         S = self.scale()
         with torch.no_grad():
-            values = self.grid[nearest_code(self.weight / S, self.grid).long()]
+            values = self.grid[quantize_with_scale(self.weight, S, self.grid).long()]
         stats = None if self.diag is None else LayerStats(self.diag, self.sample)
         return objective_fn(self.config.refine.objective, stats, self.weight.shape[1])(self.weight - S * values)
 
@@ -78,23 +76,12 @@ class RefineLayer(nn.Module):
     @torch.no_grad()
     def build_module(self) -> nn.Module:
         """The quantized module at the current scales (call ``restore_best`` first)."""
-        c, w = self.config, self.weight
-        n, m = w.shape
+        w = self.weight
         if isinstance(self.scale, LowRankScale):
             B, A = self.scale.B.detach(), self.scale.A.detach()
-            dtype = _DTYPES[c.scale_dtype]
-            module = LoRDSLinear(m, n, self.rank, c.bits, self.grid, self.bias, dtype=dtype).to(w.device)
-            module.B.copy_(B.to(dtype))
-            module.A.copy_(A.to(dtype))
-            module.set_codes(nearest_code(w / (B @ A), self.grid))
-            return module
-        scales = self.scale.scales.detach()
-        if c.double_quant:
-            scales = double_dequantize(*double_quantize(scales), shape=scales.shape).to(w.device)
-        module = BlockLinear(m, n, c.block_size, c.bits, self.grid, self.bias).to(w.device)
-        module.scales.copy_(scales)
-        module.set_codes(quantize_with_scale(w, expand_blocks(scales, m, c.block_size), self.grid))
-        return module
+            codes = quantize_with_scale(w, B @ A, self.grid)
+            return build_lords_linear(B, A, codes, self.config, self.grid, self.bias)
+        return build_block_linear(w, self.scale.scales.detach(), self.config, self.grid, self.bias)
 
 
 class StepDataset(Dataset):

@@ -61,7 +61,7 @@ def run(args) -> list[dict]:
     calib_ids, val_ids = calib_all[:, : args.calib_tokens], calib_all[:, args.calib_tokens :]
     base = dict(model=args.model, block_size=args.block_size, corpus=EVAL_CORPUS, calib_corpus=CALIB_CORPUS,
                 calib_tokens=calib_ids.shape[1])
-    rows, timings = [], {}
+    rows = []
 
     def evaluate(m, ids=eval_ids):
         with cached_weights(m):
@@ -74,21 +74,20 @@ def run(args) -> list[dict]:
     probe = LordsConfig(bits=args.bits[0], block_size=args.block_size)
     stats = collect_stats(model, calib_ids, select_linears(model, probe), args.sample_tokens)
 
-    def quantized(config, label):
+    def quantized(config):
+        """A quantized copy of the float model, its report and the seconds quantization took."""
         m = copy.deepcopy(model)
         t = time.time()
         report = quantize_(m, config, stats=stats, progress=True)
-        timings[label] = time.time() - t
-        return m, report
+        return m, report, time.time() - t
 
-    def record(method, bits, config, m, report, objective=None, extra=None):
+    def record(method, bits, m, report, seconds, objective=None, extra=None):
         ppl, n_tok = evaluate(m)
-        row = dict(base, method=method, bits=bits, objective=objective, float_params=report.float_params, ppl=ppl,
-                   tokens=n_tok, weight_rel_error=report.rel_error, quant_seconds=timings[f"{method}{bits}"],
-                   **(extra or {}))
-        rows.append(row)
+        rows.append(dict(base, method=method, bits=bits, objective=objective, float_params=report.float_params,
+                         ppl=ppl, tokens=n_tok, weight_rel_error=report.rel_error, quant_seconds=seconds,
+                         **(extra or {})))
         print(f"{method} {bits}b: ppl {ppl:.2f}, weight rel. error {report.rel_error:.4f}, "
-              f"floats {report.float_params}, {row['quant_seconds']:.0f} s", flush=True)
+              f"floats {report.float_params}, {seconds:.0f} s", flush=True)
 
     objectives = list(args.objectives)
     for bits in args.bits:
@@ -98,18 +97,17 @@ def run(args) -> list[dict]:
         # It is picked once, at the first bit width (the `act` objective costs the most to run).
         candidates = {}
         for obj in objectives:
-            cfg = LordsConfig(**common, refine=replace(refine, objective=obj))
-            m, rep = quantized(cfg, f"lords_calibrated{bits}")
+            m, rep, seconds = quantized(LordsConfig(**common, refine=replace(refine, objective=obj)))
             val_ppl, _ = evaluate(m, val_ids)
             print(f"  lords {bits}b objective {obj}: held-out calibration ppl {val_ppl:.2f}", flush=True)
-            candidates[obj] = (val_ppl, m, rep, timings[f"lords_calibrated{bits}"])
+            candidates[obj] = (val_ppl, m, rep, seconds)
         best_obj = min(candidates, key=lambda o: candidates[o][0])
         objectives = [best_obj]
         val_scores = {o: c[0] for o, c in candidates.items()}
-        _, m, rep, timings[f"lords_calibrated{bits}"] = candidates.pop(best_obj)
-        del candidates
-        extra = dict(val_ppl=val_scores, val_tokens=val_ids.shape[1])
-        record("lords_calibrated", bits, None, m, rep, best_obj, extra)
+        _, m, rep, seconds = candidates.pop(best_obj)
+        candidates.clear()  # frees the losing candidate's model before the next quantization
+        record("lords_calibrated", bits, m, rep, seconds, best_obj,
+               dict(val_ppl=val_scores, val_tokens=val_ids.shape[1]))
         del m
         for method, cfg, obj in [
             ("nf", BlockwiseConfig(**common), None),
@@ -117,8 +115,8 @@ def run(args) -> list[dict]:
             ("lords_init", LordsConfig(**common), None),
             ("lords_refined", LordsConfig(**common, refine=refine), "weight"),
         ]:
-            m, rep = quantized(cfg, f"{method}{bits}")
-            record(method, bits, cfg, m, rep, obj)
+            m, rep, seconds = quantized(cfg)
+            record(method, bits, m, rep, seconds, obj)
             del m
     order = ["fp", "nf", "nf_calibrated", "lords_init", "lords_refined", "lords_calibrated"]
     rows.sort(key=lambda r: (-r["bits"], order.index(r["method"])))

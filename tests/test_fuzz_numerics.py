@@ -1,5 +1,4 @@
 """Property tests over random shapes, bits, block sizes and ranks, against float64 brute force."""
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

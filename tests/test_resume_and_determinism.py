@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lords.quantize as q
-from lords import LordsConfig, RefineConfig, load_quantized, quantize_, save_quantized
+from lords import LordsConfig, RefineConfig, quantize_, save_quantized
 from lords.checkpoint import WEIGHTS
 from lords.errors import CheckpointError
 from lords.models import tiny_llama

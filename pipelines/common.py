@@ -251,6 +251,39 @@ def finish_logger(logger, metrics: dict[str, Any]) -> None:
         wandb.finish()
 
 
+def start_run(s: RunSettings):
+    """What every stage starts with: the seed, ``out_dir``, the model and tokenizer on the trainer's device, the
+    logger. Returns ``(out, model, tokenizer, logger)``."""
+    torch.manual_seed(s.seed)
+    out = out_dir_of(s)
+    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
+    return out, model, tok, make_logger(s, out)
+
+
+def calibration_for(s: RunSettings, tok) -> torch.Tensor | None:
+    """Calibration token ids when the ``quant`` group's refinement objective needs activations, else None."""
+    if s.quant.method == "none" or s.quant.refine is None or s.quant.refine.objective == "weight":
+        return None
+    from .datamodule import calibration_ids
+
+    return calibration_ids(s.data, tok)
+
+
+def finish_run(model: nn.Module, tok, s: RunSettings, out: Path, logger, metrics: dict[str, Any],
+               checkpoint: bool = True, save=None) -> dict[str, Any]:
+    """What every stage ends with: evaluation, the checkpoint (``save()`` or the library's, when
+    ``stage.save``; none at all when ``checkpoint`` is False), ``metrics.json``, the logger's summary."""
+    from .evaluation import evaluate
+
+    metrics.update(evaluate(model, tok, s.eval))
+    if checkpoint:
+        ckpt = (save or (lambda: save_checkpoint(model, s, out)))() if s.stage.save else None
+        metrics["checkpoint"] = None if ckpt is None else str(ckpt)
+    write_metrics(out, s, metrics)
+    finish_logger(logger, metrics)
+    return metrics
+
+
 def out_dir_of(s: RunSettings) -> Path:
     path = Path(s.out_dir)
     path.mkdir(parents=True, exist_ok=True)

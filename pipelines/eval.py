@@ -10,36 +10,23 @@ from __future__ import annotations
 from typing import Any
 
 import hydra
-import torch
 
 from lords.checkpoint import load_quantized
 
-from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
-                     out_dir_of, quantize_model, write_metrics)
-from .evaluation import evaluate
+from .common import apply_backend, bits_per_weight, calibration_for, finish_run, quantize_model, start_run
 from .settings import RunSettings, settings_from_cfg, settings_or_exit
 
 
 def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
-    torch.manual_seed(s.seed)
-    out = out_dir_of(s)
-    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
-    logger = make_logger(s, out)
+    out, model, tok, logger = start_run(s)
     if s.stage.checkpoint:
         model, _ = load_quantized(s.stage.checkpoint, model)
     elif s.quant.method != "none":
-        calib = None
-        if s.quant.refine is not None and s.quant.refine.objective != "weight":
-            from .datamodule import calibration_ids
-
-            calib = calibration_ids(s.data, tok)
-        quantize_model(model, s.quant, calib)
+        quantize_model(model, s.quant, calibration_for(s, tok))
     apply_backend(model, s.trainer.backend)
     metrics: dict[str, Any] = {"bits_per_weight": bits_per_weight(model)}
-    metrics.update(evaluate(model, tok, s.eval))
-    write_metrics(out, s, metrics)
-    finish_logger(logger, metrics)
+    finish_run(model, tok, s, out, logger, metrics, checkpoint=False)
     return metrics, {"model": model, "tokenizer": tok}
 
 

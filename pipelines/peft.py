@@ -8,17 +8,16 @@ answers only. ``stage.method=lords`` trains only ``B, A`` (the model stays ``Q �
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 
 from lords.checkpoint import load_quantized
 from lords.errors import ConfigError
 
-from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
-                     out_dir_of, quantize_model, save_checkpoint, write_metrics)
-from .evaluation import answer_metrics, evaluate
+from .common import apply_backend, bits_per_weight, finish_run, quantize_model, start_run
+from .evaluation import answer_metrics
 from .settings import RunSettings, settings_from_cfg, settings_or_exit
 
 
@@ -49,16 +48,18 @@ def prepare(model, tok, s: RunSettings):
     return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def save_adapter(model, path: Path) -> Path:
+    model.save_pretrained(str(path))
+    return path
+
+
 def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
     from .datamodule import LordsDataModule
     from .lit_train import PEFTModule
     from .training import make_trainer, resume_path
 
-    torch.manual_seed(s.seed)
-    out = out_dir_of(s)
-    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
-    logger = make_logger(s, out)
+    out, model, tok, logger = start_run(s)
     model, trainable = prepare(model, tok, s)
     apply_backend(model, s.trainer.backend)
     dm = LordsDataModule(s.data, tok, kind="finetune")
@@ -72,17 +73,10 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
                                "train_steps": trainer.global_step, "bits_per_weight": bits_per_weight(model)}
     metrics.update({f"before/{k}": v for k, v in before.items()})
     metrics.update(answer_metrics(model, dm.val_dataloader()))
-    metrics.update(evaluate(model, tok, s.eval))
-    ckpt = None
-    if s.stage.save:
-        if s.stage.method == "lords":
-            ckpt = save_checkpoint(model, s, out)  # still Q ⊙ BA: the library's checkpoint, nothing merged
-        else:
-            ckpt = out / "qlora_adapter"
-            model.save_pretrained(str(ckpt))  # the LoRA adapter (peft format); the base is s.quant applied
-    metrics["checkpoint"] = None if ckpt is None else str(ckpt)
-    write_metrics(out, s, metrics)
-    finish_logger(logger, metrics)
+    # LoRDS saves the library's checkpoint (still Q ⊙ BA, nothing merged); QLoRA saves its LoRA adapter
+    # (peft format; the base is s.quant applied).
+    finish_run(model, tok, s, out, logger, metrics,
+               save=None if s.stage.method == "lords" else lambda: save_adapter(model, out / "qlora_adapter"))
     return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}
 
 

@@ -10,11 +10,9 @@ import time
 from typing import Any
 
 import hydra
-import torch
 
-from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
-                     finished_metrics, out_dir_of, quantize_model, save_checkpoint, write_metrics)
-from .evaluation import evaluate
+from .common import (apply_backend, bits_per_weight, calibration_for, finish_run, finished_metrics, out_dir_of,
+                     quantize_model, start_run)
 from .settings import RunSettings, settings_from_cfg, settings_or_exit
 
 
@@ -26,28 +24,17 @@ def quant_metrics(report, model, seconds: float) -> dict[str, Any]:
 
 def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
-    torch.manual_seed(s.seed)
-    out = out_dir_of(s)
-    done = finished_metrics(out, s)
+    done = finished_metrics(out_dir_of(s), s)
     if done is not None:
-        print(f"{out}: finished earlier with the same settings, skipped")
+        print(f"{out_dir_of(s)}: finished earlier with the same settings, skipped")
         return done, {}
-    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
-    logger = make_logger(s, out)
-    calib = None
-    if s.quant.method != "none" and s.quant.refine is not None and s.quant.refine.objective != "weight":
-        from .datamodule import calibration_ids
-
-        calib = calibration_ids(s.data, tok)
+    out, model, tok, logger = start_run(s)
     t = time.time()
-    report = quantize_model(model, s.quant, calib, journal=out / "journal" if s.stage.journal else None)
+    report = quantize_model(model, s.quant, calibration_for(s, tok),
+                            journal=out / "journal" if s.stage.journal else None)
     metrics = quant_metrics(report, model, time.time() - t)
     apply_backend(model, s.trainer.backend)
-    metrics.update(evaluate(model, tok, s.eval))
-    ckpt = save_checkpoint(model, s, out) if s.stage.save else None
-    metrics["checkpoint"] = None if ckpt is None else str(ckpt)
-    write_metrics(out, s, metrics)
-    finish_logger(logger, metrics)
+    finish_run(model, tok, s, out, logger, metrics)
     return metrics, {"model": model, "tokenizer": tok, "report": report}
 
 

@@ -10,16 +10,13 @@ import time
 from typing import Any
 
 import hydra
-import torch
 from torch.utils.data import DataLoader
 
 from lords.calibration import collect_stats
 from lords.errors import ConfigError
 from lords.quantize import select_linears
 
-from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
-                     out_dir_of, quant_plan, save_checkpoint, write_metrics)
-from .evaluation import evaluate
+from .common import apply_backend, bits_per_weight, finish_run, quant_plan, start_run
 from .settings import RunSettings, settings_from_cfg, settings_or_exit
 
 
@@ -31,10 +28,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     from .lit_refine import PTQRefineModule, StepDataset
     from .training import make_trainer, resume_path
 
-    torch.manual_seed(s.seed)
-    out = out_dir_of(s)
-    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
-    logger = make_logger(s, out)
+    out, model, tok, logger = start_run(s)
     plan = quant_plan(model, s.quant)
     stats = None
     if s.quant.refine.objective != "weight":
@@ -53,11 +47,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     metrics.update(module.write_back(model))
     apply_backend(model, s.trainer.backend)
     metrics.update(quant_seconds=time.time() - t, bits_per_weight=bits_per_weight(model))
-    metrics.update(evaluate(model, tok, s.eval))
-    ckpt = save_checkpoint(model, s, out) if s.stage.save else None
-    metrics["checkpoint"] = None if ckpt is None else str(ckpt)
-    write_metrics(out, s, metrics)
-    finish_logger(logger, metrics)
+    finish_run(model, tok, s, out, logger, metrics)
     return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}
 
 

@@ -9,13 +9,10 @@ import time
 from typing import Any
 
 import hydra
-import torch
 
 from lords.errors import ConfigError
 
-from .common import (apply_backend, bits_per_weight, device_for, finish_logger, load_model, make_logger,
-                     out_dir_of, quant_plan, save_checkpoint, write_metrics)
-from .evaluation import evaluate
+from .common import apply_backend, bits_per_weight, finish_run, quant_plan, start_run
 from .settings import RunSettings, settings_from_cfg, settings_or_exit
 
 
@@ -27,10 +24,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     from .lit_train import QATModule
     from .training import make_trainer, resume_path
 
-    torch.manual_seed(s.seed)
-    out = out_dir_of(s)
-    model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
-    logger = make_logger(s, out)
+    out, model, tok, logger = start_run(s)
     dm = LordsDataModule(s.data, tok, kind=s.stage.data)
     module = QATModule(model, quant_plan(model, s.quant), s.stage.lr_weight, s.stage.lr_scale, s.stage.weight_decay)
     trainer = make_trainer(s, out, logger)
@@ -40,11 +34,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
                                "train_steps": trainer.global_step}
     model = apply_backend(module.convert(), s.trainer.backend)
     metrics["bits_per_weight"] = bits_per_weight(model)
-    metrics.update(evaluate(model, tok, s.eval))
-    ckpt = save_checkpoint(model, s, out) if s.stage.save else None
-    metrics["checkpoint"] = None if ckpt is None else str(ckpt)
-    write_metrics(out, s, metrics)
-    finish_logger(logger, metrics)
+    finish_run(model, tok, s, out, logger, metrics)
     return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}
 
 

@@ -6,13 +6,13 @@ from test_pipelines_stages import tiny_settings
 
 
 def test_a_finished_ptq_run_is_skipped_and_an_unfinished_one_runs(tmp_path, monkeypatch):
-    from pipelines import ptq
+    from pipelines import common, ptq
 
     s = tiny_settings("ptq", tmp_path, "quant=nf", "quant.bits=4", "eval.tasks=[]")
     first, objs = ptq.run(s)
     assert objs  # it ran
     calls = []
-    monkeypatch.setattr(ptq, "load_model", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
     again, objs = ptq.run(s)
     assert again == json.loads(json.dumps(first, default=str)) and objs == {} and not calls
 

@@ -22,13 +22,14 @@ import sys
 import time
 import types
 
+from lords.lowrank import parity_rank
+
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (1024, 4096)]
 MS = [1, 4, 16, 64, 256, 2048, 8192]
 REPORTS = os.path.join("outputs", "reports")
 
 
-def parity_rank(N: int, K: int, block: int = 64) -> int:
-    return (N * K) // (block * (N + K))
+BLOCK = 64  # the float budget LoRDS matches: block-wise scales of 64 inputs, like the NF4 and gemlite peers
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -60,16 +61,22 @@ def time_graph(torch, fns, min_calls: int = 16, reps: int = 15) -> float:
             f()
     g.replay()
     torch.cuda.synchronize()
+    ms = median_replay_ms(torch, g, reps)
+    del g
+    return 1e3 * ms / len(calls)
+
+
+def median_replay_ms(torch, graph, reps: int) -> float:
+    """Median milliseconds of ``reps`` replays of a captured CUDA graph, each timed with device events."""
     times = []
     for _ in range(reps):
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         e0.record()
-        g.replay()
+        graph.replay()
         e1.record()
         e1.synchronize()
         times.append(e0.elapsed_time(e1))
-    del g
-    return 1e3 * statistics.median(times) / len(calls)
+    return statistics.median(times)
 
 
 def n_copies(nbytes: int, target: int = 150 << 20, cap: int = 64) -> int:
@@ -82,7 +89,7 @@ def lords_layers(torch, N, K, bits, copies, dtype):
     from lords.grids import make_grid
     from lords.packing import pack_codes
 
-    r = parity_rank(N, K)
+    r = parity_rank(N, K, BLOCK)
     grid = make_grid("nf", bits).cuda()
     layers = []
     for i in range(copies):
@@ -96,7 +103,7 @@ def lords_layers(torch, N, K, bits, copies, dtype):
 
 
 def lords_bytes(N, K, bits):
-    r = parity_rank(N, K)
+    r = parity_rank(N, K, BLOCK)
     return N * K * bits // 8 + 2 * r * (N + K)
 
 
@@ -159,7 +166,7 @@ def candidate_configs(M, N, K, bits):
     if M == 1 and os.environ.get("TUNE_W8"):  # second sweep: two warpgroups per CTA, plus the current pick
         from kernels.lords_matmul import tuning
 
-        out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K))))
+        out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))))
         for bn in (128, 256):
             for s in splits(-(-N // bn)):
                 for ns, qb in ((3, True), (3, False), (2, True)):
@@ -217,7 +224,7 @@ def tune(args, torch, triton):
                     log.append(dict(N=N, K=K, M=M, bits=bits, cfg=cfg, us_graph=us, wall=time.time() - t0))
                     if best is None or us < best[0]:
                         best = (us, cfg)
-                key = f"{tuning.m_bucket(M)},{N},{K},{bits},{tuning.rank_pad(parity_rank(N, K))}"
+                key = f"{tuning.m_bucket(M)},{N},{K},{bits},{tuning.rank_pad(parity_rank(N, K, BLOCK))}"
                 table[key] = best[1]
                 print(f"tune N={N} K={K} bits={bits} M={M}: {best[0]:.1f} us {best[1]}", flush=True)
                 with open(args.tune, "w") as fh:  # after every cell: a run cut short keeps what it found
@@ -292,6 +299,41 @@ def bench(args, torch, triton):
         torch.cuda.empty_cache()
         save()  # after every shape: a run cut short keeps what it measured
     return save()
+
+
+def backward(args, torch, triton):
+    """Forward + backward at large M: LoRDS (grads for x, B, A) against cuBLAS fp16 (grads for x, W)."""
+    import kernels
+
+    rows = []
+    for N, K in SHAPES:
+        for M in args.ms:
+            x = torch.randn(M, K, dtype=torch.float16, device="cuda", requires_grad=True)
+            W = torch.randn(N, K, dtype=torch.float16, device="cuda", requires_grad=True)
+            dy = torch.randn(M, N, dtype=torch.float16, device="cuda")
+
+            def fp16():
+                torch.nn.functional.linear(x, W).backward(dy)
+
+            layer = lords_layers(torch, N, K, 4, 1, torch.float16)[0]
+            layer.B.requires_grad_(True)
+            layer.A.requires_grad_(True)
+            kernels.kernel_codes(layer)
+
+            def lords():
+                kernels.triton_forward(layer, x).backward(dy)
+
+            def lords_peft():  # PEFT: no grad for x
+                kernels.triton_forward(layer, x.detach()).backward(dy)
+
+            for name, fn in (("fp16", fp16), ("lords", lords), ("lords_peft", lords_peft)):
+                us = time_eager(triton, fn)
+                rows.append(dict(N=N, K=K, M=M, impl=name, us_fwd_bwd=us))
+                print(f"bwd {N}x{K} M={M} {name:<11} fwd+bwd {us:9.1f} us", flush=True)
+            x.grad = W.grad = None
+    with open(args.backward, "w") as fh:
+        json.dump(dict(device=torch.cuda.get_device_name(), rows=rows,
+                       method="do_bench median of forward+backward, eager, fp16"), fh, indent=1)
 
 
 # ----------------------------------------------------------------------------------------------- render

@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import types
 
 import torch
 import torch.nn.functional as F
+
+from kernels.bench import BLOCK, median_replay_ms
+from lords.lowrank import parity_rank
 
 HIDDEN, INTER, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 4096, 14336, 32, 8, 128, 128256
 LINEARS = {"q": (4096, 4096), "k": (1024, 4096), "v": (1024, 4096), "o": (4096, 4096),
            "gate": (14336, 4096), "up": (14336, 4096), "down": (4096, 14336)}
 
 
-def parity_rank(N, K, block=64):
-    return (N * K) // (block * (N + K))
 
 
 def make_linear(kind: str, N: int, K: int):
@@ -49,7 +48,7 @@ def make_linear(kind: str, N: int, K: int):
         from lords.grids import make_grid
         from lords.packing import pack_codes
 
-        r = parity_rank(N, K)
+        r = parity_rank(N, K, BLOCK)
         layer = types.SimpleNamespace(
             qweight=pack_codes(torch.randint(0, 16, (N, K), device="cuda", dtype=torch.uint8), 4),
             grid=make_grid("nf", 4).cuda(), bits=4, in_features=K, out_features=N, bias=None,
@@ -122,16 +121,9 @@ def time_step(model: Model, batch: int, reps: int = 20) -> float:
         g.replay()
         torch.cuda.synchronize()
         assert torch.isfinite(out.float()).all()
-        times = []
-        for _ in range(reps):
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            g.replay()
-            e1.record()
-            e1.synchronize()
-            times.append(e0.elapsed_time(e1))
+        ms = median_replay_ms(torch, g, reps)
     del g
-    return statistics.median(times) * 1e-3
+    return ms * 1e-3
 
 
 def main(argv=None):

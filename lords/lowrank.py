@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .blockwise import block_absmax
 from .errors import ConfigError, ShapeError
 
 
@@ -51,3 +52,13 @@ def init_from_blocks(
         B = torch.cat([B, B.new_zeros(n, rank - k)], dim=1)
         A = torch.cat([A, A.new_zeros(rank - k, in_features)], dim=0)
     return B.float(), A.float()
+
+
+def svd_init(weight: torch.Tensor, block_size: int, rank: int | None = None,
+             where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """LoRDS's PTQ init of ``weight (n, m)``: block absmax scales, then :func:`init_from_blocks` at ``rank``
+    (the parity rank when None, refused with ``where`` named when impossible). Returns ``B (n, r)``, ``A (r, m)``."""
+    n, m = weight.shape
+    rank = rank or parity_rank(n, m, block_size)
+    check_rank(rank, n, m, where=where)
+    return init_from_blocks(block_absmax(weight, block_size), m, block_size, rank)

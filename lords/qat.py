@@ -11,11 +11,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .blockwise import block_absmax, check_weight, safe_scale
+from .blockwise import check_weight, safe_scale
 from .config import LordsConfig
 from .grids import make_grid, nearest_code
 from .linear import LoRDSLinear
-from .lowrank import check_rank, init_from_blocks, parity_rank
+from .lowrank import svd_init
 
 
 class QATLinear(nn.Module):
@@ -27,9 +27,8 @@ class QATLinear(nn.Module):
         check_weight(w, f"{name}.weight")
         n, m = w.shape
         self.in_features, self.out_features, self.bits = m, n, config.bits
-        self.rank = config.rank or parity_rank(n, m, config.block_size)
-        check_rank(self.rank, n, m, where=name)
-        B, A = init_from_blocks(block_absmax(w, config.block_size), m, config.block_size, self.rank)
+        B, A = svd_init(w, config.block_size, config.rank, where=name)
+        self.rank = B.shape[1]
         self.weight = nn.Parameter(w.float().clone())
         self.B, self.A = nn.Parameter(B), nn.Parameter(A)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone())

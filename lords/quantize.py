@@ -19,7 +19,7 @@ from .config import BlockwiseConfig, LordsConfig, _QuantConfig
 from .errors import ConfigError, NumericsError, UnsupportedModuleError
 from .grids import make_grid
 from .linear import BlockLinear, LoRDSLinear
-from .lowrank import check_rank, init_from_blocks, parity_rank
+from .lowrank import svd_init
 from .refine import BlockScale, LayerStats, LowRankScale, RefineResult, refine
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -87,11 +87,8 @@ def quantize_lords(name: str, linear: nn.Linear, config: LordsConfig, stats: Lay
     """SVD init from block absmax scales, then (optionally) Algorithm 1 on ``B, A``."""
     weight = linear.weight.detach()
     check_weight(weight, f"{name}.weight")
-    n, m = weight.shape
-    rank = config.rank or parity_rank(n, m, config.block_size)
-    check_rank(rank, n, m, where=name)
     grid = make_grid(config.grid, config.bits).to(weight.device)
-    B, A = init_from_blocks(block_absmax(weight, config.block_size), m, config.block_size, rank)
+    B, A = svd_init(weight, config.block_size, config.rank, where=name)
     result = None
     if config.refine is not None and config.refine.steps > 0:
         scale = LowRankScale(B, A)
@@ -102,7 +99,7 @@ def quantize_lords(name: str, linear: nn.Linear, config: LordsConfig, stats: Lay
     if not (torch.isfinite(B).all() and torch.isfinite(A).all()):
         raise NumericsError(f"{name}: LoRDS scales became non-finite (lower refine.lr?)")
     module = build_lords_linear(B, A, codes, config, grid, _bias(linear))
-    return module, _report(name, weight, module, result, rank)
+    return module, _report(name, weight, module, result, module.rank)
 
 
 def build_lords_linear(B: torch.Tensor, A: torch.Tensor, codes: torch.Tensor, config: LordsConfig,

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from lords.blockwise import block_absmax, quantize_with_scale
 from lords.config import LordsConfig
 from lords.grids import make_grid
-from lords.lowrank import check_rank, init_from_blocks, parity_rank
+from lords.lowrank import svd_init
 from lords.quantize import build_block_linear, build_lords_linear, select_linears
 from lords.refine import BlockScale, LayerStats, LowRankScale, objective_fn
 
@@ -35,14 +35,12 @@ class RefineLayer(nn.Module):
         # Not persistent: rebuilt from the model on resume, so checkpoints hold only scales and optimiser state.
         self.register_buffer("weight", w.clone(), persistent=False)
         self.register_buffer("grid", make_grid(config.grid, config.bits).float(), persistent=False)
-        absmax = block_absmax(w, config.block_size)
         if isinstance(config, LordsConfig):
-            self.rank = config.rank or parity_rank(n, m, config.block_size)
-            check_rank(self.rank, n, m, where=name)
-            self.scale = LowRankScale(*init_from_blocks(absmax, m, config.block_size, self.rank))
+            self.scale = LowRankScale(*svd_init(w, config.block_size, config.rank, where=name))
+            self.rank = self.scale.B.shape[1]
         else:
             self.rank = None
-            self.scale = BlockScale(absmax, m, config.block_size)
+            self.scale = BlockScale(block_absmax(w, config.block_size), m, config.block_size)
         for i, p in enumerate(self.scale.parameters()):
             self.register_buffer(f"best_{i}", p.detach().clone())
         self.register_buffer("best_loss", torch.tensor(float("inf")))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 from lords.config import BlockwiseConfig, LordsConfig, RefineConfig

@@ -154,7 +154,7 @@ class Peers:
 
 # ----------------------------------------------------------------------------------------------- tuning
 
-def candidate_configs(M, N, K, bits):
+def candidate_configs(M, N, K, bits, space="full"):
     from kernels.lords_matmul.layout import group_size
 
     n_groups = -(-K // group_size(bits))
@@ -162,6 +162,41 @@ def candidate_configs(M, N, K, bits):
 
     def splits(tiles, lo=66, hi=1100):
         return sorted({s for s in (1, 2, 3, 4, 6, 8, 12, 16) if s <= n_groups and lo <= tiles * s <= hi} or {1})
+
+    if space == "swap2":  # the current pick against two-warpgroup swap-AB tiles (decode) and prefill stages
+        from kernels.lords_matmul import tuning
+
+        out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))))
+        if M <= 64:
+            bm = max(16, 1 << (M - 1).bit_length())
+            for bn in (128, 256):
+                for s in splits(-(-N // bn) * -(-M // bm), lo=60, hi=600)[:4]:
+                    out.append(dict(kernel="gemm_t", BM=bm, BN=bn, split_k=s, num_warps=8, num_stages=3,
+                                    GROUP_M=8, MUL16=True, S16=True))
+        else:
+            for bm, ns in ((256, 2), (256, 4), (128, 3), (128, 4)):
+                if bm <= 2 * M:
+                    out.append(dict(kernel="gemm_t", BM=bm, BN=128, split_k=1, num_warps=8, num_stages=ns, GROUP_M=8,
+                                    MUL16=True, S16=True))
+        return out
+    if space == "swap":  # the current pick (timed again, same run) against the swap-AB kernel's tiles
+        from kernels.lords_matmul import tuning
+
+        out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))))
+        if M <= 64:
+            bm = max(16, 1 << (M - 1).bit_length())
+            for bn in (64, 128):
+                for s in splits(-(-N // bn) * -(-M // bm), lo=120, hi=600)[:3]:
+                    for s16 in (False, True):
+                        out.append(dict(kernel="gemm_t", BM=bm, BN=bn, split_k=s, num_warps=4, num_stages=3,
+                                        GROUP_M=8, MUL16=True, S16=s16))
+        else:
+            for bm, bn, nw, ns in ((128, 128, 4, 3), (256, 128, 4, 3), (128, 128, 8, 3), (256, 128, 8, 3),
+                                   (128, 256, 8, 3), (256, 128, 4, 4)):
+                if bm <= 2 * M:
+                    out.append(dict(kernel="gemm_t", BM=bm, BN=bn, split_k=1, num_warps=nw, num_stages=ns, GROUP_M=8,
+                                    MUL16=True, S16=True))
+        return out
 
     if M == 1 and os.environ.get("TUNE_W8"):  # second sweep: two warpgroups per CTA, plus the current pick
         from kernels.lords_matmul import tuning
@@ -211,8 +246,8 @@ def tune(args, torch, triton):
             codes = [kernels.kernel_codes(layer) for layer in layers]
             for M in args.ms:
                 x = torch.randn(M, K, dtype=torch.float16, device="cuda")
-                best = None
-                for cfg in candidate_configs(M, N, K, bits):
+                best = first = None
+                for cfg in candidate_configs(M, N, K, bits, args.space):
                     fns = [(lambda c=c, L=L, cfg=cfg: tk.lords_matmul(x, c, L.grid, L.B, L.A, None, cfg))
                            for c, L in zip(codes, layers)]
                     t0 = time.time()
@@ -222,11 +257,13 @@ def tune(args, torch, triton):
                         print(f"  skip {cfg}: {repr(e)[:120]}", flush=True)
                         continue
                     log.append(dict(N=N, K=K, M=M, bits=bits, cfg=cfg, us_graph=us, wall=time.time() - t0))
+                    first = us if first is None else first
                     if best is None or us < best[0]:
                         best = (us, cfg)
                 key = f"{tuning.m_bucket(M)},{N},{K},{bits},{tuning.rank_pad(parity_rank(N, K, BLOCK))}"
                 table[key] = best[1]
-                print(f"tune N={N} K={K} bits={bits} M={M}: {best[0]:.1f} us {best[1]}", flush=True)
+                print(f"tune N={N} K={K} bits={bits} M={M}: {best[0]:.1f} us (first candidate {first:.1f}) {best[1]}",
+                      flush=True)
                 with open(args.tune, "w") as fh:  # after every cell: a run cut short keeps what it found
                     json.dump({"device": torch.cuda.get_device_name(), "configs": table}, fh, indent=1)
                 if args.log:
@@ -409,6 +446,7 @@ def main(argv=None):
     p.add_argument("--out-dir", default=REPORTS)
     p.add_argument("--tune", default=None, help="sweep LoRDS configs, write the table here")
     p.add_argument("--backward", default=None, help="time forward+backward at --ms, write JSON here")
+    p.add_argument("--space", default="full", choices=["full", "swap", "swap2"], help="with --tune: which candidates")
     p.add_argument("--log", default=None, help="with --tune: every timing, as JSON")
     p.add_argument("--table", default=os.path.join(os.path.dirname(__file__), "lords_matmul", "tuned_h100.json"),
                    help="tuning table to load (missing: built-in heuristic)")

@@ -65,7 +65,9 @@ def test_repack_roundtrip(bits, K):
 CPU_SHAPES = [(1, 48, 200, 5), (1, 70, 300, 20), (3, 33, 136, 7), (17, 64, 256, 16), (40, 50, 100, 3)]
 # Tile configs forced on top of the default pick: split-K through the last-split reduction, tiny tiles.
 CPU_CONFIGS = [None, dict(kernel="gemm", BM=16, BN=32, split_k=3, num_warps=4, num_stages=1),
-               dict(kernel="gemv", BN=32, split_k=2, num_warps=4, num_stages=1)]
+               dict(kernel="gemv", BN=32, split_k=2, num_warps=4, num_stages=1),
+               dict(kernel="gemm_t", BM=16, BN=32, split_k=2, num_warps=4, num_stages=1, MUL16=True),
+               dict(kernel="gemm_t", BM=32, BN=64, split_k=1, num_warps=4, num_stages=1)]
 
 
 @needs_interp_or_cuda
@@ -137,10 +139,11 @@ def test_forward_gpu(shape, bits, dtype):
     bias = torch.randn(N, dtype=dtype, device="cuda")
     kc = repack(qweight, bits, K)
     want = ref.lords_matmul(x, qweight, grid, B, A, bias, bits)
-    for split in (None, 3):
+    swap = dict(kernel="gemm_t", BM=16 if M <= 16 else 64, BN=64, num_warps=4, num_stages=3, MUL16=True)
+    for split, kind in ((None, None), (3, None), (1, "gemm_t"), (3, "gemm_t")):
         cfg = None
         if split is not None:
-            cfg = dict(tuning.pick_config(M, N, K, bits, r), split_k=split)
+            cfg = dict(swap if kind else tuning.pick_config(M, N, K, bits, r), split_k=split)
         poison = torch.full((M * N + 4096,), float("nan"), dtype=dtype, device="cuda")
         del poison  # the allocator hands this block back: an unwritten output element stays NaN
         y = tk.lords_matmul(x, kc, grid, B, A, bias, cfg)

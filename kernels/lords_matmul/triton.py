@@ -329,6 +329,77 @@ def _gemm_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_pt
                      pid_m * num_n + pid_n, pid_k, split_k, HAS_BIAS)
 
 
+@triton.jit(do_not_specialize=["M", "r", "n_groups", "split_k"])
+def _gemm_t_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
+                   M, N, K, r, n_groups, split_k, stride_xm, stride_ym, stride_lo, stride_hi, stride_bn, stride_ar,
+                   HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr, PRMT: tl.constexpr,
+                   MUL16: tl.constexpr, S16: tl.constexpr, DOT_FP32: tl.constexpr):
+    """The weight-side form transposed ("swap AB"): ``yᵀ (BN, BM) += W (BN, T) · xᵀ (T, BM)``. The weight rows are
+    the tensor cores' M side, so ``S = B_tile · A_tile`` comes out in the accumulator layout, ``W = grid[Q] ⊙ S``
+    is formed there and fed to the next MMA from registers (as flash attention feeds P): no shared-memory round
+    trip for ``W``, and a small token count M sits on the MMA's narrow N side (8–256) instead of padding 64 rows."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    gsize = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % gsize
+    pid_n = (pid % width) // gsize
+    cdt = tl.float32 if DOT_FP32 else x_ptr.dtype.element_ty
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    offs_j = tl.arange(0, T)
+    offs_r = tl.arange(0, R)
+    r_mask = offs_r < r
+    b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
+                other=0.0).to(cdt)  # (BN, R), kept for the whole K loop
+    n_slices = n_groups * F
+    per = tl.cdiv(n_slices, split_k)
+    kt0 = pid_k * per
+    kt1 = tl.minimum(kt0 + per, n_slices)
+    acc = tl.zeros((BN, BM), dtype=tl.float32)
+    for kt in range(kt0, kt1):
+        g = kt // F
+        f = kt % F
+        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T,
+                             True, PRMT and BITS != 3)
+        # the code values first: the previous slice's MMA is still running on the tensor cores meanwhile
+        if PRMT:
+            if BITS == 3:
+                q = _lut_prmt(_field(lo, hi, f, BITS).to(tl.uint8), tab_ptr, x_ptr, 0, BITS)
+            else:
+                q = _lut_prmt_rt(lo, tab_ptr, x_ptr, f * BITS, BITS)
+        else:
+            q = _lut(grid_ptr, _field(lo, hi, f, BITS))  # (BN, T)
+        k = g * (F * T) + f * T + offs_j
+        k_mask = k < K
+        a = tl.load(A_ptr + offs_r[:, None] * stride_ar + k[None, :], mask=r_mask[:, None] & k_mask[None, :],
+                    other=0.0).to(cdt)  # A tile (R, T)
+        if DOT_FP32:
+            s = tl.dot(b, a, input_precision="ieee")  # S tile (BN, T), fp32
+        elif S16:  # fp16 accumulation of the rank-R sum (fp16 activations only): no convert before the multiply
+            s = tl.dot(b, a, out_dtype=tl.float16)
+        else:
+            s = tl.dot(b, a)
+        if MUL16:  # one packed half multiply per two weights instead of two converts and a float multiply
+            w = q.to(cdt) * s.to(cdt)
+        else:
+            w = (q.to(tl.float32) * s).to(cdt)
+        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + k[:, None], mask=m_mask[None, :] & k_mask[:, None],
+                     other=0.0).to(cdt)  # xᵀ (T, BM)
+        if DOT_FP32:
+            acc = tl.dot(w, xt, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w, xt, acc)
+    _splitk_epilogue(tl.trans(acc), offs_m, offs_n, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, lock_ptr,
+                     pid_m * num_n + pid_n, pid_k, split_k, HAS_BIAS)
+
+
 @triton.jit(do_not_specialize=["M", "r"])
 def _dx_kernel(dy_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dx_ptr, M, N, K, r,
                stride_dym, stride_dxm, stride_lo, stride_hi, stride_bn, stride_ar,
@@ -513,10 +584,15 @@ def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: tor
         assert tiles <= _LOCKS
         prmt = bool(cfg.get("PRMT", bits != 3)) and not INTERPRET
         tab = prmt_table(grid, x.dtype) if prmt else locks
-        _gemm_kernel[(tiles, split)](
-            x2, codes.lo, hi, grid, tab, B, A, bias if has_bias else y, y, ws, locks,
-            M, N, K, r, n_groups, split, x2.stride(0), y.stride(0), codes.lo.stride(0), hi.stride(0),
-            B.stride(0), A.stride(0), BM=bm, BN=bn, GROUP_M=cfg.get("GROUP_M", 8), PRMT=prmt, **common)
+        args = (x2, codes.lo, hi, grid, tab, B, A, bias if has_bias else y, y, ws, locks,
+                M, N, K, r, n_groups, split, x2.stride(0), y.stride(0), codes.lo.stride(0), hi.stride(0),
+                B.stride(0), A.stride(0))
+        if cfg["kernel"] == "gemm_t":
+            _gemm_t_kernel[(tiles, split)](*args, BM=bm, BN=bn, GROUP_M=cfg.get("GROUP_M", 8), PRMT=prmt,
+                                           MUL16=bool(cfg.get("MUL16", False)),
+                                           S16=bool(cfg.get("S16", False)) and x.dtype == torch.float16, **common)
+        else:
+            _gemm_kernel[(tiles, split)](*args, BM=bm, BN=bn, GROUP_M=cfg.get("GROUP_M", 8), PRMT=prmt, **common)
     return y.reshape(*lead, N)
 
 

@@ -163,6 +163,17 @@ def candidate_configs(M, N, K, bits, space="full"):
     def splits(tiles, lo=66, hi=1100):
         return sorted({s for s in (1, 2, 3, 4, 6, 8, 12, 16) if s <= n_groups and lo <= tiles * s <= hi} or {1})
 
+    if space == "swap3":  # the current pick against split-K swap-AB tiles where M > 64 leaves SMs idle
+        from kernels.lords_matmul import tuning
+
+        out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))))
+        for bm in (128, 256):
+            tiles = -(-M // bm) * -(-N // 128)
+            for s in (1, 2, 3, 4, 6, 8):
+                if bm <= 2 * M and s <= n_groups and (s == 1 or tiles * s <= 400) and (s == 1 or tiles < 132):
+                    out.append(dict(kernel="gemm_t", BM=bm, BN=128, split_k=s, num_warps=8, num_stages=3, GROUP_M=8,
+                                    MUL16=True, S16=True))
+        return out
     if space == "swap2":  # the current pick against two-warpgroup swap-AB tiles (decode) and prefill stages
         from kernels.lords_matmul import tuning
 
@@ -446,7 +457,7 @@ def main(argv=None):
     p.add_argument("--out-dir", default=REPORTS)
     p.add_argument("--tune", default=None, help="sweep LoRDS configs, write the table here")
     p.add_argument("--backward", default=None, help="time forward+backward at --ms, write JSON here")
-    p.add_argument("--space", default="full", choices=["full", "swap", "swap2"], help="with --tune: which candidates")
+    p.add_argument("--space", default="full", choices=["full", "swap", "swap2", "swap3"], help="with --tune: which candidates")
     p.add_argument("--log", default=None, help="with --tune: every timing, as JSON")
     p.add_argument("--table", default=os.path.join(os.path.dirname(__file__), "lords_matmul", "tuned_h100.json"),
                    help="tuning table to load (missing: built-in heuristic)")

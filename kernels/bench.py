@@ -163,6 +163,19 @@ def candidate_configs(M, N, K, bits, space="full"):
     def splits(tiles, lo=66, hi=1100):
         return sorted({s for s in (1, 2, 3, 4, 6, 8, 12, 16) if s <= n_groups and lo <= tiles * s <= hi} or {1})
 
+    if space == "ones":  # M = 1: the gemv pick against the gemv with code values kept in registers (ONES)
+        from kernels.lords_matmul import tuning
+
+        out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))))
+        if M == 1:
+            for bn in (64, 128, 256):
+                for s in splits(-(-N // bn)):
+                    for nw in (4, 8):
+                        if bn == 256 and nw == 4:
+                            continue
+                        out.append(dict(kernel="gemv", BN=bn, split_k=s, num_warps=nw, num_stages=3, Q_AS_B=False,
+                                        PRMT=True, ONES=True))
+        return out
     if space == "swap3":  # the current pick against split-K swap-AB tiles where M > 64 leaves SMs idle
         from kernels.lords_matmul import tuning
 
@@ -457,7 +470,7 @@ def main(argv=None):
     p.add_argument("--out-dir", default=REPORTS)
     p.add_argument("--tune", default=None, help="sweep LoRDS configs, write the table here")
     p.add_argument("--backward", default=None, help="time forward+backward at --ms, write JSON here")
-    p.add_argument("--space", default="full", choices=["full", "swap", "swap2", "swap3"], help="with --tune: which candidates")
+    p.add_argument("--space", default="full", choices=["full", "swap", "swap2", "swap3", "ones"], help="with --tune: which candidates")
     p.add_argument("--log", default=None, help="with --tune: every timing, as JSON")
     p.add_argument("--table", default=os.path.join(os.path.dirname(__file__), "lords_matmul", "tuned_h100.json"),
                    help="tuning table to load (missing: built-in heuristic)")

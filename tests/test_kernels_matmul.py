@@ -140,10 +140,13 @@ def test_forward_gpu(shape, bits, dtype):
     kc = repack(qweight, bits, K)
     want = ref.lords_matmul(x, qweight, grid, B, A, bias, bits)
     swap = dict(kernel="gemm_t", BM=16 if M <= 16 else 64, BN=64, num_warps=4, num_stages=3, MUL16=True)
-    for split, kind in ((None, None), (3, None), (1, "gemm_t"), (3, "gemm_t")):
+    ones = dict(kernel="gemv", BN=128, num_warps=4, num_stages=3, Q_AS_B=False, ONES=True)
+    kinds = [(None, None), (3, None), (1, "gemm_t"), (3, "gemm_t")] + ([(1, "ones"), (2, "ones")] if M == 1 else [])
+    for split, kind in kinds:
         cfg = None
         if split is not None:
-            cfg = dict(swap if kind else tuning.pick_config(M, N, K, bits, r), split_k=split)
+            base = {"gemm_t": swap, "ones": ones}.get(kind) or tuning.pick_config(M, N, K, bits, r)
+            cfg = dict(base, split_k=split)
         poison = torch.full((M * N + 4096,), float("nan"), dtype=dtype, device="cuda")
         del poison  # the allocator hands this block back: an unwritten output element stays NaN
         y = tk.lords_matmul(x, kc, grid, B, A, bias, cfg)

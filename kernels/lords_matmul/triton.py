@@ -211,7 +211,7 @@ def _gemv_kernel(xa_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_ptr, y_p
                  N, r, n_groups, split_k, stride_lo, stride_hi, stride_bn,
                  HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
                  BN: tl.constexpr, Q_AS_B: tl.constexpr, EVEN_N: tl.constexpr, PRMT: tl.constexpr,
-                 DOT_FP32: tl.constexpr):
+                 ONES: tl.constexpr, DOT_FP32: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     cdt = xa_ptr.dtype.element_ty
@@ -227,6 +227,10 @@ def _gemv_kernel(xa_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_ptr, y_p
         z = tl.zeros((R, BN), dtype=tl.float32)
     else:  # Z (BN, R) = grid[Q] (BN, T) · (A ⊙ x)ᵀ (T, R)
         z = tl.zeros((BN, R), dtype=tl.float32)
+    if ONES:  # a (BN, T) tile of ones out of a K = 16 MMA: see below
+        e_n = tl.where(tl.arange(0, 16)[None, :] == 0, 1.0, 0.0) + tl.zeros((BN, 16), dtype=tl.float32)
+        e_t = tl.where(tl.arange(0, 16)[:, None] == 0, 1.0, 0.0) + tl.zeros((16, T), dtype=tl.float32)
+        ones = tl.dot(e_n.to(xa_ptr.dtype.element_ty), e_t.to(xa_ptr.dtype.element_ty), out_dtype=tl.float16)
     for g in range(g0, g1):
         lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, not Q_AS_B, BITS, T,
                              not EVEN_N, PRMT and BITS != 3)
@@ -238,6 +242,10 @@ def _gemv_kernel(xa_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_ptr, y_p
                     q = _lut_prmt(lo, tab_ptr, xa_ptr, f, BITS)
             else:  # code values by a gather from the L1-resident table
                 q = _lut(grid_ptr, _field(lo, hi, f, BITS)).to(cdt)
+            if ONES:
+                # times ones made by an MMA: the code values then live in the accumulator layout, which feeds the
+                # next MMA from registers (as in gemm_t), instead of a store to and a reload from shared memory
+                q = q * ones.to(q.dtype)
             k = g * (F * T) + f * T + offs_j
             if Q_AS_B:
                 xa = tl.load(xa_ptr + k[None, :] * R + offs_r[:, None])  # (R, T)
@@ -576,7 +584,8 @@ def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: tor
         _gemv_kernel[(tiles, split)](
             xa, codes.lo, hi, g, tab, B, bias if has_bias else y, y, ws, locks,
             N, r, n_groups, split, codes.lo.stride(0), hi.stride(0), B.stride(0),
-            BN=cfg["BN"], Q_AS_B=bool(cfg.get("Q_AS_B", True)), EVEN_N=N % cfg["BN"] == 0, PRMT=prmt, **common)
+            BN=cfg["BN"], Q_AS_B=bool(cfg.get("Q_AS_B", True)), EVEN_N=N % cfg["BN"] == 0, PRMT=prmt,
+            ONES=bool(cfg.get("ONES", False)) and not INTERPRET and x.dtype == torch.float16, **common)
     else:
         bm, bn = cfg.get("BM", 64), cfg["BN"]
         tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)

@@ -163,10 +163,12 @@ def candidate_configs(M, N, K, bits, space="full"):
     def splits(tiles, lo=66, hi=1100):
         return sorted({s for s in (1, 2, 3, 4, 6, 8, 12, 16) if s <= n_groups and lo <= tiles * s <= hi} or {1})
 
-    if space == "ones":  # M = 1: the gemv pick against the gemv with code values kept in registers (ONES)
+    if space != "full" or (M == 1 and os.environ.get("TUNE_W8")):
+        # a narrower sweep times the current pick again, in the same run, as its first candidate
         from kernels.lords_matmul import tuning
 
         out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))))
+    if space == "ones":  # M = 1: the gemv pick against the gemv with code values kept in registers (ONES)
         if M == 1:
             for bn in (64, 128, 256):
                 for s in splits(-(-N // bn)):
@@ -177,9 +179,6 @@ def candidate_configs(M, N, K, bits, space="full"):
                                         PRMT=True, ONES=True))
         return out
     if space == "swap3":  # the current pick against split-K swap-AB tiles where M > 64 leaves SMs idle
-        from kernels.lords_matmul import tuning
-
-        out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))))
         for bm in (128, 256):
             tiles = -(-M // bm) * -(-N // 128)
             for s in (1, 2, 3, 4, 6, 8):
@@ -188,11 +187,8 @@ def candidate_configs(M, N, K, bits, space="full"):
                                     MUL16=True, S16=True))
         return out
     if space == "swap2":  # the current pick against two-warpgroup swap-AB tiles (decode) and prefill stages
-        from kernels.lords_matmul import tuning
-
-        out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))))
         if M <= 64:
-            bm = max(16, 1 << (M - 1).bit_length())
+            bm = tuning.swap_bm(M)
             for bn in (128, 256):
                 for s in splits(-(-N // bn) * -(-M // bm), lo=60, hi=600)[:4]:
                     out.append(dict(kernel="gemm_t", BM=bm, BN=bn, split_k=s, num_warps=8, num_stages=3,
@@ -204,11 +200,8 @@ def candidate_configs(M, N, K, bits, space="full"):
                                     MUL16=True, S16=True))
         return out
     if space == "swap":  # the current pick (timed again, same run) against the swap-AB kernel's tiles
-        from kernels.lords_matmul import tuning
-
-        out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))))
         if M <= 64:
-            bm = max(16, 1 << (M - 1).bit_length())
+            bm = tuning.swap_bm(M)
             for bn in (64, 128):
                 for s in splits(-(-N // bn) * -(-M // bm), lo=120, hi=600)[:3]:
                     for s16 in (False, True):
@@ -223,9 +216,6 @@ def candidate_configs(M, N, K, bits, space="full"):
         return out
 
     if M == 1 and os.environ.get("TUNE_W8"):  # second sweep: two warpgroups per CTA, plus the current pick
-        from kernels.lords_matmul import tuning
-
-        out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))))
         for bn in (128, 256):
             for s in splits(-(-N // bn)):
                 for ns, qb in ((3, True), (3, False), (2, True)):

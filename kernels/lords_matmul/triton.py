@@ -171,6 +171,40 @@ def _load_codes(lo_ptr, hi_ptr, rows, row_mask, g, offs_j, stride_lo, stride_hi,
 
 
 @triton.jit
+def _code_values(lo, hi, f, grid_ptr, tab_ptr, dt_ptr, BITS: tl.constexpr, PRMT: tl.constexpr):
+    """Grid values of field ``f`` (a run-time index) of a code tile: by byte permutes in ``dt_ptr``'s 16-bit dtype
+    when ``PRMT``, else by a gather from the grid (in its dtype)."""
+    if PRMT:
+        if BITS == 3:
+            q = _lut_prmt(_field(lo, hi, f, BITS).to(tl.uint8), tab_ptr, dt_ptr, 0, BITS)
+        else:
+            q = _lut_prmt_rt(lo, tab_ptr, dt_ptr, f * BITS, BITS)
+    else:
+        q = _lut(grid_ptr, _field(lo, hi, f, BITS))
+    return q
+
+
+@triton.jit
+def _grouped_tile(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """``(pid_m, pid_n, num_n)`` of program ``pid`` in grouped order: ``GROUP_M`` row-blocks share each weight
+    column-block while it is in L2."""
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    gsize = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % width) % gsize, (pid % width) // gsize, num_n
+
+
+@triton.jit
+def _split_range(pid_k, n, split_k):
+    """``[k0, k1)``: split ``pid_k``'s share of ``n`` K-slices."""
+    per = tl.cdiv(n, split_k)
+    k0 = pid_k * per
+    return k0, tl.minimum(k0 + per, n)
+
+
+@triton.jit
 def _splitk_epilogue(acc, offs_m, offs_n, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, lock_ptr, tile_id, pid_k,
                      split_k, HAS_BIAS: tl.constexpr):
     """Write ``acc (BM, BN)`` fp32: directly if one split, else through the partials and the last split."""
@@ -220,9 +254,7 @@ def _gemv_kernel(xa_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_ptr, y_p
     offs_j = tl.arange(0, T)
     offs_r = tl.arange(0, R)
     r_mask = offs_r < r
-    per = tl.cdiv(n_groups, split_k)
-    g0 = pid_k * per
-    g1 = tl.minimum(g0 + per, n_groups)
+    g0, g1 = _split_range(pid_k, n_groups, split_k)
     if Q_AS_B:  # Zᵀ (R, BN) = (A ⊙ x) (R, T) · grid[Q]ᵀ (T, BN): the code values go straight to shared memory
         z = tl.zeros((R, BN), dtype=tl.float32)
     else:  # Z (BN, R) = grid[Q] (BN, T) · (A ⊙ x)ᵀ (T, R)
@@ -278,16 +310,8 @@ def _gemm_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_pt
                  HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr, PRMT: tl.constexpr,
                  DOT_FP32: tl.constexpr):
-    pid = tl.program_id(0)
+    pid_m, pid_n, num_n = _grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BN)
-    # grouped order: GROUP_M row-blocks share each weight column-block while it is in L2
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    gsize = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % gsize
-    pid_n = (pid % width) // gsize
     cdt = tl.float32 if DOT_FP32 else x_ptr.dtype.element_ty
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -301,10 +325,7 @@ def _gemm_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_pt
                  other=0.0).to(cdt)
     # one T-wide slice of K per iteration (field f of group g): a small pipeline stage, F times the byte
     # loads (they hit L1/L2); unrolling the F fields of a group multiplied shared memory by F.
-    n_slices = n_groups * F
-    per = tl.cdiv(n_slices, split_k)
-    kt0 = pid_k * per
-    kt1 = tl.minimum(kt0 + per, n_slices)
+    kt0, kt1 = _split_range(pid_k, n_groups * F, split_k)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for kt in range(kt0, kt1):
         g = kt // F
@@ -319,13 +340,7 @@ def _gemm_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_pt
             s = tl.dot(at, bt, input_precision="ieee")  # Sᵀ tile (T, BN), fp32
         else:
             s = tl.dot(at, bt)
-        if PRMT:  # (T, BN) code values in x's dtype, by byte permutes
-            if BITS == 3:
-                q = _lut_prmt(_field(lo, hi, f, BITS).to(tl.uint8), tab_ptr, x_ptr, 0, BITS)
-            else:
-                q = _lut_prmt_rt(lo, tab_ptr, x_ptr, f * BITS, BITS)
-        else:
-            q = _lut(grid_ptr, _field(lo, hi, f, BITS))  # (T, BN)
+        q = _code_values(lo, hi, f, grid_ptr, tab_ptr, x_ptr, BITS, PRMT)  # (T, BN)
         w = (q.to(tl.float32) * s).to(cdt)
         xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
                      other=0.0).to(cdt)
@@ -347,15 +362,8 @@ def _gemm_t_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_
     the tensor cores' M side, so ``S = B_tile · A_tile`` comes out in the accumulator layout, ``W = grid[Q] ⊙ S``
     is formed there and fed to the next MMA from registers (as flash attention feeds P): no shared-memory round
     trip for ``W``, and a small token count M sits on the MMA's narrow N side (8–256) instead of padding 64 rows."""
-    pid = tl.program_id(0)
+    pid_m, pid_n, num_n = _grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BN)
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    gsize = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % gsize
-    pid_n = (pid % width) // gsize
     cdt = tl.float32 if DOT_FP32 else x_ptr.dtype.element_ty
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -366,10 +374,7 @@ def _gemm_t_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_
     r_mask = offs_r < r
     b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
                 other=0.0).to(cdt)  # (BN, R), kept for the whole K loop
-    n_slices = n_groups * F
-    per = tl.cdiv(n_slices, split_k)
-    kt0 = pid_k * per
-    kt1 = tl.minimum(kt0 + per, n_slices)
+    kt0, kt1 = _split_range(pid_k, n_groups * F, split_k)
     acc = tl.zeros((BN, BM), dtype=tl.float32)
     for kt in range(kt0, kt1):
         g = kt // F
@@ -377,13 +382,7 @@ def _gemm_t_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_
         lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T,
                              True, PRMT and BITS != 3)
         # the code values first: the previous slice's MMA is still running on the tensor cores meanwhile
-        if PRMT:
-            if BITS == 3:
-                q = _lut_prmt(_field(lo, hi, f, BITS).to(tl.uint8), tab_ptr, x_ptr, 0, BITS)
-            else:
-                q = _lut_prmt_rt(lo, tab_ptr, x_ptr, f * BITS, BITS)
-        else:
-            q = _lut(grid_ptr, _field(lo, hi, f, BITS))  # (BN, T)
+        q = _code_values(lo, hi, f, grid_ptr, tab_ptr, x_ptr, BITS, PRMT)  # (BN, T)
         k = g * (F * T) + f * T + offs_j
         k_mask = k < K
         a = tl.load(A_ptr + offs_r[:, None] * stride_ar + k[None, :], mask=r_mask[:, None] & k_mask[None, :],

@@ -13,6 +13,11 @@ def rank_pad(r: int) -> int:
     return max(16, triton.next_power_of_2(r))
 
 
+def swap_bm(M: int) -> int:
+    """``gemm_t``'s token tile for a decode batch of M: the MMA's narrow side, a power of two, at least 16."""
+    return max(16, triton.next_power_of_2(M))
+
+
 def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) -> dict:
     """A tile choice with no tuning table: fill the SMs, split K when N alone cannot (what the H100 sweep
     preferred, kernels/lords_matmul/tuned_h100.json)."""
@@ -23,7 +28,7 @@ def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) ->
         split = max(1, min(n_groups, 16, (2 * sms) // tiles))
         return dict(kernel="gemv", BN=bn, split_k=split, num_warps=4, num_stages=3, Q_AS_B=N >= 8192)
     if M <= 64:  # the swap-AB kernel: weight rows on the MMA's wide side, the few tokens on its narrow side
-        bm = max(16, triton.next_power_of_2(M))
+        bm = swap_bm(M)
         bn = 64
         tiles = -(-N // bn) * -(-M // bm)
         split = max(1, min(n_groups, 16, (2 * sms) // tiles))

@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)  ## create .venv and install the pinned dependencies (CPU torch)
 
 demo: $(STAMP)  ## the main job: PTQ of the embedded SmolLM2-135M, LoRDS vs NF at 3 and 4 bits (16 min on 2 cores)
-	$(PY) -m pipelines.ptq_report
+	$(PY) -m lords_pipelines.ptq_report
 
 test: $(STAMP)  ## the test suite CI runs (skips `gpu` and `slow` markers)
 	$(PY) -m pytest
@@ -32,24 +32,24 @@ test-gpu: $(STAMP)  ## GPU tests (on a CUDA machine)
 	$(PY) -m pytest -m gpu
 
 reproduce-ptq: $(STAMP)  ## regenerate outputs/reports/ptq_smollm2.{md,json}
-	$(PY) -m pipelines.ptq_report --out outputs/reports/ptq_smollm2
+	$(PY) -m lords_pipelines.ptq_report --out outputs/reports/ptq_smollm2
 
 sweep-tiny: $(STAMP)  ## CI-sized Hydra sweep: tiny random Llama, 2 bits x 2 block sizes -> outputs/sweeps/ptq/<time>/summary.md
-	$(PY) -m pipelines.ptq --multirun experiment=sweep_tiny
+	$(PY) -m lords_pipelines.ptq --multirun experiment=sweep_tiny
 
 reproduce-peft: $(STAMP)  ## regenerate outputs/reports/peft_smollm2.{md,json,png}: LoRDS PEFT vs QLoRA at matched trainable floats
-	$(PY) -m pipelines.peft_report --out outputs/reports/peft_smollm2
+	$(PY) -m lords_pipelines.peft_report --out outputs/reports/peft_smollm2
 
 reproduce-all: reproduce-ptq reproduce-peft  ## every CPU report (reproduce-kernels needs a GPU)
 
 clean:  ## remove run outputs (keeps committed reports)
 	find outputs -mindepth 1 -maxdepth 1 ! -name reports -exec rm -rf {} +
 
-reproduce-kernels: $(STAMP)  ## GPU: kernel benchmark vs cuBLAS/bnb/gemlite and end-to-end decode (see kernels/NOTES.md)
-	$(PY) -m kernels.bench && $(PY) -m kernels.decode
+reproduce-kernels: $(STAMP)  ## GPU: kernel benchmark vs cuBLAS/bnb/gemlite and end-to-end decode (see lords_kernels/NOTES.md)
+	$(PY) -m lords_kernels.bench && $(PY) -m lords_kernels.decode
 
-render-kernels: $(STAMP)  ## CPU: re-render outputs/reports/kernels.{md,png} from kernels.json
-	$(PY) -m kernels.bench --render
+render-kernels: $(STAMP)  ## CPU: re-render outputs/reports/kernels.{md,png} from lords_kernels.json
+	$(PY) -m lords_kernels.bench --render
 
 test-kernels: $(STAMP)  ## kernel tests through the Triton interpreter on CPU
 	TRITON_INTERPRET=1 $(PY) -m pytest tests/test_kernels_*.py -q

@@ -12,12 +12,12 @@ from . import models, qat, texts  # noqa: F401  (lords.models.load_model etc.)
 from .checkpoint import load_quantized, save_quantized
 from .config import BlockwiseConfig, LordsConfig, RefineConfig
 from .errors import LordsError
-from .linear import BlockLinear, LoRDSLinear, cached_weights, register_backend
+from .linear import BlockLinear, LoRDSLinear, QuantizedLinear, cached_weights
 from .peft import mark_only_scales_trainable
 from .quantize import QuantizeReport, quantize_
 
 __all__ = [
-    "BlockLinear", "BlockwiseConfig", "LoRDSLinear", "LordsConfig", "LordsError", "QuantizeReport", "RefineConfig",
-    "cached_weights", "load_quantized", "mark_only_scales_trainable", "quantize_", "register_backend",
+    "BlockLinear", "BlockwiseConfig", "LoRDSLinear", "LordsConfig", "LordsError", "QuantizeReport", "QuantizedLinear",
+    "RefineConfig", "cached_weights", "load_quantized", "mark_only_scales_trainable", "quantize_",
     "save_quantized",
 ]

@@ -19,7 +19,7 @@ from torch import nn
 from . import __version__
 from .config import config_from_dict
 from .errors import CheckpointError
-from .linear import BlockLinear, LoRDSLinear, _QuantizedLinear
+from .linear import BlockLinear, LoRDSLinear, QuantizedLinear
 
 FORMAT = "lords-checkpoint"
 FORMAT_VERSION = 1
@@ -34,7 +34,7 @@ def tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def module_meta(module: _QuantizedLinear) -> dict[str, Any]:
+def module_meta(module: QuantizedLinear) -> dict[str, Any]:
     """What it takes to rebuild an empty quantized module of the same layout."""
     meta = dict(in_features=module.in_features, out_features=module.out_features, bits=module.bits,
                 bias=module.bias is not None)
@@ -45,7 +45,7 @@ def module_meta(module: _QuantizedLinear) -> dict[str, Any]:
     return meta
 
 
-def module_from_meta(meta: dict[str, Any]) -> _QuantizedLinear:
+def module_from_meta(meta: dict[str, Any]) -> QuantizedLinear:
     """An empty quantized module (zeros) of the layout ``meta`` describes; the state dict fills it."""
     dtype = getattr(torch, meta["dtype"])
     grid = torch.zeros(2 ** meta["bits"])
@@ -92,7 +92,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, config, extra: dic
     from safetensors.torch import save
 
     path = Path(path)
-    modules = {name: module_meta(m) for name, m in model.named_modules() if isinstance(m, _QuantizedLinear)}
+    modules = {name: module_meta(m) for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
     if not modules:
         raise CheckpointError("the model holds no quantized module: call quantize_ before save_quantized")
     state, aliases = _unique_state(model)
@@ -178,7 +178,7 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, devi
         except AttributeError as e:
             raise CheckpointError(f"checkpoint module {name!r} does not exist in {type(model).__name__}: wrong architecture") from e
         shape = (mmeta["out_features"], mmeta["in_features"])
-        if not isinstance(old, (nn.Linear, _QuantizedLinear)) or (old.out_features, old.in_features) != shape:
+        if not isinstance(old, (nn.Linear, QuantizedLinear)) or (old.out_features, old.in_features) != shape:
             raise CheckpointError(f"checkpoint module {name!r} is {shape} but the model has {old}: wrong architecture")
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, module_from_meta(mmeta))

@@ -1,8 +1,9 @@
 """Quantized linear modules: ``LoRDSLinear`` (codes ⊙ B·A) and ``BlockLinear`` (codes ⊙ block scales).
 
 Both hold packed codes, never the float weight. ``LoRDSLinear`` computes its forward through a
-backend chosen per module: ``"torch"`` (the reference below, any device), ``"triton"`` (registered
-by the ``kernels`` package when imported) or ``"auto"`` (Triton for CUDA inputs when registered).
+backend set per module by an explicit call: the torch reference below (the default, any device) or a
+function handed over by ``set_backend`` (``lords_kernels.use_triton(model)`` does it for a whole model).
+Nothing is registered process-wide and importing a package switches nothing.
 """
 from __future__ import annotations
 
@@ -17,22 +18,10 @@ from .errors import ConfigError, ShapeError
 from .packing import packed_width, unpack_codes
 
 Backend = Callable[["LoRDSLinear", torch.Tensor], torch.Tensor]
-_BACKENDS: dict[str, Backend] = {}
-BACKEND_NAMES = ("auto", "torch", "triton")
+"""``fn(layer, x) -> y``; its ``__name__`` (or a ``backend_name`` attribute) is what ``layer.backend`` shows."""
 
 
-def register_backend(name: str, fn: Backend) -> None:
-    """Make ``fn(layer, x) -> y`` available to LoRDSLinear as backend ``name``."""
-    if name not in BACKEND_NAMES[1:]:
-        raise ConfigError(f"backend name {name!r} is not one of {BACKEND_NAMES[1:]}")
-    _BACKENDS[name] = fn
-
-
-def available_backends() -> tuple[str, ...]:
-    return tuple(_BACKENDS)
-
-
-class _QuantizedLinear(nn.Module):
+class QuantizedLinear(nn.Module):
     """What both layers share: packed codes, the grid, an optional bias."""
 
     def __init__(self, in_features: int, out_features: int, bits: int, grid: torch.Tensor, bias: torch.Tensor | None):
@@ -86,7 +75,7 @@ class _QuantizedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, bias={self.bias is not None}"
 
 
-class LoRDSLinear(_QuantizedLinear):
+class LoRDSLinear(QuantizedLinear):
     """``y = x · (grid[Q] ⊙ (B·A))ᵀ + bias``; ``qweight (out, packed)``, ``B (out, r)``, ``A (r, in)``."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bits: int, grid: torch.Tensor,
@@ -95,7 +84,7 @@ class LoRDSLinear(_QuantizedLinear):
         self.rank = rank
         self.B = nn.Parameter(torch.zeros(out_features, rank, dtype=dtype), requires_grad=False)
         self.A = nn.Parameter(torch.zeros(rank, in_features, dtype=dtype), requires_grad=False)
-        self.backend = "auto"
+        self._backend: Backend | None = None
 
     def scale_matrix(self) -> torch.Tensor:
         return self.B.float() @ self.A.float()
@@ -106,19 +95,25 @@ class LoRDSLinear(_QuantizedLinear):
     def scale_matrix_in(self, dtype: torch.dtype) -> torch.Tensor:
         return self.B.to(dtype) @ self.A.to(dtype)
 
-    def set_backend(self, name: str) -> "LoRDSLinear":
-        if name not in BACKEND_NAMES:
-            raise ConfigError(f"backend={name!r} is not one of {BACKEND_NAMES}")
-        if name != "auto" and name not in _BACKENDS:
-            raise ConfigError(f"backend {name!r} is not registered (import kernels to register 'triton')")
-        self.backend = name
+    @property
+    def backend(self) -> str:
+        """'torch' (the reference) or the name of the function set by :meth:`set_backend`."""
+        fn = self._backend
+        return "torch" if fn is None else getattr(fn, "backend_name", getattr(fn, "__name__", "custom"))
+
+    def set_backend(self, backend: "str | Backend") -> "LoRDSLinear":
+        """Run this layer through ``backend``: 'torch' (the reference) or ``fn(layer, x) -> y``; returns self."""
+        if backend == "torch":
+            self._backend = None
+        elif callable(backend):
+            self._backend = backend
+        else:
+            raise ConfigError(f"backend={backend!r} is not 'torch' or a function fn(layer, x) "
+                              "(lords_kernels.use_triton(model) sets the Triton one)")
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        name = self.backend
-        if name == "auto":
-            name = "triton" if x.is_cuda and "triton" in _BACKENDS else "torch"
-        return _BACKENDS[name](self, x)
+        return (self._backend or lords_forward_reference)(self, x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", rank={self.rank}, backend={self.backend}"
@@ -133,10 +128,8 @@ def lords_forward_reference(layer: LoRDSLinear, x: torch.Tensor) -> torch.Tensor
     return F.linear(x, weight, bias)
 
 
-register_backend("torch", lords_forward_reference)
 
-
-class BlockLinear(_QuantizedLinear):
+class BlockLinear(QuantizedLinear):
     """Block-wise baseline: ``y = x · (grid[Q] ⊙ expand(scales))ᵀ + bias``; ``scales (out, ceil(in/block))``."""
 
     def __init__(self, in_features: int, out_features: int, block_size: int, bits: int, grid: torch.Tensor,
@@ -168,7 +161,7 @@ class cached_weights:
     (inference on CPU runs once per forward otherwise); the cache is dropped on exit."""
 
     def __init__(self, model: nn.Module):
-        self.layers = [m for m in model.modules() if isinstance(m, _QuantizedLinear)]
+        self.layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
 
     def __enter__(self):
         for m in self.layers:

@@ -17,9 +17,9 @@ if not torch.cuda.is_available():
 from lords.grids import make_grid  # noqa: E402
 from lords.packing import pack_codes  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels.lords_matmul import reference as ref  # noqa: E402
-from kernels.lords_matmul import triton as tk  # noqa: E402
+import lords_kernels  # noqa: E402
+from lords_kernels.lords_matmul import reference as ref  # noqa: E402
+from lords_kernels.lords_matmul import triton as tk  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not tk.INTERPRET,
                                 reason="kernels imported without TRITON_INTERPRET=1 and no GPU")
@@ -56,7 +56,7 @@ def test_triton_forward_on_namespace_layer(bits):
         grid=make_grid("nf", bits).to(DEV), B=torch.randn(N, r, generator=g).half().to(DEV),
         A=torch.randn(r, K, generator=g).half().to(DEV), bias=None, bits=bits, in_features=K, out_features=N)
     x = torch.randn(2, 5, K).half().to(DEV)
-    y = kernels.triton_forward(layer, x)
+    y = lords_kernels.triton_forward(layer, x)
     want = ref.lords_matmul(x, layer.qweight, layer.grid, layer.B, layer.A, None, bits)
     assert y.shape == (2, 5, N) and y.dtype == torch.float16
     assert rel(y, want) < 2e-3  # fp16 operands (see test_kernels_matmul.TOL)
@@ -64,16 +64,16 @@ def test_triton_forward_on_namespace_layer(bits):
 
 def test_repack_cache_follows_qweight_writes():
     layer = FakeLayer().to(DEV)
-    first = kernels.kernel_codes(layer)
-    assert kernels.kernel_codes(layer) is first
+    first = lords_kernels.kernel_codes(layer)
+    assert lords_kernels.kernel_codes(layer) is first
     layer.qweight.copy_(pack_codes(torch.zeros(40, 72, dtype=torch.uint8), 4))
-    assert kernels.kernel_codes(layer) is not first
+    assert lords_kernels.kernel_codes(layer) is not first
 
 
 def test_autograd_matches_reference_gradients():
     layer = FakeLayer(bits=3).to(DEV)
     x = torch.randn(7, 72, dtype=torch.bfloat16, device=DEV, requires_grad=True)
-    y = kernels.triton_forward(layer, x)
+    y = lords_kernels.triton_forward(layer, x)
     dy = torch.randn_like(y)
     y.backward(dy)
     rx, rB, rA = ref.lords_matmul_backward(dy, x.detach(), layer.qweight, layer.grid, layer.B.detach(),
@@ -87,7 +87,7 @@ def test_autograd_matches_reference_gradients():
 def test_peft_only_scales_get_gradients():
     layer = FakeLayer(bias=False).to(DEV)
     x = torch.randn(5, 72, dtype=torch.bfloat16, device=DEV)  # no grad for x: the dx kernel is skipped
-    kernels.triton_forward(layer, x).float().pow(2).sum().backward()
+    lords_kernels.triton_forward(layer, x).float().pow(2).sum().backward()
     assert layer.B.grad is not None and layer.A.grad is not None and x.grad is None
 
 
@@ -95,7 +95,7 @@ def test_fp32_input_round_trips_through_bf16():
     layer = FakeLayer().to(DEV)
     x = torch.randn(3, 72, device=DEV)
     with torch.no_grad():
-        y = kernels.triton_forward(layer, x)
+        y = lords_kernels.triton_forward(layer, x)
     assert y.dtype == torch.float32
     assert rel(y, ref.lords_matmul(x, layer.qweight, layer.grid, layer.B, layer.A, layer.bias, 4)) < TOL
 
@@ -104,7 +104,7 @@ def test_custom_op_fake_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     layer = FakeLayer()
-    codes = kernels.kernel_codes(layer)
+    codes = lords_kernels.kernel_codes(layer)
     real = (codes.lo, codes.hi, layer.grid, layer.B.detach(), layer.A.detach())
     with FakeTensorMode() as mode:
         x = mode.from_tensor(torch.randn(2, 3, 72, dtype=torch.bfloat16))
@@ -129,14 +129,14 @@ def test_use_triton_and_use_torch_switch_one_model():
             with torch.no_grad():
                 m.B.normal_()
                 m.A.uniform_(0.5, 1.5)
-    assert kernels.use_triton(model) is model
+    assert lords_kernels.use_triton(model) is model
     assert {m.backend for m in model.modules() if isinstance(m, linear.LoRDSLinear)} == {"triton"}
-    assert other[0].backend == "auto"  # per model, not process-wide
+    assert other[0].backend == "torch"  # per model, not process-wide
     model = model.to(DEV).to(torch.bfloat16)
     x = torch.randn(3, 72, dtype=torch.bfloat16, device=DEV)
     with torch.no_grad():
         y_triton = model(x)
-        y_torch = kernels.use_torch(model)(x)
+        y_torch = lords_kernels.use_torch(model)(x)
     assert rel(y_triton, y_torch) < 3 * TOL
 
 
@@ -146,17 +146,17 @@ def test_cuda_graph_and_compile():
     layer = FakeLayer(N=4096, K=4096, r=32, dtype=torch.float16).cuda()
     x = torch.randn(1, 4096, dtype=torch.float16, device="cuda")
     with torch.no_grad():
-        want = kernels.triton_forward(layer, x)
+        want = lords_kernels.triton_forward(layer, x)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
-            kernels.triton_forward(layer, x)
+            lords_kernels.triton_forward(layer, x)
         torch.cuda.current_stream().wait_stream(s)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = kernels.triton_forward(layer, x)
+            out = lords_kernels.triton_forward(layer, x)
         graph.replay()
         torch.cuda.synchronize()
         assert rel(out, want) < 1e-6
-        compiled = torch.compile(lambda t: kernels.triton_forward(layer, t), fullgraph=True)
+        compiled = torch.compile(lambda t: lords_kernels.triton_forward(layer, t), fullgraph=True)
         assert rel(compiled(x), want) < 1e-6

@@ -1,4 +1,4 @@
-"""Triton LoRDS kernels against the float64 specification (``kernels/lords_matmul/reference.py``).
+"""Triton LoRDS kernels against the float64 specification (``lords_kernels/lords_matmul/reference.py``).
 
 On a CPU machine the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set here before ``kernels`` is
 imported) on small shapes; tests marked ``gpu`` run the same checks on CUDA at model shapes.
@@ -17,10 +17,10 @@ if not torch.cuda.is_available():
 from lords.grids import make_grid  # noqa: E402
 from lords.packing import pack_codes  # noqa: E402
 
-from kernels.lords_matmul import reference as ref  # noqa: E402
-from kernels.lords_matmul import triton as tk  # noqa: E402
-from kernels.lords_matmul import tuning  # noqa: E402
-from kernels.lords_matmul.layout import repack, unrepack  # noqa: E402
+from lords_kernels.lords_matmul import reference as ref  # noqa: E402
+from lords_kernels.lords_matmul import triton as tk  # noqa: E402
+from lords_kernels.lords_matmul import tuning  # noqa: E402
+from lords_kernels.lords_matmul.layout import repack, unrepack  # noqa: E402
 
 # Tolerances on ‖out − ref‖/‖ref‖ against float64: the kernels round W_hat (or A ⊙ x) and x to the operand
 # dtype before the tensor-core products and accumulate in fp32, so the error is a few units of the operand

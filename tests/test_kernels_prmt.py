@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 
 from lords.grids import make_grid  # noqa: E402
 
-from kernels.lords_matmul import triton as tk  # noqa: E402
+from lords_kernels.lords_matmul import triton as tk  # noqa: E402
 
 MASK = 0xFFFFFFFF
 

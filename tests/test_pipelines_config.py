@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from lords.config import BlockwiseConfig, LordsConfig
 from lords.errors import ConfigError
-from pipelines.settings import settings_from_cfg
+from lords_pipelines.settings import settings_from_cfg
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 STAGES = ["ptq", "ptq_refine", "qat", "peft", "eval"]
@@ -70,7 +70,7 @@ def test_unknown_key_is_refused_by_hydra_struct_mode():
 
 def test_mixed_precision_plan_is_loftq_convention():
     from lords.models import tiny_llama
-    from pipelines.common import quant_plan
+    from lords_pipelines.common import quant_plan
 
     s = settings("ptq", "model=tiny-llama", "quant.bits=2.5", "quant.block_size=16")
     model = tiny_llama(layers=4)
@@ -82,13 +82,13 @@ def test_mixed_precision_plan_is_loftq_convention():
 
 
 def test_entry_point_exits_with_the_key_named(tmp_path):
-    """``python -m pipelines.ptq quant.bits=7`` stops at start: exit status 2, one line naming the key."""
+    """``python -m lords_pipelines.ptq quant.bits=7`` stops at start: exit status 2, one line naming the key."""
     import os
     import subprocess
     import sys
 
     root = Path(CONF).parent
-    done = subprocess.run([sys.executable, "-m", "pipelines.ptq", "quant.bits=7", f"hydra.run.dir={tmp_path}",
+    done = subprocess.run([sys.executable, "-m", "lords_pipelines.ptq", "quant.bits=7", f"hydra.run.dir={tmp_path}",
                            f"out_dir={tmp_path}"], cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2

@@ -13,7 +13,7 @@ GPU = ["trainer=gpu", "trainer.precision=32-true", "trainer.fast_dev_run=true"]
 
 
 def test_ptq_refine_on_gpu(tmp_path):
-    from pipelines import ptq_refine
+    from lords_pipelines import ptq_refine
 
     metrics, objs = ptq_refine.run(tiny_settings("ptq_refine", tmp_path, *GPU, "quant.refine.steps=2"))
     layer = objs["model"].model.layers[0].mlp.down_proj
@@ -22,7 +22,7 @@ def test_ptq_refine_on_gpu(tmp_path):
 
 @pytest.mark.parametrize("method", ["lords", "qlora"])
 def test_peft_on_gpu(tmp_path, method):
-    from pipelines import peft
+    from lords_pipelines import peft
 
     extra = ["quant=nf", "quant.bits=4", "stage.method=qlora"] if method == "qlora" else ["quant.refine=null"]
     metrics, _ = peft.run(tiny_settings("peft", tmp_path, *GPU, *extra, "eval.tasks=[lords_unicode]",
@@ -31,7 +31,7 @@ def test_peft_on_gpu(tmp_path, method):
 
 
 def test_qat_on_gpu(tmp_path):
-    from pipelines import qat
+    from lords_pipelines import qat
 
     metrics, _ = qat.run(tiny_settings("qat", tmp_path, *GPU, "quant.bits=3"))
     assert metrics["bits_per_weight"] == 3

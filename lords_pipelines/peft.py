@@ -2,8 +2,8 @@
 answers only. ``stage.method=lords`` trains only ``B, A`` (the model stays ``Q ⊙ BA``: nothing to merge);
 ``stage.method=qlora`` trains an additive LoRA (peft) on a block-wise base at matched trainable floats.
 
-    python -m pipelines.peft model=smollm2-135m quant.bits=4                      # LoRDS PEFT
-    python -m pipelines.peft model=smollm2-135m quant=nf stage.method=qlora       # QLoRA baseline
+    python -m lords_pipelines.peft model=smollm2-135m quant.bits=4                      # LoRDS PEFT
+    python -m lords_pipelines.peft model=smollm2-135m quant=nf stage.method=qlora       # QLoRA baseline
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """QAT stage: latent weights and LoRDS scales trained jointly through the rounding (straight-through
 estimator, ``lords.qat``) on masked next-token loss; packed into ``LoRDSLinear`` and saved at the end.
 
-    python -m pipelines.qat model=smollm2-135m quant.bits=2 trainer.max_steps=200
+    python -m lords_pipelines.qat model=smollm2-135m quant.bits=2 trainer.max_steps=200
 """
 from __future__ import annotations
 

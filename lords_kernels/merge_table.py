@@ -1,5 +1,5 @@
-"""Merge a sweep's table (``python -m kernels.bench --tune``) into the committed one: ``python -m
-kernels.merge_table NEW.json [TABLE.json]``. Entries of NEW replace those of TABLE (a sweep includes the current
+"""Merge a sweep's table (``python -m lords_kernels.bench --tune``) into the committed one: ``python -m
+lords_kernels.merge_table NEW.json [TABLE.json]``. Entries of NEW replace those of TABLE (a sweep includes the current
 pick among its candidates, so its winner is never slower than what it replaces)."""
 import json
 import os

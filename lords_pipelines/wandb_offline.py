@@ -1,6 +1,6 @@
 """Read what an offline wandb run recorded (``<out_dir>/wandb/offline-run-*/run-*.wandb``) without syncing it.
 
-    python -m pipelines.wandb_offline outputs/sweeps/ptq/<time>/0/wandb
+    python -m lords_pipelines.wandb_offline outputs/sweeps/ptq/<time>/0/wandb
 
 The file is wandb's record log (LevelDB log format: 32 KiB blocks, 7-byte record headers, protobuf
 ``Record`` payloads). Used by the tests to check the group, config, history and summary that land there.

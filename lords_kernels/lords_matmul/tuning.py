@@ -20,7 +20,7 @@ def swap_bm(M: int) -> int:
 
 def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) -> dict:
     """A tile choice with no tuning table: fill the SMs, split K when N alone cannot (what the H100 sweep
-    preferred, kernels/lords_matmul/tuned_h100.json)."""
+    preferred, lords_kernels/lords_matmul/tuned_h100.json)."""
     n_groups = -(-K // group_size(bits))
     if M == 1:
         bn = 128 if N >= 8192 else 64

@@ -1,6 +1,6 @@
 """Evaluation: perplexity (the library's protocol) and zero-shot accuracy through lm-eval.
 
-Local tasks live in ``pipelines/tasks`` (``lords_cloze``, ``lords_unicode``, group ``lords_local``) and run
+Local tasks live in ``lords_pipelines/tasks`` (``lords_cloze``, ``lords_unicode``, group ``lords_local``) and run
 offline; standard names (arc_easy, arc_challenge, hellaswag, piqa, winogrande, boolq, openbookqa) need the hub.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Turn a sweep (every ``metrics.json`` under a directory) into one markdown table, a JSON list and a plot.
 
-    python -m pipelines.aggregate outputs/sweeps/ptq/2026-01-01_12-00-00      # writes summary.{md,json,png}
+    python -m lords_pipelines.aggregate outputs/sweeps/ptq/2026-01-01_12-00-00      # writes summary.{md,json,png}
 
 Runs automatically at the end of every ``--multirun`` (``AggregateCallback`` in ``conf/config.yaml``).
 """

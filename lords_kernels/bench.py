@@ -1,9 +1,9 @@
 """Linear-layer benchmark on one GPU: cuBLAS fp16, bitsandbytes NF4, gemlite w4g64, LoRDS 4/3/2 bits, and the
 4-bit memory floor from a copy bandwidth measured in the same run.
 
-    python -m kernels.bench                      # time everything, write outputs/reports/kernels.json (+ md/png)
-    python -m kernels.bench --tune OUT.json      # sweep LoRDS tile configs, write the best per cell as a table
-    python -m kernels.bench --render             # md + png from an existing kernels.json (CPU is enough)
+    python -m lords_kernels.bench                      # time everything, write outputs/reports/kernels.json (+ md/png)
+    python -m lords_kernels.bench --tune OUT.json      # sweep LoRDS tile configs, write the best per cell as a table
+    python -m lords_kernels.bench --render             # md + png from an existing kernels.json (CPU is enough)
 
 Two timings per cell, in µs: ``us`` = ``triton.testing.do_bench`` median of the Python call (launch overhead
 included, L2 flushed between calls); ``us_graph`` = the calls captured in one CUDA graph, replayed, over enough
@@ -155,7 +155,7 @@ class Peers:
 # ----------------------------------------------------------------------------------------------- tuning
 
 def candidate_configs(M, N, K, bits, space="full"):
-    from kernels.lords_matmul.layout import group_size
+    from lords_kernels.lords_matmul.layout import group_size
 
     n_groups = -(-K // group_size(bits))
     out = []
@@ -165,7 +165,7 @@ def candidate_configs(M, N, K, bits, space="full"):
 
     if space != "full" or (M == 1 and os.environ.get("TUNE_W8")):
         # a narrower sweep times the current pick again, in the same run, as its first candidate
-        from kernels.lords_matmul import tuning
+        from lords_kernels.lords_matmul import tuning
 
         out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))))
     if space == "ones":  # M = 1: the gemv pick against the gemv with code values kept in registers (ONES)
@@ -247,9 +247,9 @@ def candidate_configs(M, N, K, bits, space="full"):
 
 
 def tune(args, torch, triton):
-    import kernels
-    from kernels.lords_matmul import triton as tk
-    from kernels.lords_matmul import tuning
+    import lords_kernels
+    from lords_kernels.lords_matmul import triton as tk
+    from lords_kernels.lords_matmul import tuning
 
     table = {}
     log = []
@@ -257,7 +257,7 @@ def tune(args, torch, triton):
         for bits in args.bits:
             copies = n_copies(lords_bytes(N, K, bits))
             layers = lords_layers(torch, N, K, bits, copies, torch.float16)
-            codes = [kernels.kernel_codes(layer) for layer in layers]
+            codes = [lords_kernels.kernel_codes(layer) for layer in layers]
             for M in args.ms:
                 x = torch.randn(M, K, dtype=torch.float16, device="cuda")
                 best = first = None
@@ -290,7 +290,7 @@ def tune(args, torch, triton):
 # ----------------------------------------------------------------------------------------------- bench
 
 def bench(args, torch, triton):
-    import kernels
+    import lords_kernels
 
     peers = Peers()
     bw = bandwidth_TBps(torch, triton)
@@ -321,7 +321,7 @@ def bench(args, torch, triton):
         lords = {b: lords_layers(torch, N, K, b, n_copies(lords_bytes(N, K, b)), torch.float16) for b in args.bits}
         for layer_list in lords.values():
             for layer in layer_list:
-                kernels.kernel_codes(layer)
+                lords_kernels.kernel_codes(layer)
         cur = {}
         bnb = peers.bnb_fns(torch, N, K, cur, n_copies(N * K // 2)) if peers.bnb is not None else None
         try:
@@ -343,7 +343,7 @@ def bench(args, torch, triton):
                 except Exception as e:
                     peers.missing.setdefault(f"gemlite_w4g64_call_M{M}", repr(e)[:200])
             for b, layers in lords.items():
-                fns = [(lambda L=L: kernels.triton_forward(L, x)) for L in layers]
+                fns = [(lambda L=L: lords_kernels.triton_forward(L, x)) for L in layers]
                 add(N, K, M, b, "lords", time_eager(triton, fns[0]), time_graph(torch, fns))
             torch.cuda.empty_cache()
         del Ws, lords, bnb, gml
@@ -354,7 +354,7 @@ def bench(args, torch, triton):
 
 def backward(args, torch, triton):
     """Forward + backward at large M: LoRDS (grads for x, B, A) against cuBLAS fp16 (grads for x, W)."""
-    import kernels
+    import lords_kernels
 
     rows = []
     for N, K in SHAPES:
@@ -369,13 +369,13 @@ def backward(args, torch, triton):
             layer = lords_layers(torch, N, K, 4, 1, torch.float16)[0]
             layer.B.requires_grad_(True)
             layer.A.requires_grad_(True)
-            kernels.kernel_codes(layer)
+            lords_kernels.kernel_codes(layer)
 
             def lords():
-                kernels.triton_forward(layer, x).backward(dy)
+                lords_kernels.triton_forward(layer, x).backward(dy)
 
             def lords_peft():  # PEFT: no grad for x
-                kernels.triton_forward(layer, x.detach()).backward(dy)
+                lords_kernels.triton_forward(layer, x.detach()).backward(dy)
 
             for name, fn in (("fp16", fp16), ("lords", lords), ("lords_peft", lords_peft)):
                 us = time_eager(triton, fn)
@@ -480,9 +480,9 @@ def main(argv=None):
     if args.table and not os.path.exists(args.table):
         args.table = None
     if args.table:
-        import kernels
+        import lords_kernels
 
-        kernels.load_table(args.table)
+        lords_kernels.load_table(args.table)
     if args.tune:
         tune(args, torch, triton)
         return

@@ -1,8 +1,8 @@
 """PTQ stage: the library's ``quantize_`` by the ``quant`` group (its Algorithm 1 when ``quant.refine`` is set),
 then perplexity and lm-eval; writes ``<out_dir>/metrics.json`` and the quantized checkpoint.
 
-    python -m pipelines.ptq model=smollm2-135m quant=lords quant.bits=3
-    python -m pipelines.ptq --multirun model=tiny-llama quant=lords,nf quant.bits=3,4 quant.block_size=32,64
+    python -m lords_pipelines.ptq model=smollm2-135m quant=lords quant.bits=3
+    python -m lords_pipelines.ptq --multirun model=tiny-llama quant=lords,nf quant.bits=3,4 quant.block_size=32,64
 """
 from __future__ import annotations
 

@@ -127,7 +127,7 @@ class DataSettings:
     calib_source: str = "pydoc_topics"
     calib_tokens: int = 2048
     window: int = 256
-    finetune_source: str = "pipelines/data/unicode_names.jsonl"
+    finetune_source: str = "lords_pipelines/data/unicode_names.jsonl"
     prompt_field: str = "prompt"
     answer_field: str = "answer"
     text_field: str = "text"

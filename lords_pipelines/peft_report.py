@@ -1,8 +1,8 @@
 """``make reproduce-peft``: LoRDS PEFT against QLoRA at matched trainable floats on the embedded SmolLM2-135M.
 
-    python -m pipelines.peft_report            # → outputs/reports/peft_smollm2.{md,json,png}
+    python -m lords_pipelines.peft_report            # → outputs/reports/peft_smollm2.{md,json,png}
 
-Runs the Hydra sweep ``python -m pipelines.peft --multirun experiment=peft_smollm2_lords,peft_smollm2_qlora``
+Runs the Hydra sweep ``python -m lords_pipelines.peft --multirun experiment=peft_smollm2_lords,peft_smollm2_qlora``
 (one process, wandb offline), then aggregates its two ``metrics.json`` into the committed report.
 """
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The ``"triton"`` backend of ``LoRDSLinear``: code repack cache, custom ops, autograd, per-model switch.
 
-- :func:`triton_forward` ``(layer, x) -> y`` is what ``lords.linear.register_backend("triton", ...)`` receives.
+- :func:`triton_forward` ``(layer, x) -> y`` is the backend function that ``use_triton`` hands each layer.
 - ``torch.ops.lords.matmul`` / ``torch.ops.lords.matmul_backward`` are ``torch.library.custom_op`` s with fake
   implementations, so ``torch.compile`` traces through them and CUDA graphs capture them; the forward op carries
   its autograd formula (``register_autograd``), so PEFT/QAT training runs through the same op.
-- :func:`use_triton` / :func:`use_torch` set ``backend`` on every LoRDSLinear of one model and return it.
+- :func:`use_triton` / :func:`use_torch` set the backend of every LoRDSLinear of one model and return it.
 
 Eager calls that need no gradient skip the custom-op dispatcher (a few µs of Python at decode) and launch the
 kernel directly; the math is the same function.
@@ -129,16 +129,32 @@ def triton_forward(layer, x: torch.Tensor) -> torch.Tensor:
     return lords_linear(x, codes, layer.grid, layer.B, layer.A, layer.bias)
 
 
+def _triton_or_reference(layer, x: torch.Tensor) -> torch.Tensor:
+    """Triton for CUDA inputs (or under the interpreter), the torch reference for CPU inputs."""
+    if x.is_cuda or tk.INTERPRET:
+        return triton_forward(layer, x)
+    from lords.linear import lords_forward_reference
+
+    return lords_forward_reference(layer, x)
+
+
+triton_forward.backend_name = "triton"
+_triton_or_reference.backend_name = "triton-or-torch"
+
+
 def _lords_layers(model: nn.Module):
-    from lords.linear import LoRDSLinear  # the lead's module; imported late so kernels import alone
+    from lords.linear import LoRDSLinear
 
     return [m for m in model.modules() if isinstance(m, LoRDSLinear)]
 
 
-def use_triton(model: nn.Module) -> nn.Module:
-    """Run every LoRDSLinear of ``model`` through the Triton kernels (repacking its codes now); returns model."""
+def use_triton(model: nn.Module, cpu_fallback: bool = False) -> nn.Module:
+    """Run every LoRDSLinear of ``model`` through the Triton kernels (repacking its codes now); returns model.
+
+    ``cpu_fallback``: CPU inputs go to the torch reference instead of being refused (a model that moves)."""
+    fn = _triton_or_reference if cpu_fallback else triton_forward
     for m in _lords_layers(model):
-        m.backend = "triton"
+        m.set_backend(fn)
         kernel_codes(m)
     return model
 
@@ -146,5 +162,5 @@ def use_triton(model: nn.Module) -> nn.Module:
 def use_torch(model: nn.Module) -> nn.Module:
     """Run every LoRDSLinear of ``model`` through the torch reference; returns model."""
     for m in _lords_layers(model):
-        m.backend = "torch"
+        m.set_backend("torch")
     return model

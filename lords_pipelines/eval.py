@@ -1,9 +1,9 @@
 """Eval stage: perplexity and lm-eval zero-shot accuracy of a quantized checkpoint, of the model quantized on
 the fly by the ``quant`` group, or of the float model (``quant=none``).
 
-    python -m pipelines.eval model=smollm2-135m stage.checkpoint=outputs/runs/ptq/<run>/quantized \
+    python -m lords_pipelines.eval model=smollm2-135m stage.checkpoint=outputs/runs/ptq/<run>/quantized \
         eval.tasks=[lords_cloze,lords_unicode]
-    python -m pipelines.eval model=llama3-8b quant=none trainer=gpu eval.tasks=[arc_easy,piqa]   # online
+    python -m lords_pipelines.eval model=llama3-8b quant=none trainer=gpu eval.tasks=[arc_easy,piqa]   # online
 """
 from __future__ import annotations
 

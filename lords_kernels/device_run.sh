@@ -1,8 +1,8 @@
 #!/bin/bash
-# One device call: kernels/device_run.sh STEP... (run from the repository root on the GPU machine; $OUT is set)
+# One device call: lords_kernels/device_run.sh STEP... (run from the repository root on the GPU machine; $OUT is set)
 #   tests   GPU tests (pytest -m gpu)        tune     LoRDS tile sweep → $OUT/tuned.json
-#   bwd     forward+backward timings         bench    python -m kernels.bench → $OUT/kernels.json
-#   decode  python -m kernels.decode → $OUT/decode.json
+#   bwd     forward+backward timings         bench    python -m lords_kernels.bench → $OUT/kernels.json
+#   decode  python -m lords_kernels.decode → $OUT/decode.json
 export PYTHONUNBUFFERED=1
 if [ -d ../.whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
@@ -12,12 +12,12 @@ for step in "$@"; do
   case $step in
     tests) timeout ${TEST_S:-170} python3 -m pytest -m gpu tests/test_kernels_matmul.py tests/test_kernels_dispatch.py -q -n 8 ${TEST_K:+-k "$TEST_K"} \
              -p no:cacheprovider 2>&1 | tail -30 > $OUT/pytest.log; tail -6 $OUT/pytest.log ;;
-    tune) timeout ${TUNE_S:-300} python3 -m kernels.bench --tune $OUT/tuned.json --log $OUT/tunelog.json \
+    tune) timeout ${TUNE_S:-300} python3 -m lords_kernels.bench --tune $OUT/tuned.json --log $OUT/tunelog.json \
              --bits ${TUNE_BITS:-4} --ms ${TUNE_MS:-1 4 16 64 256 2048 8192} 2>&1 | grep -v "^  skip" ;;
-    bwd) timeout 120 python3 -m kernels.bench --backward $OUT/backward.json --ms 2048 \
+    bwd) timeout 120 python3 -m lords_kernels.bench --backward $OUT/backward.json --ms 2048 \
              --shapes 4096x4096,14336x4096 2>&1 | tail -12 ;;
-    bench) timeout ${BENCH_S:-400} python3 -m kernels.bench --json $OUT/kernels.json --out-dir $OUT 2>&1 \
+    bench) timeout ${BENCH_S:-400} python3 -m lords_kernels.bench --json $OUT/kernels.json --out-dir $OUT 2>&1 \
              | tee $OUT/bench.log | tail -5 ;;
-    decode) timeout ${DECODE_S:-200} python3 -m kernels.decode --out-dir $OUT 2>&1 | tail -8 ;;
+    decode) timeout ${DECODE_S:-200} python3 -m lords_kernels.decode --out-dir $OUT 2>&1 | tail -8 ;;
   esac
 done

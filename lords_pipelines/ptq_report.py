@@ -1,6 +1,6 @@
 """The main job: PTQ of a causal LM at equal float budget, LoRDS against block-wise NF, one table.
 
-    python -m pipelines.ptq_report                      # embedded SmolLM2-135M, 4 and 3 bits, block 64
+    python -m lords_pipelines.ptq_report                      # embedded SmolLM2-135M, 4 and 3 bits, block 64
 
 For each bit width: ``nf`` (block absmax), ``nf_calibrated`` (the same block scales refined by
 Algorithm 1 on the calibrated objective), ``lords_init`` (SVD of the block scales), ``lords_refined``

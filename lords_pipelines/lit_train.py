@@ -94,10 +94,10 @@ def prepare_lords_peft(model: nn.Module) -> int:
 def matched_lora_ranks(model: nn.Module, block_size: int) -> dict[str, int]:
     """Per quantized layer, LoRDS's parity rank at ``block_size``: a LoRA of that rank has ``r·(n+m)``
     trainable floats, exactly the ``B, A`` floats LoRDS trains on the same layer."""
-    from lords.linear import _QuantizedLinear
+    from lords import QuantizedLinear
 
     return {name: parity_rank(m.out_features, m.in_features, block_size)
-            for name, m in model.named_modules() if isinstance(m, _QuantizedLinear)}
+            for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
 
 
 def add_lora(model: nn.Module, ranks: dict[str, int], alpha_ratio: float = 2.0, seed: int = 0) -> nn.Module:

@@ -112,33 +112,31 @@ def quantize_model(model: nn.Module, q: QuantSettings, calib_ids: torch.Tensor |
 def apply_backend(model: nn.Module, backend: str) -> nn.Module:
     """Pick the ``LoRDSLinear`` forward for this model (an explicit per-model call, nothing process-wide).
 
-    ``triton`` needs the ``kernels`` package (its import registers the backend) and uses its ``use_triton``;
-    ``auto`` imports ``kernels`` when it is installed, so layers on CUDA run Triton and CPU layers torch.
+    ``torch``: the reference; ``triton``: ``lords_kernels.use_triton``; ``auto``: Triton for CUDA inputs and
+    the reference for CPU inputs when CUDA and the kernels are present, else the reference.
     """
     import importlib.util
 
+    have_kernels = importlib.util.find_spec("triton") is not None
+    if backend == "triton" and not have_kernels:
+        raise ConfigError("trainer.backend='triton' needs Triton installed (pip install triton)")
+    if backend == "triton" or (backend == "auto" and have_kernels and torch.cuda.is_available()):
+        import lords_kernels
+
+        return lords_kernels.use_triton(model, cpu_fallback=backend == "auto")
     from lords.linear import LoRDSLinear
 
-    have_kernels = importlib.util.find_spec("kernels") is not None
-    if backend == "triton":
-        if not have_kernels:
-            raise ConfigError("trainer.backend='triton' needs the kernels package (Triton kernels) installed")
-        import kernels
-
-        return kernels.use_triton(model)
-    if backend == "auto" and have_kernels and torch.cuda.is_available():
-        import kernels  # noqa: F401  (registers the "triton" backend that "auto" picks on CUDA)
     for m in model.modules():
         if isinstance(m, LoRDSLinear):
-            m.set_backend(backend)
+            m.set_backend("torch")
     return model
 
 
 def bits_per_weight(model: nn.Module) -> float | None:
     """Average code bits over quantized modules (weighted by weight count)."""
-    from lords.linear import _QuantizedLinear
+    from lords import QuantizedLinear
 
-    layers = [m for m in model.modules() if isinstance(m, _QuantizedLinear)]
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     total = sum(m.in_features * m.out_features for m in layers)
     return None if not total else sum(m.bits * m.in_features * m.out_features for m in layers) / total
 

@@ -1,8 +1,8 @@
 """PTQ-refine stage: Algorithm 1 as a Lightning fit (``PTQRefineModule``), resumable from its checkpoints;
 then the refined layers are written back, evaluated and saved as the library's quantized checkpoint.
 
-    python -m pipelines.ptq_refine model=smollm2-135m quant.bits=3 quant.refine.steps=100
-    python -m pipelines.ptq_refine ... out_dir=outputs/runs/r1 trainer.resume=last     # resume after a stop
+    python -m lords_pipelines.ptq_refine model=smollm2-135m quant.bits=3 quant.refine.steps=100
+    python -m lords_pipelines.ptq_refine ... out_dir=outputs/runs/r1 trainer.resume=last     # resume after a stop
 """
 from __future__ import annotations
 

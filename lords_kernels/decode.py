@@ -1,6 +1,6 @@
 """End-to-end decode speed of a Llama-3-8B-shaped model with random weights, one CUDA graph per step.
 
-    python -m kernels.decode [--layers 32] [--batches 1 16] [--ctx 512]
+    python -m lords_kernels.decode [--layers 32] [--batches 1 16] [--ctx 512]
 
 A hand-written minimal Llama block loop (no transformers): RMSNorm, q/k/v/o projections with grouped-query
 attention (32 query heads, 8 KV heads, head dim 128) over a static KV cache of ``ctx`` positions, RoPE, SwiGLU MLP
@@ -20,7 +20,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from kernels.bench import BLOCK, median_replay_ms
+from lords_kernels.bench import BLOCK, median_replay_ms
 from lords.lowrank import parity_rank
 
 HIDDEN, INTER, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 4096, 14336, 32, 8, 128, 128256
@@ -44,7 +44,7 @@ def make_linear(kind: str, N: int, K: int):
         del W
         return (lambda x: bnb.matmul_4bit(x, qW.t(), quant_state=st)), qW.numel() + st.absmax.numel() * 4
     if kind == "lords4":
-        import kernels
+        import lords_kernels
         from lords.grids import make_grid
         from lords.packing import pack_codes
 
@@ -53,8 +53,8 @@ def make_linear(kind: str, N: int, K: int):
             qweight=pack_codes(torch.randint(0, 16, (N, K), device="cuda", dtype=torch.uint8), 4),
             grid=make_grid("nf", 4).cuda(), bits=4, in_features=K, out_features=N, bias=None,
             B=(torch.randn(N, r, device="cuda") * 0.05).half(), A=(torch.rand(r, K, device="cuda") + 0.5).half())
-        kernels.kernel_codes(layer)
-        return (lambda x: kernels.triton_forward(layer, x)), N * K // 2 + 2 * r * (N + K)
+        lords_kernels.kernel_codes(layer)
+        return (lambda x: lords_kernels.triton_forward(layer, x)), N * K // 2 + 2 * r * (N + K)
     raise ValueError(kind)
 
 
@@ -135,10 +135,10 @@ def main(argv=None):
     p.add_argument("--table", default=os.path.join(os.path.dirname(__file__), "lords_matmul", "tuned_h100.json"))
     p.add_argument("--out-dir", default=os.path.join("outputs", "reports"))
     args = p.parse_args(argv)
-    import kernels
+    import lords_kernels
 
     if os.path.exists(args.table):
-        kernels.load_table(args.table)
+        lords_kernels.load_table(args.table)
     torch.manual_seed(0)
     rows = []
     for kind in args.kinds:

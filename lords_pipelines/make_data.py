@@ -1,15 +1,15 @@
 """Regenerate the small offline data sets shipped with the pipelines (deterministic, seconds).
 
-    python -m pipelines.make_data
+    python -m lords_pipelines.make_data
 
-- ``pipelines/data/unicode_names.jsonl``: prompt/answer pairs, ``Unicode name of "é":`` → ``LATIN SMALL
+- ``lords_pipelines/data/unicode_names.jsonl``: prompt/answer pairs, ``Unicode name of "é":`` → ``LATIN SMALL
   LETTER E WITH ACUTE``, for every letter of Latin-1 Supplement and Latin Extended-A (Python's
   ``unicodedata``; character names are facts of the Unicode standard). A fine-tuning set whose answers have a
   learnable structure, so held-out pairs measure generalisation, not recall. Shuffled with seed 0.
-- ``pipelines/tasks/lords_cloze.jsonl``: multiple-choice cloze items for lm-eval: a sentence of the shipped
+- ``lords_pipelines/tasks/lords_cloze.jsonl``: multiple-choice cloze items for lm-eval: a sentence of the shipped
   licence texts (verbatim copies permitted) without its last word, the true word and three distractors
   drawn from other sentences' last words.
-- ``pipelines/tasks/lords_unicode.jsonl``: multiple choice over four Unicode names (the held-out pairs only).
+- ``lords_pipelines/tasks/lords_unicode.jsonl``: multiple choice over four Unicode names (the held-out pairs only).
 """
 from __future__ import annotations
 

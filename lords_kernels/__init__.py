@@ -1,0 +1,9 @@
+"""LoRDS Triton kernels: the forward and backward of ``LoRDSLinear`` on CUDA.
+
+Importing this package changes nothing: a model runs Triton only after ``use_triton(model)`` hands its
+``LoRDSLinear`` layers the Triton forward (``use_torch(model)`` gives them back the reference).
+"""
+from .dispatch import kernel_codes, lords_linear, triton_forward, use_torch, use_triton
+from .lords_matmul.tuning import load_table
+
+__all__ = ["kernel_codes", "load_table", "lords_linear", "triton_forward", "use_torch", "use_triton"]

@@ -1,23 +1,31 @@
 """lords: Low-Rank Decomposed Scaling (LoRDS) for LLM quantization and adaptation.
 
     import lords
-    report = lords.quantize_(model, lords.LordsConfig(bits=3, block_size=64))
+    config = lords.LordsConfig(bits=3, block_size=64)
+    report = lords.quantize_(model, config)
     lords.save_quantized(model, "out/", config)
 
 Importable with torch alone (transformers is needed only to load or rebuild Hugging Face models).
 """
 __version__ = "0.1.0"
 
-from . import models, qat, texts  # noqa: F401  (lords.models.load_model etc.)
+from . import models, texts  # noqa: F401  (lords.models.load_model etc.)
 from .checkpoint import load_quantized, save_quantized
-from .config import BlockwiseConfig, LordsConfig, RefineConfig
+from .config import BlockwiseConfig, LordsConfig, QuantConfig, RefineConfig, ScaleConfig, config_from_dict
 from .errors import LordsError
+from .layerwise import LayerwiseConfig, MixedPrecisionConfig
 from .linear import BlockLinear, LoRDSLinear, QuantizedLinear, cached_weights
 from .peft import mark_only_scales_trainable
-from .quantize import QuantizeReport, quantize_
+from .qat import QATConfig, QATLinear
+from .quantize import ScaleMethod, handler_for, plan, quantize_, register_handler
+from .refine import LayerStats, Refiner, RefineAdam, refine
+from .report import LayerReport, QuantizeReport, storage_bits
+from .scales import BlockScale, LowRankScale
 
 __all__ = [
-    "BlockLinear", "BlockwiseConfig", "LoRDSLinear", "LordsConfig", "LordsError", "QuantizeReport", "QuantizedLinear",
-    "RefineConfig", "cached_weights", "load_quantized", "mark_only_scales_trainable", "quantize_",
-    "save_quantized",
+    "BlockLinear", "BlockScale", "BlockwiseConfig", "LayerReport", "LayerStats", "LayerwiseConfig", "LoRDSLinear",
+    "LordsConfig", "LordsError", "LowRankScale", "MixedPrecisionConfig", "QATConfig", "QATLinear", "QuantConfig",
+    "QuantizeReport", "QuantizedLinear", "RefineAdam", "RefineConfig", "Refiner", "ScaleConfig", "ScaleMethod",
+    "cached_weights", "config_from_dict", "handler_for", "load_quantized", "mark_only_scales_trainable", "plan",
+    "quantize_", "refine", "register_handler", "save_quantized", "storage_bits",
 ]

@@ -1,29 +1,38 @@
 """Frozen, validated configuration dataclasses; saved as JSON beside every checkpoint.
 
-The config's *type* picks the quantizer (``LordsConfig`` → low-rank scales, ``BlockwiseConfig`` →
-block scales), never a string switch read back out of a path.
+The config's *type* picks the quantizer (``LordsConfig`` → low-rank scales, ``BlockwiseConfig`` → block
+scales; see ``lords.quantize.register_handler``), never a string switch read back out of a path. Every
+config answers one question, :meth:`QuantConfig.config_for`: which leaf config quantizes the linear layer of
+this name (None: keep it in float). Composite configs (``lords.layerwise``, ``lords.qat``) answer it by
+delegating to the leaves they hold.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 
 CONFIG_VERSION = 1
 OBJECTIVES = ("weight", "act_diag", "act")
+_CONFIG_TYPES: dict[str, type] = {}
 
 
-def _check_choice(name: str, value, choices) -> None:
+def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not one of {tuple(choices)}")
 
 
-def _check_positive(name: str, value, allow_zero: bool = False) -> None:
+def check_positive(name: str, value, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name}={value!r} must be a {'non-negative' if allow_zero else 'positive'} number")
+
+
+def check_int(name: str, value, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name}={value!r} must be an integer ≥ {minimum}")
 
 
 @dataclass(frozen=True)
@@ -38,21 +47,98 @@ class RefineConfig:
     """'weight' (data-free ‖W − S⊙Q‖²), 'act_diag' (error weighted by E[x_j²]) or 'act' (‖(W − S⊙Q)Xᵀ‖²)."""
 
     def __post_init__(self):
-        _check_positive("refine.steps", self.steps, allow_zero=True)
-        if not isinstance(self.steps, int):
-            raise ConfigError(f"refine.steps={self.steps!r} must be an integer")
-        _check_positive("refine.lr", self.lr)
-        _check_choice("refine.objective", self.objective, OBJECTIVES)
+        check_int("refine.steps", self.steps, minimum=0)
+        check_positive("refine.lr", self.lr)
+        check_choice("refine.objective", self.objective, OBJECTIVES)
 
     @property
     def needs_calibration(self) -> bool:
         return self.steps > 0 and self.objective != "weight"
 
 
+class QuantConfig:
+    """Base of every quantization config: a frozen dataclass with a class-level ``method`` name.
+
+    Subclasses register themselves by ``method`` so :func:`config_from_dict` rebuilds a saved config.
+    """
+
+    method: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.__dict__.get("method"):
+            _CONFIG_TYPES[cls.method] = cls
+
+    def config_for(self, name: str, layer_index: int | None, num_layers: int) -> "QuantConfig | None":
+        """The leaf config for the linear layer ``name`` (in decoder layer ``layer_index`` of ``num_layers``)."""
+        raise NotImplementedError
+
+    def leaves(self) -> list["QuantConfig"]:
+        """Every leaf config this config can hand out (for checks that need no model)."""
+        return [self]
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True when some layer's refinement objective needs calibration activations."""
+        return any(getattr(leaf, "refine", None) is not None and leaf.refine.needs_calibration
+                   for leaf in self.leaves())
+
+    @property
+    def calibration(self) -> tuple[int, int, int]:
+        """``(calib_tokens, sample_tokens, seed)`` used to collect calibration statistics."""
+        return self.calib_tokens, self.sample_tokens, self.seed
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = _to_plain(v)
+        d["method"] = self.method
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        d = dict(d)
+        d.pop("method", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} field(s): {sorted(unknown)} (known: {sorted(known)})")
+        return cls(**{k: _from_plain(v) for k, v in d.items()})
+
+
+def _to_plain(v):
+    if isinstance(v, QuantConfig):
+        return v.to_dict()
+    if dataclasses.is_dataclass(v):
+        return dataclasses.asdict(v)
+    if isinstance(v, tuple):
+        return [_to_plain(x) for x in v]
+    return v
+
+
+def _from_plain(v):
+    if isinstance(v, dict) and "method" in v:
+        return config_from_dict(v)
+    if isinstance(v, list):
+        return tuple(_from_plain(x) for x in v)
+    return v
+
+
+def config_from_dict(d: dict[str, Any]) -> QuantConfig:
+    """Rebuild a saved config by its ``method``."""
+    method = d.get("method")
+    if method not in _CONFIG_TYPES:
+        raise ConfigError(f"method={method!r} is not one of {tuple(_CONFIG_TYPES)}")
+    return _CONFIG_TYPES[method].from_dict(d)
+
+
 @dataclass(frozen=True)
-class _QuantConfig:
+class ScaleConfig(QuantConfig):
+    """What every codes-times-scales quantizer shares: the grid, the float budget, Algorithm 1, selection."""
+
     bits: int = 4
-    """Bits per weight code: 2, 3 or 4."""
+    """Bits per weight code: 2, 3 or 4 (mixed precision 2.25 / 2.5: ``lords.MixedPrecisionConfig``)."""
     block_size: int = 64
     """Inputs per block for block scales; for LoRDS it sets the float budget (and the SVD init)."""
     grid: str = "nf"
@@ -68,64 +154,57 @@ class _QuantConfig:
     sample_tokens: int = 512
     """Rows of calibration inputs kept per layer for the 'act' objective."""
     seed: int = 0
-    """Seed for every random choice (calibration row sample)."""
+    """Seed for every random choice (calibration row sample, per-layer torch seed)."""
     version: int = CONFIG_VERSION
     """Format version of this config, checked on load."""
 
     def __post_init__(self):
         from .grids import GRIDS, SUPPORTED_BITS
 
-        _check_choice("bits", self.bits, SUPPORTED_BITS)
-        if not isinstance(self.block_size, int) or isinstance(self.block_size, bool) or self.block_size < 1:
-            raise ConfigError(f"block_size={self.block_size!r} must be a positive integer")
-        _check_choice("grid", self.grid, GRIDS)
+        if self.bits in (2.25, 2.5):
+            raise ConfigError(f"bits={self.bits!r} is mixed precision: use MixedPrecisionConfig(base, bits={self.bits}) "
+                              f"(Hydra: quant=lords_mixed or nf_mixed)")
+        check_choice("bits", self.bits, SUPPORTED_BITS)
+        check_int("block_size", self.block_size)
+        check_choice("grid", self.grid, GRIDS)
         if isinstance(self.refine, dict):
             object.__setattr__(self, "refine", RefineConfig(**self.refine))
         if self.refine is not None and not isinstance(self.refine, RefineConfig):
             raise ConfigError(f"refine={self.refine!r} must be a RefineConfig or None")
         for name in ("include", "exclude"):
             value = getattr(self, name)
-            if isinstance(value, str):
-                value = (value,)
-            object.__setattr__(self, name, tuple(value))
-        _check_positive("calib_tokens", self.calib_tokens)
-        _check_positive("sample_tokens", self.sample_tokens, allow_zero=True)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        check_int("calib_tokens", self.calib_tokens)
+        check_int("sample_tokens", self.sample_tokens, minimum=0)
+        check_int("seed", self.seed, minimum=0)
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"version={self.version} is not the supported config version {CONFIG_VERSION}")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["include"], d["exclude"] = list(self.include), list(self.exclude)
-        d["method"] = self.method
-        return d
+    def config_for(self, name, layer_index=None, num_layers=0):
+        if self.include and not any(s in name for s in self.include):
+            return None
+        return None if any(s in name for s in self.exclude) else self
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
         d = dict(d)
-        d.pop("method", None)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
-        return cls(**d)
-
-    @property
-    def needs_calibration(self) -> bool:
-        return self.refine is not None and self.refine.needs_calibration
+        if isinstance(d.get("refine"), dict):
+            d["refine"] = RefineConfig(**d["refine"])
+        return super().from_dict(d)
 
 
 @dataclass(frozen=True)
-class BlockwiseConfig(_QuantConfig):
+class BlockwiseConfig(ScaleConfig):
     """Block-wise absmax quantization (NF4 at block 64 is QLoRA's format); optionally refined scales."""
 
     double_quant: bool = False
     """Store block scales as int8 (bitsandbytes-style double quantization)."""
 
-    method = "blockwise"
+    method: ClassVar[str] = "blockwise"
 
 
 @dataclass(frozen=True)
-class LordsConfig(_QuantConfig):
+class LordsConfig(ScaleConfig):
     """LoRDS: codes times a continuous low-rank scale ``S = B·A``, at the block-wise float budget."""
 
     rank: int | None = None
@@ -133,19 +212,10 @@ class LordsConfig(_QuantConfig):
     scale_dtype: str = "float32"
     """Dtype of ``B, A`` in the quantized module: 'float32', 'float16' or 'bfloat16'."""
 
-    method = "lords"
+    method: ClassVar[str] = "lords"
 
     def __post_init__(self):
         super().__post_init__()
-        if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
-            raise ConfigError(f"rank={self.rank!r} must be a positive integer or None")
-        _check_choice("scale_dtype", self.scale_dtype, ("float32", "float16", "bfloat16"))
-
-
-def config_from_dict(d: dict[str, Any]) -> _QuantConfig:
-    """Rebuild the config a checkpoint was made with, by its saved ``method``."""
-    kinds = {"lords": LordsConfig, "blockwise": BlockwiseConfig}
-    method = d.get("method")
-    if method not in kinds:
-        raise ConfigError(f"method={method!r} is not one of {tuple(kinds)}")
-    return kinds[method].from_dict(d)
+        if self.rank is not None:
+            check_int("rank", self.rank)
+        check_choice("scale_dtype", self.scale_dtype, ("float32", "float16", "bfloat16"))

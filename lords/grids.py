@@ -5,8 +5,6 @@ Block-wise and LoRDS quantization both store ``Q`` as codes and dequantize as ``
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .errors import ConfigError
@@ -23,11 +21,9 @@ NF4_BITSANDBYTES = (
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
 )
 
-
 def _check_bits(bits: int) -> None:
     if bits not in SUPPORTED_BITS:
         raise ConfigError(f"bits={bits!r} is not supported; choose one of {SUPPORTED_BITS}")
-
 
 def normal_float(bits: int) -> torch.Tensor:
     """NormalFloat grid NF``bits``: ``2**bits`` values, exact zero, asymmetric like QLoRA's NF4.
@@ -44,7 +40,6 @@ def normal_float(bits: int) -> torch.Tensor:
         return torch.tensor(NF4_BITSANDBYTES, dtype=torch.float32)
     return _normal_float_construction(bits)
 
-
 def _normal_float_construction(bits: int) -> torch.Tensor:
     n = 2**bits
     offset = 1.0 - 0.5 * (1.0 / (2 * (n - 1)) + 1.0 / (2 * n))
@@ -54,7 +49,6 @@ def _normal_float_construction(bits: int) -> torch.Tensor:
     neg = -torch.special.ndtri(torch.linspace(offset, 0.5, half, dtype=torch.float64)[:-1])
     values = torch.cat([pos, torch.zeros(1, dtype=torch.float64), neg]).sort().values
     return (values / values.abs().max()).to(torch.float32)
-
 
 def symmetric_int(bits: int) -> torch.Tensor:
     """Symmetric integer grid ``{-(2^(b-1)-1), ..., 2^(b-1)-1} / (2^(b-1)-1)``.
@@ -67,7 +61,6 @@ def symmetric_int(bits: int) -> torch.Tensor:
     levels = torch.arange(-top, top + 1, dtype=torch.float32) / top
     return torch.cat([levels, levels[-1:]])
 
-
 def make_grid(name: str, bits: int) -> torch.Tensor:
     """The codebook ``name`` ('nf' or 'int') at ``bits`` bits, shape ``(2**bits,)`` float32."""
     if name == "nf":
@@ -75,7 +68,6 @@ def make_grid(name: str, bits: int) -> torch.Tensor:
     if name == "int":
         return symmetric_int(bits)
     raise ConfigError(f"grid={name!r} is not supported; choose one of {GRIDS}")
-
 
 def nearest_code(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Index of the nearest grid value for every element of ``x`` (any shape), as uint8.
@@ -92,12 +84,3 @@ def nearest_code(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         codes += x > mid
     return codes
 
-
-def bits_per_weight(bits: int, block_size: int, scale_bits: int = 16) -> float:
-    """Storage cost of block-wise quantization in bits per weight (codes plus one scale per block)."""
-    return bits + scale_bits / block_size
-
-
-def grid_step(grid: torch.Tensor) -> float:
-    """Largest gap between neighbouring grid values: a bound on rounding error per unit scale."""
-    return float(torch.diff(grid).max()) if grid.numel() > 1 else math.inf

@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blockwise import dequantize, expand_blocks
+from .blockwise import dequantize, double_dequantize, double_quantize, expand_blocks, quantize_with_scale
 from .errors import ConfigError, ShapeError
-from .packing import packed_width, unpack_codes
+from .packing import pack_codes, packed_width, unpack_codes
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 Backend = Callable[["LoRDSLinear", torch.Tensor], torch.Tensor]
 """``fn(layer, x) -> y``; its ``__name__`` (or a ``backend_name`` attribute) is what ``layer.backend`` shows."""
@@ -40,8 +42,6 @@ class QuantizedLinear(nn.Module):
         return unpack_codes(self.qweight, self.bits, self.in_features)
 
     def set_codes(self, codes: torch.Tensor) -> None:
-        from .packing import pack_codes
-
         if codes.shape != (self.out_features, self.in_features):
             raise ShapeError(f"codes {tuple(codes.shape)} do not match ({self.out_features}, {self.in_features})")
         self.qweight.copy_(pack_codes(codes.to(self.qweight.device), self.bits))
@@ -85,6 +85,24 @@ class LoRDSLinear(QuantizedLinear):
         self.B = nn.Parameter(torch.zeros(out_features, rank, dtype=dtype), requires_grad=False)
         self.A = nn.Parameter(torch.zeros(rank, in_features, dtype=dtype), requires_grad=False)
         self._backend: Backend | None = None
+
+    @classmethod
+    def from_scale(cls, weight: torch.Tensor, scale: nn.Module, config, grid: torch.Tensor,
+                   bias: torch.Tensor | None) -> "LoRDSLinear":
+        """The layer for ``weight (n, m)`` under a ``LowRankScale``: nearest codes of ``W ⊘ (B·A)`` (float32),
+        then ``B (n, r)``, ``A (r, m)`` stored in ``config.scale_dtype``."""
+        B, A = scale.B.detach(), scale.A.detach()
+        dtype = DTYPES[config.scale_dtype]
+        (n, r), m = B.shape, A.shape[1]
+        module = cls(m, n, r, config.bits, grid, bias, dtype=dtype).to(B.device)
+        module.B.data.copy_(B.to(dtype))
+        module.A.data.copy_(A.to(dtype))
+        module.set_codes(quantize_with_scale(weight.float(), B @ A, grid))
+        return module
+
+    @property
+    def scale_dtype(self) -> torch.dtype:
+        return self.B.dtype
 
     def scale_matrix(self) -> torch.Tensor:
         return self.B.float() @ self.A.float()
@@ -138,6 +156,24 @@ class BlockLinear(QuantizedLinear):
         self.block_size = block_size
         nb = -(-in_features // block_size)
         self.scales = nn.Parameter(torch.zeros(out_features, nb, dtype=dtype), requires_grad=False)
+
+    @classmethod
+    def from_scale(cls, weight: torch.Tensor, scale: nn.Module, config, grid: torch.Tensor,
+                   bias: torch.Tensor | None) -> "BlockLinear":
+        """The layer for ``weight (n, m)`` under a ``BlockScale`` (after an int8 round trip of the scales if
+        ``config.double_quant``, so quality reflects double quantization) and the nearest codes under it."""
+        scales = scale.scales.detach()
+        n, m = weight.shape
+        if getattr(config, "double_quant", False):
+            scales = double_dequantize(*double_quantize(scales), shape=scales.shape).to(weight.device)
+        module = cls(m, n, config.block_size, config.bits, grid, bias).to(weight.device)
+        module.scales.data.copy_(scales)
+        module.set_codes(quantize_with_scale(weight.float(), expand_blocks(scales, m, config.block_size), grid))
+        return module
+
+    @property
+    def scale_dtype(self) -> torch.dtype:
+        return self.scales.dtype
 
     def scale_matrix(self) -> torch.Tensor:
         return expand_blocks(self.scales.float(), self.in_features, self.block_size)

@@ -23,6 +23,3 @@ def mark_only_scales_trainable(model: nn.Module) -> int:
         m.A.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-
-def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,71 +1,134 @@
-"""QAT for LoRDS: train latent weights ``W`` and scales ``B, A`` jointly through the rounding.
+"""QAT through the verb: ``quantize_(model, QATConfig(base, "prepare"))``, train, then
+``quantize_(model, QATConfig(base, "convert"))``.
 
-``prepare_qat`` swaps each ``nn.Linear`` for a ``QATLinear`` (SVD init from block scales, latent ``W``
-= the float weight); ``convert_qat`` turns them into ``LoRDSLinear`` for storage and inference.
-The rounding uses a straight-through estimator on ``u = W ⊘ S``: forward ``S ⊙ grid[code(u)]``,
-backward ``∂/∂W = 1`` and ``∂/∂S = grid[code(u)] − u`` (LSQ's scale gradient).
+``prepare`` swaps each selected ``nn.Linear`` for a ``QATLinear``: a latent weight ``W`` (the float weight)
+and the scale module of ``base``'s method (``B, A`` from the SVD init for LoRDS, absmax block scales for the
+block-wise baseline), trained jointly through the rounding with a straight-through estimator on
+``u = W ⊘ S``: forward ``S ⊙ grid[code(u)]``, backward ``∂/∂W = 1`` and ``∂/∂S = grid[code(u)] − u`` (LSQ's
+scale gradient). ``convert`` builds the method's quantized layer (``LoRDSLinear`` in ``base.scale_dtype``,
+``BlockLinear``) from the trained latent weight and scales.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .blockwise import check_weight, safe_scale
-from .config import LordsConfig
+from .config import QuantConfig, ScaleConfig, check_choice
+from .errors import ConfigError
 from .grids import make_grid, nearest_code
-from .linear import LoRDSLinear
-from .lowrank import svd_init
+from .quantize import layer_report, register_handler, scale_method
+
+STEPS = ("prepare", "convert")
+
+
+@dataclass(frozen=True)
+class QATConfig(QuantConfig):
+    """QAT of ``base``'s method (any codes-times-scales method: LoRDS, block-wise) in two steps of ``quantize_``."""
+
+    base: QuantConfig = None
+    """What the model becomes after ``convert`` (a leaf or composite config, e.g. mixed precision)."""
+    step: str = "prepare"
+    """'prepare' (nn.Linear → QATLinear) or 'convert' (QATLinear → the quantized layer)."""
+
+    method: ClassVar[str] = "qat"
+
+    def __post_init__(self):
+        if not isinstance(self.base, QuantConfig):
+            raise ConfigError(f"base={self.base!r} must be a quantization config such as LordsConfig")
+        check_choice("step", self.step, STEPS)
+        for leaf in self.base.leaves():
+            scale_method(leaf)  # refuses methods without a trainable scale, now
+
+    def config_for(self, name, layer_index=None, num_layers=0):
+        leaf = self.base.config_for(name, layer_index, num_layers)
+        return None if leaf is None else _LayerQAT(leaf, self.step)
+
+    def leaves(self):
+        return self.base.leaves()
+
+    @property
+    def needs_calibration(self) -> bool:
+        return False
+
+    @property
+    def calibration(self):
+        return self.base.calibration
+
+
+@dataclass(frozen=True)
+class _LayerQAT(QuantConfig):
+    """What ``QATConfig`` hands one layer: its leaf config and the step."""
+
+    leaf: ScaleConfig
+    step: str
+
+    @property
+    def seed(self) -> int:
+        return self.leaf.seed
+
+    @property
+    def needs_calibration(self) -> bool:
+        return False
 
 
 class QATLinear(nn.Module):
-    """Latent ``weight (out, in)``, scales ``B (out, r)``, ``A (r, in)``; forward on the fake-quantized weight."""
+    """Latent ``weight (out, in)`` and a scale module ``scale()`` → ``S (out, in)``; forward on the fake-quantized
+    weight. ``config`` is the leaf config the layer converts to."""
 
-    def __init__(self, linear: nn.Linear, config: LordsConfig, name: str = ""):
+    def __init__(self, linear: nn.Linear, config: ScaleConfig, name: str = ""):
         super().__init__()
         w = linear.weight.detach()
         check_weight(w, f"{name}.weight")
-        n, m = w.shape
-        self.in_features, self.out_features, self.bits = m, n, config.bits
-        B, A = svd_init(w, config.block_size, config.rank, where=name)
-        self.rank = B.shape[1]
+        self.config, self.name = config, name
+        self.out_features, self.in_features = w.shape
+        self.bits = config.bits
+        self.scale = scale_method(config).init_scale(w, config, name)
         self.weight = nn.Parameter(w.float().clone())
-        self.B, self.A = nn.Parameter(B), nn.Parameter(A)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone())
-        self.register_buffer("grid", make_grid(config.grid, config.bits))
+        self.register_buffer("grid", make_grid(config.grid, config.bits).to(w.device))
+
+    @property
+    def rank(self) -> int | None:
+        B = getattr(self.scale, "B", None)
+        return None if B is None else B.shape[1]
 
     def fake_quantized(self) -> torch.Tensor:
-        S = self.B @ self.A
+        S = self.scale()
         u = self.weight / safe_scale(S)
         q = self.grid[nearest_code(u.detach(), self.grid).long()]
         return S * (u + (q - u).detach())
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.fake_quantized().detach()
+
+    def float_params(self) -> int:
+        return sum(p.numel() for p in self.scale.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.fake_quantized().to(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
 
-def prepare_qat(model: nn.Module, config: LordsConfig, filter_fn=None) -> nn.Module:
-    """Swap the selected ``nn.Linear`` modules of ``model`` for ``QATLinear``, in place; returns model."""
-    from .quantize import _set_module, select_linears
-
-    for name, linear in select_linears(model, config, filter_fn).items():
-        _set_module(model, name, QATLinear(linear, config, name).to(linear.weight.device))
-    return model
+def _accepts(module: nn.Module, config: "_LayerQAT") -> bool:
+    return type(module) is (nn.Linear if config.step == "prepare" else QATLinear)
 
 
-@torch.no_grad()
-def convert_qat(model: nn.Module, scale_dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Replace every ``QATLinear`` by the ``LoRDSLinear`` it stands for (codes packed); returns model."""
-    from .quantize import _set_module
-
-    for name, m in list(model.named_modules()):
-        if isinstance(m, QATLinear):
-            codes = nearest_code(m.weight / safe_scale(m.B @ m.A), m.grid)
-            new = LoRDSLinear(m.in_features, m.out_features, m.rank, m.bits, m.grid, m.bias, scale_dtype)
-            new = new.to(m.weight.device)
-            new.B.copy_(m.B.to(scale_dtype))
-            new.A.copy_(m.A.to(scale_dtype))
-            new.set_codes(codes)
-            _set_module(model, name, new)
-    return model
+@register_handler(_LayerQAT, accepts=_accepts)
+def qat_layer(name: str, module: nn.Module, config: _LayerQAT, stats=None):
+    """prepare: ``nn.Linear`` → ``QATLinear``; convert: ``QATLinear`` → the leaf method's quantized layer."""
+    if config.step == "prepare":
+        new = QATLinear(module, config.leaf, name).to(module.weight.device)
+        return new, layer_report(name, module.weight, new)
+    if type(config.leaf) is not type(module.config) or config.leaf.bits != module.bits:
+        raise ConfigError(f"{name}: prepared as {type(module.config).__name__} at {module.bits} bits, "
+                          f"cannot convert to {type(config.leaf).__name__} at {config.leaf.bits} bits")
+    with torch.no_grad():
+        bias = None if module.bias is None else module.bias.detach()
+        # The convert config decides storage (e.g. LordsConfig.scale_dtype), the prepared scales the values.
+        new = scale_method(config.leaf).build(module.weight.detach(), module.scale, config.leaf, module.grid, bias)
+    return new, layer_report(name, module.weight, new)

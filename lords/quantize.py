@@ -1,163 +1,137 @@
-"""``quantize_(model, config)``: swap every selected ``nn.Linear`` for its quantized module, in place.
+"""``quantize_(model, config)``: swap every selected layer for its quantized module, in place.
 
-The config's type picks the handler through a registry (``LordsConfig`` → LoRDS, ``BlockwiseConfig`` →
-block scales). Each handler quantizes one weight and returns the new module plus its error.
+The config's type picks the handler through a registry (``register_handler``): ``LordsConfig`` → LoRDS,
+``BlockwiseConfig`` → block scales, ``QATConfig`` → QAT's prepare/convert. Composite configs
+(``LayerwiseConfig``, ``MixedPrecisionConfig``) hand each layer its own leaf config. A new method is one
+config class and one handler; a method whose layer is ``codes ⊙ S(θ)`` registers a :class:`ScaleMethod` and
+gets Algorithm 1, QAT and the Lightning refine stage with it.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .blockwise import block_absmax, check_weight, double_dequantize, double_quantize, expand_blocks, quantize_with_scale
+from .blockwise import check_weight
 from .calibration import collect_stats
-from .config import BlockwiseConfig, LordsConfig, _QuantConfig
+from .config import BlockwiseConfig, LordsConfig, QuantConfig
 from .errors import ConfigError, NumericsError, UnsupportedModuleError
 from .grids import make_grid
+from .layerwise import decoder_layer_index, num_decoder_layers
 from .linear import BlockLinear, LoRDSLinear
-from .lowrank import svd_init
-from .refine import BlockScale, LayerStats, LowRankScale, RefineResult, refine
+from .refine import LayerStats, RefineResult, refine
+from .report import LayerReport, QuantizeReport
+from .resume import LayerJournal
+from .scales import BlockScale, LowRankScale
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class LayerReport:
-    """One layer's outcome: squared error ``‖W − Ŵ‖²_F``, ``‖W‖²_F``, floats stored, refinement curve."""
-
-    name: str
-    shape: tuple[int, int]
-    sq_error: float
-    sq_norm: float
-    float_params: int
-    rank: int | None = None
-    losses: list[float] = field(default_factory=list)
+Handler = Callable[[str, nn.Module, QuantConfig, "LayerStats | None"], "tuple[nn.Module, LayerReport]"]
 
 
-@dataclass
-class QuantizeReport:
-    layers: list[LayerReport] = field(default_factory=list)
-
-    @property
-    def rel_error(self) -> float:
-        """``sqrt(Σ‖W − Ŵ‖² / Σ‖W‖²)`` over all quantized layers."""
-        return (sum(l.sq_error for l in self.layers) / max(sum(l.sq_norm for l in self.layers), 1e-30)) ** 0.5
-
-    @property
-    def frob_error(self) -> float:
-        """``Σ ‖W − Ŵ‖_F`` over layers (the paper's 'quantization error' convention)."""
-        return sum(l.sq_error**0.5 for l in self.layers)
-
-    @property
-    def float_params(self) -> int:
-        return sum(l.float_params for l in self.layers)
+@dataclass(frozen=True)
+class _Registered:
+    handler: Handler
+    accepts: Callable[[nn.Module, QuantConfig], bool]
 
 
-Handler = Callable[[str, nn.Linear, _QuantConfig, LayerStats | None], tuple[nn.Module, LayerReport]]
-_HANDLERS: dict[type, Handler] = {}
+_HANDLERS: dict[type, _Registered] = {}
 
 
-def register_handler(config_type: type):
-    """Decorator: ``fn(name, linear, config, stats) -> (module, report)`` handles ``config_type``."""
+def _is_plain_linear(module: nn.Module, config: QuantConfig) -> bool:
+    return type(module) is nn.Linear
+
+
+def register_handler(config_type: type, accepts: Callable[[nn.Module, QuantConfig], bool] = _is_plain_linear):
+    """Decorator: ``fn(name, module, config, stats) -> (new_module, LayerReport)`` quantizes the modules
+    that ``accepts(module, config)`` (default: plain ``nn.Linear``) for configs of type ``config_type``."""
 
     def wrap(fn: Handler) -> Handler:
-        _HANDLERS[config_type] = fn
+        _HANDLERS[config_type] = _Registered(fn, accepts)
         return fn
 
     return wrap
 
 
-def _bias(linear: nn.Linear):
-    return None if linear.bias is None else linear.bias.detach()
+def handler_for(config: QuantConfig) -> Handler:
+    """The handler registered for ``type(config)``, refused with the registered types named."""
+    entry = _HANDLERS.get(type(config))
+    if entry is None:
+        raise ConfigError(f"no quantizer registered for config type {type(config).__name__} "
+                          f"(registered: {sorted(t.__name__ for t in _HANDLERS)})")
+    return entry.handler
 
 
-def _report(name, weight, module, result: RefineResult | None, rank=None) -> LayerReport:
+def layer_report(name: str, weight: torch.Tensor, module: nn.Module, result: RefineResult | None = None) -> LayerReport:
+    """Errors of ``module.dequantized_weight()`` against ``weight``, floats stored, the refinement curve."""
     w = weight.detach().float()
     err = (w - module.dequantized_weight().to(w.device)).pow(2).sum()
-    return LayerReport(name, tuple(w.shape), float(err), float(w.pow(2).sum()), module.float_params(), rank,
-                       [] if result is None else result.losses)
+    return LayerReport(name, tuple(w.shape), float(err), float(w.pow(2).sum()), module.float_params(),
+                       getattr(module, "rank", None), [] if result is None else result.losses,
+                       getattr(module, "bits", None))
 
 
-@register_handler(LordsConfig)
-def quantize_lords(name: str, linear: nn.Linear, config: LordsConfig, stats: LayerStats | None):
-    """SVD init from block absmax scales, then (optionally) Algorithm 1 on ``B, A``."""
-    weight = linear.weight.detach()
-    check_weight(weight, f"{name}.weight")
-    grid = make_grid(config.grid, config.bits).to(weight.device)
-    B, A = svd_init(weight, config.block_size, config.rank, where=name)
-    result = None
-    if config.refine is not None and config.refine.steps > 0:
-        scale = LowRankScale(B, A)
-        result = refine(weight, scale, grid, config.refine, stats)
-        B, A, codes = scale.B.detach(), scale.A.detach(), result.codes
-    else:
-        codes = quantize_with_scale(weight.float(), B @ A, grid)
-    if not (torch.isfinite(B).all() and torch.isfinite(A).all()):
-        raise NumericsError(f"{name}: LoRDS scales became non-finite (lower refine.lr?)")
-    module = build_lords_linear(B, A, codes, config, grid, _bias(linear))
-    return module, _report(name, weight, module, result, module.rank)
+@dataclass(frozen=True)
+class ScaleMethod:
+    """A quantizer whose layer is ``grid[Q] ⊙ S(θ)``: how to start the scale module from a weight, and how to
+    build the layer from a weight and a scale. As a handler: init, Algorithm 1 when ``config.refine`` is set,
+    build, report."""
+
+    init_scale: Callable[[torch.Tensor, QuantConfig, str], nn.Module]
+    """``(weight (n, m), config, layer name) -> scale module`` (see ``lords.scales``)."""
+    build: Callable[[torch.Tensor, nn.Module, QuantConfig, torch.Tensor, "torch.Tensor | None"], nn.Module]
+    """``(weight, scale, config, grid, bias) -> quantized module``."""
+
+    def __call__(self, name: str, linear: nn.Linear, config, stats: LayerStats | None):
+        weight = linear.weight.detach()
+        check_weight(weight, f"{name}.weight")
+        grid = make_grid(config.grid, config.bits).to(weight.device)
+        scale = self.init_scale(weight, config, name)
+        result = None
+        if config.refine is not None and config.refine.steps > 0:
+            result = refine(weight, scale, grid, config.refine, stats)
+        if not all(torch.isfinite(p).all() for p in scale.parameters()):
+            raise NumericsError(f"{name}: scales became non-finite (lower refine.lr?)")
+        bias = None if linear.bias is None else linear.bias.detach()
+        module = self.build(weight, scale, config, grid, bias)
+        return module, layer_report(name, weight, module, result)
 
 
-def build_lords_linear(B: torch.Tensor, A: torch.Tensor, codes: torch.Tensor, config: LordsConfig,
-                       grid: torch.Tensor, bias: torch.Tensor | None) -> LoRDSLinear:
-    """A ``LoRDSLinear`` holding ``codes (n, m)`` packed and ``B (n, r)``, ``A (r, m)`` in ``config.scale_dtype``."""
-    dtype = _DTYPES[config.scale_dtype]
-    (n, r), m = B.shape, A.shape[1]
-    module = LoRDSLinear(m, n, r, config.bits, grid, bias, dtype=dtype).to(B.device)
-    module.B.data.copy_(B.to(dtype))
-    module.A.data.copy_(A.to(dtype))
-    module.set_codes(codes)
-    return module
+def scale_method(config: QuantConfig) -> ScaleMethod:
+    """The :class:`ScaleMethod` of a leaf config (refused for methods that have no trainable scale)."""
+    handler = handler_for(config)
+    if not isinstance(handler, ScaleMethod):
+        raise ConfigError(f"{type(config).__name__} is not a codes-times-scales method: it cannot be refined or trained")
+    return handler
 
 
-def build_block_linear(weight: torch.Tensor, scales: torch.Tensor, config: BlockwiseConfig, grid: torch.Tensor,
-                       bias: torch.Tensor | None) -> BlockLinear:
-    """A ``BlockLinear`` with block ``scales (n, nb)`` (after an int8 round trip if ``config.double_quant``)
-    and the nearest codes of ``weight (n, m)`` under them."""
-    n, m = weight.shape
-    if config.double_quant:
-        # Scales are stored after an int8 round trip, so quality reflects double quantization.
-        scales = double_dequantize(*double_quantize(scales), shape=scales.shape).to(weight.device)
-    module = BlockLinear(m, n, config.block_size, config.bits, grid, bias).to(weight.device)
-    module.scales.data.copy_(scales)
-    module.set_codes(quantize_with_scale(weight.float(), expand_blocks(scales, m, config.block_size), grid))
-    return module
+register_handler(LordsConfig)(ScaleMethod(
+    init_scale=lambda w, c, name: LowRankScale.from_weight(w, c.block_size, c.rank, where=name),
+    build=LoRDSLinear.from_scale))
+register_handler(BlockwiseConfig)(ScaleMethod(
+    init_scale=lambda w, c, name: BlockScale.from_weight(w, c.block_size),
+    build=BlockLinear.from_scale))
 
 
-@register_handler(BlockwiseConfig)
-def quantize_blockwise_layer(name: str, linear: nn.Linear, config: BlockwiseConfig, stats: LayerStats | None):
-    """Absmax block scales, then (optionally) Algorithm 1 on the block scales themselves."""
-    weight = linear.weight.detach()
-    check_weight(weight, f"{name}.weight")
-    n, m = weight.shape
-    grid = make_grid(config.grid, config.bits).to(weight.device)
-    scales = block_absmax(weight, config.block_size)
-    result = None
-    if config.refine is not None and config.refine.steps > 0:
-        scale = BlockScale(scales, m, config.block_size)
-        result = refine(weight, scale, grid, config.refine, stats)
-        scales = scale.scales.detach()
-    module = build_block_linear(weight, scales, config, grid, _bias(linear))
-    return module, _report(name, weight, module, result)
-
-
-def select_linears(model: nn.Module, config: _QuantConfig, filter_fn=None) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` modules ``quantize_`` would replace, by qualified name, in model order."""
+def plan(model: nn.Module, config: QuantConfig, filter_fn=None) -> dict[str, tuple[nn.Module, QuantConfig]]:
+    """``{name: (module, leaf config)}`` of the modules ``quantize_`` would replace, in model order."""
+    num_layers = None
     chosen = {}
     for name, module in model.named_modules():
-        if type(module) is not nn.Linear:
+        if not name or (filter_fn is not None and not filter_fn(module, name)):
             continue
-        if config.include and not any(s in name for s in config.include):
+        if num_layers is None:
+            num_layers = num_decoder_layers(model)
+        leaf = config.config_for(name, decoder_layer_index(name), num_layers)
+        if leaf is None:
             continue
-        if any(s in name for s in config.exclude):
-            continue
-        if filter_fn is not None and not filter_fn(module, name):
-            continue
-        chosen[name] = module
+        entry = _HANDLERS.get(type(leaf))
+        if entry is None:
+            handler_for(leaf)  # raises, naming the registered types
+        if entry.accepts(module, leaf):
+            chosen[name] = (module, leaf)
     return chosen
 
 
@@ -169,55 +143,60 @@ def _progress(items, desc: str, enabled: bool):
     return items
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+def describe(config: QuantConfig) -> str:
+    """A short label for progress bars: method, bits, refinement objective and steps."""
+    leaves = config.leaves()
+    bits = "/".join(str(b) for b in dict.fromkeys(getattr(c, "bits", "?") for c in leaves))
+    refine_ = getattr(leaves[0], "refine", None)
+    how = f" {refine_.objective}×{refine_.steps}" if refine_ is not None and refine_.steps else ""
+    return f"{config.method} {bits}b{how}"
 
 
 def quantize_(
     model: nn.Module,
-    config: _QuantConfig,
+    config: QuantConfig,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     calib_ids: torch.Tensor | None = None,
     stats: dict[str, LayerStats] | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     resume_dir: str | os.PathLike | None = None,
 ) -> QuantizeReport:
     """Quantize ``model`` in place with ``config``; returns per-layer errors and float counts.
 
-    ``calib_ids (1, T)`` is required when the refinement objective needs activations (statistics are
-    collected from the float model before any layer is replaced), unless ``stats`` are given.
-    ``resume_dir``: each finished layer is saved there, and a rerun picks up after the last one.
+    ``calib_ids (1, T)`` is required when a refinement objective needs activations (statistics are collected
+    from the float model before any layer is replaced), unless ``stats`` are given. ``resume_dir``: each
+    finished layer is saved there, and a rerun picks up after the last one. ``progress``: a bar (True, or a
+    string that labels it).
     """
-    handler = _HANDLERS.get(type(config))
-    if handler is None:
-        raise ConfigError(f"no quantizer registered for config type {type(config).__name__}")
-    linears = select_linears(model, config, filter_fn)
-    if not linears:
+    if not isinstance(config, QuantConfig):
+        raise ConfigError(f"config={config!r} is not a quantization config (LordsConfig, BlockwiseConfig, ...)")
+    chosen = plan(model, config, filter_fn)
+    if not chosen:
         kinds = sorted({type(m).__name__ for m in model.modules() if "Linear" in type(m).__name__})
+        where = (f"include={config.include}, exclude={config.exclude}" if hasattr(config, "include")
+                 else "check the rules and the leaves' include/exclude")
         raise UnsupportedModuleError(
-            f"no nn.Linear to quantize in {type(model).__name__} (include={config.include}, "
-            f"exclude={config.exclude}; linear-like modules found: {kinds or 'none'})"
-        )
-    if config.needs_calibration and stats is None:
+            f"no nn.Linear (or other module {type(config).__name__} handles) to quantize in {type(model).__name__} "
+            f"({where}; linear-like modules found: {kinds or 'none'})")
+    calibrated = [n for n, (_, leaf) in chosen.items() if leaf.needs_calibration]
+    if calibrated and stats is None:
         if calib_ids is None:
-            raise ConfigError(f"refine.objective={config.refine.objective!r} needs calib_ids (calibration tokens)")
-        stats = collect_stats(model, calib_ids[:, : config.calib_tokens], linears, config.sample_tokens,
-                              seed=config.seed)
-    from .resume import LayerJournal
-
+            raise ConfigError("a refinement objective needs calibration activations: pass calib_ids (calibration tokens)")
+        calib_tokens, sample_tokens, seed = config.calibration
+        stats = collect_stats(model, calib_ids[:, :calib_tokens], {n: chosen[n][0] for n in calibrated},
+                              sample_tokens, seed=seed)
     journal = LayerJournal(resume_dir, config) if resume_dir is not None else None
     report = QuantizeReport()
-    for name in _progress(list(linears), f"{config.method} {config.bits}b", progress):
-        linear = linears[name]
-        done = journal.load(name, linear) if journal else None
+    label = progress if isinstance(progress, str) else describe(config)
+    for name in _progress(list(chosen), label, bool(progress)):
+        module, leaf = chosen[name]
+        done = journal.load(name, module) if journal else None
         if done is None:
-            torch.manual_seed(config.seed)
-            done = handler(name, linear, config, None if stats is None else stats.get(name))
+            torch.manual_seed(leaf.seed)
+            done = handler_for(leaf)(name, module, leaf, None if stats is None else stats.get(name))
             if journal:
                 journal.save(name, *done)
-        module, layer_report = done
-        _set_module(model, name, module)
-        report.layers.append(layer_report)
+        new, layer_rep = done
+        model.set_submodule(name, new)
+        report.layers.append(layer_rep)
     return report

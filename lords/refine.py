@@ -2,9 +2,13 @@
 
 Alternate ``T`` times: (quantize) re-pick ``Q = nearest_code(W ⊘ S)`` with the scales fixed;
 (adapt) one Adam step on the scales with ``Q`` fixed, on an objective of the error ``E = W − S ⊙ grid[Q]``.
-The scales are LoRDS's ``S = B·A`` or the block-wise scales themselves, so the block-wise baseline can
-get the very same optimiser (an ablation the paper lacks). The best iterate under the objective is kept,
-the starting point included, so refinement never returns something worse than it was given.
+The scales are any module of ``lords.scales`` (LoRDS's ``S = B·A`` or the block-wise scales themselves),
+so the block-wise baseline gets the very same optimiser (an ablation the paper lacks). The best iterate under
+the objective is kept, the starting point included, so refinement never returns something worse than it was given.
+
+One implementation serves every caller: :class:`Refiner` is one layer's state (an ``nn.Module``, so a Lightning
+checkpoint holds it) and :class:`RefineAdam` the optimiser; :func:`refine` drives them for ``quantize_``, and
+the Lightning PTQ-refine stage drives the same two objects for every layer at once.
 """
 from __future__ import annotations
 
@@ -13,35 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .blockwise import expand_blocks
-from .grids import nearest_code
 from .config import RefineConfig
 from .errors import ConfigError, ShapeError
-
-
-class LowRankScale(nn.Module):
-    """``S = B·A`` with ``B (n, r)`` and ``A (r, m)``."""
-
-    def __init__(self, B: torch.Tensor, A: torch.Tensor):
-        super().__init__()
-        self.B = nn.Parameter(B.detach().float().clone())
-        self.A = nn.Parameter(A.detach().float().clone())
-
-    def forward(self) -> torch.Tensor:
-        return self.B @ self.A
-
-
-class BlockScale(nn.Module):
-    """Piecewise-constant ``S`` from block scales ``(n, nb)`` repeated over ``block_size`` inputs."""
-
-    def __init__(self, scales: torch.Tensor, in_features: int, block_size: int):
-        super().__init__()
-        self.scales = nn.Parameter(scales.detach().float().clone())
-        self.in_features = in_features
-        self.block_size = block_size
-
-    def forward(self) -> torch.Tensor:
-        return expand_blocks(self.scales, self.in_features, self.block_size)
+from .grids import nearest_code
 
 
 @dataclass
@@ -116,35 +94,28 @@ def _weighted(err: torch.Tensor, d, x, kind: str) -> torch.Tensor:
     return (err @ x.T) @ x
 
 
-class _Adam:
-    """Adam on a list of tensors with gradients given explicitly (no autograd graph per step)."""
+class RefineAdam(torch.optim.Optimizer):
+    """Adam on gradients that :meth:`Refiner.evaluate` wrote into ``p.grad`` (elementwise, so one optimiser
+    over many layers equals one per layer). Its arithmetic is fixed: results reproduce across releases."""
 
-    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps=1e-8):
-        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
 
-    def step(self, grads: list[torch.Tensor]) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
-        for p, g, m, v in zip(self.params, grads, self.m, self.v):
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.addcdiv_(m, v.div(c2).sqrt_().add_(self.eps), value=-self.lr / c1)
-
-
-def _scale_grads(scale: nn.Module, grad_S: torch.Tensor) -> list[torch.Tensor]:
-    """Chain rule from ``∂loss/∂S (n, m)`` to the scale's parameters (``B, A`` or block scales)."""
-    if isinstance(scale, LowRankScale):
-        return [grad_S @ scale.A.T, scale.B.T @ grad_S]
-    if isinstance(scale, BlockScale):
-        n, m = grad_S.shape
-        nb, bs = scale.scales.shape[1], scale.block_size
-        padded = grad_S.new_zeros(n, nb * bs)
-        padded[:, :m] = grad_S
-        return [padded.view(n, nb, bs).sum(-1)]
-    raise ConfigError(f"cannot refine a scale of type {type(scale).__name__}")
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["t"], st["m"], st["v"] = 0, torch.zeros_like(p), torch.zeros_like(p)
+                st["t"] += 1
+                c1, c2 = 1 - b1 ** st["t"], 1 - b2 ** st["t"]
+                st["m"].mul_(b1).add_(p.grad, alpha=1 - b1)
+                st["v"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                p.addcdiv_(st["m"], st["v"].div(c2).sqrt_().add_(group["eps"]), value=-group["lr"] / c1)
 
 
 def _step(w, S, grid, d, x, kind: str):
@@ -153,8 +124,7 @@ def _step(w, S, grid, d, x, kind: str):
     In-place where it can: the step is memory-bound on CPU. (A ``torch.compile``d version was tried:
     on one thread it ran 2× slower than this at 4 bits.)
     """
-    # Where S is exactly 0, any code gives E = W: divide by 1 there.
-    codes = nearest_code(w / torch.where(S == 0, torch.ones_like(S), S), grid)
+    codes = nearest_code(w / _nonzero(S), grid)
     values = grid[codes.long()]
     err = torch.addcmul(w, S, values, value=-1.0)
     h = _weighted(err, d, x, kind)
@@ -162,7 +132,78 @@ def _step(w, S, grid, d, x, kind: str):
     return codes, loss, h.mul_(values).mul_(-2.0 / err.numel())
 
 
-@torch.no_grad()
+class Refiner(nn.Module):
+    """Algorithm 1 on one layer: ``evaluate()`` re-picks ``Q`` with the scales fixed, scores the objective, keeps
+    the best iterate and writes ``∂loss/∂θ`` into the scale's ``.grad`` for :class:`RefineAdam`; ``finish()``
+    scores the last iterate and restores the best. ``weight (n, m)``; float32 math on its device."""
+
+    def __init__(self, weight: torch.Tensor, scale: nn.Module, grid: torch.Tensor, config: RefineConfig,
+                 stats: LayerStats | None = None):
+        super().__init__()
+        w = weight.detach().float()
+        self.scale = scale.to(w.device)
+        # Not persistent: rebuilt from the model on resume, so checkpoints hold only scales and the best iterate.
+        self.register_buffer("weight", w, persistent=False)
+        self.register_buffer("grid", grid.to(w.device).float(), persistent=False)
+        d, x, kind = _objective_terms(config.objective, stats, w.shape[1], w.device)
+        if kind == "act" and w.shape[1] < 2 * x.shape[0]:
+            x, kind = x.T @ x, "gram"  # the same loss, fewer flops per step
+        self.register_buffer("d", d, persistent=False)
+        self.register_buffer("x", x, persistent=False)
+        self.kind = kind
+        for i, p in enumerate(self.scale.parameters()):
+            self.register_buffer(f"best_{i}", p.detach().clone())
+        self.losses: list[float] = []
+        self.best_step, self.best_loss = 0, float("inf")
+        self.codes: torch.Tensor | None = None
+
+    def get_extra_state(self):
+        return {"losses": self.losses, "best_step": self.best_step, "best_loss": self.best_loss}
+
+    def set_extra_state(self, state):
+        self.losses, self.best_step, self.best_loss = list(state["losses"]), state["best_step"], state["best_loss"]
+        self.codes = None
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """One Algorithm-1 evaluation at the current scales; returns the loss."""
+        params = list(self.scale.parameters())
+        codes, loss, grad_S = _step(self.weight, self.scale(), self.grid, self.d, self.x, self.kind)
+        value = float(loss)
+        self.losses.append(value)
+        if value < self.best_loss:
+            self.best_loss, self.best_step, self.codes = value, len(self.losses) - 1, codes
+            for i, p in enumerate(params):
+                getattr(self, f"best_{i}").copy_(p)
+        grads = self.scale.grads(grad_S) if hasattr(self.scale, "grads") else _autograd_grads(self.scale, grad_S)
+        for p, g in zip(params, grads):
+            p.grad = g
+        return value
+
+    @torch.no_grad()
+    def finish(self) -> RefineResult:
+        """Score the final iterate (Algorithm 1 scores T + 1 points), restore the best; the result."""
+        self.evaluate()
+        for i, p in enumerate(self.scale.parameters()):
+            p.copy_(getattr(self, f"best_{i}"))
+            p.grad = None
+        if self.codes is None:  # best iterate found before a resume: its codes were not kept
+            self.codes = nearest_code(self.weight / _nonzero(self.scale()), self.grid)
+        return RefineResult(codes=self.codes, losses=list(self.losses), best_step=self.best_step)
+
+
+def _nonzero(S: torch.Tensor) -> torch.Tensor:
+    # Where S is exactly 0, any code gives E = W: divide by 1 there.
+    return torch.where(S == 0, torch.ones_like(S), S)
+
+
+def _autograd_grads(scale: nn.Module, grad_S: torch.Tensor) -> list[torch.Tensor]:
+    """Chain rule by autograd, for scale modules without an explicit ``grads``."""
+    with torch.enable_grad():
+        params = list(scale.parameters())
+        return list(torch.autograd.grad((scale() * grad_S).sum(), params))
+
+
 def refine(
     weight: torch.Tensor,
     scale: nn.Module,
@@ -172,30 +213,12 @@ def refine(
 ) -> RefineResult:
     """Run Algorithm 1 in place on ``scale`` (left at its best iterate); ``weight (n, m)``.
 
-    Gradients are written out by hand (``∂loss/∂S = −2·h(E) ⊙ grid[Q] / numel``, then the chain rule
-    to ``B, A`` or the block scales): no autograd graph per step. Float32 math on ``weight``'s device.
+    Gradients are written out by hand (``∂loss/∂S = −2·h(E) ⊙ grid[Q] / numel``, then the scale's own chain
+    rule): no autograd graph per step.
     """
-    w = weight.detach().float()
-    grid = grid.to(w.device).float()
-    scale = scale.to(w.device)
-    d, x, kind = _objective_terms(config.objective, stats, w.shape[1], w.device)
-    if kind == "act" and w.shape[1] < 2 * x.shape[0]:
-        x, kind = x.T @ x, "gram"  # the same loss, fewer flops per step
-    params = list(scale.parameters())
-    opt = _Adam(params, lr=config.lr)
-    best_params = [p.detach().clone() for p in params]
-    result = RefineResult(codes=torch.empty(0))
-    best = float("inf")
-    for step in range(config.steps + 1):
-        codes, loss, grad_S = _step(w, scale(), grid, d, x, kind)
-        value = float(loss)
-        result.losses.append(value)
-        if value < best:
-            best, result.best_step, result.codes = value, step, codes
-            best_params = [p.detach().clone() for p in params]
-        if step == config.steps:
-            break
-        opt.step(_scale_grads(scale, grad_S))
-    for p, b in zip(params, best_params):
-        p.copy_(b)
-    return result
+    refiner = Refiner(weight, scale, grid, config, stats)
+    opt = RefineAdam(refiner.scale.parameters(), lr=config.lr)
+    for _ in range(config.steps):
+        refiner.evaluate()
+        opt.step()
+    return refiner.finish()

@@ -13,6 +13,7 @@ from torch import nn
 
 from .checkpoint import atomic_write_bytes, module_from_meta, module_meta
 from .errors import CheckpointError
+from .report import LayerReport
 
 
 class LayerJournal:
@@ -40,8 +41,6 @@ class LayerJournal:
     def load(self, name: str, linear: nn.Linear):
         """The finished ``(module, report)`` of layer ``name``, or None if it has not been done."""
         from safetensors import safe_open
-
-        from .quantize import LayerReport
 
         path = self._path(name)
         if not path.exists():

@@ -1,7 +1,10 @@
 import torch
 
-from lords import LoRDSLinear, LordsConfig, mark_only_scales_trainable, quantize_
-from lords.qat import QATLinear, convert_qat, prepare_qat
+import pytest
+
+from lords import (BlockLinear, BlockwiseConfig, LoRDSLinear, LordsConfig, MixedPrecisionConfig, QATConfig, QATLinear,
+                   mark_only_scales_trainable, quantize_)
+from lords.errors import ConfigError
 
 
 def test_peft_trains_only_B_and_A_and_the_update_is_high_rank(tiny_model, tokens):
@@ -24,17 +27,44 @@ def test_peft_trains_only_B_and_A_and_the_update_is_high_rank(tiny_model, tokens
 
 def test_qat_trains_latent_weights_and_scales_then_converts(tiny_model, tokens):
     cfg = LordsConfig(bits=3, block_size=16)
-    prepare_qat(tiny_model, cfg)
+    quantize_(tiny_model, QATConfig(cfg, "prepare"), progress=False)
     qat = [m for m in tiny_model.modules() if isinstance(m, QATLinear)]
     assert len(qat) == 14
     loss = tiny_model(tokens, labels=tokens).loss
     loss.backward()
-    assert all(m.weight.grad is not None and m.B.grad is not None and m.A.grad.abs().sum() > 0 for m in qat)
+    assert all(m.weight.grad is not None and m.scale.B.grad is not None and m.scale.A.grad.abs().sum() > 0
+               for m in qat)
     with torch.no_grad():
         expected = qat[0].fake_quantized()
         ref = tiny_model(tokens).logits
-    convert_qat(tiny_model)
+    quantize_(tiny_model, QATConfig(cfg, "convert"), progress=False)
     converted = [m for m in tiny_model.modules() if isinstance(m, LoRDSLinear)][0]
     torch.testing.assert_close(converted.dequantized_weight(), expected, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(tiny_model(tokens).logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_qat_convert_stores_scales_in_the_configs_dtype(tiny_model):
+    cfg = LordsConfig(bits=3, block_size=16, scale_dtype="bfloat16")
+    quantize_(tiny_model, QATConfig(cfg, "prepare"), progress=False)
+    quantize_(tiny_model, QATConfig(cfg, "convert"), progress=False)
+    layers = [m for m in tiny_model.modules() if isinstance(m, LoRDSLinear)]
+    assert layers and {m.B.dtype for m in layers} == {torch.bfloat16}
+
+
+def test_blockwise_qat_trains_block_scales_and_converts_to_block_layers(tiny_model, tokens):
+    cfg = MixedPrecisionConfig(base=BlockwiseConfig(block_size=16), bits=3.0)  # 4 bits in layer 0, 2 in layer 1
+    quantize_(tiny_model, QATConfig(cfg, "prepare"), progress=False)
+    tiny_model(tokens, labels=tokens).loss.backward()
+    qat = [m for m in tiny_model.modules() if isinstance(m, QATLinear)]
+    assert all(m.scale.scales.grad.abs().sum() > 0 for m in qat)
+    quantize_(tiny_model, QATConfig(cfg, "convert"), progress=False)
+    bits = {name: m.bits for name, m in tiny_model.named_modules() if isinstance(m, BlockLinear)}
+    assert len(bits) == 14 and {b for n, b in bits.items() if ".layers.0." in n} == {4}
+    assert {b for n, b in bits.items() if ".layers.1." in n} == {2}
+
+
+def test_qat_refuses_to_convert_to_another_method(tiny_model):
+    quantize_(tiny_model, QATConfig(LordsConfig(bits=3, block_size=16), "prepare"), progress=False)
+    with pytest.raises(ConfigError, match="prepared as LordsConfig"):
+        quantize_(tiny_model, QATConfig(BlockwiseConfig(bits=3, block_size=16), "convert"), progress=False)

@@ -88,6 +88,6 @@ def test_the_readme_api_is_reachable_from_the_package_with_torch_alone():
     import subprocess
     import sys
 
-    code = ("import sys, lords; lords.models.load_model; lords.texts.tokenize; lords.qat.prepare_qat; "
+    code = ("import sys, lords; lords.models.load_model; lords.texts.tokenize; lords.QATConfig; "
             "assert 'transformers' not in sys.modules and 'lightning' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

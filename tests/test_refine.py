@@ -6,7 +6,8 @@ from lords.config import RefineConfig
 from lords.errors import ConfigError
 from lords.grids import normal_float
 from lords.lowrank import init_from_blocks, parity_rank
-from lords.refine import BlockScale, LayerStats, LowRankScale, objective_fn, refine
+from lords.refine import LayerStats, objective_fn, refine
+from lords.scales import BlockScale, LowRankScale
 
 
 def _layer(n=96, m=192, seed=0):

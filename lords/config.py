@@ -168,6 +168,9 @@ class ScaleConfig(QuantConfig):
         check_int("block_size", self.block_size)
         check_choice("grid", self.grid, GRIDS)
         if isinstance(self.refine, dict):
+            unknown = sorted(set(self.refine) - {f.name for f in dataclasses.fields(RefineConfig)})
+            if unknown:
+                raise ConfigError(f"refine.{unknown[0]}: unknown key (known: steps, lr, objective)")
             object.__setattr__(self, "refine", RefineConfig(**self.refine))
         if self.refine is not None and not isinstance(self.refine, RefineConfig):
             raise ConfigError(f"refine={self.refine!r} must be a RefineConfig or None")

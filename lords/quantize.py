@@ -135,6 +135,20 @@ def plan(model: nn.Module, config: QuantConfig, filter_fn=None) -> dict[str, tup
     return chosen
 
 
+def calibration_stats(model: nn.Module, config: QuantConfig, calib_ids: torch.Tensor | None,
+                      chosen: dict | None = None) -> dict[str, LayerStats] | None:
+    """Calibration statistics of the layers of ``plan(model, config)`` (or ``chosen``) whose refinement objective
+    needs activations, from the model as it is now (float); None when no layer needs them."""
+    chosen = plan(model, config) if chosen is None else chosen
+    calibrated = {n: module for n, (module, leaf) in chosen.items() if leaf.needs_calibration}
+    if not calibrated:
+        return None
+    if calib_ids is None:
+        raise ConfigError("a refinement objective needs calibration activations: pass calib_ids (calibration tokens)")
+    calib_tokens, sample_tokens, seed = config.calibration
+    return collect_stats(model, calib_ids[:, :calib_tokens], calibrated, sample_tokens, seed=seed)
+
+
 def _progress(items, desc: str, enabled: bool):
     if enabled and importlib.util.find_spec("tqdm") is not None:
         from tqdm.auto import tqdm
@@ -178,13 +192,8 @@ def quantize_(
         raise UnsupportedModuleError(
             f"no nn.Linear (or other module {type(config).__name__} handles) to quantize in {type(model).__name__} "
             f"({where}; linear-like modules found: {kinds or 'none'})")
-    calibrated = [n for n, (_, leaf) in chosen.items() if leaf.needs_calibration]
-    if calibrated and stats is None:
-        if calib_ids is None:
-            raise ConfigError("a refinement objective needs calibration activations: pass calib_ids (calibration tokens)")
-        calib_tokens, sample_tokens, seed = config.calibration
-        stats = collect_stats(model, calib_ids[:, :calib_tokens], {n: chosen[n][0] for n in calibrated},
-                              sample_tokens, seed=seed)
+    if stats is None:
+        stats = calibration_stats(model, config, calib_ids, chosen)
     journal = LayerJournal(resume_dir, config) if resume_dir is not None else None
     report = QuantizeReport()
     label = progress if isinstance(progress, str) else describe(config)

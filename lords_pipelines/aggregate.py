@@ -24,15 +24,16 @@ def load_rows(root: Path) -> list[dict[str, Any]]:
     for path in sorted(root.rglob("metrics.json")):
         rec = json.loads(path.read_text())
         s, m = rec["settings"], rec["metrics"]
-        q, st = s["quant"], s["stage"]
-        refine = q.get("refine")
+        q, st = s["quant"] or {"method": "float", "bits": 16}, s["stage"]
+        leaf = q.get("base", q)  # mixed precision: the fields of its base config
+        refine = leaf.get("refine")
         method = q["method"] if st["name"] != "peft" else f"{st['method']}-peft"
         row = {"model": s["model"]["name"], "stage": st["name"], "method": method, "bits": q["bits"],
-               "block_size": q["block_size"], "grid": q["grid"],
+               "block_size": leaf.get("block_size", ""), "grid": leaf.get("grid", ""),
                "refine": "" if not refine else f"{refine['objective']}×{refine['steps']}", "run": path.parent.name}
         row.update({k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         rows.append(row)
-    rows.sort(key=lambda r: (r["model"], r["stage"], r["method"], -float(r["bits"]), r["block_size"]))
+    rows.sort(key=lambda r: (r["model"], r["stage"], r["method"], -float(r["bits"]), str(r["block_size"])))
     return rows
 
 

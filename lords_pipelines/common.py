@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lords import QuantConfig, QuantizeReport, quantize_, storage_bits
 from lords.errors import ConfigError
-from lords.quantize import QuantizeReport, quantize_
 
-from .settings import LoggerSettings, ModelSettings, QuantSettings, RunSettings
+from .settings import LoggerSettings, ModelSettings, RunSettings
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -69,44 +69,11 @@ def _load_model(s: ModelSettings, seed: int):
     return lib_load(s.name, _DTYPES[s.dtype], gguf_file=s.gguf_file)
 
 
-def decoder_layer_index(name: str) -> int | None:
-    """The decoder layer a module name belongs to (``model.layers.7.mlp.up_proj`` → 7), else None."""
-    m = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", f".{name}.")
-    return None if m is None else int(m.group(1))
-
-
-def num_decoder_layers(model: nn.Module) -> int:
-    return getattr(getattr(model, "config", None), "num_hidden_layers", None) or 1 + max(
-        (decoder_layer_index(n) or 0) for n, _ in model.named_modules())
-
-
-def quant_plan(model: nn.Module, q: QuantSettings) -> list[tuple[Any, Any]]:
-    """``[(library_config, filter_fn)]``: one entry for uniform bits; for mixed precision (2.25 / 2.5 bits)
-    LoftQ's convention: 4 bits in the first ``round(L·(b−2)/2)`` decoder layers, 2 bits in the rest."""
-    if q.method == "none":
-        return []
-    if not q.mixed:
-        return [(q.library_config(), None)]
-    n_high = round(num_decoder_layers(model) * (q.bits - 2) / 2)
-
-    def high(_m, name):
-        i = decoder_layer_index(name)
-        return i is not None and i < n_high
-
-    return [(q.library_config(4), high), (q.library_config(2), lambda m, name: not high(m, name))]
-
-
-def quantize_model(model: nn.Module, q: QuantSettings, calib_ids: torch.Tensor | None = None,
+def quantize_model(model: nn.Module, config: QuantConfig, calib_ids: torch.Tensor | None = None,
                    progress: bool = False, journal: Path | None = None) -> QuantizeReport:
-    """Quantize ``model`` in place by the settings (several library calls for mixed precision); with
-    ``journal``, finished layers are kept there (the library's ``resume_dir``) and a rerun resumes."""
-    report = QuantizeReport()
-    for config, filter_fn in quant_plan(model, q):
-        resume = None if journal is None else journal / f"{config.bits}bit"
-        part = quantize_(model, config, filter_fn=filter_fn, calib_ids=calib_ids, progress=progress,
-                         resume_dir=resume)
-        report.layers.extend(part.layers)
-    return report
+    """``lords.quantize_`` with the run's config; with ``journal``, finished layers are kept there (the
+    library's ``resume_dir``) and a rerun resumes."""
+    return quantize_(model, config, calib_ids=calib_ids, progress=progress, resume_dir=journal)
 
 
 def apply_backend(model: nn.Module, backend: str) -> nn.Module:
@@ -132,25 +99,20 @@ def apply_backend(model: nn.Module, backend: str) -> nn.Module:
     return model
 
 
-def bits_per_weight(model: nn.Module) -> float | None:
-    """Average code bits over quantized modules (weighted by weight count)."""
-    from lords import QuantizedLinear
-
-    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
-    total = sum(m.in_features * m.out_features for m in layers)
-    return None if not total else sum(m.bits * m.in_features * m.out_features for m in layers) / total
+def storage_metrics(model: nn.Module) -> dict[str, float | None]:
+    """``code_bits`` (average bits of a weight code) and ``bits_per_weight`` (codes plus stored scale floats)."""
+    bits = storage_bits(model)
+    return bits or {"code_bits": None, "bits_per_weight": None}
 
 
 def save_checkpoint(model: nn.Module, s: RunSettings, out_dir: Path) -> Path | None:
     """The library's quantized checkpoint in ``<out_dir>/quantized`` (uniform bits; config JSON beside it)."""
     from lords.checkpoint import save_quantized
 
-    if s.quant.method == "none":
+    if s.quant is None:
         return None
     path = out_dir / "quantized"
-    # Mixed precision: each module's bits are in the checkpoint's module layout; the config is the 2-bit one.
-    save_quantized(model, path, s.quant.library_config(s.quant.bit_widths[-1]),
-                   extra={"pipeline_settings": s.to_dict(), "quant_bits": s.quant.bits})
+    save_quantized(model, path, s.quant, extra={"pipeline_settings": s.to_dict()})
     return path
 
 
@@ -259,12 +221,12 @@ def start_run(s: RunSettings):
 
 
 def calibration_for(s: RunSettings, tok) -> torch.Tensor | None:
-    """Calibration token ids when the ``quant`` group's refinement objective needs activations, else None."""
-    if s.quant.method == "none" or s.quant.refine is None or s.quant.refine.objective == "weight":
+    """Calibration token ids when the ``quant`` config's refinement objective needs activations, else None."""
+    if s.quant is None or not s.quant.needs_calibration:
         return None
     from .datamodule import calibration_ids
 
-    return calibration_ids(s.data, tok)
+    return calibration_ids(s.data, tok, s.quant.calibration[0])
 
 
 def finish_run(model: nn.Module, tok, s: RunSettings, out: Path, logger, metrics: dict[str, Any],

@@ -40,10 +40,10 @@ def source_text(source: str, text_field: str = "text", split: str = "train") -> 
     return path.read_text()
 
 
-def calibration_ids(data: DataSettings, tokenizer, offset: int = 0) -> torch.Tensor:
-    """``(1, calib_tokens)`` token ids of the calibration source (after ``offset`` tokens)."""
+def calibration_ids(data: DataSettings, tokenizer, tokens: int, offset: int = 0) -> torch.Tensor:
+    """``(1, tokens)`` token ids of the calibration source (after ``offset`` tokens)."""
     text = source_text(data.calib_source, data.text_field, data.split)
-    ids = tokenize(tokenizer, text, offset + data.calib_tokens)[:, offset:]
+    ids = tokenize(tokenizer, text, offset + tokens)[:, offset:]
     if ids.shape[1] < 2:
         raise ConfigError(f"data.calib_source={data.calib_source!r} gives {ids.shape[1]} tokens after {offset}")
     return ids
@@ -122,7 +122,7 @@ class LordsDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         if self.kind == "calib":
-            ids = self.calib_ids = calibration_ids(self.data, self.tokenizer)
+            ids = self.calib_ids = calibration_ids(self.data, self.tokenizer, self.data.train_tokens)
             self.train_set = _Items(self._windows(ids))
             try:
                 val = tokenize(self.tokenizer, source_text(self.data.calib_source, self.data.text_field,

@@ -13,7 +13,7 @@ import hydra
 
 from lords.checkpoint import load_quantized
 
-from .common import apply_backend, bits_per_weight, calibration_for, finish_run, quantize_model, start_run
+from .common import apply_backend, calibration_for, finish_run, quantize_model, start_run, storage_metrics
 from .settings import RunSettings, settings_from_cfg, settings_or_exit
 
 
@@ -22,10 +22,10 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     out, model, tok, logger = start_run(s)
     if s.stage.checkpoint:
         model, _ = load_quantized(s.stage.checkpoint, model)
-    elif s.quant.method != "none":
+    elif s.quant is not None:
         quantize_model(model, s.quant, calibration_for(s, tok))
     apply_backend(model, s.trainer.backend)
-    metrics: dict[str, Any] = {"bits_per_weight": bits_per_weight(model)}
+    metrics: dict[str, Any] = storage_metrics(model)
     finish_run(model, tok, s, out, logger, metrics, checkpoint=False)
     return metrics, {"model": model, "tokenizer": tok}
 

@@ -1,7 +1,8 @@
 """LightningModules that train a causal LM on masked next-token loss: QAT and PEFT (LoRDS, QLoRA baseline).
 
-- ``QATModule``: ``lords.qat.prepare_qat`` swaps linears for ``QATLinear`` (latent ``W`` + ``B, A``, STE
-  through the rounding); only those are trained (two learning rates); ``convert`` packs them (``convert_qat``).
+- ``QATModule``: ``quantize_(model, QATConfig(config, "prepare"))`` swaps linears for ``QATLinear`` (latent ``W`` +
+  the method's scales, STE through the rounding); only those are trained (two learning rates); ``convert`` packs
+  them with ``QATConfig(config, "convert")``.
 - ``PEFTModule``: the model is already quantized; LoRDS trains only ``B, A``
   (``lords.mark_only_scales_trainable``); the QLoRA baseline (``add_lora``) trains an additive LoRA
   through ``peft`` on a ``BlockLinear`` base, registered as a custom module of peft's ``lora.Linear``.
@@ -15,9 +16,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from lords import QATConfig, QATLinear, QuantConfig, QuantizedLinear, mark_only_scales_trainable, quantize_
 from lords.lowrank import parity_rank
-from lords.peft import mark_only_scales_trainable
-from lords.qat import QATLinear, convert_qat, prepare_qat
 
 
 class CausalLMModule(L.LightningModule):
@@ -50,30 +50,30 @@ class CausalLMModule(L.LightningModule):
 
 
 class QATModule(CausalLMModule):
-    """QAT with LoRDS: latent weights at ``lr_weight``, ``B, A`` at ``lr_scale``; everything else frozen."""
+    """QAT of ``config``'s method: latent weights at ``lr_weight``, scales at ``lr_scale``; everything else frozen."""
 
-    def __init__(self, model: nn.Module, plan, lr_weight: float, lr_scale: float, weight_decay: float = 0.0):
+    def __init__(self, model: nn.Module, config: QuantConfig, lr_weight: float, lr_scale: float,
+                 weight_decay: float = 0.0):
         for p in model.parameters():
             p.requires_grad_(False)
-        for config, filter_fn in plan:
-            prepare_qat(model, config, filter_fn)
+        quantize_(model, QATConfig(config, "prepare"), progress=False)
         layers = [m for m in model.modules() if isinstance(m, QATLinear)]
-        if not layers:
-            raise ValueError("QAT found no linear layer to prepare (quant.include/exclude?)")
         for m in layers:
             if m.bias is not None:
-                m.bias.requires_grad_(False)  # biases stay as they are; only W and B, A train
+                m.bias.requires_grad_(False)  # biases stay as they are; only W and the scales train
         weights = [m.weight for m in layers]
-        scales = [p for m in layers for p in (m.B, m.A)]
+        scales = [p for m in layers for p in m.scale.parameters()]
         if lr_weight == 0:
             for w in weights:
                 w.requires_grad_(False)
         groups = [{"params": weights if lr_weight > 0 else [], "lr": lr_weight}, {"params": scales, "lr": lr_scale}]
         super().__init__(model, groups, weight_decay)
+        self.config = config
 
     def convert(self) -> nn.Module:
-        """The model with every ``QATLinear`` packed into a ``LoRDSLinear``."""
-        return convert_qat(self.model)
+        """The model with every ``QATLinear`` converted by the config (its storage dtype included)."""
+        quantize_(self.model, QATConfig(self.config, "convert"), progress=False)
+        return self.model
 
 
 class PEFTModule(CausalLMModule):
@@ -94,8 +94,6 @@ def prepare_lords_peft(model: nn.Module) -> int:
 def matched_lora_ranks(model: nn.Module, block_size: int) -> dict[str, int]:
     """Per quantized layer, LoRDS's parity rank at ``block_size``: a LoRA of that rank has ``r·(n+m)``
     trainable floats, exactly the ``B, A`` floats LoRDS trains on the same layer."""
-    from lords import QuantizedLinear
-
     return {name: parity_rank(m.out_features, m.in_features, block_size)
             for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
 

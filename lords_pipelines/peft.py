@@ -16,7 +16,7 @@ import hydra
 from lords.checkpoint import load_quantized
 from lords.errors import ConfigError
 
-from .common import apply_backend, bits_per_weight, finish_run, quantize_model, start_run
+from .common import apply_backend, calibration_for, finish_run, quantize_model, start_run, storage_metrics
 from .evaluation import answer_metrics
 from .settings import RunSettings, settings_from_cfg, settings_or_exit
 
@@ -26,22 +26,18 @@ def prepare(model, tok, s: RunSettings):
     from .lit_train import add_lora, matched_lora_ranks, prepare_lords_peft
 
     st = s.stage
-    if st.method == "lords" and s.quant.method != "lords":
-        raise ConfigError(f"quant.method={s.quant.method!r}: stage.method=lords needs quant=lords")
-    if st.method == "qlora" and s.quant.method != "blockwise":
-        raise ConfigError(f"quant.method={s.quant.method!r}: stage.method=qlora needs a block-wise base (quant=nf)")
+    methods = {leaf.method for leaf in s.quant.leaves()} if s.quant is not None else {"none"}
+    if st.method == "lords" and methods != {"lords"}:
+        raise ConfigError(f"quant: stage.method=lords needs LoRDS layers (quant=lords), got {sorted(methods)}")
+    if st.method == "qlora" and methods != {"blockwise"}:
+        raise ConfigError(f"quant: stage.method=qlora needs a block-wise base (quant=nf), got {sorted(methods)}")
     if st.init_checkpoint:
         model, _ = load_quantized(st.init_checkpoint, model)
     else:
-        calib = None
-        if s.quant.refine is not None and s.quant.refine.objective != "weight":
-            from .datamodule import calibration_ids
-
-            calib = calibration_ids(s.data, tok)
-        quantize_model(model, s.quant, calib)
+        quantize_model(model, s.quant, calibration_for(s, tok))
     if st.method == "lords":
         return model, prepare_lords_peft(model)
-    ranks = matched_lora_ranks(model, s.quant.block_size)
+    ranks = matched_lora_ranks(model, s.quant.leaves()[0].block_size)
     if st.lora_rank is not None:
         ranks = {k: st.lora_rank for k in ranks}
     model = add_lora(model, ranks, st.lora_alpha_ratio, s.seed)
@@ -70,7 +66,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     t = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))
     metrics: dict[str, Any] = {"train_seconds": time.time() - t, "trainable_floats": trainable,
-                               "train_steps": trainer.global_step, "bits_per_weight": bits_per_weight(model)}
+                               "train_steps": trainer.global_step, **storage_metrics(model)}
     metrics.update({f"before/{k}": v for k, v in before.items()})
     metrics.update(answer_metrics(model, dm.val_dataloader()))
     # LoRDS saves the library's checkpoint (still Q ⊙ BA, nothing merged); QLoRA saves its LoRA adapter

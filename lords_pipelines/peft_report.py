@@ -56,7 +56,7 @@ def main(argv=None):
     if not args.render:
         shutil.rmtree(sweep, ignore_errors=True)
         start = time.time()
-        cmd = [sys.executable, "-m", "pipelines.peft", "--multirun", f"experiment={EXPERIMENTS}",
+        cmd = [sys.executable, "-m", "lords_pipelines.peft", "--multirun", f"experiment={EXPERIMENTS}",
                f"hydra.sweep.dir={sweep}", *args.overrides]
         subprocess.run(cmd, check=True, env=dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline")))
         (sweep / "wall_seconds.json").write_text(json.dumps(time.time() - start))

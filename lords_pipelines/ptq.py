@@ -11,15 +11,42 @@ from typing import Any
 
 import hydra
 
-from .common import (apply_backend, bits_per_weight, calibration_for, finish_run, finished_metrics, out_dir_of,
-                     quantize_model, start_run)
+from lords import QuantizeReport
+
+from .common import (apply_backend, calibration_for, finish_run, finished_metrics, out_dir_of, quantize_model,
+                     start_run, storage_metrics)
 from .settings import RunSettings, settings_from_cfg, settings_or_exit
 
 
 def quant_metrics(report, model, seconds: float) -> dict[str, Any]:
     return {"weight_rel_error": report.rel_error if report.layers else 0.0, "frob_error": report.frob_error,
-            "float_params": report.float_params, "bits_per_weight": bits_per_weight(model),
+            "float_params": report.float_params, **storage_metrics(model),
             "quant_seconds": seconds, "layers": len(report.layers)}
+
+
+def journal_dir(out, config) -> "Path":
+    """``<out>/journal/<config digest>``: a rerun with the same config resumes there; another config starts anew."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return out / "journal" / digest
+
+
+def heldout_calibration_ppl(model, tok, s: RunSettings) -> dict[str, Any]:
+    """Perplexity on the calibration-source tokens right after those calibration used (``eval.heldout_calib_tokens``)."""
+    if not s.eval.heldout_calib_tokens:
+        return {}
+    from lords.linear import cached_weights
+    from lords.perplexity import perplexity
+
+    from .datamodule import calibration_ids
+
+    used = s.quant.calibration[0] if s.quant is not None else 0
+    ids = calibration_ids(s.data, tok, s.eval.heldout_calib_tokens, offset=used)
+    with cached_weights(model):
+        ppl, n = perplexity(model, ids)
+    return {"heldout_calib_ppl": ppl, "heldout_calib_tokens": n}
 
 
 def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -30,9 +57,12 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
         return done, {}
     out, model, tok, logger = start_run(s)
     t = time.time()
-    report = quantize_model(model, s.quant, calibration_for(s, tok),
-                            journal=out / "journal" if s.stage.journal else None)
+    report = QuantizeReport()
+    if s.quant is not None:
+        report = quantize_model(model, s.quant, calibration_for(s, tok), progress=s.stage.progress,
+                                journal=journal_dir(out, s.quant) if s.stage.journal else None)
     metrics = quant_metrics(report, model, time.time() - t)
+    metrics.update(heldout_calibration_ppl(model, tok, s))
     apply_backend(model, s.trainer.backend)
     finish_run(model, tok, s, out, logger, metrics)
     return metrics, {"model": model, "tokenizer": tok, "report": report}

@@ -7,46 +7,40 @@ then the refined layers are written back, evaluated and saved as the library's q
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import hydra
 from torch.utils.data import DataLoader
 
-from lords.calibration import collect_stats
 from lords.errors import ConfigError
-from lords.quantize import select_linears
+from lords.quantize import calibration_stats
 
-from .common import apply_backend, bits_per_weight, finish_run, quant_plan, start_run
+from .common import apply_backend, calibration_for, finish_run, start_run, storage_metrics
 from .settings import RunSettings, settings_from_cfg, settings_or_exit
 
 
 def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
-    if s.quant.method == "none" or s.quant.refine is None:
+    if s.quant is None or any(getattr(leaf, "refine", None) is None for leaf in s.quant.leaves()):
         raise ConfigError("quant.refine: the ptq_refine stage needs a quantizer with refine settings")
-    from .datamodule import LordsDataModule
     from .lit_refine import PTQRefineModule, StepDataset
     from .training import make_trainer, resume_path
 
     out, model, tok, logger = start_run(s)
-    plan = quant_plan(model, s.quant)
-    stats = None
-    if s.quant.refine.objective != "weight":
-        dm = LordsDataModule(s.data, tok, kind="calib")
-        dm.setup("fit")
-        ids = dm.calibration_ids()[:, : s.quant.calib_tokens]
-        linears = {n: m for c, f in plan for n, m in select_linears(model, c, f).items()}
-        stats = collect_stats(model, ids, linears, s.quant.sample_tokens, seed=s.seed)
-    module = PTQRefineModule(model, plan, stats)
-    steps = s.quant.refine.steps
+    stats = calibration_stats(model, s.quant, calibration_for(s, tok))
+    module = PTQRefineModule(model, s.quant, stats)
+    steps = s.quant.leaves()[0].refine.steps
     trainer = make_trainer(s, out, logger, max_steps=steps)
+    # Checkpoints hold the state after each Algorithm-1 step, which is exactly what resume needs.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     t = time.time()
     trainer.fit(module, train_dataloaders=DataLoader(StepDataset(1), batch_size=1),
                 ckpt_path=resume_path(s, out))
     metrics: dict[str, Any] = module.finish()
     metrics.update(module.write_back(model))
     apply_backend(model, s.trainer.backend)
-    metrics.update(quant_seconds=time.time() - t, bits_per_weight=bits_per_weight(model))
+    metrics.update(quant_seconds=time.time() - t, **storage_metrics(model))
     finish_run(model, tok, s, out, logger, metrics)
     return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}
 

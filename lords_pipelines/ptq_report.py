@@ -1,139 +1,105 @@
-"""The main job: PTQ of a causal LM at equal float budget, LoRDS against block-wise NF, one table.
+"""The main job: the PTQ table of a causal LM at equal float budget, LoRDS against block-wise NF.
 
-    python -m lords_pipelines.ptq_report                      # embedded SmolLM2-135M, 4 and 3 bits, block 64
+    python -m lords_pipelines.ptq_report                    # → outputs/runs/ptq_report/<time>/ptq_table.{md,json}
+    python -m lords_pipelines.ptq_report --out outputs/reports/ptq_smollm2      # refresh the committed report
+    python -m lords_pipelines.ptq_report model=tiny-llama quant.block_size=16   # Hydra overrides for every row
 
-For each bit width: ``nf`` (block absmax), ``nf_calibrated`` (the same block scales refined by
-Algorithm 1 on the calibrated objective), ``lords_init`` (SVD of the block scales), ``lords_refined``
-(Algorithm 1 on weight MSE, data-free) and ``lords_calibrated`` (Algorithm 1 on the better calibrated
-objective, picked on held-out calibration text, never on the evaluation text). Writes
-``<out>.md`` and ``<out>.json``.
+Every row is one run of the Hydra ``ptq`` stage, composed from its own experiment file
+(``conf/experiment/ptq_table/<row>.yaml``) plus ``quant.bits`` and the overrides given here; each run writes its
+``metrics.json`` under the report's run folder. Rows: ``fp``; per bit width ``nf`` (block absmax),
+``nf_calibrated`` (the same block scales refined by Algorithm 1 on the calibrated objective), ``lords_init`` (SVD
+of the block scales), ``lords_refined`` (Algorithm 1 on weight MSE, data-free) and ``lords_calibrated``
+(Algorithm 1 on the better calibrated objective, picked at the first bit width on held-out calibration text,
+never on the evaluation text, and reused for the others and for ``nf_calibrated``).
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
+import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from lords.calibration import collect_stats
-from lords.config import BlockwiseConfig, LordsConfig, RefineConfig
-from lords.linear import cached_weights
-from lords.models import load_model
-from lords.perplexity import perplexity
-from lords.quantize import quantize_, select_linears
-from lords.texts import CALIB_CORPUS, EVAL_CORPUS, calibration_text, eval_text, tokenize
-
 GGUF_NOTE = ("weights come from a Q4_1 GGUF (4-bit, block 32) dequantized to float: 3-bit results are fair, "
              "4-bit ones are biased towards grids that contain the original 4-bit points")
+ORDER = ["fp", "nf", "nf_calibrated", "lords_init", "lords_refined", "lords_calibrated"]
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--bits", type=int, nargs="+", default=[3, 4],
-                   help="bit widths; the calibrated objective is picked at the first and reused for the rest")
-    p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--grid", default="nf")
-    p.add_argument("--steps", type=int, default=50, help="T, Algorithm 1 iterations for every refined method")
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam lr, the same for every refined method")
-    p.add_argument("--objectives", nargs="+", default=["act_diag", "act"], help="calibrated objectives to compare")
-    p.add_argument("--eval-tokens", type=int, default=8192)
-    p.add_argument("--calib-tokens", type=int, default=2048)
-    p.add_argument("--val-tokens", type=int, default=2048, help="held-out calibration text to pick the objective")
-    p.add_argument("--sample-tokens", type=int, default=512, help="calibration rows per layer for 'act'")
-    p.add_argument("--out", default="outputs/reports/ptq_smollm2")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
-    return p.parse_args(argv)
+def stage_run(row: str, out: Path, overrides: list[str]) -> dict:
+    """One row: compose ``ptq`` + ``experiment=ptq_table/<row>`` + overrides, run the stage, return its metrics."""
+    from hydra import compose, initialize_config_dir
+
+    from . import ptq
+    from .settings import settings_from_cfg
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("ptq", overrides=[f"experiment=ptq_table/{row}", f"out_dir={out}", *overrides])
+    s = settings_from_cfg(cfg)
+    metrics, _ = ptq.run(s)
+    return {"metrics": metrics, "settings": s.to_dict()}
 
 
-def run(args) -> list[dict]:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def _row(name: str, bits, rec: dict, objective: str | None) -> dict:
+    m, s = rec["metrics"], rec["settings"]
+    return dict(method=name, bits=bits, objective=objective, float_params=m["float_params"] or None, ppl=m["ppl"],
+                tokens=m["ppl_tokens"], weight_rel_error=m["weight_rel_error"], quant_seconds=m["quant_seconds"],
+                model=s["model"]["name"], corpus=s["eval"]["corpus"], calib_corpus=s["data"]["calib_source"],
+                block_size=(s["quant"] or {}).get("block_size"), calib_tokens=(s["quant"] or {}).get("calib_tokens"),
+                steps=(((s["quant"] or {}).get("refine")) or {}).get("steps"),
+                lr=(((s["quant"] or {}).get("refine")) or {}).get("lr"))
+
+
+def run(bits: list[int], objectives: list[str], out: Path, overrides: list[str]) -> tuple[list[dict], dict]:
     t_start = time.time()
-    model, tok = load_model(args.model)
-    eval_ids = tokenize(tok, eval_text(), args.eval_tokens)
-    calib_all = tokenize(tok, calibration_text(), args.calib_tokens + args.val_tokens)
-    calib_ids, val_ids = calib_all[:, : args.calib_tokens], calib_all[:, args.calib_tokens :]
-    base = dict(model=args.model, block_size=args.block_size, corpus=EVAL_CORPUS, calib_corpus=CALIB_CORPUS,
-                calib_tokens=calib_ids.shape[1])
     rows = []
 
-    def evaluate(m, ids=eval_ids):
-        with cached_weights(m):
-            return perplexity(m, ids)
+    def go(row, b, extra=(), label=None, objective=None):
+        run_dir = out / "runs" / f"{label or row}_{b}bit"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        given = [o for o in overrides if b != 16 or not o.lstrip("+~").startswith("quant.")]  # fp has no quant
+        rec = stage_run(row, run_dir, [*([f"quant.bits={b}"] if b != 16 else []), *extra, *given])
+        m = rec["metrics"]
+        print(f"{label or row} {b}b: ppl {m['ppl']:.2f}, weight rel. error {m['weight_rel_error']:.4f}, "
+              f"floats {m['float_params']}, {m['quant_seconds']:.0f} s", flush=True)
+        return rec
 
-    ppl, n_tok = evaluate(model)
-    rows.append(dict(base, method="fp", bits=16, objective=None, float_params=None, ppl=ppl, tokens=n_tok,
-                     weight_rel_error=0.0, quant_seconds=0.0))
-    print(f"fp: ppl {ppl:.2f} on {n_tok} tokens", flush=True)
-    probe = LordsConfig(bits=args.bits[0], block_size=args.block_size)
-    stats = collect_stats(model, calib_ids, select_linears(model, probe), args.sample_tokens)
-
-    def quantized(config):
-        """A quantized copy of the float model, its report and the seconds quantization took."""
-        m = copy.deepcopy(model)
-        t = time.time()
-        report = quantize_(m, config, stats=stats, progress=True)
-        return m, report, time.time() - t
-
-    def record(method, bits, m, report, seconds, objective=None, extra=None):
-        ppl, n_tok = evaluate(m)
-        rows.append(dict(base, method=method, bits=bits, objective=objective, float_params=report.float_params,
-                         ppl=ppl, tokens=n_tok, weight_rel_error=report.rel_error, quant_seconds=seconds,
-                         **(extra or {})))
-        print(f"{method} {bits}b: ppl {ppl:.2f}, weight rel. error {report.rel_error:.4f}, "
-              f"floats {report.float_params}, {seconds:.0f} s", flush=True)
-
-    objectives = list(args.objectives)
-    for bits in args.bits:
-        common = dict(bits=bits, block_size=args.block_size, grid=args.grid)
-        refine = RefineConfig(steps=args.steps, lr=args.lr, objective="weight")
-        # LoRDS with each calibrated objective; the better on held-out calibration text is lords_calibrated.
-        # It is picked once, at the first bit width (the `act` objective costs the most to run).
-        candidates = {}
-        for obj in objectives:
-            m, rep, seconds = quantized(LordsConfig(**common, refine=replace(refine, objective=obj)))
-            val_ppl, _ = evaluate(m, val_ids)
-            print(f"  lords {bits}b objective {obj}: held-out calibration ppl {val_ppl:.2f}", flush=True)
-            candidates[obj] = (val_ppl, m, rep, seconds)
-        best_obj = min(candidates, key=lambda o: candidates[o][0])
-        objectives = [best_obj]
-        val_scores = {o: c[0] for o, c in candidates.items()}
-        _, m, rep, seconds = candidates.pop(best_obj)
-        candidates.clear()  # frees the losing candidate's model before the next quantization
-        record("lords_calibrated", bits, m, rep, seconds, best_obj,
-               dict(val_ppl=val_scores, val_tokens=val_ids.shape[1]))
-        del m
-        for method, cfg, obj in [
-            ("nf", BlockwiseConfig(**common), None),
-            ("nf_calibrated", BlockwiseConfig(**common, refine=replace(refine, objective=best_obj)), best_obj),
-            ("lords_init", LordsConfig(**common), None),
-            ("lords_refined", LordsConfig(**common, refine=refine), "weight"),
-        ]:
-            m, rep, seconds = quantized(cfg)
-            record(method, bits, m, rep, seconds, obj)
-            del m
-    order = ["fp", "nf", "nf_calibrated", "lords_init", "lords_refined", "lords_calibrated"]
-    rows.sort(key=lambda r: (-r["bits"], order.index(r["method"])))
-    meta = dict(steps=args.steps, lr=args.lr, grid=args.grid, objectives=args.objectives,
-                sample_tokens=args.sample_tokens, total_seconds=time.time() - t_start,
-                torch_threads=torch.get_num_threads(), machine=platform.machine(), note=GGUF_NOTE)
-    write_reports(rows, meta, Path(args.out))
-    return rows
+    fp = go("fp", 16)
+    rows.append(dict(_row("fp", 16, fp, None), weight_rel_error=0.0, quant_seconds=0.0, float_params=None))
+    chosen = None
+    for b in bits:
+        candidates = objectives if chosen is None else [chosen]
+        recs = {o: go("lords_calibrated", b, [f"quant.refine.objective={o}"], f"lords_calibrated_{o}", o)
+                for o in candidates}
+        val = {o: r["metrics"]["heldout_calib_ppl"] for o, r in recs.items()}
+        for o, v in val.items():
+            print(f"  lords {b}b objective {o}: held-out calibration ppl {v:.2f}", flush=True)
+        chosen = min(val, key=val.get)
+        best = recs[chosen]
+        rows.append(dict(_row("lords_calibrated", b, best, chosen), val_ppl=val,
+                         val_tokens=best["metrics"]["heldout_calib_tokens"]))
+        for name, extra, objective in [("nf", [], None),
+                                       ("nf_calibrated", [f"quant.refine.objective={chosen}"], chosen),
+                                       ("lords_init", [], None), ("lords_refined", [], "weight")]:
+            rows.append(_row(name, b, go(name, b, extra), objective))
+    rows.sort(key=lambda r: (-r["bits"], ORDER.index(r["method"])))
+    meta = dict(steps=rows[-1]["steps"], lr=rows[-1]["lr"], grid="nf", objectives=objectives,
+                total_seconds=time.time() - t_start, torch_threads=torch.get_num_threads(),
+                machine=platform.machine(), note=GGUF_NOTE, overrides=overrides)
+    return rows, meta
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
     fp = next(r for r in rows if r["method"] == "fp")
+    q = next(r for r in rows if r["method"] != "fp")
     lines = [
-        f"# PTQ of {fp['model']} at equal float budget (block {fp['block_size']})",
+        f"# PTQ of {fp['model']} at equal float budget (block {q['block_size']})",
         "",
         f"Perplexity on {fp['tokens']} tokens of `{fp['corpus']}` (GPL-3, Apache-2.0, MPL-2.0, LGPL-2.1 as Debian "
-        f"ships them; 2048-token windows); calibration on {fp['calib_tokens']} tokens of `{fp['calib_corpus']}` "
+        f"ships them; 2048-token windows); calibration on {q['calib_tokens']} tokens of `{q['calib_corpus']}` "
         f"(Python's pydoc topics). Refinement: Algorithm 1, T = {meta['steps']}, Adam lr {meta['lr']}, one step per "
         f"nearest-code re-pick, best iterate kept; the same for block scales and LoRDS. Grid: {meta['grid']}.",
         f"Note: {meta['note']}.",
@@ -161,17 +127,29 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def write_reports(rows: list[dict], meta: dict, out: Path) -> None:
+    """``<out>.md`` and ``<out>.json`` (a list of rows, each carrying the run's settings, so any row reads alone)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    # A plain list of rows, each carrying the run's settings, so any row can be read alone.
-    settings = {k: meta[k] for k in ("steps", "lr", "grid", "sample_tokens", "total_seconds")}
+    settings = {k: meta[k] for k in ("steps", "lr", "grid", "total_seconds")}
     out.with_suffix(".json").write_text(json.dumps([dict(r, **settings) for r in rows], indent=1))
-    text = markdown(rows, meta)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    out.with_suffix(".md").write_text(markdown(rows, meta))
 
 
 def main(argv=None):
-    run(parse_args(argv))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bits", type=int, nargs="+", default=[3, 4],
+                   help="bit widths; the calibrated objective is picked at the first and reused for the rest")
+    p.add_argument("--objectives", nargs="+", default=["act_diag", "act"], help="calibrated objectives to compare")
+    p.add_argument("--out", default=None, help="also write <out>.md/.json (e.g. outputs/reports/ptq_smollm2)")
+    p.add_argument("--run-dir", default=None, help="run folder (default outputs/runs/ptq_report/<time>)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every row (e.g. model=tiny-llama)")
+    args = p.parse_args(argv)
+    run_dir = Path(args.run_dir or f"outputs/runs/ptq_report/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    rows, meta = run(args.bits, args.objectives, run_dir, args.overrides)
+    write_reports(rows, meta, run_dir / "ptq_table")
+    if args.out:
+        write_reports(rows, meta, Path(args.out))
+    print(markdown(rows, meta))
+    print(f"written: {run_dir / 'ptq_table'}.md / .json" + (f", {args.out}.md / .json" if args.out else ""))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""QAT stage: latent weights and LoRDS scales trained jointly through the rounding (straight-through
-estimator, ``lords.qat``) on masked next-token loss; packed into ``LoRDSLinear`` and saved at the end.
+"""QAT stage: latent weights and the quant config's scales (LoRDS ``B, A`` or block scales) trained jointly through
+the rounding (straight-through estimator, ``lords.QATConfig``) on masked next-token loss; converted to the quantized
+layers by the same config (its ``scale_dtype`` included) and saved at the end.
 
     python -m lords_pipelines.qat model=smollm2-135m quant.bits=2 trainer.max_steps=200
 """
@@ -12,28 +13,28 @@ import hydra
 
 from lords.errors import ConfigError
 
-from .common import apply_backend, bits_per_weight, finish_run, quant_plan, start_run
+from .common import apply_backend, finish_run, start_run, storage_metrics
 from .settings import RunSettings, settings_from_cfg, settings_or_exit
 
 
 def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
-    if s.quant.method != "lords":
-        raise ConfigError(f"quant.method={s.quant.method!r}: QAT trains LoRDS scales, use quant=lords")
+    if s.quant is None:
+        raise ConfigError("quant: QAT needs a quantization config (quant=lords, nf, lords_mixed, ...)")
     from .datamodule import LordsDataModule
     from .lit_train import QATModule
     from .training import make_trainer, resume_path
 
     out, model, tok, logger = start_run(s)
     dm = LordsDataModule(s.data, tok, kind=s.stage.data)
-    module = QATModule(model, quant_plan(model, s.quant), s.stage.lr_weight, s.stage.lr_scale, s.stage.weight_decay)
+    module = QATModule(model, s.quant, s.stage.lr_weight, s.stage.lr_scale, s.stage.weight_decay)
     trainer = make_trainer(s, out, logger)
     t = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))
     metrics: dict[str, Any] = {"train_seconds": time.time() - t, "trainable_floats": module.trainable_floats(),
                                "train_steps": trainer.global_step}
     model = apply_backend(module.convert(), s.trainer.backend)
-    metrics["bits_per_weight"] = bits_per_weight(model)
+    metrics.update(storage_metrics(model))
     finish_run(model, tok, s, out, logger, metrics)
     return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}
 

@@ -1,9 +1,10 @@
-"""Typed, frozen settings for the pipelines: Hydra config → these dataclasses → library calls.
+"""Typed, frozen settings of a run: Hydra config → these dataclasses (run-level groups) and the library's own
+quantization config (the ``quant`` group names its class with ``_target_``: ``lords.LordsConfig`` ...).
 
 ``settings_from_cfg(cfg)`` checks every key and value of the composed Hydra config before anything
 runs: an unknown key, a wrong type or a bad value raises ``lords.errors.ConfigError`` whose message
-starts with the dotted key (``quant.bits=5 ...``). Library configs (``LordsConfig``, ``BlockwiseConfig``)
-are built here too, so their own validation runs at start, with the key prefixed by its group.
+starts with the dotted key (``quant.bits=5 ...``). The ``quant`` group is instantiated once, here, into the
+object the library receives; nothing restates its fields or defaults.
 """
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Union
 
-from lords.config import BlockwiseConfig, LordsConfig, RefineConfig
+from lords.config import QuantConfig, RefineConfig
 from lords.errors import ConfigError
 
 STAGES = ("ptq", "ptq_refine", "qat", "peft", "eval")
-MIXED_BITS = (2.25, 2.5)
 
 
 def _fail(key: str, value, why: str):
@@ -63,69 +63,48 @@ class ModelSettings:
             _fail(f"{key}.tiny", self.tiny, "must be set exactly when model.name is 'tiny-llama'")
 
 
-@dataclass(frozen=True)
-class RefineSettings:
-    steps: int = 50
-    lr: float = 1e-2
-    objective: str = "act_diag"
+def _locate(path: str, key: str):
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError(f"{key}._target_={path!r}: no such class") from None
 
 
-@dataclass(frozen=True)
-class QuantSettings:
-    method: str
-    """lords | blockwise | none (float)."""
-    bits: float = 4
-    """2, 3, 4, or 2.25 / 2.5 mixed precision (4 bits in the first round(L·(b−2)/2) decoder layers, 2 after)."""
-    block_size: int = 64
-    grid: str = "nf"
-    rank: int | None = None
-    scale_dtype: str = "float32"
-    double_quant: bool = False
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ("lm_head",)
-    refine: RefineSettings | None = None
-    calib_tokens: int = 2048
-    sample_tokens: int = 512
-
-    def check(self, key):
-        _choice(f"{key}.method", self.method, ("lords", "blockwise", "none"))
-        if self.method == "none":
-            return
-        _choice(f"{key}.bits", self.bits, (2, 3, 4) + MIXED_BITS)
-        for bits in self.bit_widths:  # build the library configs now: their validation runs at start
-            self.library_config(bits, key)
-
-    @property
-    def mixed(self) -> bool:
-        return self.bits in MIXED_BITS
-
-    @property
-    def bit_widths(self) -> tuple[int, ...]:
-        return (4, 2) if self.mixed else (int(self.bits),)
-
-    def library_config(self, bits: int | None = None, key: str = "quant"):
-        """The ``LordsConfig`` / ``BlockwiseConfig`` for ``bits`` (default: the uniform width)."""
-        bits = int(self.bits) if bits is None else bits
-        try:
-            kw = dict(bits=bits, block_size=self.block_size, grid=self.grid, include=self.include,
-                      exclude=self.exclude, calib_tokens=self.calib_tokens, sample_tokens=self.sample_tokens,
-                      refine=None if self.refine is None else RefineConfig(**dataclasses.asdict(self.refine)))
-            if self.method == "lords":
-                if self.double_quant:
-                    _fail(f"{key}.double_quant", True, "applies to method=blockwise only")
-                return LordsConfig(**kw, rank=self.rank, scale_dtype=self.scale_dtype)
-            if self.rank is not None:
-                _fail(f"{key}.rank", self.rank, "applies to method=lords only")
-            return BlockwiseConfig(**kw, double_quant=self.double_quant)
-        except ConfigError as e:
-            msg = str(e)
-            raise ConfigError(msg if msg.startswith(key + ".") else f"{key}.{msg}") from None
+def build_quant(d, key: str = "quant"):
+    """The library config a ``quant`` mapping describes (``_target_`` + fields, nested configs likewise), or
+    None for an empty mapping (``quant=none``: the float model). Unknown keys and bad values name their key."""
+    if d is None or d == {}:
+        return None
+    if not isinstance(d, dict) or "_target_" not in d:
+        _fail(key, d, "must be a mapping with _target_ naming a lords config class (e.g. lords.LordsConfig)")
+    cls = _locate(d["_target_"], key)
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls) and issubclass(cls, (QuantConfig, RefineConfig))):
+        _fail(f"{key}._target_", d["_target_"], "is not a lords quantization config class")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields - {"_target_"})
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key for {cls.__name__} (known: {sorted(fields)})")
+    # Nested configs with a _target_ are built here; plain mappings (refine: {steps: 3}) go to the class as they are.
+    kwargs = {k: build_quant(v, f"{key}.{k}") if isinstance(v, dict) and "_target_" in v else v
+              for k, v in d.items() if k != "_target_"}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        msg, (head, _, last) = str(e), key.rpartition(".")
+        if msg.startswith(last + "."):  # the class named itself ("refine.lr=..."): keep the path above it
+            msg = f"{head}.{msg}" if head else msg
+        raise ConfigError(msg if msg.startswith(key) else f"{key}.{msg}") from None
 
 
 @dataclass(frozen=True)
 class DataSettings:
     calib_source: str = "pydoc_topics"
-    calib_tokens: int = 2048
+    """Calibration text (how many tokens quantization reads is the quant config's ``calib_tokens``)."""
+    train_tokens: int = 2048
+    """Tokens of the calibration source cut into training windows (QAT with ``stage.data=calib``)."""
     window: int = 256
     finetune_source: str = "lords_pipelines/data/unicode_names.jsonl"
     prompt_field: str = "prompt"
@@ -138,7 +117,7 @@ class DataSettings:
     num_workers: int = 0
 
     def check(self, key):
-        for name in ("calib_tokens", "window", "max_length", "batch_size"):
+        for name in ("train_tokens", "window", "max_length", "batch_size"):
             _positive(f"{key}.{name}", getattr(self, name))
         _positive(f"{key}.val_items", self.val_items, allow_zero=True)
         _positive(f"{key}.num_workers", self.num_workers, allow_zero=True)
@@ -150,6 +129,8 @@ class PTQStage:
     save: bool = True
     journal: bool = True
     """Keep the library's per-layer journal in <out_dir>/journal: a rerun with the same out_dir resumes."""
+    progress: bool = False
+    """A progress bar over the layers being quantized (method, bits, objective and steps on its label)."""
 
 
 @dataclass(frozen=True)
@@ -218,7 +199,7 @@ class TrainerSettings:
     resume: str | None = None
     deterministic: bool = False
     backend: str = "auto"
-    """LoRDSLinear forward: auto (Triton kernels on CUDA when the ``kernels`` package is installed), torch, triton."""
+    """LoRDSLinear forward: auto (Triton kernels for CUDA inputs when Triton is installed), torch, triton."""
 
     def check(self, key):
         _choice(f"{key}.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
@@ -254,16 +235,20 @@ class EvalSettings:
     tasks: tuple[str, ...] = ()
     task_limit: int | None = None
     batch_size: int = 1
+    heldout_calib_tokens: int = 0
+    """Also score perplexity on this many calibration-source tokens right after the quant config's calibration
+    tokens (held out from calibration: for picking between calibrated variants, never the evaluation text)."""
 
     def check(self, key):
         _positive(f"{key}.perplexity_tokens", self.perplexity_tokens, allow_zero=True)
+        _positive(f"{key}.heldout_calib_tokens", self.heldout_calib_tokens, allow_zero=True)
         _positive(f"{key}.window", self.window)
 
 
 @dataclass(frozen=True)
 class RunSettings:
     model: ModelSettings
-    quant: QuantSettings
+    quant: QuantConfig | None
     data: DataSettings
     stage: Any
     trainer: TrainerSettings
@@ -273,7 +258,10 @@ class RunSettings:
     out_dir: str = "outputs/runs/default"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d = {k: v.to_dict() if isinstance(v, QuantConfig) else dataclasses.asdict(v) if dataclasses.is_dataclass(v)
+             else v for k, v in d.items()}
+        return d
 
 
 def _is_instance(value, tp) -> bool:
@@ -339,12 +327,14 @@ def settings_from_dict(d: dict[str, Any]) -> RunSettings:
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown top-level key (known: {sorted(known)})")
     parts = {}
-    types_ = {"model": ModelSettings, "quant": QuantSettings, "data": DataSettings, "stage": STAGE_TYPES[name],
+    types_ = {"model": ModelSettings, "data": DataSettings, "stage": STAGE_TYPES[name],
               "trainer": TrainerSettings, "logger": LoggerSettings, "eval": EvalSettings}
-    for key, cls in types_.items():
+    for key in (*types_, "quant"):
         if key not in d:
             raise ConfigError(f"{key}: missing config group")
+    for key, cls in types_.items():
         parts[key] = _build(cls, d[key], key)
+    parts["quant"] = build_quant(d["quant"])
     for key in ("seed", "out_dir"):
         if key in d:
             parts[key] = d[key]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lords.config import BlockwiseConfig, LordsConfig
+from lords import BlockwiseConfig, LordsConfig, MixedPrecisionConfig
 from lords.errors import ConfigError
 from lords_pipelines.settings import settings_from_cfg
 
@@ -28,15 +28,28 @@ def test_every_entry_point_config_validates(stage):
 
 
 @pytest.mark.parametrize("quant,cls", [("lords", LordsConfig), ("nf", BlockwiseConfig), ("int", BlockwiseConfig)])
-def test_quant_group_builds_library_config(quant, cls):
+def test_quant_group_is_the_library_config(quant, cls):
     s = settings("ptq", f"quant={quant}", "quant.bits=3", "quant.block_size=128")
-    config = s.quant.library_config()
-    assert type(config) is cls and config.bits == 3 and config.block_size == 128
+    assert type(s.quant) is cls and s.quant.bits == 3 and s.quant.block_size == 128
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml")))
+def test_seed_reaches_the_library_config():
+    assert settings("ptq", "seed=7").quant.seed == 7
+    assert settings("ptq", "seed=7", "quant=lords_mixed").quant.base.seed == 7
+
+
+def test_mixed_precision_group_builds_the_library_config():
+    s = settings("ptq", "quant=lords_mixed", "quant.bits=2.25", "quant.base.block_size=128")
+    assert type(s.quant) is MixedPrecisionConfig and s.quant.bits == 2.25
+    assert type(s.quant.base) is LordsConfig and s.quant.base.block_size == 128
+
+
+@pytest.mark.parametrize("experiment", sorted(str(p.relative_to(Path(CONF) / "experiment").with_suffix(""))
+                                               for p in (Path(CONF) / "experiment").rglob("*.yaml")))
 def test_every_experiment_composes(experiment):
     stage = max((st for st in STAGES if experiment.startswith(st + "_")), key=len, default="ptq")  # its entry point
+    if experiment.startswith("ptq_table/"):
+        stage = "ptq"
     assert settings(stage, f"experiment={experiment}").stage.name == stage
 
 
@@ -49,6 +62,10 @@ def test_every_experiment_composes(experiment):
         ("quant.refine.objective=hessian", "quant.refine.objective"),
         ("quant.refine.lr=-1", "quant.refine.lr"),
         ("+quant.bitz=3", "quant.bitz"),
+        ("quant.bits=2.5", "quant.bits"),
+        ("quant.bits=three", "quant.bits"),
+        ("quant.refine.steps=1.5", "quant.refine.steps"),
+        ("+quant.refine.stepz=3", "quant.refine.stepz"),
         ("trainer.max_steps=0", "trainer.max_steps"),
         ("logger.kind=tensorboard", "logger.kind"),
         ("data.window=abc", "data.window"),
@@ -69,16 +86,15 @@ def test_unknown_key_is_refused_by_hydra_struct_mode():
 
 
 def test_mixed_precision_plan_is_loftq_convention():
+    from lords import plan
     from lords.models import tiny_llama
-    from lords_pipelines.common import quant_plan
 
-    s = settings("ptq", "model=tiny-llama", "quant.bits=2.5", "quant.block_size=16")
-    model = tiny_llama(layers=4)
-    (high, keep_high), (low, keep_low) = quant_plan(model, s.quant)
-    assert (high.bits, low.bits) == (4, 2)
-    # 4 layers at 2.5 bits: round(4 · 0.5 / 2) = 1 layer at 4 bits.
-    assert keep_high(None, "model.layers.0.mlp.up_proj") and not keep_high(None, "model.layers.1.mlp.up_proj")
-    assert keep_low(None, "model.layers.3.self_attn.q_proj")
+    s = settings("ptq", "model=tiny-llama", "quant=lords_mixed", "quant.bits=2.5", "quant.base.block_size=16")
+    chosen = plan(tiny_llama(layers=4), s.quant)
+    bits = {name: leaf.bits for name, (_, leaf) in chosen.items()}
+    # 4 layers at 2.5 bits: round(4 · 0.5 / 2) = 1 layer at 4 bits, the first.
+    assert bits["model.layers.0.mlp.up_proj"] == 4 and bits["model.layers.1.mlp.up_proj"] == 2
+    assert bits["model.layers.3.self_attn.q_proj"] == 2 and "lm_head" not in bits
 
 
 def test_entry_point_exits_with_the_key_named(tmp_path):

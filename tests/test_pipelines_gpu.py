@@ -34,4 +34,4 @@ def test_qat_on_gpu(tmp_path):
     from lords_pipelines import qat
 
     metrics, _ = qat.run(tiny_settings("qat", tmp_path, *GPU, "quant.bits=3"))
-    assert metrics["bits_per_weight"] == 3
+    assert metrics["code_bits"] == 3

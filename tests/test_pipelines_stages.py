@@ -19,7 +19,7 @@ from lords_pipelines.settings import settings_from_cfg
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 TINY = ["model=tiny-llama", "logger=csv", "quant.block_size=16", "quant.calib_tokens=256",
-        "quant.sample_tokens=64", "data.calib_tokens=256", "data.window=64", "data.val_items=8", "data.batch_size=4",
+        "quant.sample_tokens=64", "data.train_tokens=256", "data.window=64", "data.val_items=8", "data.batch_size=4",
         "eval.perplexity_tokens=128", "trainer.fast_dev_run=true"]
 
 
@@ -47,10 +47,13 @@ def test_ptq_refine_stage_fast_dev_run(tmp_path):
 def test_qat_stage_fast_dev_run(tmp_path, data):
     from lords_pipelines import qat
 
-    metrics, objs = qat.run(tiny_settings("qat", tmp_path, "quant.bits=2", f"stage.data={data}"))
-    assert metrics["train_steps"] == 1 and metrics["bits_per_weight"] == 2
-    assert isinstance(objs["model"].model.layers[1].self_attn.o_proj, LoRDSLinear)
-    assert (tmp_path / "quantized" / "lords.json").is_file()
+    metrics, objs = qat.run(tiny_settings("qat", tmp_path, "quant.bits=2", f"stage.data={data}",
+                                          "quant.scale_dtype=bfloat16"))
+    assert metrics["train_steps"] == 1 and metrics["code_bits"] == 2
+    layer = objs["model"].model.layers[1].self_attn.o_proj
+    assert isinstance(layer, LoRDSLinear) and layer.B.dtype == torch.bfloat16  # quant.scale_dtype reaches QAT
+    model, _ = load_quantized(tmp_path / "quantized", objs["model"])
+    assert model.model.layers[1].self_attn.o_proj.B.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("method", ["lords", "qlora"])
@@ -70,18 +73,26 @@ def test_peft_stage_fast_dev_run_at_matched_floats(tmp_path, method):
 
 
 def test_ptq_stage_mixed_precision_saves_and_reloads(tmp_path):
+    from lords import MixedPrecisionConfig
+    from lords.checkpoint import read_meta
     from lords_pipelines import ptq
 
-    metrics, objs = ptq.run(tiny_settings("ptq", tmp_path, "quant.bits=2.5", "model.tiny.layers=4",
-                                          "quant.refine.objective=weight", "quant.refine.steps=2"))
+    mixed = ["quant=lords_mixed", "quant.bits=2.5", "model.tiny.layers=4", "quant.base.block_size=16",
+             "quant.base.refine.objective=weight", "quant.base.refine.steps=2"]
+    tiny = [o for o in TINY if not o.startswith("quant.")]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        s = settings_from_cfg(compose(config_name="ptq", overrides=[f"out_dir={tmp_path}", *tiny, *mixed]))
+    metrics, objs = ptq.run(s)
     # 4 equal decoder layers at 2.5 bits: the first round(4 · 0.5 / 2) = 1 at 4 bits, 3 at 2 bits.
-    assert metrics["bits_per_weight"] == pytest.approx(2.5)
+    assert metrics["code_bits"] == pytest.approx(2.5)
     model, _ = load_quantized(tmp_path / "quantized", objs["model"])
     assert [model.model.layers[i].mlp.up_proj.bits for i in range(4)] == [4, 2, 2, 2]
+    # The checkpoint holds the whole mixed-precision config, not one of its widths.
+    assert read_meta(tmp_path / "quantized")["config"] == s.quant.to_dict() and type(s.quant) is MixedPrecisionConfig
     # The per-layer journal: a rerun into the same out_dir resumes (every layer read back, same result).
     assert len(list((tmp_path / "journal").rglob("*.safetensors"))) == 28
-    again, _ = ptq.run(tiny_settings("ptq", tmp_path, "quant.bits=2.5", "model.tiny.layers=4",
-                                     "quant.refine.objective=weight", "quant.refine.steps=2"))
+    (tmp_path / "metrics.json").unlink()
+    again, _ = ptq.run(s)
     assert again["weight_rel_error"] == pytest.approx(metrics["weight_rel_error"])
 
 
@@ -105,30 +116,25 @@ def test_lightning_refine_equals_library_refine():
     from torch import nn
     from torch.utils.data import DataLoader
 
-    from lords.blockwise import block_absmax
-    from lords.config import LordsConfig, RefineConfig
-    from lords.grids import make_grid
-    from lords.lowrank import init_from_blocks, parity_rank
-    from lords.refine import LowRankScale, refine
+    from lords import LordsConfig, RefineConfig, quantize_
     from lords_pipelines.lit_refine import PTQRefineModule, StepDataset
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(96, 64))
+    reference = nn.Sequential(nn.Linear(96, 64))
+    reference.load_state_dict(model.state_dict())
     config = LordsConfig(bits=3, block_size=16, exclude=(), refine=RefineConfig(steps=6, lr=1e-2, objective="weight"))
-    w = model[0].weight.detach()
-    scale = LowRankScale(*init_from_blocks(block_absmax(w, 16), 96, 16, parity_rank(64, 96, 16)))
-    reference = refine(w, scale, make_grid("nf", 3), config.refine)
-    module = PTQRefineModule(model, [(config, None)])
+    report = quantize_(reference, config, progress=False)
+    module = PTQRefineModule(model, config)
     L.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, accelerator="cpu").fit(module, DataLoader(StepDataset(6), batch_size=1))
     module.finish()
-    layer = next(iter(module.layers.values()))
-    # Same Adam and the same gradient (autograd here, hand-written in the library): equal up to float32 rounding.
-    torch.testing.assert_close(layer.scale.B, scale.B, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(layer.scale.A, scale.A, rtol=1e-5, atol=1e-6)
-    assert int(layer.best_step) == reference.best_step
+    result = next(iter(module.results.values()))
+    # The same Refiner and RefineAdam, driven by Lightning instead of lords.refine: the same numbers, bit for bit.
+    assert result.losses == report.layers[0].losses
     module.write_back(model)
-    assert torch.equal(model[0].codes(), reference.codes)
+    assert torch.equal(model[0].qweight, reference[0].qweight)
+    assert torch.equal(model[0].B, reference[0].B) and torch.equal(model[0].A, reference[0].A)
 
 
 def test_ptq_refine_stage_matches_library_quantize_with_calibration(tmp_path):
@@ -166,7 +172,7 @@ def test_eval_stage_lm_eval_local_task(tmp_path):
     metrics, _ = eval_stage.run(tiny_settings("eval", tmp_path, "quant=nf", "quant.bits=4",
                                               "eval.tasks=[lords_cloze,lords_unicode]", "eval.task_limit=6"))
     assert 0 <= metrics["lords_cloze/acc"] <= 1 and 0 <= metrics["lords_unicode/acc"] <= 1
-    assert metrics["bits_per_weight"] == 4 and metrics["ppl"] > 1
+    assert metrics["code_bits"] == 4 and metrics["ppl"] > 1
 
 
 def test_multirun_sweep_bits_by_block_size_aggregates_one_table(tmp_path):

@@ -19,4 +19,4 @@ def test_a_finished_ptq_run_is_skipped_and_an_unfinished_one_runs(tmp_path, monk
     other = tiny_settings("ptq", tmp_path, "quant=nf", "quant.bits=3", "eval.tasks=[]")
     monkeypatch.undo()
     metrics, objs = ptq.run(other)  # same folder, other settings: not mistaken for finished
-    assert objs and metrics["bits_per_weight"] == 3
+    assert objs and metrics["code_bits"] == 3

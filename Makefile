@@ -19,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the pinned dependencies (CPU torch)
 
-demo: $(STAMP)  ## the main job: PTQ of the embedded SmolLM2-135M, LoRDS vs NF at 3 and 4 bits (16 min on 2 cores)
+demo: $(STAMP)  ## the main job: PTQ of the embedded SmolLM2-135M, LoRDS vs NF at 3 and 4 bits (16 min on 2 cores) -> outputs/runs/ptq_report/<time>/
 	$(PY) -m lords_pipelines.ptq_report
 
 test: $(STAMP)  ## the test suite CI runs (skips `gpu` and `slow` markers)
@@ -34,7 +34,7 @@ test-gpu: $(STAMP)  ## GPU tests (on a CUDA machine)
 reproduce-ptq: $(STAMP)  ## regenerate outputs/reports/ptq_smollm2.{md,json}
 	$(PY) -m lords_pipelines.ptq_report --out outputs/reports/ptq_smollm2
 
-sweep-tiny: $(STAMP)  ## CI-sized Hydra sweep: tiny random Llama, 2 bits x 2 block sizes -> outputs/sweeps/ptq/<time>/summary.md
+sweep-tiny: $(STAMP)  ## CI-sized Hydra sweep: tiny random Llama, bits 3, 4 x blocks 16, 32 -> outputs/sweeps/ptq/<time>/summary.md
 	$(PY) -m lords_pipelines.ptq --multirun experiment=sweep_tiny
 
 reproduce-peft: $(STAMP)  ## regenerate outputs/reports/peft_smollm2.{md,json,png}: LoRDS PEFT vs QLoRA at matched trainable floats

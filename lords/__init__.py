@@ -17,7 +17,7 @@ from .layerwise import LayerwiseConfig, MixedPrecisionConfig
 from .linear import BlockLinear, LoRDSLinear, QuantizedLinear, cached_weights
 from .peft import mark_only_scales_trainable
 from .qat import QATConfig, QATLinear
-from .quantize import ScaleMethod, handler_for, plan, quantize_, register_handler
+from .quantize import ScaleMethod, calibration_stats, handler_for, layer_report, plan, quantize_, register_handler, scale_method
 from .refine import LayerStats, Refiner, RefineAdam, refine
 from .report import LayerReport, QuantizeReport, storage_bits
 from .scales import BlockScale, LowRankScale
@@ -26,6 +26,7 @@ __all__ = [
     "BlockLinear", "BlockScale", "BlockwiseConfig", "LayerReport", "LayerStats", "LayerwiseConfig", "LoRDSLinear",
     "LordsConfig", "LordsError", "LowRankScale", "MixedPrecisionConfig", "QATConfig", "QATLinear", "QuantConfig",
     "QuantizeReport", "QuantizedLinear", "RefineAdam", "RefineConfig", "Refiner", "ScaleConfig", "ScaleMethod",
-    "cached_weights", "config_from_dict", "handler_for", "load_quantized", "mark_only_scales_trainable", "plan",
-    "quantize_", "refine", "register_handler", "save_quantized", "storage_bits",
+    "cached_weights", "calibration_stats", "config_from_dict", "handler_for", "layer_report", "load_quantized",
+    "mark_only_scales_trainable", "plan", "quantize_", "refine", "register_handler", "save_quantized", "scale_method",
+    "storage_bits",
 ]

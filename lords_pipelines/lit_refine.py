@@ -14,9 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lords import LayerStats, QuantConfig, Refiner, RefineAdam, plan
+from lords import LayerStats, QuantConfig, Refiner, RefineAdam, layer_report, plan, scale_method
 from lords.grids import make_grid
-from lords.quantize import layer_report, scale_method
 
 
 class StepDataset(Dataset):

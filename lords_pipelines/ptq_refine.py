@@ -14,7 +14,7 @@ import hydra
 from torch.utils.data import DataLoader
 
 from lords.errors import ConfigError
-from lords.quantize import calibration_stats
+from lords import calibration_stats
 
 from .common import apply_backend, calibration_for, finish_run, start_run, storage_metrics
 from .settings import RunSettings, settings_from_cfg, settings_or_exit

@@ -33,14 +33,24 @@ def test_lords_float_budget_is_at_most_the_block_budget(tiny_model):
     assert lords.float_params <= blocks.float_params
 
 
-def test_calibrated_refinement_runs_end_to_end_and_beats_no_refinement(tiny_model, tokens):
+def test_calibrated_refinement_lowers_the_activation_weighted_error_below_the_svd_init(tiny_model, tokens):
     import copy
 
-    base = quantize_(copy.deepcopy(tiny_model), LordsConfig(bits=3, block_size=16), progress=False)
+    from lords.calibration import collect_stats
+
+    weights = {n: m.weight.detach().clone() for n, m in tiny_model.named_modules() if type(m) is nn.Linear
+               and n != "lm_head"}
+    stats = collect_stats(tiny_model, tokens, {n: tiny_model.get_submodule(n) for n in weights}, 0)
+
+    def weighted_error(model):  # measured here, independently of the refinement's own loss curve
+        return sum(float(((w - model.get_submodule(n).dequantized_weight()) ** 2 * stats[n].diag).sum())
+                   for n, w in weights.items())
+
+    base = copy.deepcopy(tiny_model)
+    quantize_(base, LordsConfig(bits=3, block_size=16), progress=False)
     cfg = LordsConfig(bits=3, block_size=16, refine=RefineConfig(steps=10, lr=1e-2, objective="act_diag"))
-    refined = quantize_(tiny_model, cfg, calib_ids=tokens, progress=False)
-    assert all(l.losses[min(range(len(l.losses)), key=l.losses.__getitem__)] <= l.losses[0] for l in refined.layers)
-    assert refined.layers[0].losses and not base.layers[0].losses
+    quantize_(tiny_model, cfg, calib_ids=tokens, progress=False)
+    assert weighted_error(tiny_model) < 0.97 * weighted_error(base)
 
 
 def test_include_and_exclude_select_modules(tiny_model):

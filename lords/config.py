@@ -161,10 +161,9 @@ class ScaleConfig(QuantConfig):
     def __post_init__(self):
         from .grids import GRIDS, SUPPORTED_BITS
 
-        if self.bits in (2.25, 2.5):
-            raise ConfigError(f"bits={self.bits!r} is mixed precision: use MixedPrecisionConfig(base, bits={self.bits}) "
-                              f"(Hydra: quant=lords_mixed or nf_mixed)")
-        check_choice("bits", self.bits, SUPPORTED_BITS)
+        if self.bits not in SUPPORTED_BITS:
+            raise ConfigError(f"bits={self.bits!r} is not one of {SUPPORTED_BITS}; mixed precision 2.25, 2.5 or 3.0 "
+                              f"averages: MixedPrecisionConfig (Hydra: quant=lords_mixed or nf_mixed)")
         check_int("block_size", self.block_size)
         check_choice("grid", self.grid, GRIDS)
         if isinstance(self.refine, dict):

@@ -14,7 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 KEYS = ("model", "stage", "method", "bits", "block_size", "grid", "refine")
-ORDER = ("weight_rel_error", "float_params", "bits_per_weight", "ppl", "answer_nll", "answer_exact",
+ORDER = ("weight_rel_error", "float_params", "code_bits", "bits_per_weight", "ppl", "fp_ppl", "answer_nll", "answer_exact",
          "trainable_floats", "quant_seconds", "train_seconds")
 
 
@@ -50,6 +50,9 @@ def markdown(rows: list[dict[str, Any]], title: str, note: str | None = None) ->
     # lm-eval task/metric columns and before/after pairs (item counts stay in the JSON).
     metrics += sorted({k for r in rows for k in r if "/" in k and not k.endswith("_items")})
     cols = list(KEYS) + metrics
+    if note is None and any("fp_ppl" in r for r in rows):
+        note = ("`fp_ppl`: the same model in float on the same tokens (the reference every `ppl` is read against; "
+                "a random tiny model scores near its vocabulary size either way).")
     lines = [f"# {title}", "", *([note, ""] if note else []), f"{len(rows)} runs.", "",
              "| " + " | ".join(cols) + " |",
              "|" + "---|" * len(cols)]

@@ -82,4 +82,7 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
+    from .cli import check_command_line
+
+    check_command_line("peft")
     main()

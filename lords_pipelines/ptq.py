@@ -56,12 +56,17 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
         print(f"{out_dir_of(s)}: finished earlier with the same settings, skipped")
         return done, {}
     out, model, tok, logger = start_run(s)
+    reference = {}
+    if s.eval.float_reference and s.eval.perplexity_tokens:
+        from .evaluation import eval_perplexity
+
+        reference = {"fp_ppl": eval_perplexity(model, tok, s.eval)["ppl"]}
     t = time.time()
     report = QuantizeReport()
     if s.quant is not None:
         report = quantize_model(model, s.quant, calibration_for(s, tok), progress=s.stage.progress,
                                 journal=journal_dir(out, s.quant) if s.stage.journal else None)
-    metrics = quant_metrics(report, model, time.time() - t)
+    metrics = quant_metrics(report, model, time.time() - t) | reference
     metrics.update(heldout_calibration_ppl(model, tok, s))
     apply_backend(model, s.trainer.backend)
     finish_run(model, tok, s, out, logger, metrics)
@@ -74,4 +79,7 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
+    from .cli import check_command_line
+
+    check_command_line("ptq")
     main()

@@ -56,8 +56,12 @@ def _row(name: str, bits, rec: dict, objective: str | None) -> dict:
 def run(bits: list[int], objectives: list[str], out: Path, overrides: list[str]) -> tuple[list[dict], dict]:
     t_start = time.time()
     rows = []
+    total = 1 + len(bits) * 4 + len(objectives) + len(bits) - 1
+    done = []
 
     def go(row, b, extra=(), label=None, objective=None):
+        done.append(row)
+        print(f"[{len(done)}/{total}] {label or row}, {b} bits", flush=True)
         run_dir = out / "runs" / f"{label or row}_{b}bit"
         shutil.rmtree(run_dir, ignore_errors=True)
         given = [o for o in overrides if b != 16 or not o.lstrip("+~").startswith("quant.")]  # fp has no quant
@@ -88,8 +92,31 @@ def run(bits: list[int], objectives: list[str], out: Path, overrides: list[str])
     rows.sort(key=lambda r: (-r["bits"], ORDER.index(r["method"])))
     meta = dict(steps=rows[-1]["steps"], lr=rows[-1]["lr"], grid="nf", objectives=objectives,
                 total_seconds=time.time() - t_start, torch_threads=torch.get_num_threads(),
-                machine=platform.machine(), note=GGUF_NOTE, overrides=overrides)
+                machine=platform.machine(), cpu=_cpu_name(), torch=torch.__version__, commit=_commit(),
+                note=GGUF_NOTE, overrides=overrides)
     return rows, meta
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=CONF.parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=CONF.parent).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -122,14 +149,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
         scores = ", ".join(f"{k} {v:.2f}" for k, v in r["val_ppl"].items())
         lines.append(f"- {r['bits']} bits: {scores} → `{r['objective']}`")
     lines += ["", f"Total wall time {meta['total_seconds'] / 60:.1f} min on {meta['torch_threads']} torch threads "
-              f"({meta['machine']})."]
+              f"({meta['cpu']}, {meta['machine']}); torch {meta['torch']}, commit {meta['commit']}."]
     return "\n".join(lines) + "\n"
 
 
 def write_reports(rows: list[dict], meta: dict, out: Path) -> None:
     """``<out>.md`` and ``<out>.json`` (a list of rows, each carrying the run's settings, so any row reads alone)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: meta[k] for k in ("steps", "lr", "grid", "total_seconds")}
+    settings = {k: meta[k] for k in ("steps", "lr", "grid", "total_seconds", "torch", "cpu", "commit")}
     out.with_suffix(".json").write_text(json.dumps([dict(r, **settings) for r in rows], indent=1))
     out.with_suffix(".md").write_text(markdown(rows, meta))
 

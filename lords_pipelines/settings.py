@@ -235,6 +235,8 @@ class EvalSettings:
     tasks: tuple[str, ...] = ()
     task_limit: int | None = None
     batch_size: int = 1
+    float_reference: bool = False
+    """ptq stage: also score the float model before quantizing (``fp_ppl``), the reference of every ``ppl``."""
     heldout_calib_tokens: int = 0
     """Also score perplexity on this many calibration-source tokens right after the quant config's calibration
     tokens (held out from calibration: for picking between calibrated variants, never the evaluation text)."""

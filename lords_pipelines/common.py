@@ -5,6 +5,7 @@ Nothing here imports Lightning or wandb at module level (the PTQ stage needs nei
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -20,6 +21,7 @@ from lords.errors import ConfigError
 
 from .settings import LoggerSettings, ModelSettings, RunSettings
 
+log = logging.getLogger("lords_pipelines")  # under Hydra: the console and <run dir>/<stage>.log
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -216,6 +218,8 @@ def start_run(s: RunSettings):
     logger. Returns ``(out, model, tokenizer, logger)``."""
     torch.manual_seed(s.seed)
     out = out_dir_of(s)
+    log.info("%s run in %s: model %s, quant %s", s.stage.name, out, s.model.name,
+             "float" if s.quant is None else json.dumps(s.quant.to_dict()))
     model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
     return out, model, tok, make_logger(s, out)
 
@@ -240,6 +244,8 @@ def finish_run(model: nn.Module, tok, s: RunSettings, out: Path, logger, metrics
         ckpt = (save or (lambda: save_checkpoint(model, s, out)))() if s.stage.save else None
         metrics["checkpoint"] = None if ckpt is None else str(ckpt)
     write_metrics(out, s, metrics)
+    log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}))
+    log.info("wrote %s", out / "metrics.json")
     finish_logger(logger, metrics)
     return metrics
 

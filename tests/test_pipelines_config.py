@@ -104,12 +104,15 @@ def test_entry_point_exits_with_the_key_named(tmp_path):
     import sys
 
     root = Path(CONF).parent
-    done = subprocess.run([sys.executable, "-m", "lords_pipelines.ptq", "quant.bits=7", f"hydra.run.dir={tmp_path}",
-                           f"out_dir={tmp_path}"], cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
-                          capture_output=True, text=True, timeout=120)
+    run_dir = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "lords_pipelines.ptq", "quant.bits=7", f"hydra.run.dir={run_dir}"],
+                          cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 2
-    assert "config error: quant.bits=7 is not one of" in done.stderr
-    assert not (tmp_path / "metrics.json").exists()
+    assert done.stderr.strip().splitlines() == ["config error: quant.bits=7 is not one of (2, 3, 4); mixed precision "
+                                                "2.25, 2.5 or 3.0 averages: MixedPrecisionConfig (Hydra: quant=lords_mixed "
+                                                "or nf_mixed)"]
+    assert not run_dir.exists()  # refused before Hydra made its run folder
 
 
 @pytest.mark.parametrize("overrides,message", [

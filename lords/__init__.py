@@ -21,12 +21,13 @@ from .quantize import ScaleMethod, calibration_stats, handler_for, layer_report,
 from .refine import LayerStats, Refiner, RefineAdam, refine
 from .report import LayerReport, QuantizeReport, storage_bits
 from .scales import BlockScale, LowRankScale
+from .stream import load_streamed, quantize_streamed
 
 __all__ = [
     "BlockLinear", "BlockScale", "BlockwiseConfig", "LayerReport", "LayerStats", "LayerwiseConfig", "LoRDSLinear",
     "LordsConfig", "LordsError", "LowRankScale", "MixedPrecisionConfig", "QATConfig", "QATLinear", "QuantConfig",
     "QuantizeReport", "QuantizedLinear", "RefineAdam", "RefineConfig", "Refiner", "ScaleConfig", "ScaleMethod",
     "cached_weights", "calibration_stats", "config_from_dict", "handler_for", "layer_report", "load_quantized",
-    "mark_only_scales_trainable", "plan", "quantize_", "refine", "register_handler", "save_quantized", "scale_method",
+    "mark_only_scales_trainable", "plan", "load_streamed", "quantize_", "quantize_streamed", "refine", "register_handler", "save_quantized", "scale_method",
     "storage_bits",
 ]

@@ -24,7 +24,18 @@ def collect_stats(
     """Run ``model`` over ``input_ids (1, T)`` in windows and return ``{name: LayerStats}`` for ``modules``."""
     if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
         raise ConfigError(f"calibration input_ids must have shape (1, T>0), got {tuple(input_ids.shape)}")
-    total = input_ids.shape[1]
+    device = next(model.parameters()).device
+    chunks = [input_ids[:, start : start + window] for start in range(0, input_ids.shape[1], window)]
+    return stats_over(lambda chunk: model(chunk.to(device)), chunks, [c.shape[1] for c in chunks], modules,
+                      sample_tokens, seed)
+
+
+@torch.no_grad()
+def stats_over(run, items, lengths: list[int], modules: dict[str, nn.Module], sample_tokens: int = 512,
+               seed: int = 0) -> dict[str, LayerStats]:
+    """``{name: LayerStats}`` of the inputs ``modules`` see while ``run(item)`` is called for each of ``items``,
+    item ``j`` carrying ``lengths[j]`` tokens (a window of a model, or the hidden states of one decoder block)."""
+    total = sum(lengths)
     gen = torch.Generator().manual_seed(seed)
     keep = torch.zeros(total, dtype=torch.bool)
     keep[torch.randperm(total, generator=gen)[: min(sample_tokens, total)]] = True
@@ -44,11 +55,11 @@ def collect_stats(
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
     try:
-        device = next(model.parameters()).device
-        for start in range(0, total, window):
-            chunk = input_ids[:, start : start + window].to(device)
-            state.update(start=start, len=chunk.shape[1])
-            model(chunk)
+        start = 0
+        for item, length in zip(items, lengths):
+            state.update(start=start, len=length)
+            run(item)
+            start += length
     finally:
         for h in handles:
             h.remove()

@@ -58,4 +58,5 @@ class LayerJournal:
         module.load_state_dict(state)
         report = json.loads(meta["report"])
         report["shape"] = tuple(report["shape"])
-        return module.to(linear.weight.device), LayerReport(**report)
+        device = linear.weight.device
+        return (module if device.type == "meta" else module.to(device)), LayerReport(**report)

@@ -1,0 +1,278 @@
+"""Streamed PTQ: quantize a model that does not fit in memory, one decoder block at a time (GPTQ's order).
+
+Only the embeddings, the final norm and head, and ONE decoder block are ever in memory in float, beside the
+calibration activations ``(windows, T, hidden)``. The block's weights are read from the safetensors shards; its
+linears are calibrated on the hidden states that reach it, quantized by ``config`` (any config ``quantize_`` takes,
+mixed precision included), written to a per-layer journal as they finish (a rerun resumes after the last finished
+block), and the block is run again to produce the next block's inputs.
+
+``inputs`` says where those inputs come from:
+- ``"quantized"`` (default, GPTQ's choice): the block sees the activations of the already-quantized prefix, as it
+  will at inference, so each block's refinement can compensate for the error upstream;
+- ``"float"``: the float prefix; then the result equals ``quantize_`` on the whole model in memory (which collects
+  every statistic from the float model first) — the test of this module.
+
+Model-agnostic: the decoder blocks' call arguments (attention mask, rotary embeddings, ...) are captured from the
+model's own forward by a stand-in first block, so nothing here knows an architecture's signature.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .calibration import stats_over
+from .config import QuantConfig
+from .errors import CheckpointError, ConfigError
+from .quantize import handler_for, plan
+from .report import QuantizeReport
+from .resume import LayerJournal
+
+_LAYER = re.compile(r"^(.*\.(?:layers|h|blocks))\.(\d+)\.(.+)$")
+
+
+class _Captured(Exception):
+    pass
+
+
+class _Catcher(nn.Module):
+    """Stands in for decoder block 0: records what the model passes to its blocks, then stops the forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, tuple, dict]] = []
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.calls.append((hidden_states, args, kwargs))
+        raise _Captured
+
+
+class ShardReader:
+    """Tensors of a safetensors checkpoint folder (one file or an index of shards), read one at a time."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():
+            self.where = dict(json.loads(index.read_text())["weight_map"])
+        elif (self.folder / "model.safetensors").is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(self.folder / "model.safetensors"), framework="pt") as f:
+                self.where = {k: "model.safetensors" for k in f.keys()}
+        else:
+            raise CheckpointError(f"{self.folder} holds neither model.safetensors nor model.safetensors.index.json")
+
+    def names(self) -> list[str]:
+        return list(self.where)
+
+    def read(self, names: list[str], strip: str = "") -> dict[str, torch.Tensor]:
+        """``{name without the prefix strip: tensor}``, each shard opened once."""
+        from safetensors import safe_open
+
+        by_file: dict[str, list[str]] = {}
+        for n in names:
+            by_file.setdefault(self.where[n], []).append(n)
+        out = {}
+        for file, group in by_file.items():
+            with safe_open(str(self.folder / file), framework="pt") as f:
+                for n in group:
+                    out[n.removeprefix(strip)] = f.get_tensor(n)
+        return out
+
+
+def _layers_prefix(names: list[str]) -> tuple[str, int]:
+    """The decoder stack's prefix (``model.layers``) and its number of blocks, from tensor names."""
+    found = {}
+    for n in names:
+        m = _LAYER.match(n)
+        if m:
+            found.setdefault(m.group(1), set()).add(int(m.group(2)))
+    if not found:
+        raise CheckpointError("no decoder blocks (<prefix>.layers.<i>.*) among the checkpoint's tensors")
+    prefix = max(found, key=lambda p: len(found[p]))
+    return prefix, max(found[prefix]) + 1
+
+
+def _shell(hf_config, prefix: str, reader: ShardReader, dtype: torch.dtype):
+    """The model with ONE decoder block (a stand-in), every tensor outside the decoder stack loaded."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(hf_config)
+    cfg.num_hidden_layers = 1
+    if isinstance(getattr(cfg, "layer_types", None), list):
+        cfg.layer_types = cfg.layer_types[:1]
+    shell = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    outside = [n for n in reader.names() if not n.startswith(prefix + ".")]
+    result = shell.load_state_dict(reader.read(outside), strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(prefix + ".")]
+    if getattr(hf_config, "tie_word_embeddings", False):
+        missing = [k for k in missing if k != "lm_head.weight"]
+        shell.tie_weights()
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"checkpoint does not fit {type(shell).__name__}: missing {missing[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}")
+    return shell
+
+
+def _block(hf_config, cls, index: int, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+    """Decoder block ``index`` of class ``cls`` with its float weights."""
+    try:
+        block = cls(hf_config, layer_idx=index)
+    except TypeError:
+        try:
+            block = cls(hf_config, index)
+        except TypeError as e:
+            raise ConfigError(f"cannot build decoder block {cls.__name__}(config, layer_idx): {e}") from None
+    block = block.to(dtype)
+    block.load_state_dict(tensors, strict=True)
+    return block.eval()
+
+
+def _run_block(block: nn.Module, call) -> torch.Tensor:
+    hidden, args, kwargs = call
+    out = block(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _on(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_on(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _on(v, device) for k, v in value.items()}
+    return value
+
+
+@torch.no_grad()
+def quantize_streamed(
+    model_dir: str | os.PathLike,
+    config: QuantConfig,
+    journal_dir: str | os.PathLike,
+    calib_ids: torch.Tensor,
+    inputs: str = "quantized",
+    window: int = 2048,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> QuantizeReport:
+    """Quantize the causal LM saved in ``model_dir`` (transformers config + safetensors) block by block.
+
+    ``calib_ids (1, T)``: calibration tokens (windows of ``window``), used for the blocks' inputs whatever the
+    objective. Each finished linear lands in ``journal_dir`` (``lords.resume.LayerJournal``); a rerun with the same
+    config resumes there. :func:`load_streamed` builds the quantized model from it. Peak memory: the model's
+    non-block tensors, one float block, and ``T × hidden`` activations twice (inputs and outputs of a block).
+    """
+    from transformers import AutoConfig
+
+    if inputs not in ("quantized", "float"):
+        raise ConfigError(f"inputs={inputs!r} is not one of ('quantized', 'float')")
+    hf_config = AutoConfig.from_pretrained(model_dir)
+    reader = ShardReader(model_dir)
+    prefix, num_layers = _layers_prefix(reader.names())
+    if num_layers != hf_config.num_hidden_layers:
+        raise CheckpointError(f"{model_dir}: {num_layers} blocks in the shards, config says {hf_config.num_hidden_layers}")
+    calib_ids = calib_ids[:, : config.calibration[0]]
+    shell = _shell(hf_config, prefix, reader, dtype).to(device)
+    stack = shell.get_submodule(prefix)
+    block_cls = type(stack[0])
+    catcher = _Catcher()
+    stack[0] = catcher
+    for start in range(0, calib_ids.shape[1], window):
+        try:
+            shell(calib_ids[:, start : start + window].to(device), use_cache=False)
+        except _Captured:
+            pass
+    calls = catcher.calls
+    lengths = [c[0].shape[1] for c in calls]
+    hf_config._attn_implementation = shell.config._attn_implementation  # what the blocks were called with
+    del shell, stack, catcher
+    journal = LayerJournal(journal_dir, config)
+    report = QuantizeReport()
+    holder = nn.Module()  # gives the block its full module names (model.layers.7.mlp.up_proj) for the plan
+    holder.config = hf_config
+    bar = range(num_layers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc=f"streamed {config.method}", unit="block")
+    for i in bar:
+        block = _block(hf_config, block_cls, i, reader.read(
+            [n for n in reader.names() if n.startswith(f"{prefix}.{i}.")], strip=f"{prefix}.{i}."), dtype).to(device)
+        holder_path = f"{prefix}.{i}"
+        _attach(holder, holder_path, block)
+        chosen = plan(holder, config)
+        calibrated = {n: m for n, (m, leaf) in chosen.items() if leaf.needs_calibration}
+        stats, float_outs = None, []
+        if inputs == "float" or calibrated:  # one float pass: the statistics and, for inputs="float", the outputs
+            stats = stats_over(lambda c: float_outs.append(_run_block(block, c)), calls, lengths, calibrated,
+                               *config.calibration[1:])
+        for name, (module, leaf) in chosen.items():
+            done = journal.load(name, module)
+            if done is None:
+                torch.manual_seed(leaf.seed)
+                done = handler_for(leaf)(name, module, leaf, None if stats is None else stats.get(name))
+                journal.save(name, *done)
+            holder.set_submodule(name, done[0].to(device))
+            report.layers.append(done[1])
+        next_hidden = float_outs if inputs == "float" else [_run_block(block, c) for c in calls]
+        calls = [(h, args, kwargs) for h, (_, args, kwargs) in zip(next_hidden, calls)]
+        _attach(holder, holder_path, None)
+        del block
+    return report
+
+
+def _attach(holder: nn.Module, path: str, block: nn.Module | None) -> None:
+    """Put ``block`` at ``path`` (``model.layers.7``) inside ``holder``, or take it out (None)."""
+    parts = path.split(".")
+    node = holder
+    for p in parts[:-1]:
+        if not hasattr(node, p):
+            node.add_module(p, nn.Module())
+        node = getattr(node, p)
+    if block is None:
+        delattr(node, parts[-1])
+    else:
+        node.add_module(parts[-1], block)
+
+
+def load_streamed(model_dir: str | os.PathLike, config: QuantConfig, journal_dir: str | os.PathLike,
+                  dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The quantized model of a finished :func:`quantize_streamed`: float tensors from ``model_dir``, quantized
+    linears from the journal; no float copy of a quantized weight is kept."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    journal = LayerJournal(journal_dir, config)
+    for name, (module, _) in plan(model, config).items():
+        done = journal.load(name, module)
+        if done is None:
+            raise CheckpointError(f"{journal_dir}: layer {name} was not quantized yet (rerun quantize_streamed)")
+        model.set_submodule(name, done[0])
+    reader = ShardReader(model_dir)
+    quantized = {n for n, m in model.named_modules() if hasattr(m, "qweight")}
+    wanted = [n for n in reader.names() if n.rpartition(".")[0] not in quantized]
+    state = reader.read(wanted)
+    model.load_state_dict(state, strict=False, assign=True)
+    if getattr(hf_config, "tie_word_embeddings", False):
+        model.tie_weights()
+    for name, module in list(model.named_modules()):
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            # Non-persistent buffers (rotary inv_freq) are not in checkpoints: rebuild the module that owns them.
+            try:
+                model.set_submodule(name, type(module)(config=hf_config))
+            except TypeError as e:
+                raise CheckpointError(f"{name}: buffers not in the checkpoint and {type(module).__name__}(config=...) "
+                                      f"cannot rebuild them ({e})") from None
+    left = [n for n, t in model.state_dict().items() if t.is_meta]
+    if left:
+        raise CheckpointError(f"{model_dir}: tensors missing from the checkpoint: {left[:5]}")
+    return model.eval()

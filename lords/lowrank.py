@@ -48,9 +48,15 @@ def init_from_blocks(
     half = sigma[:k].sqrt()
     B = U[:, :k] * half
     A = half[:, None] * right
-    if k < rank:  # rank above the block matrix's own rank: pad with zero directions
+    if k < rank:
+        # Rank above the block matrix's own rank: the extra directions start with B = 0 (so S is still exactly the
+        # blocks) and A random at the scale of the kept rows. Zeros in both would be a saddle where neither factor
+        # ever gets a gradient (∂/∂B_extra = ∂S·A_extraᵀ, ∂/∂A_extra = B_extraᵀ·∂S); LoRA starts the same way.
+        gen = torch.Generator().manual_seed(rank * 1_000_003 + in_features)
+        extra = torch.randn(rank - k, in_features, generator=gen, dtype=torch.float64).to(A.device)
+        size = A.norm(dim=1).mean() if k else torch.ones((), dtype=torch.float64, device=A.device)
+        A = torch.cat([A, extra / extra.norm(dim=1, keepdim=True) * size], dim=0)
         B = torch.cat([B, B.new_zeros(n, rank - k)], dim=1)
-        A = torch.cat([A, A.new_zeros(rank - k, in_features)], dim=0)
     return B.float(), A.float()
 
 

@@ -46,3 +46,17 @@ def test_rank_zero_or_above_full_rank_is_refused_with_the_layer_named():
         check_rank(0, 64, 64, where="q_proj")
     with pytest.raises(ShapeError, match=r"\[1, 8\]"):
         check_rank(9, 8, 64)
+
+
+def test_rank_above_the_block_rank_starts_exact_and_its_extra_directions_train():
+    from lords.config import RefineConfig
+    from lords.grids import normal_float
+    from lords.refine import refine
+    from lords.scales import LowRankScale
+
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(2))
+    scales = block_absmax(w, 32)  # 4 blocks per row: block rank ≤ 4
+    scale = LowRankScale(*init_from_blocks(scales, 128, 32, rank=8))
+    torch.testing.assert_close(scale().detach(), expand_blocks(scales, 128, 32), rtol=1e-5, atol=1e-6)
+    refine(w, scale, normal_float(3), RefineConfig(steps=5, lr=1e-2))
+    assert scale.B.detach()[:, 4:].abs().sum() > 0  # the extra directions moved off their start

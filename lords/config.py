@@ -73,6 +73,15 @@ class QuantConfig:
         """The leaf config for the linear layer ``name`` (in decoder layer ``layer_index`` of ``num_layers``)."""
         raise NotImplementedError
 
+    def resolve(self, model, calib_ids=None) -> "QuantConfig":
+        """This config made concrete for ``model`` (a rule that needs the model or calibration data applied)."""
+        return self
+
+    @property
+    def stored_config(self) -> "QuantConfig":
+        """What a checkpoint of the quantized model records (QAT records the config it converts to)."""
+        return self
+
     def leaves(self) -> list["QuantConfig"]:
         """Every leaf config this config can hand out (for checks that need no model)."""
         return [self]

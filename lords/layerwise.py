@@ -17,6 +17,7 @@ from .config import QuantConfig, ScaleConfig, check_choice, check_int
 from .errors import ConfigError
 
 MIXED_BITS = (2.25, 2.5, 3.0)
+RULES = ("loftq", "sensitivity")
 
 
 def decoder_layer_index(name: str) -> int | None:
@@ -100,6 +101,9 @@ class MixedPrecisionConfig(QuantConfig):
     """Average code bits over the decoder layers: 2.25, 2.5 or 3.0."""
     high_bits: int = 4
     low_bits: int = 2
+    rule: str = "loftq"
+    """'loftq': high bits in the first layers; 'sensitivity': in the layers where they buy the most error
+    (``lords.allocate``; needs calibration tokens, resolved by ``quantize_`` into a ``LayerwiseConfig``)."""
 
     method: ClassVar[str] = "mixed"
 
@@ -107,6 +111,7 @@ class MixedPrecisionConfig(QuantConfig):
         if not isinstance(self.base, ScaleConfig):
             raise ConfigError(f"base={self.base!r} must be a leaf config such as LordsConfig or BlockwiseConfig")
         check_choice("bits", self.bits, MIXED_BITS)
+        check_choice("rule", self.rule, RULES)
         if not self.low_bits < self.bits < self.high_bits:
             raise ConfigError(f"bits={self.bits} must lie between low_bits={self.low_bits} and high_bits={self.high_bits}")
         for b in (self.high_bits, self.low_bits):
@@ -116,7 +121,28 @@ class MixedPrecisionConfig(QuantConfig):
         """How many leading decoder layers get ``high_bits``."""
         return round(num_layers * (self.bits - self.low_bits) / (self.high_bits - self.low_bits))
 
+    def resolve(self, model, calib_ids=None):
+        if self.rule == "loftq":
+            return self
+        from .allocate import allocate_bits
+        from .calibration import collect_stats
+        from .quantize import plan
+
+        if calib_ids is None:
+            raise ConfigError("rule='sensitivity' measures each layer on calibration tokens: pass calib_ids")
+        linears = {n: m for n, (m, _) in plan(model, self.base).items()}
+        calib_tokens, _, seed = self.base.calibration
+        stats = collect_stats(model, calib_ids[:, :calib_tokens], linears, 0, seed=seed)
+        return allocate_bits(model, self.base, self.bits, stats, self.high_bits, self.low_bits)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.rule == "sensitivity" or super().needs_calibration
+
     def config_for(self, name, layer_index=None, num_layers=0):
+        if self.rule != "loftq":
+            raise ConfigError(f"rule={self.rule!r} depends on the model: quantize_ resolves it (config.resolve(model, "
+                              "calib_ids)) before asking layer by layer")
         high = layer_index is not None and layer_index < self.high_layers(num_layers)
         leaf = dataclasses.replace(self.base, bits=self.high_bits if high else self.low_bits)
         return leaf.config_for(name, layer_index, num_layers)

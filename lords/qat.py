@@ -51,6 +51,13 @@ class QATConfig(QuantConfig):
     def leaves(self):
         return self.base.leaves()
 
+    def resolve(self, model, calib_ids=None):
+        return QATConfig(self.base.resolve(model, calib_ids), self.step)
+
+    @property
+    def stored_config(self):
+        return self.base
+
     @property
     def needs_calibration(self) -> bool:
         return False

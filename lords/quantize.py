@@ -184,6 +184,7 @@ def quantize_(
     """
     if not isinstance(config, QuantConfig):
         raise ConfigError(f"config={config!r} is not a quantization config (LordsConfig, BlockwiseConfig, ...)")
+    config = config.resolve(model, calib_ids)
     chosen = plan(model, config, filter_fn)
     if not chosen:
         kinds = sorted({type(m).__name__ for m in model.modules() if "Linear" in type(m).__name__})
@@ -208,4 +209,6 @@ def quantize_(
         new, layer_rep = done
         model.set_submodule(name, new)
         report.layers.append(layer_rep)
+    report.config = config.stored_config
+    model.lords_config = report.config  # what save_quantized records when no config is handed to it
     return report

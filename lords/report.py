@@ -24,6 +24,8 @@ class LayerReport:
 @dataclass
 class QuantizeReport:
     layers: list[LayerReport] = field(default_factory=list)
+    config: object = None
+    """The config as applied (a rule that needed the model or data resolved, e.g. sensitivity bit allocation)."""
 
     @property
     def rel_error(self) -> float:

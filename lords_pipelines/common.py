@@ -114,7 +114,8 @@ def save_checkpoint(model: nn.Module, s: RunSettings, out_dir: Path) -> Path | N
     if s.quant is None:
         return None
     path = out_dir / "quantized"
-    save_quantized(model, path, s.quant, extra={"pipeline_settings": s.to_dict()})
+    # The config as applied (resolved rules, e.g. the sensitivity allocation), else the run's.
+    save_quantized(model, path, getattr(model, "lords_config", s.quant), extra={"pipeline_settings": s.to_dict()})
     return path
 
 

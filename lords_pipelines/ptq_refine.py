@@ -28,8 +28,11 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     from .training import make_trainer, resume_path
 
     out, model, tok, logger = start_run(s)
-    stats = calibration_stats(model, s.quant, calibration_for(s, tok))
-    module = PTQRefineModule(model, s.quant, stats)
+    calib = calibration_for(s, tok)
+    config = s.quant.resolve(model, calib)  # e.g. the sensitivity bit allocation, measured on the float model
+    stats = calibration_stats(model, config, calib)
+    module = PTQRefineModule(model, config, stats)
+    model.lords_config = config.stored_config
     steps = s.quant.leaves()[0].refine.steps
     trainer = make_trainer(s, out, logger, max_steps=steps)
     # Checkpoints hold the state after each Algorithm-1 step, which is exactly what resume needs.

@@ -45,10 +45,22 @@ def _bpe_tokenizer(vocab: int):
 
 
 def device_for(accelerator: str) -> str:
-    """Where a stage puts the model before quantizing: CUDA for trainer.accelerator gpu/cuda/auto when present."""
+    """Where a stage puts the model before quantizing: this process's GPU (``LOCAL_RANK`` under DDP) for
+    trainer.accelerator gpu/cuda/auto when CUDA is present, else the CPU."""
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return "cuda"
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return "cpu"
+
+
+def is_rank_zero() -> bool:
+    """True in the process that evaluates and writes (Lightning's global rank 0; any process outside DDP)."""
+    import sys
+
+    if "lightning" not in sys.modules:
+        return True
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def load_model(s: ModelSettings, seed: int = 0, device: str = "cpu"):
@@ -240,6 +252,8 @@ def finish_run(model: nn.Module, tok, s: RunSettings, out: Path, logger, metrics
     ``stage.save``; none at all when ``checkpoint`` is False), ``metrics.json``, the logger's summary."""
     from .evaluation import evaluate
 
+    if not is_rank_zero():  # every DDP rank trained; one evaluates and writes
+        return metrics
     metrics.update(evaluate(model, tok, s.eval))
     if checkpoint:
         ckpt = (save or (lambda: save_checkpoint(model, s, out)))() if s.stage.save else None

@@ -221,3 +221,17 @@ def test_datamodule_packs_windows_and_masks_prompts(tmp_path):
     # Loss on the answer (and EOS) only: every prompt position is ignored, every answer position kept.
     assert (labels[:prompt_len - 1] == IGNORE).all() and (labels[-3:] != IGNORE).all()
     assert labels[-1] == tok.eos_token_id
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_trains_and_rank_zero_alone_writes(tmp_path):
+    """``trainer.strategy=ddp trainer.devices=2`` (gloo on the CPU): both ranks train, one evaluates and saves."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "lords_pipelines.peft", *TINY, "trainer.fast_dev_run=false", "trainer.max_steps=2",
+           "trainer.devices=2", "trainer.strategy=ddp", "quant.refine=null", f"out_dir={tmp_path}",
+           f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = read_metrics(tmp_path)
+    assert metrics["train_steps"] == 2 and metrics["ppl"] > 1
+    assert (tmp_path / "quantized" / "lords.json").is_file()

@@ -37,14 +37,15 @@ def _child(args) -> None:
     if args.variant == "memory":
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(args.folder, dtype=torch.float32).to(args.device)
+        model = AutoModelForCausalLM.from_pretrained(args.folder, dtype=getattr(torch, args.dtype)).to(args.device)
         lords.quantize_(model, _config(args.steps), calib_ids=ids, progress=False)
     else:
         lords.quantize_streamed(args.folder, _config(args.steps), Path(args.folder) / "journal", ids,
-                                device=args.device, progress=False)
+                                device=args.device, dtype=getattr(torch, args.dtype), progress=True)
     peak = (torch.cuda.max_memory_allocated() if args.device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    print(json.dumps({"variant": args.variant, "peak_bytes": peak, "seconds": time.time() - start}))
+    print(json.dumps({"variant": args.variant, "peak_bytes": peak, "seconds": time.time() - start,
+                      "seconds_per_block": (time.time() - start) / args.layers}))
 
 
 def main(argv=None):
@@ -52,10 +53,14 @@ def main(argv=None):
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--intermediate", type=int, default=2816)
     p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--heads", type=int, default=None, help="attention heads (default hidden / 64)")
+    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default heads / 4)")
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--variants", nargs="+", default=["memory", "streamed"], choices=["memory", "streamed"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="saved weights and blocks")
     p.add_argument("--out", default="outputs/reports/stream_memory")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
@@ -65,16 +70,19 @@ def main(argv=None):
     from lords.models import tiny_llama
 
     with tempfile.TemporaryDirectory() as folder:
-        model = tiny_llama(seed=0, hidden=args.hidden, layers=args.layers, heads=args.hidden // 64,
-                           kv_heads=max(args.hidden // 256, 1), intermediate=args.intermediate, vocab=args.vocab,
+        heads = args.heads or args.hidden // 64
+        model = tiny_llama(seed=0, hidden=args.hidden, layers=args.layers, heads=heads,
+                           kv_heads=args.kv_heads or max(heads // 4, 1), intermediate=args.intermediate, vocab=args.vocab,
                            max_positions=max(args.tokens, 2048))
         params = sum(p.numel() for p in model.parameters())
-        model.save_pretrained(folder, max_shard_size="200MB")
+        import torch
+
+        model.to(getattr(torch, args.dtype)).save_pretrained(folder, max_shard_size="2GB")
         del model
         rows = []
-        for variant in ("memory", "streamed"):
+        for variant in args.variants:
             cmd = [sys.executable, "-m", "lords_pipelines.stream_bench", "--variant", variant, "--folder", folder,
-                   *[f"--{k}={v}" for k, v in vars(args).items() if k not in ("variant", "folder", "out")]]
+                   *[f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("variant", "folder", "out", "variants") and v is not None]]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
@@ -85,10 +93,10 @@ def main(argv=None):
              f"{args.vocab}: {params / 1e6:.0f}M parameters ({float_bytes / 2**30:.2f} GiB in float32). LoRDS 3 bits, "
              f"block 64, act_diag × {args.steps}, {args.tokens} calibration tokens. Peak "
              f"{'CUDA memory' if args.device == 'cuda' else 'resident memory of the process'}.", "",
-             "| variant | peak GiB | × float model | seconds |", "|---|---|---|---|"]
+             "| variant | peak GiB | × float model | seconds | seconds per block |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['peak_bytes'] / 2**30:.2f} | {r['peak_bytes'] / float_bytes:.2f} | "
-                     f"{r['seconds']:.1f} |")
+                     f"{r['seconds']:.1f} | {r['seconds_per_block']:.1f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(dict(vars(args), params=params, rows=rows), indent=1))

@@ -14,6 +14,7 @@ bnb and gemlite are optional peers: a missing one is skipped and named in the ou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -154,95 +155,40 @@ class Peers:
 
 # ----------------------------------------------------------------------------------------------- tuning
 
-def candidate_configs(M, N, K, bits, space="full"):
+def candidate_configs(M, N, K, bits):
+    """The tiles ``--tune`` times for one cell, the current pick first (timed again in the same run). The spaces
+    of earlier kernel generations are in NOTES.md, not here."""
+    from lords_kernels.lords_matmul import tuning
     from lords_kernels.lords_matmul.layout import group_size
+    from lords_kernels.lords_matmul.tuning import TileConfig
 
     n_groups = -(-K // group_size(bits))
-    out = []
 
-    def splits(tiles, lo=66, hi=1100):
+    def splits(tiles, lo=60, hi=1100):
         return sorted({s for s in (1, 2, 3, 4, 6, 8, 12, 16) if s <= n_groups and lo <= tiles * s <= hi} or {1})
 
-    if space != "full" or (M == 1 and os.environ.get("TUNE_W8")):
-        # a narrower sweep times the current pick again, in the same run, as its first candidate
-        from lords_kernels.lords_matmul import tuning
-
-        out.append(dict(tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))))
-    if space == "ones":  # M = 1: the gemv pick against the gemv with code values kept in registers (ONES)
-        if M == 1:
-            for bn in (64, 128, 256):
-                for s in splits(-(-N // bn)):
-                    for nw in (4, 8):
-                        if bn == 256 and nw == 4:
-                            continue
-                        out.append(dict(kernel="gemv", BN=bn, split_k=s, num_warps=nw, num_stages=3, Q_AS_B=False,
-                                        PRMT=True, ONES=True))
-        return out
-    if space == "swap3":  # the current pick against split-K swap-AB tiles where M > 64 leaves SMs idle
-        for bm in (128, 256):
-            tiles = -(-M // bm) * -(-N // 128)
-            for s in (1, 2, 3, 4, 6, 8):
-                if bm <= 2 * M and s <= n_groups and (s == 1 or tiles * s <= 400) and (s == 1 or tiles < 132):
-                    out.append(dict(kernel="gemm_t", BM=bm, BN=128, split_k=s, num_warps=8, num_stages=3, GROUP_M=8,
-                                    MUL16=True, S16=True))
-        return out
-    if space == "swap2":  # the current pick against two-warpgroup swap-AB tiles (decode) and prefill stages
-        if M <= 64:
-            bm = tuning.swap_bm(M)
-            for bn in (128, 256):
-                for s in splits(-(-N // bn) * -(-M // bm), lo=60, hi=600)[:4]:
-                    out.append(dict(kernel="gemm_t", BM=bm, BN=bn, split_k=s, num_warps=8, num_stages=3,
-                                    GROUP_M=8, MUL16=True, S16=True))
-        else:
-            for bm, ns in ((256, 2), (256, 4), (128, 3), (128, 4)):
-                if bm <= 2 * M:
-                    out.append(dict(kernel="gemm_t", BM=bm, BN=128, split_k=1, num_warps=8, num_stages=ns, GROUP_M=8,
-                                    MUL16=True, S16=True))
-        return out
-    if space == "swap":  # the current pick (timed again, same run) against the swap-AB kernel's tiles
-        if M <= 64:
-            bm = tuning.swap_bm(M)
-            for bn in (64, 128):
-                for s in splits(-(-N // bn) * -(-M // bm), lo=120, hi=600)[:3]:
-                    for s16 in (False, True):
-                        out.append(dict(kernel="gemm_t", BM=bm, BN=bn, split_k=s, num_warps=4, num_stages=3,
-                                        GROUP_M=8, MUL16=True, S16=s16))
-        else:
-            for bm, bn, nw, ns in ((128, 128, 4, 3), (256, 128, 4, 3), (128, 128, 8, 3), (256, 128, 8, 3),
-                                   (128, 256, 8, 3), (256, 128, 4, 4)):
-                if bm <= 2 * M:
-                    out.append(dict(kernel="gemm_t", BM=bm, BN=bn, split_k=1, num_warps=nw, num_stages=ns, GROUP_M=8,
-                                    MUL16=True, S16=True))
-        return out
-
-    if M == 1 and os.environ.get("TUNE_W8"):  # second sweep: two warpgroups per CTA, plus the current pick
-        for bn in (128, 256):
-            for s in splits(-(-N // bn)):
-                for ns, qb in ((3, True), (3, False), (2, True)):
-                    out.append(dict(kernel="gemv", BN=bn, split_k=s, num_warps=8, num_stages=ns, Q_AS_B=qb,
-                                    PRMT=True))
-        return out
-    if M == 1:
+    out = [tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))]
+    if M == 1:  # gemv: tile width, split-K, operand order, code values through an MMA-made tile of ones
         for bn in (64, 128, 256):
             for s in splits(-(-N // bn)):
-                for nw, ns, qb, pr in ((4, 3, True, True), (4, 3, False, True), (4, 4, False, True),
-                                       (4, 3, False, False)):
-                    out.append(dict(kernel="gemv", BN=bn, split_k=s, num_warps=nw, num_stages=ns, Q_AS_B=qb,
-                                    PRMT=pr))
-    if 1 < M <= 64 or (M == 1 and os.environ.get("TUNE_GEMM_M1")):
-        bm = 16 if M <= 16 else (32 if M <= 32 else 64)
-        for bn in (32, 64, 128):
-            for s in splits(-(-N // bn) * -(-M // bm)):
-                for nw, ns, pr in ((4, 3, bits != 3), (4, 4, bits != 3), (4, 3, bits == 3)):
-                    out.append(dict(kernel="gemm", BM=bm, BN=bn, split_k=s, num_warps=nw, num_stages=ns, GROUP_M=8,
-                                    PRMT=pr))
-    else:
-        tiles = [(64, 128, 4, 3), (128, 64, 4, 3), (128, 128, 4, 3), (128, 128, 4, 2), (128, 128, 8, 3),
-                 (128, 256, 8, 3), (256, 128, 8, 3), (64, 128, 4, 4)]
-        for bm, bn, nw, ns in tiles:
-            if bm > 2 * M:
-                continue
-            out.append(dict(kernel="gemm", BM=bm, BN=bn, split_k=1, num_warps=nw, num_stages=ns, GROUP_M=8))
+                for nw, q_as_b, ones in ((4, True, False), (4, False, False), (4, False, True), (8, False, True)):
+                    if not (bn == 256 and nw == 4):
+                        out.append(TileConfig("gemv", BN=bn, split_k=s, num_warps=nw, num_stages=3, Q_AS_B=q_as_b,
+                                              PRMT=True, ONES=ones))
+    elif M <= 64:  # gemm_t for decode batches: one or two warpgroups of weight rows, split-K to fill the SMs
+        bm = tuning.swap_bm(M)
+        for bn, nw in ((64, 4), (128, 4), (128, 8), (256, 8)):
+            for s in splits(-(-N // bn) * -(-M // bm), lo=60, hi=600)[:4]:
+                out.append(TileConfig("gemm_t", BM=bm, BN=bn, split_k=s, num_warps=nw, num_stages=3, MUL16=True,
+                                      S16=True))
+    else:  # gemm_t for prefill: two warpgroups; split-K only where the tiles alone leave SMs idle
+        for bm in (128, 256):
+            tiles = -(-M // bm) * -(-N // 128)
+            for s in (1, 2, 4, 8):
+                for ns in (2, 3, 4):
+                    if bm <= 2 * M and s <= n_groups and (s == 1 or (tiles < 132 and ns == 3)):
+                        out.append(TileConfig("gemm_t", BM=bm, BN=128, split_k=s, num_warps=8, num_stages=ns,
+                                              MUL16=True, S16=True))
     return out
 
 
@@ -261,7 +207,7 @@ def tune(args, torch, triton):
             for M in args.ms:
                 x = torch.randn(M, K, dtype=torch.float16, device="cuda")
                 best = first = None
-                for cfg in candidate_configs(M, N, K, bits, args.space):
+                for cfg in candidate_configs(M, N, K, bits):
                     fns = [(lambda c=c, L=L, cfg=cfg: tk.lords_matmul(x, c, L.grid, L.B, L.A, None, cfg))
                            for c, L in zip(codes, layers)]
                     t0 = time.time()
@@ -270,12 +216,13 @@ def tune(args, torch, triton):
                     except Exception as e:  # a config the compiler rejects (resources): skip it
                         print(f"  skip {cfg}: {repr(e)[:120]}", flush=True)
                         continue
-                    log.append(dict(N=N, K=K, M=M, bits=bits, cfg=cfg, us_graph=us, wall=time.time() - t0))
+                    log.append(dict(N=N, K=K, M=M, bits=bits, cfg=dataclasses.asdict(cfg), us_graph=us,
+                                    wall=time.time() - t0))
                     first = us if first is None else first
                     if best is None or us < best[0]:
                         best = (us, cfg)
                 key = f"{tuning.m_bucket(M)},{N},{K},{bits},{tuning.rank_pad(parity_rank(N, K, BLOCK))}"
-                table[key] = best[1]
+                table[key] = {k: v for k, v in dataclasses.asdict(best[1]).items() if v is not None}
                 print(f"tune N={N} K={K} bits={bits} M={M}: {best[0]:.1f} us (first candidate {first:.1f}) {best[1]}",
                       flush=True)
                 with open(args.tune, "w") as fh:  # after every cell: a run cut short keeps what it found
@@ -387,72 +334,6 @@ def backward(args, torch, triton):
                        method="do_bench median of forward+backward, eager, fp16"), fh, indent=1)
 
 
-# ----------------------------------------------------------------------------------------------- render
-
-def render(path_json: str, out_dir: str) -> None:
-    with open(path_json) as fh:
-        data = json.load(fh)
-    rows = data["rows"]
-    cell = {(r["N"], r["K"], r["M"], r["impl"], r["bits"]): r for r in rows}
-    shapes = sorted({(r["N"], r["K"]) for r in rows}, key=lambda s: SHAPES.index(s) if s in SHAPES else 99)
-    ms = sorted({r["M"] for r in rows})
-    cols = [("fp16", 16), ("bnb_nf4", 4), ("gemlite_w4g64", 4), ("lords", 4), ("lords", 3), ("lords", 2),
-            ("floor", 4)]
-    lines = [f"# Linear-layer timings on {data['device']}", "",
-             f"Copy bandwidth measured in the same run: {data['bandwidth_TBps']:.2f} TB/s. {data['method']}.",
-             f"torch {data.get('torch')}, triton {data.get('triton')}. Missing peers: {data.get('missing_peers') or 'none'}.",
-             "", "µs, eager / graph (cold L2). Last column: LoRDS 4-bit speed-up over fp16 (graph). The floor is the "
-             "memory floor (a decode bound); at M ≥ 256 the work is compute-bound and the floor says little.", "",
-             "| N×K | M | " + " | ".join(f"{i} {b}b" if i == "lords" else i for i, b in cols) + " | ×fp16 |",
-             "|---|---|" + "---|" * (len(cols) + 1)]
-    for N, K in shapes:
-        for M in ms:
-            vals = []
-            for impl, b in cols:
-                r = cell.get((N, K, M, impl, b))
-                if r is None:
-                    vals.append("—")
-                elif impl == "floor":
-                    vals.append(f"{r['us_graph']:.1f}")
-                else:
-                    vals.append(f"{r['us']:.1f} / {r['us_graph']:.1f}")
-            f16, l4 = cell.get((N, K, M, "fp16", 16)), cell.get((N, K, M, "lords", 4))
-            sp = f"{f16['us_graph'] / l4['us_graph']:.2f}" if f16 and l4 else "—"
-            lines.append(f"| {N}×{K} | {M} | " + " | ".join(vals) + f" | {sp} |")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "kernels.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no plot")
-        return
-    fig, axes = plt.subplots(1, len(shapes), figsize=(4.2 * len(shapes), 3.6), sharey=True)
-    for ax, (N, K) in zip(axes, shapes):
-        for impl, b in cols:
-            if impl in ("fp16",):
-                continue
-            pts = [(M, cell[(N, K, M, "fp16", 16)]["us_graph"] / cell[(N, K, M, impl, b)]["us_graph"])
-                   for M in ms if (N, K, M, impl, b) in cell and (N, K, M, "fp16", 16) in cell
-                   and (impl != "floor" or M <= 64)]  # the memory floor bounds decode, not compute-bound prefill
-            if pts:
-                label = f"lords {b}-bit" if impl == "lords" else ("4-bit memory floor" if impl == "floor" else impl)
-                ax.plot(*zip(*pts), marker="o", label=label, linestyle="--" if impl == "floor" else "-")
-        ax.axhline(1.0, color="gray", lw=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log", base=2)
-        ax.set_title(f"{N}×{K}")
-        ax.set_xlabel("M (tokens)")
-    axes[0].set_ylabel("speed-up over cuBLAS fp16 (graph, cold L2)")
-    axes[-1].legend(fontsize=7)
-    fig.suptitle(data["device"], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "kernels.png"), dpi=120)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--render", action="store_true", help="only write md/png from --json")
@@ -460,7 +341,6 @@ def main(argv=None):
     p.add_argument("--out-dir", default=REPORTS)
     p.add_argument("--tune", default=None, help="sweep LoRDS configs, write the table here")
     p.add_argument("--backward", default=None, help="time forward+backward at --ms, write JSON here")
-    p.add_argument("--space", default="full", choices=["full", "swap", "swap2", "swap3", "ones"], help="with --tune: which candidates")
     p.add_argument("--log", default=None, help="with --tune: every timing, as JSON")
     p.add_argument("--table", default=os.path.join(os.path.dirname(__file__), "lords_matmul", "tuned_h100.json"),
                    help="tuning table to load (missing: built-in heuristic)")
@@ -472,6 +352,8 @@ def main(argv=None):
     if args.shapes:
         SHAPES[:] = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     if args.render:
+        from .render import render
+
         render(args.json, args.out_dir)
         return
     import torch
@@ -491,6 +373,8 @@ def main(argv=None):
         return
     bench(args, torch, triton)
     try:
+        from .render import render
+
         render(args.json, args.out_dir)
     except Exception as e:  # plotting is optional on the GPU machine
         print("render failed:", e, file=sys.stderr)

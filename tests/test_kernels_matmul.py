@@ -6,6 +6,7 @@ Metric: ‖out − ref‖ / ‖ref‖ on fresh random inputs.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -64,7 +65,7 @@ def test_repack_roundtrip(bits, K):
 # stored format's padding case.
 CPU_SHAPES = [(1, 48, 200, 5), (1, 70, 300, 20), (3, 33, 136, 7), (17, 64, 256, 16), (40, 50, 100, 3)]
 # Tile configs forced on top of the default pick: split-K through the last-split reduction, tiny tiles.
-CPU_CONFIGS = [None, dict(kernel="gemm", BM=16, BN=32, split_k=3, num_warps=4, num_stages=1),
+CPU_CONFIGS = [None, dict(kernel="gemm_t", BM=16, BN=32, split_k=3, num_warps=4, num_stages=1),
                dict(kernel="gemv", BN=32, split_k=2, num_warps=4, num_stages=1),
                dict(kernel="gemm_t", BM=16, BN=32, split_k=2, num_warps=4, num_stages=1, MUL16=True),
                dict(kernel="gemm_t", BM=32, BN=64, split_k=1, num_warps=4, num_stages=1)]
@@ -146,7 +147,7 @@ def test_forward_gpu(shape, bits, dtype):
         cfg = None
         if split is not None:
             base = {"gemm_t": swap, "ones": ones}.get(kind) or tuning.pick_config(M, N, K, bits, r)
-            cfg = dict(base, split_k=split)
+            cfg = dict(dataclasses.asdict(tuning.TileConfig.of(base)), split_k=split)
         poison = torch.full((M * N + 4096,), float("nan"), dtype=dtype, device="cuda")
         del poison  # the allocator hands this block back: an unwritten output element stays NaN
         y = tk.lords_matmul(x, kc, grid, B, A, bias, cfg)

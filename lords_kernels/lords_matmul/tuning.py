@@ -2,11 +2,57 @@
 :func:`load_table`) and a heuristic for shapes it does not hold. Keys are ``"M_bucket,N,K,bits,R_pad"``."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 
 import triton
 
 from .layout import group_size
+
+KERNELS = ("gemv", "gemm_t")
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One launch choice of the forward kernels (the table's and the heuristic's unit)."""
+
+    kernel: str
+    """'gemv' (M = 1, activation-side identity) or 'gemm_t' (M ≥ 2, swap-AB weight-side form)."""
+    BN: int
+    """Weight rows per program."""
+    BM: int = 64
+    """Tokens per program (gemm_t)."""
+    split_k: int = 1
+    """K splits summed by the last split to arrive."""
+    num_warps: int = 4
+    num_stages: int = 3
+    GROUP_M: int = 8
+    """Program grouping along M for L2 reuse (gemm_t)."""
+    PRMT: bool | None = None
+    """Code values by byte permutes; None: on where the bit width has it (not 3-bit gemm_t)."""
+    Q_AS_B: bool = True
+    """gemv: the code values as the MMA's B operand."""
+    ONES: bool = False
+    """gemv, fp16: code values routed through an MMA-made tile of ones (registers instead of shared memory)."""
+    MUL16: bool = False
+    """gemm_t: one packed half multiply per two weights."""
+    S16: bool = False
+    """gemm_t, fp16: fp16 accumulation of the rank sum."""
+
+    def __post_init__(self):
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel={self.kernel!r} is not one of {KERNELS}")
+
+    @classmethod
+    def of(cls, value: "TileConfig | dict") -> "TileConfig":
+        """A ``TileConfig`` from itself or a table entry (unknown keys refused, naming them)."""
+        if isinstance(value, cls):
+            return value
+        unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown tile config keys {sorted(unknown)} in {value}")
+        return cls(**value)
 
 
 def rank_pad(r: int) -> int:
@@ -18,7 +64,7 @@ def swap_bm(M: int) -> int:
     return max(16, triton.next_power_of_2(M))
 
 
-def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) -> dict:
+def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) -> TileConfig:
     """A tile choice with no tuning table: fill the SMs, split K when N alone cannot (what the H100 sweep
     preferred, lords_kernels/lords_matmul/tuned_h100.json)."""
     n_groups = -(-K // group_size(bits))
@@ -26,28 +72,28 @@ def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) ->
         bn = 128 if N >= 8192 else 64
         tiles = -(-N // bn)
         split = max(1, min(n_groups, 16, (2 * sms) // tiles))
-        return dict(kernel="gemv", BN=bn, split_k=split, num_warps=4, num_stages=3, Q_AS_B=N >= 8192)
+        return TileConfig(kernel="gemv", BN=bn, split_k=split, num_warps=4, num_stages=3, Q_AS_B=N >= 8192)
     if M <= 64:  # the swap-AB kernel: weight rows on the MMA's wide side, the few tokens on its narrow side
         bm = swap_bm(M)
         bn = 64
         tiles = -(-N // bn) * -(-M // bm)
         split = max(1, min(n_groups, 16, (2 * sms) // tiles))
-        return dict(kernel="gemm_t", BM=bm, BN=bn, split_k=split, num_warps=4, num_stages=3, GROUP_M=8,
-                    MUL16=True, S16=True)
+        return TileConfig(kernel="gemm_t", BM=bm, BN=bn, split_k=split, num_warps=4, num_stages=3, GROUP_M=8,
+                          MUL16=True, S16=True)
     # two warpgroups of 64 weight rows each: one's LUT work overlaps the other's MMAs (H100 sweep: 1.9x faster
     # than one warpgroup at M = 2048)
-    return dict(kernel="gemm_t", BM=256 if M >= 512 else 128, BN=128, split_k=1, num_warps=8, num_stages=3,
-                GROUP_M=8, MUL16=True, S16=True)
+    return TileConfig(kernel="gemm_t", BM=256 if M >= 512 else 128, BN=128, split_k=1, num_warps=8, num_stages=3,
+                      GROUP_M=8, MUL16=True, S16=True)
 
 
-_TABLE: dict = {}
+_TABLE: dict[str, TileConfig] = {}
 
 
 def load_table(path: str) -> int:
     """Load a committed tuning table (JSON: ``{"M,N,K,bits,R": config}``); returns the number of entries."""
     with open(path) as fh:
         table = json.load(fh)
-    _TABLE.update(table.get("configs", table))
+    _TABLE.update({k: TileConfig.of(v) for k, v in table.get("configs", table).items()})
     return len(_TABLE)
 
 
@@ -55,6 +101,6 @@ def m_bucket(M: int) -> int:
     return M if M <= 2 else min(triton.next_power_of_2(M), 8192)
 
 
-def pick_config(M: int, N: int, K: int, bits: int, r: int) -> dict:
+def pick_config(M: int, N: int, K: int, bits: int, r: int) -> TileConfig:
     key = f"{m_bucket(M)},{N},{K},{bits},{rank_pad(r)}"
     return _TABLE.get(key) or default_config(M, N, K, bits, r)

@@ -1,0 +1,244 @@
+"""The forward kernels of ``y = x · (grid[Q] ⊙ (B·A))ᵀ + bias`` on :mod:`.layout` codes, and their launcher.
+
+- ``_gemv_kernel`` (M = 1, decode): the activation-side identity ``y = Σ_j B[:, j] ⊙ (grid[Q] · (A[j] ⊙ x))``.
+  ``_xa_kernel`` forms ``(A ⊙ x)ᵀ (K_pad, R)`` once; the tensor cores multiply raw code values ``(BN, T)`` by
+  its ``(T, R)`` tiles into ``Z (BN, R)``; one ``Σ_j B ⊙ Z`` at the end. No per-weight multiply by a scale.
+- ``_gemm_t_kernel`` (M ≥ 2): the weight-side form with the weight rows on the MMA's wide side ("swap AB"); see its
+  docstring. ``Q ⊙ (BA)`` never reaches memory.
+
+Split-K: each split writes an fp32 partial; the last split of a tile to arrive (an atomic counter, reset by that
+split) sums them, adds the bias and writes ``y``: one launch, no memset. The math is :mod:`.reference`'s.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .layout import T, KernelCodes, group_size
+from .primitives import (INTERPRET, _code_values, _dot, _field, _grouped_tile, _load_codes, _lut, _lut_prmt, _mm,
+                         _split_range, _splitk_epilogue)
+from .tuning import TileConfig, default_config, pick_config, rank_pad
+
+
+@triton.jit
+def _xa_kernel(x_ptr, A_ptr, xa_ptr, K, r, stride_ar, R: tl.constexpr, BK: tl.constexpr):
+    """``xaᵀ (K_pad, R) = (A ⊙ x)ᵀ``, zero beyond ``r`` and ``K``: the gemv's second operand, made once per call
+    instead of once per N-block."""
+    k = tl.program_id(0) * BK + tl.arange(0, BK)
+    j = tl.arange(0, R)
+    km = k < K
+    a = tl.load(A_ptr + j[None, :] * stride_ar + k[:, None], mask=(j[None, :] < r) & km[:, None], other=0.0)
+    xk = tl.load(x_ptr + k, mask=km, other=0.0)
+    xa = a.to(tl.float32) * xk.to(tl.float32)[:, None]
+    tl.store(xa_ptr + k[:, None] * R + j[None, :], xa.to(xa_ptr.dtype.element_ty))
+
+
+@triton.jit(do_not_specialize=["r", "n_groups", "split_k"])
+def _gemv_kernel(xa_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
+                 N, r, n_groups, split_k, stride_lo, stride_hi, stride_bn,
+                 HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
+                 BN: tl.constexpr, Q_AS_B: tl.constexpr, EVEN_N: tl.constexpr, PRMT: tl.constexpr,
+                 ONES: tl.constexpr, DOT_FP32: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    cdt = xa_ptr.dtype.element_ty
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    n_mask = offs_n < N
+    offs_j = tl.arange(0, T)
+    offs_r = tl.arange(0, R)
+    r_mask = offs_r < r
+    g0, g1 = _split_range(pid_k, n_groups, split_k)
+    if Q_AS_B:  # Zᵀ (R, BN) = (A ⊙ x) (R, T) · grid[Q]ᵀ (T, BN): the code values go straight to shared memory
+        z = tl.zeros((R, BN), dtype=tl.float32)
+    else:  # Z (BN, R) = grid[Q] (BN, T) · (A ⊙ x)ᵀ (T, R)
+        z = tl.zeros((BN, R), dtype=tl.float32)
+    if ONES:  # a (BN, T) tile of ones out of a K = 16 MMA: see below
+        e_n = tl.where(tl.arange(0, 16)[None, :] == 0, 1.0, 0.0) + tl.zeros((BN, 16), dtype=tl.float32)
+        e_t = tl.where(tl.arange(0, 16)[:, None] == 0, 1.0, 0.0) + tl.zeros((16, T), dtype=tl.float32)
+        ones = tl.dot(e_n.to(xa_ptr.dtype.element_ty), e_t.to(xa_ptr.dtype.element_ty), out_dtype=tl.float16)
+    for g in range(g0, g1):
+        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, not Q_AS_B, BITS, T,
+                             not EVEN_N, PRMT and BITS != 3)
+        for f in tl.static_range(F):
+            if PRMT:  # code values by byte permutes (no memory access), (BN, T) or (T, BN)
+                if BITS == 3:
+                    q = _lut_prmt(_field(lo, hi, f, BITS).to(tl.uint8), tab_ptr, xa_ptr, f, BITS)
+                else:
+                    q = _lut_prmt(lo, tab_ptr, xa_ptr, f, BITS)
+            else:  # code values by a gather from the L1-resident table
+                q = _lut(grid_ptr, _field(lo, hi, f, BITS)).to(cdt)
+            if ONES:
+                # times ones made by an MMA: the code values then live in the accumulator layout, which feeds the
+                # next MMA from registers (as in gemm_t), instead of a store to and a reload from shared memory
+                q = q * ones.to(q.dtype)
+            k = g * (F * T) + f * T + offs_j
+            if Q_AS_B:
+                xa = tl.load(xa_ptr + k[None, :] * R + offs_r[:, None])  # (R, T)
+                z = _dot(xa, q, z, DOT_FP32)
+            else:
+                xa = tl.load(xa_ptr + k[:, None] * R + offs_r[None, :])  # (T, R)
+                z = _dot(q, xa, z, DOT_FP32)
+    if Q_AS_B:
+        bt = tl.load(B_ptr + offs_n[None, :] * stride_bn + offs_r[:, None], mask=n_mask[None, :] & r_mask[:, None],
+                     other=0.0).to(tl.float32)
+        y = tl.sum(z * bt, axis=0)
+    else:
+        b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
+                    other=0.0).to(tl.float32)
+        y = tl.sum(z * b, axis=1)
+    offs_m = tl.zeros((1,), dtype=tl.int32)
+    _splitk_epilogue(y[None, :], offs_m, offs_n, 1, N, y_ptr, 0, bias_ptr, ws_ptr, lock_ptr, pid_n, pid_k,
+                     split_k, HAS_BIAS)
+
+
+@triton.jit(do_not_specialize=["M", "r", "n_groups", "split_k"])
+def _gemm_t_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
+                   M, N, K, r, n_groups, split_k, stride_xm, stride_ym, stride_lo, stride_hi, stride_bn, stride_ar,
+                   HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr, PRMT: tl.constexpr,
+                   MUL16: tl.constexpr, S16: tl.constexpr, DOT_FP32: tl.constexpr):
+    """The weight-side form transposed ("swap AB"): ``yᵀ (BN, BM) += W (BN, T) · xᵀ (T, BM)``. The weight rows are
+    the tensor cores' M side, so ``S = B_tile · A_tile`` comes out in the accumulator layout, ``W = grid[Q] ⊙ S``
+    is formed there and fed to the next MMA from registers (as flash attention feeds P): no shared-memory round
+    trip for ``W``, and a small token count M sits on the MMA's narrow N side (8–256) instead of padding 64 rows."""
+    pid_m, pid_n, num_n = _grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
+    pid_k = tl.program_id(1)
+    cdt = tl.float32 if DOT_FP32 else x_ptr.dtype.element_ty
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    offs_j = tl.arange(0, T)
+    offs_r = tl.arange(0, R)
+    r_mask = offs_r < r
+    b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
+                other=0.0).to(cdt)  # (BN, R), kept for the whole K loop
+    kt0, kt1 = _split_range(pid_k, n_groups * F, split_k)
+    acc = tl.zeros((BN, BM), dtype=tl.float32)
+    for kt in range(kt0, kt1):
+        g = kt // F
+        f = kt % F
+        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T,
+                             True, PRMT and BITS != 3)
+        # the code values first: the previous slice's MMA is still running on the tensor cores meanwhile
+        q = _code_values(lo, hi, f, grid_ptr, tab_ptr, x_ptr, BITS, PRMT)  # (BN, T)
+        k = g * (F * T) + f * T + offs_j
+        k_mask = k < K
+        a = tl.load(A_ptr + offs_r[:, None] * stride_ar + k[None, :], mask=r_mask[:, None] & k_mask[None, :],
+                    other=0.0).to(cdt)  # A tile (R, T)
+        if S16 and not DOT_FP32:  # fp16 accumulation of the rank-R sum (fp16 activations): no convert before the multiply
+            s = tl.dot(b, a, out_dtype=tl.float16)
+        else:
+            s = _mm(b, a, DOT_FP32)  # S tile (BN, T), fp32
+        if MUL16:  # one packed half multiply per two weights instead of two converts and a float multiply
+            w = q.to(cdt) * s.to(cdt)
+        else:
+            w = (q.to(tl.float32) * s).to(cdt)
+        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + k[:, None], mask=m_mask[None, :] & k_mask[:, None],
+                     other=0.0).to(cdt)  # xᵀ (T, BM)
+        acc = _dot(w, xt, acc, DOT_FP32)
+    _splitk_epilogue(tl.trans(acc), offs_m, offs_n, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, lock_ptr,
+                     pid_m * num_n + pid_n, pid_k, split_k, HAS_BIAS)
+
+
+# ----------------------------------------------------------------------------------------------- launcher
+
+_SCRATCH: dict = {}
+_LOCKS = 1 << 16
+
+
+def _scratch(device: torch.device, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split-K partials (fp32, grown on demand) and tile counters (int32, zero between launches)."""
+    key = (device.type, device.index)
+    ws, locks = _SCRATCH.get(key, (None, None))
+    if ws is None or ws.numel() < numel:
+        ws = torch.empty(max(numel, 1 << 20), dtype=torch.float32, device=device)
+        if locks is None:
+            locks = torch.zeros(_LOCKS, dtype=torch.int32, device=device)
+        _SCRATCH[key] = (ws, locks)
+    return ws, locks
+
+
+_GRIDS: dict = {}
+
+
+def grid_as(grid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``grid`` in ``dtype``, cast once and cached (the cache holds the source, so its address stays unique)."""
+    if grid.dtype == dtype:
+        return grid
+    key = (grid.data_ptr(), grid._version, dtype)
+    hit = _GRIDS.get(key)
+    if hit is None:
+        hit = _GRIDS[key] = (grid, grid.to(dtype))
+    return hit[1]
+
+
+def prmt_table(grid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The 8 int32 words ``_prmt_asm`` reads: low bytes then high bytes of the grid in ``dtype``, padded to 16."""
+    key = ("prmt", grid.data_ptr(), grid._version, dtype)
+    hit = _GRIDS.get(key)
+    if hit is None:
+        g16 = torch.zeros(16, dtype=dtype, device=grid.device)
+        g16[: grid.numel()] = grid.to(dtype)
+        by = g16.view(torch.uint8)
+        tab = torch.cat([by[0::2].contiguous().view(torch.int32), by[1::2].contiguous().view(torch.int32)])
+        hit = _GRIDS[key] = (grid, tab)
+    return hit[1]
+
+
+def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torch.Tensor,
+                 bias: torch.Tensor | None, config: TileConfig | dict | None = None) -> torch.Tensor:
+    """``y (..., N) = x @ W_hat.T + bias`` in ``x.dtype``; ``x (..., K)`` fp16/bf16, ``B (N, r)``, ``A (r, K)``."""
+    K = codes.K
+    N, r = B.shape
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0:
+        return y.reshape(*lead, N)
+    bits = codes.bits
+    R = rank_pad(r)
+    cfg = TileConfig.of(config) if config is not None else pick_config(M, N, K, bits, r)
+    n_groups = codes.k_pad // group_size(bits)
+    split = max(1, min(cfg.split_k, n_groups))
+    F = 8 // (2 if bits == 3 else bits)
+    hi = codes.hi if bits == 3 else codes.lo
+    A = A if A.stride(-1) == 1 else A.contiguous()
+    B = B if B.stride(-1) == 1 else B.contiguous()
+    has_bias = bias is not None
+    common = dict(HAS_BIAS=has_bias, BITS=bits, T=T, F=F, R=R, DOT_FP32=INTERPRET,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if cfg.kernel == "gemv" and M == 1:
+        tiles = triton.cdiv(N, cfg.BN)
+        ws, locks = _scratch(x.device, split * N if split > 1 else 1)
+        assert tiles <= _LOCKS
+        # the gathered code values feed the tensor cores directly: fetch them in the operand dtype
+        g = grid if INTERPRET else grid_as(grid, x.dtype)
+        xa = torch.empty(codes.k_pad, R, dtype=torch.float32 if INTERPRET else x.dtype, device=x.device)
+        _xa_kernel[(codes.k_pad // 64,)](x2, A, xa, K, r, A.stride(0), R=R, BK=64, num_warps=4)
+        prmt = (cfg.PRMT is not False) and not INTERPRET
+        tab = prmt_table(grid, x.dtype) if prmt else locks
+        _gemv_kernel[(tiles, split)](
+            xa, codes.lo, hi, g, tab, B, bias if has_bias else y, y, ws, locks,
+            N, r, n_groups, split, codes.lo.stride(0), hi.stride(0), B.stride(0),
+            BN=cfg.BN, Q_AS_B=cfg.Q_AS_B, EVEN_N=N % cfg.BN == 0, PRMT=prmt,
+            ONES=cfg.ONES and not INTERPRET and x.dtype == torch.float16, **common)
+    else:  # gemm_t; a gemv tile asked for M > 1 falls back to the heuristic's gemm_t tile
+        if cfg.kernel != "gemm_t":
+            cfg = default_config(M, N, K, bits, r)
+        bm, bn = cfg.BM, cfg.BN
+        tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+        ws, locks = _scratch(x.device, split * M * N if split > 1 else 1)
+        assert tiles <= _LOCKS
+        prmt = (cfg.PRMT if cfg.PRMT is not None else bits != 3) and not INTERPRET
+        tab = prmt_table(grid, x.dtype) if prmt else locks
+        args = (x2, codes.lo, hi, grid, tab, B, A, bias if has_bias else y, y, ws, locks,
+                M, N, K, r, n_groups, split, x2.stride(0), y.stride(0), codes.lo.stride(0), hi.stride(0),
+                B.stride(0), A.stride(0))
+        _gemm_t_kernel[(tiles, split)](*args, BM=bm, BN=bn, GROUP_M=cfg.GROUP_M, PRMT=prmt, MUL16=cfg.MUL16,
+                                       S16=cfg.S16 and x.dtype == torch.float16, **common)
+    return y.reshape(*lead, N)

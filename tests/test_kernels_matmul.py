@@ -68,7 +68,8 @@ CPU_SHAPES = [(1, 48, 200, 5), (1, 70, 300, 20), (3, 33, 136, 7), (17, 64, 256, 
 CPU_CONFIGS = [None, dict(kernel="gemm_t", BM=16, BN=32, split_k=3, num_warps=4, num_stages=1),
                dict(kernel="gemv", BN=32, split_k=2, num_warps=4, num_stages=1),
                dict(kernel="gemm_t", BM=16, BN=32, split_k=2, num_warps=4, num_stages=1, MUL16=True),
-               dict(kernel="gemm_t", BM=32, BN=64, split_k=1, num_warps=4, num_stages=1)]
+               dict(kernel="gemm_t", BM=32, BN=64, split_k=1, num_warps=4, num_stages=1),
+               dict(kernel="dequant", BN=128)]
 
 
 @needs_interp_or_cuda
@@ -119,6 +120,20 @@ def test_backward_matches_reference(shape, bits, dtype):
     # dB, dA: fp32 (tf32 on GPU) products of dy, x in their dtype → the same tolerance
     assert rel(dB, rB) < TOL[dtype]
     assert rel(dA, rA) < TOL[dtype]
+
+
+@needs_interp_or_cuda
+@pytest.mark.parametrize("bits", [3, 4])
+def test_backward_dx_through_the_dequantized_weight_matches_reference(bits, monkeypatch):
+    from lords_kernels.lords_matmul import backward
+
+    monkeypatch.setattr(backward, "DEQUANT_MIN_M", 1)  # the prefill-sized path, on a small case
+    dev, dtype = device_of(), DTYPES[0]
+    qweight, grid, B, A = make_case(50, 136, 6, bits, dtype, dev, seed=3)
+    x, dy = torch.randn(9, 136, dtype=dtype, device=dev), torch.randn(9, 50, dtype=dtype, device=dev)
+    dx, _, _ = tk.lords_matmul_backward(dy, x, repack(qweight, bits, 136), grid, B, A, need_dBA=False)
+    rx, _, _ = ref.lords_matmul_backward(dy, x, qweight, grid, B, A, bits)
+    assert rel(dx, rx) < TOL[dtype]
 
 
 # ----------------------------------------------------------------------------------------------- GPU

@@ -13,7 +13,7 @@ import triton.language as tl
 
 from .layout import T, KernelCodes
 from .primitives import INTERPRET, _dot, _field, _load_codes, _lut, _mm
-from .tuning import rank_pad
+from .tuning import DEQUANT_MIN_M, rank_pad
 
 
 @triton.jit(do_not_specialize=["M", "r"])
@@ -117,6 +117,11 @@ def lords_matmul_backward(dy: torch.Tensor, x: torch.Tensor, codes: KernelCodes,
     n_slices = codes.k_pad // T
     dx = dB = dA = None
     big = M >= 256
+    if need_dx and M >= DEQUANT_MIN_M:  # W_hat once into the shared buffer, then cuBLAS
+        from .dequant import dequantize
+
+        dx = torch.mm(dy2, dequantize(codes, grid, B.to(dy.dtype), A.to(dy.dtype), dy.dtype)).reshape(*x.shape[:-1], K)
+        need_dx = False
     if need_dx:
         dx = torch.empty(M, K, dtype=dy.dtype, device=dy.device)
         bm = 128 if big else max(16, min(64, triton.next_power_of_2(M)))

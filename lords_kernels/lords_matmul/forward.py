@@ -203,6 +203,13 @@ def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: tor
     bits = codes.bits
     R = rank_pad(r)
     cfg = TileConfig.of(config) if config is not None else pick_config(M, N, K, bits, r)
+    if cfg.kernel == "dequant":  # prefill: W_hat once into the shared buffer, then cuBLAS
+        from .dequant import dequantize
+
+        w = dequantize(codes, grid, B, A, x.dtype)
+        if bias is None:
+            return torch.mm(x2, w.t(), out=y).reshape(*lead, N)
+        return torch.addmm(bias.to(x.dtype), x2, w.t(), out=y).reshape(*lead, N)
     n_groups = codes.k_pad // group_size(bits)
     split = max(1, min(cfg.split_k, n_groups))
     F = 8 // (2 if bits == 3 else bits)

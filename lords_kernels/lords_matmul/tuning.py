@@ -10,7 +10,9 @@ import triton
 
 from .layout import group_size
 
-KERNELS = ("gemv", "gemm_t")
+KERNELS = ("gemv", "gemm_t", "dequant")
+DEQUANT_MIN_M = 512
+"""From this many tokens the forward dequantizes once and calls cuBLAS (lords_matmul.dequant)."""
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,8 @@ class TileConfig:
     """One launch choice of the forward kernels (the table's and the heuristic's unit)."""
 
     kernel: str
-    """'gemv' (M = 1, activation-side identity) or 'gemm_t' (M ≥ 2, swap-AB weight-side form)."""
+    """'gemv' (M = 1, activation-side identity), 'gemm_t' (M ≥ 2, swap-AB weight-side form) or 'dequant'
+    (W_hat into a shared buffer, then cuBLAS: prefill)."""
     BN: int
     """Weight rows per program."""
     BM: int = 64
@@ -102,5 +105,7 @@ def m_bucket(M: int) -> int:
 
 
 def pick_config(M: int, N: int, K: int, bits: int, r: int) -> TileConfig:
+    if M >= DEQUANT_MIN_M:
+        return TileConfig("dequant", BN=128)
     key = f"{m_bucket(M)},{N},{K},{bits},{rank_pad(r)}"
     return _TABLE.get(key) or default_config(M, N, K, bits, r)

@@ -1,6 +1,7 @@
 """Perplexity by the standard protocol: non-overlapping windows, exp of the mean next-token NLL."""
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -11,11 +12,13 @@ from .errors import ConfigError
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, input_ids: torch.Tensor, window: int | None = None) -> tuple[float, int]:
+def perplexity(model: nn.Module, input_ids: torch.Tensor, window: int | None = None,
+               progress: bool | str = False) -> tuple[float, int]:
     """``(perplexity, tokens scored)`` of ``model`` on ``input_ids (1, T)``.
 
     Windows of ``window`` tokens (default: 2048, or the model's context if smaller); inside each,
     every token but the first is scored, so no token is scored twice and none sees another window.
+    ``progress``: a bar over the windows (a string labels it).
     """
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ConfigError(f"input_ids must have shape (1, T), got {tuple(input_ids.shape)}")
@@ -23,7 +26,12 @@ def perplexity(model: nn.Module, input_ids: torch.Tensor, window: int | None = N
     window = window or min(2048, ctx)
     device = next(model.parameters()).device
     nll, count = 0.0, 0
-    for start in range(0, input_ids.shape[1], window):
+    starts = range(0, input_ids.shape[1], window)
+    if progress and importlib.util.find_spec("tqdm") is not None:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=progress if isinstance(progress, str) else "perplexity", unit="window")
+    for start in starts:
         chunk = input_ids[:, start : start + window].to(device)
         if chunk.shape[1] < 2:
             continue

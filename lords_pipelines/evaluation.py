@@ -31,7 +31,7 @@ def eval_perplexity(model: nn.Module, tokenizer, s: EvalSettings) -> dict[str, A
     ids = tokenize(tokenizer, text, s.perplexity_tokens)
     ctx = getattr(getattr(model, "config", None), "max_position_embeddings", s.window)
     with cached_weights(model):
-        ppl, n = perplexity(model, ids, min(s.window, ctx))
+        ppl, n = perplexity(model, ids, min(s.window, ctx), progress=f"perplexity on {s.corpus}")
     return {"ppl": ppl, "ppl_tokens": n, "ppl_corpus": s.corpus}
 
 

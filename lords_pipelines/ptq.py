@@ -45,7 +45,7 @@ def heldout_calibration_ppl(model, tok, s: RunSettings) -> dict[str, Any]:
     used = s.quant.calibration[0] if s.quant is not None else 0
     ids = calibration_ids(s.data, tok, s.eval.heldout_calib_tokens, offset=used)
     with cached_weights(model):
-        ppl, n = perplexity(model, ids)
+        ppl, n = perplexity(model, ids, progress="perplexity on held-out calibration text")
     return {"heldout_calib_ppl": ppl, "heldout_calib_tokens": n}
 
 

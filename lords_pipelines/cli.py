@@ -3,8 +3,7 @@ run folder and before any model is loaded. A bad override exits with status 2 an
 the valid values or keys; nothing is written.
 
     if __name__ == "__main__":
-        check_command_line("ptq")   # exits 2 on a bad override
-        main()                      # the @hydra.main entry point
+        launch("ptq", run)   # checks the command line (exit 2 on a bad override), then Hydra runs run(settings)
 """
 from __future__ import annotations
 
@@ -96,3 +95,21 @@ def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
     if reason is not None:
         print(f"config error: {reason}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def launch(config_name: str, run) -> None:
+    """The entry point of a stage: check the command line, then let Hydra compose ``conf/<config_name>.yaml`` (runs,
+    sweeps, callbacks) and call ``run`` with the validated settings of each job."""
+    import hydra
+
+    from .settings import settings_or_exit
+
+    check_command_line(config_name)
+    if not any(a.startswith("hydra.job.name=") for a in sys.argv):
+        sys.argv.append(f"hydra.job.name={config_name}")  # the job log is <run dir>/<stage>.log
+
+    @hydra.main(version_base="1.3", config_path=str(CONF), config_name=config_name)
+    def main(cfg) -> None:
+        run(settings_or_exit(cfg))
+
+    main()

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
-
 from lords.checkpoint import load_quantized
 
 from .common import apply_backend, calibration_for, finish_run, quantize_model, start_run, storage_metrics
-from .settings import RunSettings, settings_from_cfg, settings_or_exit
+from .settings import RunSettings, settings_from_cfg
 
 
 def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -30,13 +28,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, {"model": model, "tokenizer": tok}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
-def main(cfg) -> None:
-    run(settings_or_exit(cfg))
-
-
 if __name__ == "__main__":
-    from .cli import check_command_line
+    from .cli import launch
 
-    check_command_line("eval")
-    main()
+    launch("eval", run)

@@ -11,14 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
-
 from lords.checkpoint import load_quantized
 from lords.errors import ConfigError
 
 from .common import apply_backend, calibration_for, finish_run, quantize_model, start_run, storage_metrics
 from .evaluation import answer_metrics
-from .settings import RunSettings, settings_from_cfg, settings_or_exit
+from .settings import RunSettings, settings_from_cfg
 
 
 def prepare(model, tok, s: RunSettings):
@@ -76,13 +74,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="peft")
-def main(cfg) -> None:
-    run(settings_or_exit(cfg))
-
-
 if __name__ == "__main__":
-    from .cli import check_command_line
+    from .cli import launch
 
-    check_command_line("peft")
-    main()
+    launch("peft", run)

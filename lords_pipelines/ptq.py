@@ -9,13 +9,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import hydra
-
 from lords import QuantizeReport
 
 from .common import (apply_backend, calibration_for, finish_run, finished_metrics, out_dir_of, quantize_model,
                      start_run, storage_metrics)
-from .settings import RunSettings, settings_from_cfg, settings_or_exit
+from .settings import RunSettings, settings_from_cfg
 
 
 def quant_metrics(report, model, seconds: float) -> dict[str, Any]:
@@ -73,13 +71,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, {"model": model, "tokenizer": tok, "report": report}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="ptq")
-def main(cfg) -> None:
-    run(settings_or_exit(cfg))
-
-
 if __name__ == "__main__":
-    from .cli import check_command_line
+    from .cli import launch
 
-    check_command_line("ptq")
-    main()
+    launch("ptq", run)

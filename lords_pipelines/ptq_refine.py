@@ -17,7 +17,7 @@ from lords.errors import ConfigError
 from lords import calibration_stats
 
 from .common import apply_backend, calibration_for, finish_run, start_run, storage_metrics
-from .settings import RunSettings, settings_from_cfg, settings_or_exit
+from .settings import RunSettings, settings_from_cfg
 
 
 def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -48,13 +48,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="ptq_refine")
-def main(cfg) -> None:
-    run(settings_or_exit(cfg))
-
-
 if __name__ == "__main__":
-    from .cli import check_command_line
+    from .cli import launch
 
-    check_command_line("ptq_refine")
-    main()
+    launch("ptq_refine", run)

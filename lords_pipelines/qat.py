@@ -9,12 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import hydra
-
 from lords.errors import ConfigError
 
 from .common import apply_backend, finish_run, start_run, storage_metrics
-from .settings import RunSettings, settings_from_cfg, settings_or_exit
+from .settings import RunSettings, settings_from_cfg
 
 
 def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -39,13 +37,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="qat")
-def main(cfg) -> None:
-    run(settings_or_exit(cfg))
-
-
 if __name__ == "__main__":
-    from .cli import check_command_line
+    from .cli import launch
 
-    check_command_line("qat")
-    main()
+    launch("qat", run)

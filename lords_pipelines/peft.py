@@ -63,7 +63,8 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer = make_trainer(s, out, logger)
     t = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))
-    metrics: dict[str, Any] = {"train_seconds": time.time() - t, "trainable_floats": trainable,
+    speed = next((c.tokens_per_s for c in trainer.callbacks if hasattr(c, "tokens_per_s")), None)
+    metrics: dict[str, Any] = {"train_seconds": time.time() - t, "train_tokens_per_s": speed, "trainable_floats": trainable,
                                "train_steps": trainer.global_step, **storage_metrics(model)}
     metrics.update({f"before/{k}": v for k, v in before.items()})
     metrics.update(answer_metrics(model, dm.val_dataloader()))

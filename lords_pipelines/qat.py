@@ -29,7 +29,8 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer = make_trainer(s, out, logger)
     t = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))
-    metrics: dict[str, Any] = {"train_seconds": time.time() - t, "trainable_floats": module.trainable_floats(),
+    speed = next((c.tokens_per_s for c in trainer.callbacks if hasattr(c, "tokens_per_s")), None)
+    metrics: dict[str, Any] = {"train_seconds": time.time() - t, "train_tokens_per_s": speed, "trainable_floats": module.trainable_floats(),
                                "train_steps": trainer.global_step}
     model = apply_backend(module.convert(), s.trainer.backend)
     metrics.update(storage_metrics(model))

@@ -25,12 +25,37 @@ def resume_path(s: RunSettings, out: Path) -> str | None:
     return r
 
 
+class Throughput(L.Callback):
+    """Steady-state training speed: tokens (attention-masked, all ranks) per second after ``warmup`` steps, the
+    first ones (compilation, allocator growth) left out; ``tokens_per_s`` is None when too few steps ran."""
+
+    def __init__(self, warmup: int = 5):
+        self.warmup, self.start, self.tokens, self.tokens_per_s = warmup, None, 0, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+
+        import torch
+
+        step = trainer.global_step
+        if step == self.warmup:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.start, self.tokens = time.perf_counter(), 0
+        elif step > self.warmup and self.start is not None:
+            self.tokens += int(batch["attention_mask"].sum()) * trainer.world_size
+            if step == trainer.max_steps:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.tokens_per_s = self.tokens / (time.perf_counter() - self.start)
+
+
 def make_trainer(s: RunSettings, out: Path, logger, max_steps: int | None = None) -> L.Trainer:
     kw = s.trainer.trainer_kwargs()
     if max_steps is not None:
         kw["max_steps"] = max_steps
     fast = bool(kw["fast_dev_run"])
-    callbacks = []
+    callbacks = [Throughput()]
     if not fast:
         callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
                                          every_n_train_steps=s.trainer.checkpoint_every_n_steps))

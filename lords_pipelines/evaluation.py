@@ -38,13 +38,13 @@ def eval_perplexity(model: nn.Module, tokenizer, s: EvalSettings) -> dict[str, A
 def lm_eval_accuracy(model: nn.Module, tokenizer, tasks, limit: int | None = None, batch_size: int = 1,
                      device: str | None = None) -> dict[str, float]:
     """``{task/acc: ..., task/acc_norm: ...}`` from lm-eval on ``model`` (an ``HFLM`` around the object)."""
+    tasks = list(tasks)
+    if not tasks:  # lm-eval is needed only when tasks are asked for
+        return {}
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    tasks = list(tasks)
-    if not tasks:
-        return {}
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     local = {p.stem for p in LOCAL_TASKS.glob("*.yaml")}
     only_local = all(t in local for t in tasks)

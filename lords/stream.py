@@ -211,7 +211,7 @@ def quantize_streamed(
         calibrated = {n: m for n, (m, leaf) in chosen.items() if leaf.needs_calibration}
         stats, float_outs = None, []
         if inputs == "float" or calibrated:  # one float pass: the statistics and, for inputs="float", the outputs
-            stats = stats_over(lambda c: float_outs.append(_run_block(block, c)), calls, lengths, calibrated,
+            stats = stats_over(lambda c, b=block: float_outs.append(_run_block(b, c)), calls, lengths, calibrated,
                                *config.calibration[1:])
         for name, (module, leaf) in chosen.items():
             done = journal.load(name, module)

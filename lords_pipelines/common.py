@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from functools import lru_cache
 from pathlib import Path

@@ -22,7 +22,7 @@ def quant_metrics(report, model, seconds: float) -> dict[str, Any]:
             "quant_seconds": seconds, "layers": len(report.layers)}
 
 
-def journal_dir(out, config) -> "Path":
+def journal_dir(out, config):
     """``<out>/journal/<config digest>``: a rerun with the same config resumes there; another config starts anew."""
     import hashlib
     import json

@@ -10,7 +10,6 @@ import time
 import warnings
 from typing import Any
 
-import hydra
 from torch.utils.data import DataLoader
 
 from lords.errors import ConfigError

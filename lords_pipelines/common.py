@@ -25,9 +25,10 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 @lru_cache(maxsize=4)
-def _bpe_tokenizer(vocab: int):
-    """A byte-level BPE tokenizer with ``vocab`` entries, trained offline on Python's pydoc topics (< 1 s)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def bpe_tokenizer(vocab: int, add_bos: bool = False):
+    """A byte-level BPE tokenizer with ``vocab`` entries, trained offline on Python's pydoc topics (< 1 s);
+    ``add_bos``: it prepends BOS to every text, as Llama's tokenizers do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     from lords.texts import calibration_text
@@ -39,6 +40,9 @@ def _bpe_tokenizer(vocab: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=special, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([calibration_text()[:400_000]], trainer=trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single=f"{special[0]} $A", pair=f"{special[0]} $A $B",
+                                                           special_tokens=[(special[0], 0)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=special[0], bos_token=special[0],
                                    pad_token=special[0], unk_token=special[0])
 
@@ -73,7 +77,7 @@ def _load_model(s: ModelSettings, seed: int):
         from lords.models import tiny_llama
 
         t = s.tiny
-        tok = _bpe_tokenizer(t.vocab)
+        tok = bpe_tokenizer(t.vocab)
         model = tiny_llama(seed=seed, hidden=t.hidden, layers=t.layers, heads=t.heads, kv_heads=t.kv_heads,
                            intermediate=t.intermediate, vocab=len(tok))
         return model.to(_DTYPES[s.dtype]).eval(), tok

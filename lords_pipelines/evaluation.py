@@ -14,7 +14,7 @@ from torch import nn
 
 from lords.linear import cached_weights
 from lords.perplexity import perplexity
-from lords.texts import tokenize
+from lords.texts import bos_id, tokenize
 
 from .settings import EvalSettings
 
@@ -22,17 +22,28 @@ LOCAL_TASKS = Path(__file__).parent / "tasks"
 STANDARD_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "openbookqa")
 
 
+def corpus_perplexity(model: nn.Module, tokenizer, corpus: str, tokens: int, window: int = 2048) -> tuple[float, int]:
+    """``(perplexity, tokens scored)`` on the first ``tokens`` tokens of ``corpus``, BOS-led windows where the
+    tokenizer adds BOS (``lords.perplexity``)."""
+    from .datamodule import source_text
+
+    text = source_text(corpus, split="test") if corpus.startswith("hf:") else source_text(corpus)
+    ids = tokenize(tokenizer, text, tokens)
+    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", window)
+    with cached_weights(model):
+        return perplexity(model, ids, min(window, ctx), progress=f"perplexity on {corpus}", bos=bos_id(tokenizer))
+
+
 def eval_perplexity(model: nn.Module, tokenizer, s: EvalSettings) -> dict[str, Any]:
     if s.perplexity_tokens == 0:
         return {}
-    from .datamodule import source_text
-
-    text = source_text(s.corpus, split="test") if s.corpus.startswith("hf:") else source_text(s.corpus)
-    ids = tokenize(tokenizer, text, s.perplexity_tokens)
-    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", s.window)
-    with cached_weights(model):
-        ppl, n = perplexity(model, ids, min(s.window, ctx), progress=f"perplexity on {s.corpus}")
-    return {"ppl": ppl, "ppl_tokens": n, "ppl_corpus": s.corpus}
+    out: dict[str, Any] = {}
+    for corpus in (s.corpus, *s.extra_corpora):
+        ppl, n = corpus_perplexity(model, tokenizer, corpus, s.perplexity_tokens, s.window)
+        out[f"ppl/{corpus}"] = ppl
+        if corpus == s.corpus:
+            out.update(ppl=ppl, ppl_tokens=n, ppl_corpus=corpus)
+    return out
 
 
 def lm_eval_accuracy(model: nn.Module, tokenizer, tasks, limit: int | None = None, batch_size: int = 1,

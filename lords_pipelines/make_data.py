@@ -10,6 +10,12 @@
   licence texts (verbatim copies permitted) without its last word, the true word and three distractors
   drawn from other sentences' last words.
 - ``lords_pipelines/tasks/lords_unicode.jsonl``: multiple choice over four Unicode names (the held-out pairs only).
+- The zero-shot tasks of the PTQ tables (group ``lords_zero_shot``), 500 items each, from the King James Version
+  (1611, public domain; ``lords.texts``), each from books that no evaluation or training text uses:
+  ``lords_kjv_cloze`` (the last word of a Gospel verse, as LAMBADA, against three other verses' last words),
+  ``lords_kjv_next`` (the verse of a Psalm that follows, as HellaSwag, against three verses of other Psalms) and
+  ``lords_kjv_proverbs`` (the second half of a verse of Proverbs or Ecclesiastes after its first colon or
+  semicolon, against three other verses' second halves).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 VAL_ITEMS = 48
+TASK_ITEMS = 500
 
 
 def unicode_pairs() -> list[dict]:
@@ -57,6 +64,55 @@ def cloze_items(n: int = 120) -> list[dict]:
     return items
 
 
+def _choice_item(rng, context: str, answer: str, pool: list[str]) -> dict:
+    choices = rng.sample([x for x in pool if x != answer], 3) + [answer]
+    rng.shuffle(choices)
+    return {"context": context, "choices": choices, "label": choices.index(answer)}
+
+
+def kjv_cloze_items(n: int = TASK_ITEMS) -> list[dict]:
+    from lords.texts import kjv_verses
+
+    good = []
+    for book, _, _, text in kjv_verses():
+        words = text.rstrip(".;:,!?").split(" ")
+        if book in ("Mat", "Mark", "Luke", "John") and 8 <= len(words) <= 40 and re.fullmatch(r"[a-z]{4,}", words[-1]):
+            good.append((" ".join(words[:-1]), words[-1]))
+    rng = random.Random(0)
+    vocab = sorted({w for _, w in good})
+    return [_choice_item(rng, c, w, vocab) for c, w in rng.sample(good, n)]
+
+
+def kjv_next_items(n: int = TASK_ITEMS) -> list[dict]:
+    from lords.texts import kjv_verses
+
+    psalms = [(c, t) for b, c, _, t in kjv_verses() if b == "Psa"]
+    pairs = [(a[1], b[1], a[0]) for a, b in zip(psalms, psalms[1:]) if a[0] == b[0]]
+    rng = random.Random(0)
+    items = []
+    for context, answer, chapter in rng.sample(pairs, n):
+        others = [t for c, t in rng.sample(psalms, 12) if c != chapter][:3]
+        choices = others + [answer]
+        rng.shuffle(choices)
+        items.append({"context": context, "choices": choices, "label": choices.index(answer)})
+    return items
+
+
+def kjv_proverb_items(n: int = TASK_ITEMS) -> list[dict]:
+    from lords.texts import kjv_verses
+
+    halves = []
+    for book, _, _, text in kjv_verses():
+        cut = ":" if ":" in text else ";"
+        if book in ("Prv", "Eccl") and cut in text:
+            first, second = (x.strip() for x in text.split(cut, 1))
+            if len(first.split()) >= 4 and len(second.split()) >= 4:
+                halves.append((first + cut, second))
+    rng = random.Random(0)
+    pool = sorted({s for _, s in halves})
+    return [_choice_item(rng, f, s, pool) for f, s in rng.sample(halves, n)]
+
+
 def unicode_choice_items(pairs: list[dict]) -> list[dict]:
     rng = random.Random(1)
     names = [p["answer"].strip() for p in pairs]
@@ -80,6 +136,9 @@ def main():
     write_jsonl(HERE / "data" / "unicode_names.jsonl", pairs)
     write_jsonl(HERE / "tasks" / "lords_cloze.jsonl", cloze_items())
     write_jsonl(HERE / "tasks" / "lords_unicode.jsonl", unicode_choice_items(pairs))
+    write_jsonl(HERE / "tasks" / "lords_kjv_cloze.jsonl", kjv_cloze_items())
+    write_jsonl(HERE / "tasks" / "lords_kjv_next.jsonl", kjv_next_items())
+    write_jsonl(HERE / "tasks" / "lords_kjv_proverbs.jsonl", kjv_proverb_items())
 
 
 if __name__ == "__main__":

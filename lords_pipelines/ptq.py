@@ -37,13 +37,15 @@ def heldout_calibration_ppl(model, tok, s: RunSettings) -> dict[str, Any]:
         return {}
     from lords.linear import cached_weights
     from lords.perplexity import perplexity
+    from lords.texts import bos_id
 
     from .datamodule import calibration_ids
 
     used = s.quant.calibration[0] if s.quant is not None else 0
     ids = calibration_ids(s.data, tok, s.eval.heldout_calib_tokens, offset=used)
     with cached_weights(model):
-        ppl, n = perplexity(model, ids, progress="perplexity on held-out calibration text")
+        ppl, n = perplexity(model, ids, progress="perplexity on held-out calibration text",
+                            bos=bos_id(tok))
     return {"heldout_calib_ppl": ppl, "heldout_calib_tokens": n}
 
 

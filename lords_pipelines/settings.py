@@ -232,6 +232,8 @@ class EvalSettings:
     perplexity_tokens: int = 8192
     window: int = 2048
     corpus: str = "licenses"
+    extra_corpora: tuple[str, ...] = ()
+    """Further texts scored like ``corpus`` (metrics ``ppl/<name>``; ``ppl`` stays ``corpus``'s)."""
     tasks: tuple[str, ...] = ()
     task_limit: int | None = None
     batch_size: int = 1

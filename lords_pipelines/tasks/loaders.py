@@ -21,3 +21,15 @@ def load_cloze(**_metadata):
 
 def load_unicode(**_metadata):
     return _load("lords_unicode")
+
+
+def load_kjv_cloze(**_metadata):
+    return _load("lords_kjv_cloze")
+
+
+def load_kjv_next(**_metadata):
+    return _load("lords_kjv_next")
+
+
+def load_kjv_proverbs(**_metadata):
+    return _load("lords_kjv_proverbs")

@@ -15,6 +15,7 @@ from .config import BlockwiseConfig, LordsConfig, QuantConfig, RefineConfig, Sca
 from .errors import LordsError
 from .layerwise import LayerwiseConfig, MixedPrecisionConfig
 from .linear import BlockLinear, LoRDSLinear, QuantizedLinear, cached_weights
+from .loftq import LoftQConfig, LoftQLinear
 from .peft import mark_only_scales_trainable
 from .qat import QATConfig, QATLinear
 from .quantize import ScaleMethod, calibration_stats, handler_for, layer_report, plan, quantize_, register_handler, scale_method
@@ -24,7 +25,7 @@ from .scales import BlockScale, LowRankScale
 from .stream import load_streamed, quantize_streamed
 
 __all__ = [
-    "BlockLinear", "BlockScale", "BlockwiseConfig", "LayerReport", "LayerStats", "LayerwiseConfig", "LoRDSLinear",
+    "BlockLinear", "BlockScale", "BlockwiseConfig", "LayerReport", "LayerStats", "LayerwiseConfig", "LoftQConfig", "LoftQLinear", "LoRDSLinear",
     "LordsConfig", "LordsError", "LowRankScale", "MixedPrecisionConfig", "QATConfig", "QATLinear", "QuantConfig",
     "QuantizeReport", "QuantizedLinear", "RefineAdam", "RefineConfig", "Refiner", "ScaleConfig", "ScaleMethod",
     "cached_weights", "calibration_stats", "config_from_dict", "handler_for", "layer_report", "load_quantized",

@@ -1,0 +1,59 @@
+"""LoftQ, the low-rank-corrected NF baseline of the PTQ tables: peft's alternation at every width."""
+import pytest
+import torch
+from torch import nn
+
+import lords
+from lords import BlockwiseConfig, LoftQConfig, LoftQLinear, MixedPrecisionConfig, RefineConfig, quantize_
+from lords.blockwise import block_absmax, dequantize, expand_blocks, quantize_with_scale
+from lords.errors import ConfigError
+from lords.grids import make_grid
+
+
+def _linear(n=96, m=128, seed=0):
+    torch.manual_seed(seed)
+    layer = nn.Linear(m, n, bias=False)
+    layer.weight.data = torch.randn(n, m) * (1 + torch.rand(n, 1))
+    return nn.Sequential(layer)
+
+
+def test_one_alternation_is_nf_codes_of_w_plus_the_svd_of_their_residual():
+    model = _linear()
+    w = model[0].weight.detach().clone()
+    quantize_(model, LoftQConfig(bits=2, block_size=32, rank=8, iters=1, exclude=()), progress=False)
+    grid = make_grid("nf", 2)
+    s = expand_blocks(block_absmax(w, 32), 128, 32)
+    nf = dequantize(quantize_with_scale(w, s, grid), s, grid)
+    U, S, Vh = torch.linalg.svd(w - nf, full_matrices=False)
+    expected = nf + U[:, :8] @ torch.diag(S[:8]) @ Vh[:8]
+    assert isinstance(model[0], LoftQLinear)
+    assert torch.allclose(model[0].dequantized_weight(), expected, atol=1e-4)
+
+
+def test_correction_lowers_the_error_of_nf_and_more_alternations_lower_it_further():
+    errors = {}
+    for name, cfg in {"nf": BlockwiseConfig(bits=2, block_size=32, exclude=()),
+                      "loftq1": LoftQConfig(bits=2, block_size=32, rank=8, iters=1, exclude=()),
+                      "loftq5": LoftQConfig(bits=2, block_size=32, rank=8, iters=5, exclude=())}.items():
+        errors[name] = quantize_(_linear(), cfg, progress=False).rel_error
+    assert errors["loftq5"] < errors["loftq1"] < errors["nf"]
+
+
+def test_layer_output_and_float_count():
+    model = _linear()
+    report = quantize_(model, LoftQConfig(bits=3, block_size=32, rank=8, exclude=()), progress=False)
+    layer = model[0]
+    x = torch.randn(5, 128)
+    assert torch.allclose(layer(x), x @ layer.dequantized_weight().T, atol=1e-4)
+    assert report.float_params == 96 * 4 + 8 * (96 + 128)
+
+
+def test_mixed_widths_and_refusals():
+    model = lords.models.tiny_llama(seed=0)
+    quantize_(model, MixedPrecisionConfig(LoftQConfig(bits=2, block_size=32, rank=4), bits=3.0), progress=False)
+    widths = {m.bits for m in model.modules() if isinstance(m, LoftQLinear)}
+    assert widths == {2, 4}
+    with pytest.raises(ConfigError, match="refine must be None"):
+        LoftQConfig(refine=RefineConfig(steps=5))
+    with pytest.raises(ConfigError, match="rank"):
+        LoftQConfig(rank=0)

@@ -219,7 +219,10 @@ class LordsConfig(ScaleConfig):
     """LoRDS: codes times a continuous low-rank scale ``S = B·A``, at the block-wise float budget."""
 
     rank: int | None = None
-    """Explicit rank of ``B·A``; None takes the parity rank floor(n·m / (block_size·(n+m)))."""
+    """Explicit rank of ``B·A``; None takes the parity rank floor(n·m / (block_size·(n+m))) times ``rank_scale``."""
+    rank_scale: float = 1.0
+    """Multiple of the parity rank when ``rank`` is None (the rank ablation: 0.5, 1, 2, 4); the init still starts
+    from the block scales at ``block_size``."""
     scale_dtype: str = "float32"
     """Dtype of ``B, A`` in the quantized module: 'float32', 'float16' or 'bfloat16'."""
 
@@ -229,4 +232,13 @@ class LordsConfig(ScaleConfig):
         super().__post_init__()
         if self.rank is not None:
             check_int("rank", self.rank)
+        check_positive("rank_scale", self.rank_scale)
         check_choice("scale_dtype", self.scale_dtype, ("float32", "float16", "bfloat16"))
+
+    def rank_for(self, out_features: int, in_features: int) -> int:
+        """The rank of a layer ``(out, in)``: ``rank``, else ``max(1, round(rank_scale · parity rank))``."""
+        from .lowrank import parity_rank
+
+        if self.rank is not None:
+            return self.rank
+        return max(1, round(self.rank_scale * parity_rank(out_features, in_features, self.block_size)))

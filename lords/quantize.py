@@ -108,7 +108,7 @@ def scale_method(config: QuantConfig) -> ScaleMethod:
 
 
 register_handler(LordsConfig)(ScaleMethod(
-    init_scale=lambda w, c, name: LowRankScale.from_weight(w, c.block_size, c.rank, where=name),
+    init_scale=lambda w, c, name: LowRankScale.from_weight(w, c.block_size, c.rank_for(*w.shape), where=name),
     build=LoRDSLinear.from_scale))
 register_handler(BlockwiseConfig)(ScaleMethod(
     init_scale=lambda w, c, name: BlockScale.from_weight(w, c.block_size),

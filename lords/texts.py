@@ -21,6 +21,7 @@ import torch
 EVAL_CORPUS = "licenses"
 CALIB_CORPUS = "pydoc_topics"
 EVAL_CORPORA = ("licenses", "kjv_genesis")
+CORPORA = ("licenses", "kjv_genesis", "pydoc_topics", "kjv_train")
 KJV_EVAL_BOOKS = ("Ge",)
 KJV_TASK_BOOKS = ("Psa", "Prv", "Eccl", "Mat", "Mark", "Luke", "John")
 _REF = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")

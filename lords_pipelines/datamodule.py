@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lords.errors import ConfigError
-from lords.texts import corpus_text, tokenize
+from lords.texts import CORPORA, corpus_text, tokenize
 
 from .settings import DataSettings
 
@@ -32,11 +32,11 @@ def source_text(source: str, text_field: str = "text", split: str = "train") -> 
     """The text of a calibration/evaluation source (see the module docstring)."""
     if source.startswith("hf:"):
         return "\n\n".join(t for t in _hf(source, split)[text_field] if t)
-    if source in ("pydoc_topics", "licenses"):
+    if source in CORPORA:
         return corpus_text(source)
     path = Path(source)
     if not path.is_file():
-        raise ConfigError(f"data.calib_source={source!r}: no such corpus or file")
+        raise ConfigError(f"text {source!r}: no such corpus ({', '.join(CORPORA)}) or file")
     return path.read_text()
 
 

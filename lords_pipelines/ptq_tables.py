@@ -1,0 +1,166 @@
+"""The PTQ tables of the paper on one model: bit widths, the refinement ablation, the rank ablation.
+
+    python -m lords_pipelines.ptq_tables ptq_bits ptq_refine_ablation ptq_rank_ablation --out outputs/reports/tables
+    python -m lords_pipelines.ptq_tables ptq_bits_cpu                 # the CPU-sized subset (2 cores)
+    python -m lords_pipelines.ptq_tables ptq_bits --model /tmp/m/smol.gguf --only 'lords_.*_b3_'
+
+Each table is ``conf/tables/<table>.yaml`` (rows: ``lords_pipelines.table_rows``). The model loads once; every
+row quantizes a fresh copy of it with the library config that the Hydra ``quant`` group builds (the same configs
+the ``ptq`` stage runs), then scores perplexity on each evaluation text and zero-shot accuracy on the shipped
+tasks. Each finished row is appended to ``<run-dir>/<table>/rows.jsonl`` at once: a rerun with the same
+``--run-dir`` skips the rows it holds, so a crash loses one row at most.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from lords import quantize_
+from lords.texts import corpus_text, tokenize
+
+from .evaluation import corpus_perplexity
+from .multiple_choice import zero_shot
+from .table_render import write_table
+from .table_rows import Row, load_spec, overrides, table_rows
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def quant_config(spec, row: Row):
+    """The library config of ``row``: the ``ptq`` config composed with the row's ``quant`` overrides."""
+    from hydra import compose, initialize_config_dir
+
+    from .settings import build_quant
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("ptq", overrides=overrides(spec, row))
+    return build_quant(OmegaConf.to_container(cfg.quant, resolve=True))
+
+
+def calibration_sample(tok, spec, k: int, cache: dict) -> torch.Tensor:
+    """Tokens ``[k·T, (k+1)·T)`` of the calibration text (``T = calib.tokens``): samples never overlap."""
+    if "ids" not in cache:
+        cache["ids"] = tokenize(tok, corpus_text(spec.calib.source), spec.calib.tokens * spec.calib.samples)
+    ids = cache["ids"][:, k * spec.calib.tokens : (k + 1) * spec.calib.tokens]
+    if ids.shape[1] < spec.calib.tokens:
+        raise ValueError(f"calibration text {spec.calib.source!r} holds too few tokens for sample {k}")
+    return ids
+
+
+def evaluate_row(model, tok, spec) -> dict:
+    ppl, tokens = {}, {}
+    for text in spec.eval.texts:
+        ppl[text], tokens[text] = corpus_perplexity(model, tok, text, spec.eval.tokens)
+    acc = zero_shot(model, tok, tuple(spec.eval.tasks), spec.eval.task_limit, spec.eval.batch_size)
+    return {"ppl": ppl, "ppl_tokens": tokens, **acc}
+
+
+def run_row(float_model, tok, spec, row: Row, cache: dict) -> dict:
+    from .common import storage_metrics
+
+    t = time.time()
+    record = {"model": spec.model_label, **row.to_dict()}
+    if row.method == "fp":
+        model = float_model
+        record.update(float_params=0, bits_per_weight=16.0, code_bits=None, weight_rel_error=0.0, rank=None)
+    else:
+        config = quant_config(spec, row)
+        model = copy.deepcopy(float_model)
+        calib = calibration_sample(tok, spec, row.sample, cache) if row.sample is not None else None
+        report = quantize_(model, config, calib_ids=calib, progress=False)
+        ranks = [lay.rank for lay in report.layers if lay.rank is not None]
+        record.update(float_params=report.float_params, weight_rel_error=report.rel_error, **storage_metrics(model),
+                      rank=round(sum(ranks) / len(ranks), 2) if ranks else None, config=config.to_dict())
+    record["quant_seconds"] = time.time() - t
+    record.update(evaluate_row(model, tok, spec))
+    record["seconds"] = time.time() - t
+    del model
+    return record
+
+
+def run_table(table: str, run_dir: Path, model_name: str | None, only: str | None, loaded: dict,
+              render_only: bool = False) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    spec = load_spec(table)
+    table = Path(table).stem
+    if model_name:
+        spec.model = model_name
+    spec.model_label = "SmolLM2-135M-Instruct" if "smol" in str(spec.model).lower() else str(spec.model)
+    rows = [r for r in table_rows(spec) if r.method == "fp" or not only or re.search(only, r.key)]
+    out = run_dir / table
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.yaml").write_text(OmegaConf.to_yaml(spec))
+    journal = out / "rows.jsonl"
+    done = {}
+    if journal.is_file():
+        done = {r["key"]: r for r in map(json.loads, journal.read_text().splitlines()) if r.get("eval_tokens") ==
+                spec.eval.tokens}
+    todo = [r for r in rows if r.key not in done]
+    if render_only:
+        if todo:
+            raise SystemExit(f"{journal}: {len(todo)} rows missing (first: {todo[0].key}); run the table first")
+        return [done[r.key] for r in rows]
+    print(f"{table}: {len(rows)} rows, {len(rows) - len(todo)} already in {journal}", flush=True)
+    if todo and spec.model not in loaded:
+        from lords.models import load_model
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, tok = load_model(spec.model)
+        loaded[spec.model] = (model.to(device).eval(), tok)
+    cache: dict = {}
+    bar = tqdm(todo, desc=table, unit="row")
+    for row in bar:
+        bar.set_postfix_str(row.key)
+        model, tok = loaded[spec.model]
+        record = run_row(model, tok, spec, row, cache) | {"key": row.key, "eval_tokens": spec.eval.tokens}
+        with journal.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        done[row.key] = record
+        print(f"  {row.key}: ppl " + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
+              + f"; zero-shot {record.get('zero_shot_mean', float('nan')):.3f}; {record['seconds']:.0f} s", flush=True)
+    return [done[r.key] for r in rows]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("tables", nargs="+", help="conf/tables/<table>.yaml names, e.g. ptq_bits ptq_refine_ablation")
+    p.add_argument("--run-dir", default=None, help="rows journal and reports (default outputs/runs/ptq_tables/<time>)")
+    p.add_argument("--out", default=None, help="also write <out>/<table>.{md,json,png} (outputs/reports/tables)")
+    p.add_argument("--model", default=None, help="override the tables' model (e.g. a GGUF path on the GPU machine)")
+    p.add_argument("--only", default=None, help="regex over row keys: run only those (the fp row always runs)")
+    p.add_argument("--render", action="store_true", help="only redraw the reports from <run-dir>/<table>/rows.jsonl")
+    args = p.parse_args(argv)
+    run_dir = Path(args.run_dir or f"outputs/runs/ptq_tables/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    loaded: dict = {}
+    t = time.time()
+    for table in args.tables:
+        t_table = time.time()
+        records = run_table(table, run_dir, args.model, args.only, loaded, render_only=args.render)
+        spec = load_spec(table)
+        table = Path(table).stem
+        meta = {"table": table, "seconds": time.time() - t_table, "device": _device_name(),
+                "torch": torch.__version__, "spec": OmegaConf.to_container(spec, resolve=True)}
+        for dest in [run_dir] + ([Path(args.out)] if args.out else []):
+            md = write_table(table, records, meta, dest)
+        print(md)
+    print(f"written under {run_dir}" + (f" and {args.out}" if args.out else "") + f" in {(time.time() - t) / 60:.1f} min")
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    from .ptq_report import _cpu_name
+
+    return f"{_cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+if __name__ == "__main__":
+    main()

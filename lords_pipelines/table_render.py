@@ -1,0 +1,131 @@
+"""PTQ tables as people read them: rows aggregated over calibration samples (mean ± std), a markdown table with
+the float model and each method's baseline side by side, the JSON of the aggregated rows, and a plot."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+GROUP = ("method", "bits", "block_size", "rule", "steps", "rank_scale")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(records: list[dict]) -> list[dict]:
+    """One row per method setting; calibrated rows carry the mean and std over their samples and the runs."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(tuple(r[k] for k in GROUP), []).append(r)
+    rows = []
+    for runs in groups.values():
+        first = runs[0]
+        texts = list(first["ppl"])
+        tasks = [k[: -len("/acc")] for k in first if k.endswith("/acc")]
+        row = {k: first[k] for k in ("model", *GROUP, "rank", "float_params", "bits_per_weight", "code_bits")}
+        row["objective"] = (((first.get("config") or {}).get("refine") or
+                             ((first.get("config") or {}).get("base") or {}).get("refine") or {}).get("objective"))
+        row["seed"] = first.get("seed", 0)
+        row["samples"] = len(runs) if first["sample"] is not None else 0
+        ppl = {t: _mean_std([r["ppl"][t] for r in runs]) for t in texts}
+        row["ppl"] = {t: m for t, (m, _) in ppl.items()}
+        row["ppl_std"] = {t: s for t, (_, s) in ppl.items()}
+        row["ppl_tokens"] = first["ppl_tokens"]
+        for key in ("weight_rel_error", "zero_shot_mean", "quant_seconds"):
+            row[key], row[f"{key}_std"] = _mean_std([r[key] for r in runs])
+        row["zero_shot_ci95"] = first["zero_shot_ci95"]
+        for task in tasks:
+            row[f"{task}/acc"] = statistics.fmean(r[f"{task}/acc"] for r in runs)
+            row[f"{task}/items"] = first[f"{task}/items"]
+        row["runs"] = [{"sample": r["sample"], "ppl": r["ppl"], "zero_shot_mean": r["zero_shot_mean"]} for r in runs]
+        rows.append(row)
+    return rows
+
+
+def _pm(mean: float, std: float, samples: int, fmt: str = ".2f") -> str:
+    return f"{mean:{fmt}} ± {std:{fmt}}" if samples > 1 else f"{mean:{fmt}}"
+
+
+def markdown(table: str, rows: list[dict], meta: dict) -> str:
+    spec = meta["spec"]
+    texts = list(rows[0]["ppl"])
+    tasks = [k[: -len("/acc")] for k in rows[0] if k.endswith("/acc")]
+    fp = next(r for r in rows if r["method"] == "fp")
+    scored = ", ".join(f"{fp['ppl_tokens'][t]:,} tokens of `{t}`" for t in texts)
+    lines = [f"# `{table}`: {fp['model']}", "",
+             f"Perplexity on {scored} (2048-token "
+             f"windows, BOS-led where the tokenizer adds BOS); zero-shot accuracy on {', '.join(tasks)} "
+             f"({fp[tasks[0] + '/items']} items each, lords' scorer, equal to lm-eval's), mean over tasks with its "
+             f"95% half-width (±{fp['zero_shot_ci95']:.3f} at the float model). Calibrated rows: mean ± std over "
+             f"{spec['calib']['samples']} disjoint samples of {spec['calib']['tokens']:,} tokens of "
+             f"`{spec['calib']['source']}`. Algorithm 1: Adam lr {spec['refine']['lr']}, T as listed, the same for "
+             f"block scales and LoRDS. Bits per weight include every stored scale float (fp32) and LoftQ's correction.",
+             "", "| bits | block | rule | method | T | rank | floats | bits/weight | weight err. | "
+             + " | ".join(f"ppl {t}" for t in texts) + " | zero-shot | n |",
+             "|" + "---|" * (11 + len(texts))]
+    for r in rows:
+        n = r["samples"]
+        ppl = " | ".join(_pm(r["ppl"][t], r["ppl_std"][t], n) for t in texts)
+        bpw = "" if r["bits_per_weight"] is None else f"{r['bits_per_weight']:.3f}"
+        rank = "" if r["rank"] is None else f"{r['rank']:g}"
+        lines.append(f"| {r['bits'] or 16} | {r['block_size'] or ''} | {r['rule'] or ''} | {r['method']} | "
+                     f"{r['steps'] or ''} | {rank} | {r['float_params']:,} | {bpw} | "
+                     f"{r['weight_rel_error']:.4f} | {ppl} | {_pm(r['zero_shot_mean'], r['zero_shot_mean_std'], n, '.3f')}"
+                     f" | {n or 1} |")
+    lines += ["", f"{len(rows)} rows; {meta['seconds'] / 60:.1f} min of this invocation on {meta['device']} "
+              f"(torch {meta['torch']}); per-row seconds in the JSON (`quant_seconds`)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: str, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    texts = list(rows[0]["ppl"])
+    fp = next(r for r in rows if r["method"] == "fp")
+    fig, axes = plt.subplots(1, len(texts), figsize=(6 * len(texts), 4.2))
+    for ax, text in zip(axes, texts):
+        series: dict[str, list] = {}
+        for r in rows:
+            if r["method"] == "fp":
+                continue
+            if table.startswith("ptq_bits"):
+                label, x = f"{r['method']} b{r['block_size']}" + (f" {r['rule']}" if r["rule"] == "sensitivity"
+                                                                    else ""), r["bits_per_weight"]
+            elif "refine" in table:
+                label, x = r["method"], r["steps"]
+            else:
+                label, x = r["method"], r["float_params"]
+            series.setdefault(label, []).append((x, r["ppl"][text], r["ppl_std"][text]))
+        for label, pts in sorted(series.items()):
+            pts.sort()
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=3,
+                        label=label, capsize=2, ls="--" if "128" in label else "-")
+        ax.axhline(fp["ppl"][text], color="k", lw=0.8, ls=":", label="float")
+        ax.set_yscale("log")
+        ax.set_title(f"{text}")
+        ax.set_xlabel({"refine": "Algorithm 1 steps T", "rank": "float parameters"}.get(
+            next((k for k in ("refine", "rank") if k in table), ""), "bits per weight (codes + scales)"))
+        ax.set_ylabel("perplexity")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_table(table: str, records: list[dict], meta: dict, dest: Path) -> str:
+    """``<dest>/<table>.{json,md,png}``; returns the markdown."""
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = aggregate(records)
+    md = markdown(table, rows, meta)
+    (dest / f"{table}.json").write_text(json.dumps(rows, indent=1))
+    (dest / f"{table}.md").write_text(md)
+    try:
+        plot(table, rows, dest / f"{table}.png")
+    except ImportError:  # the GPU machine has no matplotlib: `--render` redraws from the rows journal
+        print(f"matplotlib missing: no {table}.png (python -m lords_pipelines.ptq_tables {table} --render ...)")
+    return md

@@ -24,6 +24,7 @@ from .grids import make_grid
 from .layerwise import decoder_layer_index, num_decoder_layers
 from .linear import BlockLinear, LoRDSLinear
 from .refine import LayerStats, RefineResult, refine
+from .refine_batched import batchable, refine_batched
 from .report import LayerReport, QuantizeReport
 from .resume import LayerJournal
 from .scales import BlockScale, LowRankScale
@@ -84,14 +85,22 @@ class ScaleMethod:
     build: Callable[[torch.Tensor, nn.Module, QuantConfig, torch.Tensor, "torch.Tensor | None"], nn.Module]
     """``(weight, scale, config, grid, bias) -> quantized module``."""
 
-    def __call__(self, name: str, linear: nn.Linear, config, stats: LayerStats | None):
+    def start(self, name: str, linear: nn.Linear, config):
+        """``(weight, grid, initial scale)`` of a layer."""
         weight = linear.weight.detach()
         check_weight(weight, f"{name}.weight")
         grid = make_grid(config.grid, config.bits).to(weight.device)
-        scale = self.init_scale(weight, config, name)
+        return weight, grid, self.init_scale(weight, config, name)
+
+    def __call__(self, name: str, linear: nn.Linear, config, stats: LayerStats | None):
+        weight, grid, scale = self.start(name, linear, config)
         result = None
         if config.refine is not None and config.refine.steps > 0:
             result = refine(weight, scale, grid, config.refine, stats)
+        return self.complete(name, linear, config, weight, grid, scale, result)
+
+    def complete(self, name, linear, config, weight, grid, scale, result: RefineResult | None):
+        """The quantized layer from a (refined) scale, and its report."""
         if not all(torch.isfinite(p).all() for p in scale.parameters()):
             raise NumericsError(f"{name}: scales became non-finite (lower refine.lr?)")
         bias = None if linear.bias is None else linear.bias.detach()
@@ -166,6 +175,30 @@ def describe(config: QuantConfig) -> str:
     return f"{config.method} {bits}b{how}"
 
 
+def _refine_in_batches(chosen: dict, stats) -> dict[str, tuple[nn.Module, LayerReport]]:
+    """Layers whose method is a :class:`ScaleMethod` with a batchable refinement, refined in groups of one shape
+    and config, built and reported: ``{name: (module, report)}``."""
+    groups: dict[tuple, list] = {}
+    for name, (module, leaf) in chosen.items():
+        handler = _HANDLERS[type(leaf)].handler
+        if not (isinstance(handler, ScaleMethod) and getattr(leaf, "refine", None) and leaf.refine.steps > 0):
+            continue
+        torch.manual_seed(leaf.seed)
+        weight, grid, scale = handler.start(name, module, leaf)
+        if not batchable(scale, leaf.refine):
+            continue
+        key = (leaf, type(scale), tuple(tuple(p.shape) for p in scale.parameters()), tuple(weight.shape))
+        groups.setdefault(key, []).append((name, module, handler, weight, grid, scale))
+    out = {}
+    for (leaf, *_), members in groups.items():
+        layer_stats = [None if stats is None else stats.get(name) for name, *_ in members]
+        results = refine_batched([m[3] for m in members], [m[5] for m in members], members[0][4], leaf.refine,
+                                 layer_stats)
+        for (name, module, handler, weight, grid, scale), result in zip(members, results):
+            out[name] = handler.complete(name, module, leaf, weight, grid, scale, result)
+    return out
+
+
 def quantize_(
     model: nn.Module,
     config: QuantConfig,
@@ -174,13 +207,15 @@ def quantize_(
     stats: dict[str, LayerStats] | None = None,
     progress: bool | str = True,
     resume_dir: str | os.PathLike | None = None,
+    batch_refine: bool | None = None,
 ) -> QuantizeReport:
     """Quantize ``model`` in place with ``config``; returns per-layer errors and float counts.
 
     ``calib_ids (1, T)`` is required when a refinement objective needs activations (statistics are collected
     from the float model before any layer is replaced), unless ``stats`` are given. ``resume_dir``: each
     finished layer is saved there, and a rerun picks up after the last one. ``progress``: a bar (True, or a
-    string that labels it).
+    string that labels it). ``batch_refine``: run Algorithm 1 on all layers of one shape at once
+    (``lords.refine_batched``; default: when the weights are on a GPU and no ``resume_dir`` is given).
     """
     if not isinstance(config, QuantConfig):
         raise ConfigError(f"config={config!r} is not a quantization config (LordsConfig, BlockwiseConfig, ...)")
@@ -196,11 +231,17 @@ def quantize_(
     if stats is None:
         stats = calibration_stats(model, config, calib_ids, chosen)
     journal = LayerJournal(resume_dir, config) if resume_dir is not None else None
+    if batch_refine is None:  # stacked refinement pays on a GPU; the journal wants layers one at a time
+        first = getattr(next(iter(chosen.values()))[0], "weight", None)
+        batch_refine = journal is None and first is not None and first.is_cuda
+    batched = _refine_in_batches(chosen, stats) if batch_refine else {}
     report = QuantizeReport()
     label = progress if isinstance(progress, str) else describe(config)
     for name in _progress(list(chosen), label, bool(progress)):
         module, leaf = chosen[name]
         done = journal.load(name, module) if journal else None
+        if done is None and name in batched:
+            done = batched.pop(name)
         if done is None:
             torch.manual_seed(leaf.seed)
             done = handler_for(leaf)(name, module, leaf, None if stats is None else stats.get(name))

@@ -236,9 +236,9 @@ class LordsConfig(ScaleConfig):
         check_choice("scale_dtype", self.scale_dtype, ("float32", "float16", "bfloat16"))
 
     def rank_for(self, out_features: int, in_features: int) -> int:
-        """The rank of a layer ``(out, in)``: ``rank``, else ``max(1, round(rank_scale · parity rank))``."""
+        """The rank of a layer ``(out, in)``: ``rank``, else ``round(rank_scale · parity rank)`` (0 is refused later)."""
         from .lowrank import parity_rank
 
         if self.rank is not None:
             return self.rank
-        return max(1, round(self.rank_scale * parity_rank(out_features, in_features, self.block_size)))
+        return round(self.rank_scale * parity_rank(out_features, in_features, self.block_size))

@@ -63,6 +63,13 @@ def _needs_calibration(spec, method: str, rule: str | None) -> bool:
 def table_rows(spec: DictConfig) -> list[Row]:
     """Every row of the table, the float model first."""
     rows = [Row("fp")]
+    for part in [spec] + [OmegaConf.merge(spec, extra) for extra in spec.get("extra", [])]:
+        rows += _part_rows(part)
+    return rows
+
+
+def _part_rows(spec: DictConfig) -> list[Row]:
+    rows = []
     steps_list = list(spec.get("steps", [spec.refine.steps]))
     for block in spec.block_sizes:
         for bits in spec.bits:

@@ -21,13 +21,25 @@ from lords.lowrank import parity_rank
 
 
 class CausalLMModule(L.LightningModule):
-    """``model(input_ids, attention_mask, labels).loss`` on train/val batches; AdamW on ``param_groups``."""
+    """``model(input_ids, attention_mask, labels).loss`` on train/val batches; AdamW on ``param_groups``.
+
+    The groups are kept by parameter name and resolved when the optimizer is made, after ``configure_model``:
+    FSDP (``trainer.strategy=fsdp``) replaces every parameter by its shard there. The logged ``train/loss`` is the
+    mean over ranks, the loss of the global batch (one process, DDP and FSDP log the same curve)."""
 
     def __init__(self, model: nn.Module, param_groups: list[dict], weight_decay: float = 0.0):
         super().__init__()
         self.model = model.train()
-        self.param_groups = param_groups
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.param_groups = [{**g, "params": [names[id(p)] for p in g["params"]]} for g in param_groups]
         self.weight_decay = weight_decay
+
+    def configure_model(self):
+        """Under ``ModelParallelStrategy`` (``trainer.strategy=fsdp``): FSDP2, one unit per decoder block."""
+        from .distributed import is_sharded, shard
+
+        if self.device_mesh is not None and not is_sharded(self.model):
+            shard(self.model, self.device_mesh)
 
     def forward(self, batch):
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -35,14 +47,15 @@ class CausalLMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/loss", self(batch), prog_bar=True)
+        self.log("val/loss", self(batch), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        groups = [g for g in self.param_groups if g["params"]]
+        params = dict(self.model.named_parameters())
+        groups = [{**g, "params": [params[n] for n in g["params"]]} for g in self.param_groups if g["params"]]
         return torch.optim.AdamW(groups, weight_decay=self.weight_decay)
 
     def trainable_floats(self) -> int:
@@ -70,10 +83,12 @@ class QATModule(CausalLMModule):
         super().__init__(model, groups, weight_decay)
         self.config = config
 
-    def convert(self) -> nn.Module:
-        """The model with every ``QATLinear`` converted by the config (its storage dtype included)."""
-        quantize_(self.model, QATConfig(self.config, "convert"), progress=False)
-        return self.model
+    def convert(self, model: nn.Module | None = None) -> nn.Module:
+        """``model`` (default: the trained one) with every ``QATLinear`` converted by the config (its storage dtype
+        included)."""
+        model = self.model if model is None else model
+        quantize_(model, QATConfig(self.config, "convert"), progress=False)
+        return model
 
 
 class PEFTModule(CausalLMModule):

@@ -180,8 +180,11 @@ def quantize_streamed(
     quantizes on its own ``device``. Under ``inputs="float"`` ranks given by hand need no process group (the
     report then lists the layers finished so far); ``inputs="quantized"`` needs one (a barrier per block).
     """
+    import time
+
     from transformers import AutoConfig
 
+    start = time.perf_counter()
     if inputs not in ("quantized", "float"):
         raise ConfigError(f"inputs={inputs!r} is not one of ('quantized', 'float')")
     ranks = Ranks.current() if ranks is None else ranks
@@ -209,6 +212,7 @@ def quantize_streamed(
     hf_config._attn_implementation = shell.config._attn_implementation  # what the blocks were called with
     del shell, stack, catcher
     journal = LayerJournal(journal_dir, config)
+    setup = time.perf_counter() - start
     holder = nn.Module()  # gives the block its full module names (model.layers.7.mlp.up_proj) for the plan
     holder.config = hf_config
     mine = block_range(num_layers, ranks) if inputs == "float" else range(num_layers)
@@ -259,8 +263,9 @@ def quantize_streamed(
         calls = [(h, args, kwargs) for h, (_, args, kwargs) in zip(next_hidden, calls)]
         _attach(holder, path, None)
         del block
+    blocks = time.perf_counter() - start - setup
     ranks.barrier()
-    report = QuantizeReport()
+    report = QuantizeReport(seconds={"setup": setup, "blocks": blocks})
     report.layers = [r for r in (journal.report(n) for n in order) if r is not None]
     return report
 

@@ -75,7 +75,8 @@ def run(args) -> dict | None:
     start = time.time()
     report = lords.quantize_streamed(args.model_dir, config, out / "journal", ids, inputs=args.inputs, device=device,
                                      dtype=getattr(torch, args.dtype), progress=ranks.rank == 0, ranks=ranks)
-    mine = {"rank": ranks.rank, "seconds": time.time() - start, "peak_bytes": _peak_bytes(device)}
+    mine = {"rank": ranks.rank, "seconds": time.time() - start, **{f"{k}_seconds": v for k, v in report.seconds.items()},
+            "peak_bytes": _peak_bytes(device)}
     every = [None] * ranks.world
     if ranks.world > 1:
         dist.all_gather_object(every, mine)
@@ -86,7 +87,8 @@ def run(args) -> dict | None:
         model = lords.load_streamed(args.model_dir, config, out / "journal", dtype=getattr(torch, args.dtype))
         lords.save_quantized(model, out / "quantized", config)
         record = {"ranks": ranks.world, "inputs": args.inputs, "layers": len(report.layers),
-                  "seconds": max(r["seconds"] for r in every), "peak_bytes": max(r["peak_bytes"] for r in every),
+                  "seconds": max(r["seconds"] for r in every), "blocks_seconds": max(r["blocks_seconds"] for r in every),
+                  "peak_bytes": max(r["peak_bytes"] for r in every),
                   "per_rank": every, "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"}
         (out / "timing.json").write_text(json.dumps(record, indent=1))
         print(json.dumps(record), flush=True)

@@ -147,9 +147,10 @@ def qat_tokens_per_s(shape: Shape, context: int, peak_flops: float, utilisation:
 
 QAT_STATE_BYTES = 16
 """Per trainable float in QAT: float32 latent weight or scale, its gradient, AdamW's two moments."""
-QAT_SAVED_BYTES = 14
-"""Per quantized weight, kept for the backward pass by ``lords.QATLinear`` (counted): ``S``, ``W ⊘ S`` and the
-STE product in float32, the fake-quantized weight in the activation dtype (bf16)."""
+QAT_SAVED_BYTES = 15
+"""Per quantized weight, kept for the backward pass by ``lords.QATLinear`` (counted from its forward; autograd
+saves only what a gradient needs): ``S`` and the zero-safe ``S`` it divides by, the straight-through value
+``u + (q − u)`` in float32 (12), the zero mask (1), the fake-quantized weight in bf16 for ``F.linear`` (2)."""
 
 
 def _scale_floats(shape: Shape, block: int) -> int:
@@ -176,9 +177,10 @@ def qat_memory_per_gpu(shape: Shape, gpus: int, tokens_per_gpu: int, checkpoint_
             "total_gib": (state + saved + acts) / GIB}
 
 
-PEFT_SAVED_BYTES = 6
-"""Per quantized weight, kept for backward by the torch forward of ``LoRDSLinear`` (counted): ``grid[Q]`` and
-``S = B·A`` (the operands of the product) and the dequantized weight, each in bf16."""
+PEFT_SAVED_BYTES = 4
+"""Per quantized weight, kept for backward by the torch reference forward of ``LoRDSLinear`` (counted): ``grid[Q]``
+(what ``∂/∂S`` needs) and the dequantized weight (what ``∂/∂x`` needs), each in bf16. The Triton backward
+rebuilds tiles instead and keeps less."""
 
 
 def peft_memory_per_gpu(shape: Shape, bits: int, gpus: int, tokens_per_gpu: int, checkpoint_blocks: bool,

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lords import QATConfig, QATLinear, QuantConfig, QuantizedLinear, mark_only_scales_trainable, quantize_
+from lords.errors import ConfigError
 from lords.lowrank import parity_rank
 
 
@@ -27,9 +28,12 @@ class CausalLMModule(L.LightningModule):
     FSDP (``trainer.strategy=fsdp``) replaces every parameter by its shard there. The logged ``train/loss`` is the
     mean over ranks, the loss of the global batch (one process, DDP and FSDP log the same curve)."""
 
-    def __init__(self, model: nn.Module, param_groups: list[dict], weight_decay: float = 0.0):
+    def __init__(self, model: nn.Module, param_groups: list[dict], weight_decay: float = 0.0,
+                 checkpoint_blocks: bool = False):
         super().__init__()
         self.model = model.train()
+        if checkpoint_blocks:
+            enable_block_checkpointing(model)
         names = {id(p): n for n, p in model.named_parameters()}
         self.param_groups = [{**g, "params": [names[id(p)] for p in g["params"]]} for g in param_groups]
         self.weight_decay = weight_decay
@@ -62,11 +66,19 @@ class CausalLMModule(L.LightningModule):
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
 
+def enable_block_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing per decoder block through transformers' ``gradient_checkpointing_enable``
+    (non-reentrant, so it composes with FSDP2): each block's forward runs again in backward."""
+    if not hasattr(model, "gradient_checkpointing_enable"):
+        raise ConfigError(f"trainer.activation_checkpointing: {type(model).__name__} is not a transformers model")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 class QATModule(CausalLMModule):
     """QAT of ``config``'s method: latent weights at ``lr_weight``, scales at ``lr_scale``; everything else frozen."""
 
     def __init__(self, model: nn.Module, config: QuantConfig, lr_weight: float, lr_scale: float,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, checkpoint_blocks: bool = False):
         for p in model.parameters():
             p.requires_grad_(False)
         quantize_(model, QATConfig(config, "prepare"), progress=False)
@@ -80,7 +92,7 @@ class QATModule(CausalLMModule):
             for w in weights:
                 w.requires_grad_(False)
         groups = [{"params": weights if lr_weight > 0 else [], "lr": lr_weight}, {"params": scales, "lr": lr_scale}]
-        super().__init__(model, groups, weight_decay)
+        super().__init__(model, groups, weight_decay, checkpoint_blocks)
         self.config = config
 
     def convert(self, model: nn.Module | None = None) -> nn.Module:
@@ -94,11 +106,11 @@ class QATModule(CausalLMModule):
 class PEFTModule(CausalLMModule):
     """Train what is marked trainable in an already prepared model (``prepare_lords_peft`` / ``add_lora``)."""
 
-    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0):
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, checkpoint_blocks: bool = False):
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("PEFT: nothing is trainable")
-        super().__init__(model, [{"params": params, "lr": lr}], weight_decay)
+        super().__init__(model, [{"params": params, "lr": lr}], weight_decay, checkpoint_blocks)
 
 
 def prepare_lords_peft(model: nn.Module) -> int:

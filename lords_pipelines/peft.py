@@ -60,7 +60,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     dm = LordsDataModule(s.data, tok, kind="finetune")
     dm.setup("fit")
     before = answer_metrics(model, dm.val_dataloader())
-    module = PEFTModule(model, s.stage.lr, s.stage.weight_decay)
+    module = PEFTModule(model, s.stage.lr, s.stage.weight_decay, checkpoint_blocks=s.trainer.activation_checkpointing)
     trainer = make_trainer(s, out, logger)
     skeleton = structure_of(model) if s.trainer.strategy == "fsdp" else None
     t = time.time()

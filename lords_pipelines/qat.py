@@ -26,7 +26,8 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
 
     out, model, tok, logger = start_run(s)
     dm = LordsDataModule(s.data, tok, kind=s.stage.data)
-    module = QATModule(model, s.quant, s.stage.lr_weight, s.stage.lr_scale, s.stage.weight_decay)
+    module = QATModule(model, s.quant, s.stage.lr_weight, s.stage.lr_scale, s.stage.weight_decay,
+                       checkpoint_blocks=s.trainer.activation_checkpointing)
     trainer = make_trainer(s, out, logger)
     skeleton = structure_of(module.model) if s.trainer.strategy == "fsdp" else None
     t = time.time()

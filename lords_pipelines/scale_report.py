@@ -139,10 +139,11 @@ def render(m: dict, mod: dict) -> str:
     L += ["", "## QAT and PEFT on H200s (model)", "",
           f"QAT tokens/s at the utilisation measured on the 1.1B model ({c['qat_utilisation'] * 100:.1f}% of "
           f"{H200_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16; calibrated on `scale_ddp`'s one-GPU QAT) and its measured "
-          f"2-GPU efficiency ({c['qat_2gpu_scaling']:.3f}) for every GPU count (an assumption beyond 2); windows of {QAT_CONTEXT} tokens, 8 per "
-          "GPU. Memory per GPU under FSDP: the training state is sharded, but what QAT's straight-through forward "
-          f"keeps for backward ({cm.QAT_SAVED_BYTES} bytes per weight) is not, every rank running whole blocks; activation checkpointing per block "
-          "(not implemented in the stages yet) keeps one block's worth.", "",
+          f"2-GPU efficiency ({c['qat_2gpu_scaling']:.3f}) for every GPU count (an assumption beyond 2); windows of "
+          f"{QAT_CONTEXT} tokens, 8 per GPU. Memory per GPU under FSDP: the training state is sharded, but what QAT's "
+          f"straight-through forward keeps for backward ({cm.QAT_SAVED_BYTES} bytes per weight) is not, every rank "
+          "running whole blocks; activation checkpointing per block (`trainer.activation_checkpointing=true`, "
+          "recomputing each block in backward: more time, not measured) keeps one block's worth.", "",
           "| model | GPUs | QAT tokens/s | QAT GiB/GPU | checkpointed | PEFT GiB/GPU (3 bits) | checkpointed |",
           "|---|---|---|---|---|---|---|"]
     for q, p in zip(mod["qat"], mod["peft"]):

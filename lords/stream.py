@@ -184,7 +184,7 @@ def quantize_streamed(
 
     from transformers import AutoConfig
 
-    start = time.perf_counter()
+    t0 = time.perf_counter()
     if inputs not in ("quantized", "float"):
         raise ConfigError(f"inputs={inputs!r} is not one of ('quantized', 'float')")
     ranks = Ranks.current() if ranks is None else ranks
@@ -212,7 +212,7 @@ def quantize_streamed(
     hf_config._attn_implementation = shell.config._attn_implementation  # what the blocks were called with
     del shell, stack, catcher
     journal = LayerJournal(journal_dir, config)
-    setup = time.perf_counter() - start
+    setup = time.perf_counter() - t0
     holder = nn.Module()  # gives the block its full module names (model.layers.7.mlp.up_proj) for the plan
     holder.config = hf_config
     mine = block_range(num_layers, ranks) if inputs == "float" else range(num_layers)
@@ -263,7 +263,7 @@ def quantize_streamed(
         calls = [(h, args, kwargs) for h, (_, args, kwargs) in zip(next_hidden, calls)]
         _attach(holder, path, None)
         del block
-    blocks = time.perf_counter() - start - setup
+    blocks = time.perf_counter() - t0 - setup
     ranks.barrier()
     report = QuantizeReport(seconds={"setup": setup, "blocks": blocks})
     report.layers = [r for r in (journal.report(n) for n in order) if r is not None]

@@ -88,3 +88,13 @@ def test_two_gloo_processes_under_torchrun_give_one_process_checkpoint_bit_for_b
         assert done.returncode == 0, done.stderr[-3000:]
     one, two = (lords.load_quantized(outs[n] / "quantized")[0].state_dict() for n in (1, 2))
     assert _same(two, one)
+
+
+def test_the_report_times_the_setup_and_the_blocks_of_the_run(saved, tmp_path):
+    import time
+
+    folder, ids = saved
+    t0 = time.perf_counter()
+    report = quantize_streamed(folder, CFG, tmp_path / "j", ids, inputs="float", progress=False, ranks=Ranks(1, 2))
+    took = time.perf_counter() - t0
+    assert set(report.seconds) == {"setup", "blocks"} and 0 < sum(report.seconds.values()) <= took

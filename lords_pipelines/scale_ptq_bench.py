@@ -1,7 +1,8 @@
 """Multi-GPU streamed PTQ against one GPU on a Llama-3-8B-shaped model (random weights: time and memory only).
 
-    python -m lords_pipelines.scale_ptq_bench --inputs float        # ~5 min on 2 H200s → outputs/reports/scale_ptq.{json,md}
-    python -m lords_pipelines.scale_ptq_bench --inputs quantized    # adds its rows to the same report
+    python -m lords_pipelines.scale_ptq_bench --inputs float       # ~7 min on 2 H200s → outputs/reports/scale_ptq_float.{json,md}
+    python -m lords_pipelines.scale_ptq_bench --inputs quantized   # → outputs/reports/scale_ptq_quantized.{json,md}
+    python -m lords_pipelines.scale_report                         # sets both beside the cost model in scale.md
 
 A random Llama with ``--layers`` decoder blocks of Llama-3-8B's shapes (hidden 4096, 32 / 8 heads, MLP 14336,
 vocab 128,256) is saved in bfloat16 shards; then ``lords_pipelines.stream_ptq`` quantizes it (LoRDS 3 bits, block
@@ -61,7 +62,7 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--tokens", type=int, default=2048)
-    p.add_argument("--out", default="outputs/reports/scale_ptq")
+    p.add_argument("--out", default=None, help="report path without suffix (default outputs/reports/scale_ptq_<inputs>)")
     p.add_argument("--shape", default="8b", choices=list(SHAPES), help="tiny: a CPU smoke run of this script")
     p.add_argument("--device", default="cuda")
     args = p.parse_args(argv)
@@ -70,9 +71,8 @@ def main(argv=None):
 
     from lords.models import tiny_llama
 
-    report = Path(args.out)
-    rows = json.loads(report.with_suffix(".json").read_text()) if report.with_suffix(".json").is_file() else []
-    rows = [r for r in rows if r["inputs"] != args.inputs]
+    report = Path(args.out or f"outputs/reports/scale_ptq_{args.inputs}")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         model = tiny_llama(seed=0, layers=args.layers, max_positions=max(args.tokens, 2048), **SHAPES[args.shape])

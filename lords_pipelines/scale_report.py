@@ -1,7 +1,7 @@
 """``outputs/reports/scale.{md,json}``: the cost model (``lords_pipelines.cost_model``) beside what the committed
 reports measured (``stream_8b_*layers.json``: streamed PTQ on an H100; ``scale_ddp.json``: DDP on 2 H200s;
-``scale_ptq.json``: multi-GPU PTQ, when it has been run). Every figure is labelled measured, extrapolated (from
-measurements, method stated) or model.
+``scale_ptq_<inputs>.json``: multi-GPU PTQ, once ``scale_ptq_bench`` has run). Every figure is labelled measured,
+extrapolated (from measurements, method stated) or model.
 
     python -m lords_pipelines.scale_report          # reads and writes outputs/reports/
 """
@@ -32,8 +32,8 @@ def measured(reports: Path) -> dict:
            "ptq_32_blocks_seconds": fixed + cm.LLAMA3_8B.layers * block,
            "ddp_tokens_per_s": {f"{k[0]}_{k[1]}gpu": v for k, v in ddp.items()},
            "qat_speedup_2gpu": ddp[("qat", 2)] / ddp[("qat", 1)], "peft_speedup_2gpu": ddp[("peft", 2)] / ddp[("peft", 1)]}
-    multi = reports / "scale_ptq.json"
-    out["multi_gpu_ptq"] = json.loads(multi.read_text()) if multi.is_file() else None
+    multi = [row for path in sorted(reports.glob("scale_ptq_*.json")) for row in json.loads(path.read_text())]
+    out["multi_gpu_ptq"] = multi or None
     return out
 
 
@@ -105,7 +105,7 @@ def render(m: dict, mod: dict) -> str:
         "pass, which is where a refinement kernel would take time off. The model under-counts peak memory by "
         f"{(1 - p8['peak_gib'] / (m['ptq_peak_bytes'] / 2**30)) * 100:.0f}% (allocator slack and the block's forward "
         "temporaries are not in it).", "",
-        "## Streamed PTQ over GPUs (model; multi-GPU rows below it are measured when `scale_ptq.json` exists)", "",
+        "## Streamed PTQ over GPUs (model; the rows after it are measured when `scale_ptq_*.json` exist)", "",
         "`inputs=float`: blocks calibrated on the float prefix are independent, each GPU takes a contiguous run. "
         "`inputs=quantized` (GPTQ's order, the library default): block i needs the quantized blocks before it, so "
         "only the 7 linears of a block are shared out (largest first; Llama-3-8B on 2 GPUs: gate + up against the "
@@ -119,14 +119,14 @@ def render(m: dict, mod: dict) -> str:
     multi = m["multi_gpu_ptq"]
     L += [""]
     if multi:
-        L += ["Measured (`scale_ptq.md`):", "", "| inputs | GPUs | blocks | wall s | block phase s | × one GPU (blocks) | "
+        L += ["Measured (`scale_ptq_*.md`):", "", "| inputs | GPUs | blocks | wall s | block phase s | × one GPU (blocks) | "
               "peak GiB | = one GPU |", "|---|---|---|---|---|---|---|---|"]
         L += [f"| {r['inputs']} | {r['ranks']} | {r['layers_blocks']} | {_fmt(r['seconds'], 1)} | "
               f"{_fmt(r['blocks_seconds'], 1)} | {r['speedup_blocks']:.2f} | {r['peak_bytes'] / 2**30:.2f} | "
               f"{'bit for bit' if r['identical'] else 'DIFFERS'} |" for r in multi]
     else:
         L += ["Multi-GPU PTQ has not been measured on GPUs yet: `python -m lords_pipelines.scale_ptq_bench --inputs "
-              "float` and `--inputs quantized` on a 2-GPU machine, then rerun this report."]
+              "float`, then `--inputs quantized`, on a 2-GPU machine; then rerun this report."]
     L += ["", "## Storage (model): bytes per quantized weight and whole-model size",
           "", "Codes packed at exactly `bits` per weight, `B, A` in float32 (`scale_dtype` default), embeddings and "
           "head in bf16; rank = parity rank at the block size (× 2: twice the block-wise float budget).", "",
@@ -176,6 +176,7 @@ def build(reports: Path) -> dict:
             "ptq_peak_gb_is": "measured: peak CUDA memory of the same runs (GB = 1e9 bytes)",
             "speedup_2gpu": m["qat_speedup_2gpu"],
             "speedup_2gpu_is": "measured: QAT tokens/s on 2 H200s over one, DDP, 1.1B Llama (scale_ddp.md)",
+            **{f"ptq_2gpu_speedup_{r['inputs']}": r["speedup_wall"] for r in (m["multi_gpu_ptq"] or []) if r["ranks"] == 2},
             "measured": m, "model": mod}
 
 

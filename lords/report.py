@@ -26,6 +26,8 @@ class QuantizeReport:
     layers: list[LayerReport] = field(default_factory=list)
     config: object = None
     """The config as applied (a rule that needed the model or data resolved, e.g. sensitivity bit allocation)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time by phase where the caller measured it (streamed PTQ: ``setup``, then ``blocks``)."""
 
     @property
     def rel_error(self) -> float:

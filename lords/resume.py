@@ -38,6 +38,18 @@ class LayerJournal:
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         atomic_write_bytes(self._path(name), save(state, metadata=meta))
 
+    def report(self, name: str) -> LayerReport | None:
+        """The report of finished layer ``name`` (its metadata only), or None if it has not been done."""
+        from safetensors import safe_open
+
+        path = self._path(name)
+        if not path.exists():
+            return None
+        with safe_open(str(path), framework="pt") as f:
+            report = json.loads(f.metadata()["report"])
+        report["shape"] = tuple(report["shape"])
+        return LayerReport(**report)
+
     def load(self, name: str, linear: nn.Linear):
         """The finished ``(module, report)`` of layer ``name``, or None if it has not been done."""
         from safetensors import safe_open

@@ -28,6 +28,7 @@ from torch import nn
 
 from .calibration import stats_over
 from .config import QuantConfig
+from .distribute import Ranks, assign_linears, block_range
 from .errors import CheckpointError, ConfigError
 from .quantize import handler_for, plan
 from .report import QuantizeReport
@@ -120,16 +121,19 @@ def _shell(hf_config, prefix: str, reader: ShardReader, dtype: torch.dtype):
     return shell
 
 
-def _block(hf_config, cls, index: int, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
-    """Decoder block ``index`` of class ``cls`` with its float weights."""
-    try:
-        block = cls(hf_config, layer_idx=index)
-    except TypeError:
+def _block(hf_config, cls, index: int, tensors: dict[str, torch.Tensor] | None, dtype: torch.dtype) -> nn.Module:
+    """Decoder block ``index`` of class ``cls`` with its float weights (None: on the meta device, for planning)."""
+    with torch.device("meta" if tensors is None else "cpu"):
         try:
-            block = cls(hf_config, index)
-        except TypeError as e:
-            raise ConfigError(f"cannot build decoder block {cls.__name__}(config, layer_idx): {e}") from None
+            block = cls(hf_config, layer_idx=index)
+        except TypeError:
+            try:
+                block = cls(hf_config, index)
+            except TypeError as e:
+                raise ConfigError(f"cannot build decoder block {cls.__name__}(config, layer_idx): {e}") from None
     block = block.to(dtype)
+    if tensors is None:
+        return block
     block.load_state_dict(tensors, strict=True)
     return block.eval()
 
@@ -161,6 +165,7 @@ def quantize_streamed(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    ranks: Ranks | None = None,
 ) -> QuantizeReport:
     """Quantize the causal LM saved in ``model_dir`` (transformers config + safetensors) block by block.
 
@@ -168,11 +173,24 @@ def quantize_streamed(
     objective. Each finished linear lands in ``journal_dir`` (``lords.resume.LayerJournal``); a rerun with the same
     config resumes there. :func:`load_streamed` builds the quantized model from it. Peak memory: the model's
     non-block tensors, one float block, and ``T × hidden`` activations twice (inputs and outputs of a block).
+
+    ``ranks``: this process's share of the work (default: the initialized ``torch.distributed`` group, else all
+    of it); every rank passes the same arguments and a journal on a shared disk, and the journal equals the one
+    process's bit for bit (``lords.distribute`` says how the work is split for each ``inputs``). Each rank
+    quantizes on its own ``device``. Under ``inputs="float"`` ranks given by hand need no process group (the
+    report then lists the layers finished so far); ``inputs="quantized"`` needs one (a barrier per block).
     """
+    import time
+
     from transformers import AutoConfig
 
+    t0 = time.perf_counter()
     if inputs not in ("quantized", "float"):
         raise ConfigError(f"inputs={inputs!r} is not one of ('quantized', 'float')")
+    ranks = Ranks.current() if ranks is None else ranks
+    if inputs == "quantized" and not ranks.synchronized:
+        raise ConfigError(f"inputs='quantized' on {ranks.world} ranks needs an initialized torch.distributed group "
+                          "of that size (block i waits for the quantized block i-1); inputs='float' does not")
     hf_config = AutoConfig.from_pretrained(model_dir)
     reader = ShardReader(model_dir)
     prefix, num_layers = _layers_prefix(reader.names())
@@ -194,38 +212,69 @@ def quantize_streamed(
     hf_config._attn_implementation = shell.config._attn_implementation  # what the blocks were called with
     del shell, stack, catcher
     journal = LayerJournal(journal_dir, config)
-    report = QuantizeReport()
+    setup = time.perf_counter() - t0
     holder = nn.Module()  # gives the block its full module names (model.layers.7.mlp.up_proj) for the plan
     holder.config = hf_config
+    mine = block_range(num_layers, ranks) if inputs == "float" else range(num_layers)
+    last = mine[-1] if len(mine) else -1  # float inputs: nothing to do after this rank's last block
+    order: list[str] = []
     bar = range(num_layers)
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(bar, desc=f"streamed {config.method}", unit="block")
+        rank = f" rank {ranks.rank}/{ranks.world}" if ranks.world > 1 else ""
+        bar = tqdm(bar, desc=f"streamed {config.method}{rank}", unit="block")
     for i in bar:
+        path = f"{prefix}.{i}"
+        if i > last:  # planned only (the report names every layer): a block without weights
+            _attach(holder, path, _block(hf_config, block_cls, i, None, dtype))
+            order.extend(plan(holder, config))
+            _attach(holder, path, None)
+            continue
         block = _block(hf_config, block_cls, i, reader.read(
-            [n for n in reader.names() if n.startswith(f"{prefix}.{i}.")], strip=f"{prefix}.{i}."), dtype).to(device)
-        holder_path = f"{prefix}.{i}"
-        _attach(holder, holder_path, block)
+            [n for n in reader.names() if n.startswith(f"{path}.")], strip=f"{path}."), dtype).to(device)
+        _attach(holder, path, block)
         chosen = plan(holder, config)
-        calibrated = {n: m for n, (m, leaf) in chosen.items() if leaf.needs_calibration}
+        order.extend(chosen)
+        if inputs == "float":
+            owner = dict.fromkeys(chosen, ranks.rank if i in mine else -1)
+        else:
+            owner = assign_linears({n: m.weight.numel() for n, (m, _) in chosen.items()}, ranks.world)
+        calibrated = {n: m for n, (m, leaf) in chosen.items() if leaf.needs_calibration and owner[n] == ranks.rank}
         stats, float_outs = None, []
         if inputs == "float" or calibrated:  # one float pass: the statistics and, for inputs="float", the outputs
             stats = stats_over(lambda c, b=block: float_outs.append(_run_block(b, c)), calls, lengths, calibrated,
                                *config.calibration[1:])
         for name, (module, leaf) in chosen.items():
+            if owner[name] != ranks.rank:
+                continue
             done = journal.load(name, module)
             if done is None:
                 torch.manual_seed(leaf.seed)
                 done = handler_for(leaf)(name, module, leaf, None if stats is None else stats.get(name))
                 journal.save(name, *done)
             holder.set_submodule(name, done[0].to(device))
-            report.layers.append(done[1])
+        if inputs == "quantized":
+            ranks.barrier()  # the other ranks' linears of this block are in the journal now
+            for name, (module, _) in chosen.items():
+                if owner[name] != ranks.rank:
+                    holder.set_submodule(name, _journaled(journal, name, module)[0])
         next_hidden = float_outs if inputs == "float" else [_run_block(block, c) for c in calls]
         calls = [(h, args, kwargs) for h, (_, args, kwargs) in zip(next_hidden, calls)]
-        _attach(holder, holder_path, None)
+        _attach(holder, path, None)
         del block
+    blocks = time.perf_counter() - t0 - setup
+    ranks.barrier()
+    report = QuantizeReport(seconds={"setup": setup, "blocks": blocks})
+    report.layers = [r for r in (journal.report(n) for n in order) if r is not None]
     return report
+
+
+def _journaled(journal: LayerJournal, name: str, module: nn.Module):
+    done = journal.load(name, module)
+    if done is None:
+        raise CheckpointError(f"layer {name} is not in the journal after the barrier (another rank failed?)")
+    return done
 
 
 def _attach(holder: nn.Module, path: str, block: nn.Module | None) -> None:

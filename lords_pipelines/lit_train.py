@@ -17,17 +17,33 @@ import torch
 from torch import nn
 
 from lords import QATConfig, QATLinear, QuantConfig, QuantizedLinear, mark_only_scales_trainable, quantize_
+from lords.errors import ConfigError
 from lords.lowrank import parity_rank
 
 
 class CausalLMModule(L.LightningModule):
-    """``model(input_ids, attention_mask, labels).loss`` on train/val batches; AdamW on ``param_groups``."""
+    """``model(input_ids, attention_mask, labels).loss`` on train/val batches; AdamW on ``param_groups``.
 
-    def __init__(self, model: nn.Module, param_groups: list[dict], weight_decay: float = 0.0):
+    The groups are kept by parameter name and resolved when the optimizer is made, after ``configure_model``:
+    FSDP (``trainer.strategy=fsdp``) replaces every parameter by its shard there. The logged ``train/loss`` is the
+    mean over ranks, the loss of the global batch (one process, DDP and FSDP log the same curve)."""
+
+    def __init__(self, model: nn.Module, param_groups: list[dict], weight_decay: float = 0.0,
+                 checkpoint_blocks: bool = False):
         super().__init__()
         self.model = model.train()
-        self.param_groups = param_groups
+        if checkpoint_blocks:
+            enable_block_checkpointing(model)
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.param_groups = [{**g, "params": [names[id(p)] for p in g["params"]]} for g in param_groups]
         self.weight_decay = weight_decay
+
+    def configure_model(self):
+        """Under ``ModelParallelStrategy`` (``trainer.strategy=fsdp``): FSDP2, one unit per decoder block."""
+        from .distributed import is_sharded, shard
+
+        if self.device_mesh is not None and not is_sharded(self.model):
+            shard(self.model, self.device_mesh)
 
     def forward(self, batch):
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -35,25 +51,34 @@ class CausalLMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/loss", self(batch), prog_bar=True)
+        self.log("val/loss", self(batch), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        groups = [g for g in self.param_groups if g["params"]]
+        params = dict(self.model.named_parameters())
+        groups = [{**g, "params": [params[n] for n in g["params"]]} for g in self.param_groups if g["params"]]
         return torch.optim.AdamW(groups, weight_decay=self.weight_decay)
 
     def trainable_floats(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
 
+def enable_block_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing per decoder block through transformers' ``gradient_checkpointing_enable``
+    (non-reentrant, so it composes with FSDP2): each block's forward runs again in backward."""
+    if not hasattr(model, "gradient_checkpointing_enable"):
+        raise ConfigError(f"trainer.activation_checkpointing: {type(model).__name__} is not a transformers model")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 class QATModule(CausalLMModule):
     """QAT of ``config``'s method: latent weights at ``lr_weight``, scales at ``lr_scale``; everything else frozen."""
 
     def __init__(self, model: nn.Module, config: QuantConfig, lr_weight: float, lr_scale: float,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, checkpoint_blocks: bool = False):
         for p in model.parameters():
             p.requires_grad_(False)
         quantize_(model, QATConfig(config, "prepare"), progress=False)
@@ -67,23 +92,25 @@ class QATModule(CausalLMModule):
             for w in weights:
                 w.requires_grad_(False)
         groups = [{"params": weights if lr_weight > 0 else [], "lr": lr_weight}, {"params": scales, "lr": lr_scale}]
-        super().__init__(model, groups, weight_decay)
+        super().__init__(model, groups, weight_decay, checkpoint_blocks)
         self.config = config
 
-    def convert(self) -> nn.Module:
-        """The model with every ``QATLinear`` converted by the config (its storage dtype included)."""
-        quantize_(self.model, QATConfig(self.config, "convert"), progress=False)
-        return self.model
+    def convert(self, model: nn.Module | None = None) -> nn.Module:
+        """``model`` (default: the trained one) with every ``QATLinear`` converted by the config (its storage dtype
+        included)."""
+        model = self.model if model is None else model
+        quantize_(model, QATConfig(self.config, "convert"), progress=False)
+        return model
 
 
 class PEFTModule(CausalLMModule):
     """Train what is marked trainable in an already prepared model (``prepare_lords_peft`` / ``add_lora``)."""
 
-    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0):
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, checkpoint_blocks: bool = False):
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("PEFT: nothing is trainable")
-        super().__init__(model, [{"params": params, "lr": lr}], weight_decay)
+        super().__init__(model, [{"params": params, "lr": lr}], weight_decay, checkpoint_blocks)
 
 
 def prepare_lords_peft(model: nn.Module) -> int:

@@ -50,6 +50,7 @@ def save_adapter(model, path: Path) -> Path:
 def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     s: RunSettings = cfg if isinstance(cfg, RunSettings) else settings_from_cfg(cfg)
     from .datamodule import LordsDataModule
+    from .distributed import structure_of, trained_model
     from .lit_train import PEFTModule
     from .training import make_trainer, resume_path
 
@@ -59,13 +60,18 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     dm = LordsDataModule(s.data, tok, kind="finetune")
     dm.setup("fit")
     before = answer_metrics(model, dm.val_dataloader())
-    module = PEFTModule(model, s.stage.lr, s.stage.weight_decay)
+    module = PEFTModule(model, s.stage.lr, s.stage.weight_decay, checkpoint_blocks=s.trainer.activation_checkpointing)
     trainer = make_trainer(s, out, logger)
+    skeleton = structure_of(model) if s.trainer.strategy == "fsdp" else None
     t = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))
     speed = next((c.tokens_per_s for c in trainer.callbacks if hasattr(c, "tokens_per_s")), None)
     metrics: dict[str, Any] = {"train_seconds": time.time() - t, "train_tokens_per_s": speed, "trainable_floats": trainable,
-                               "train_steps": trainer.global_step, **storage_metrics(model)}
+                               "train_steps": trainer.global_step}
+    model = trained_model(trainer, module.model, skeleton)  # plain and whole on rank zero, None elsewhere
+    if model is None:
+        return metrics, {"module": module, "trainer": trainer}
+    metrics.update(storage_metrics(model))
     metrics.update({f"before/{k}": v for k, v in before.items()})
     metrics.update(answer_metrics(model, dm.val_dataloader()))
     # LoRDS saves the library's checkpoint (still Q ⊙ BA, nothing merged); QLoRA saves its LoRA adapter

@@ -20,19 +20,25 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     if s.quant is None:
         raise ConfigError("quant: QAT needs a quantization config (quant=lords, nf, lords_mixed, ...)")
     from .datamodule import LordsDataModule
+    from .distributed import structure_of, trained_model
     from .lit_train import QATModule
     from .training import make_trainer, resume_path
 
     out, model, tok, logger = start_run(s)
     dm = LordsDataModule(s.data, tok, kind=s.stage.data)
-    module = QATModule(model, s.quant, s.stage.lr_weight, s.stage.lr_scale, s.stage.weight_decay)
+    module = QATModule(model, s.quant, s.stage.lr_weight, s.stage.lr_scale, s.stage.weight_decay,
+                       checkpoint_blocks=s.trainer.activation_checkpointing)
     trainer = make_trainer(s, out, logger)
+    skeleton = structure_of(module.model) if s.trainer.strategy == "fsdp" else None
     t = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))
     speed = next((c.tokens_per_s for c in trainer.callbacks if hasattr(c, "tokens_per_s")), None)
     metrics: dict[str, Any] = {"train_seconds": time.time() - t, "train_tokens_per_s": speed, "trainable_floats": module.trainable_floats(),
                                "train_steps": trainer.global_step}
-    model = apply_backend(module.convert(), s.trainer.backend)
+    model = trained_model(trainer, module.model, skeleton)  # plain and whole on rank zero, None elsewhere
+    if model is None:
+        return metrics, {"module": module, "trainer": trainer}
+    model = apply_backend(module.convert(model), s.trainer.backend)
     metrics.update(storage_metrics(model))
     finish_run(model, tok, s, out, logger, metrics)
     return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}

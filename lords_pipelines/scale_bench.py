@@ -1,6 +1,7 @@
-"""QAT and PEFT training throughput on 1 and N GPUs through Lightning's DDP (issue 18's scaling goal).
+"""QAT and PEFT training throughput on 1 and N GPUs through Lightning's DDP or FSDP (issue 18's scaling goal).
 
     python -m lords_pipelines.scale_bench --devices 1 2      # → outputs/reports/scale_ddp.{json,md}
+    python -m lords_pipelines.scale_bench --strategy fsdp --out outputs/reports/scale_fsdp
 
 A random Llama of about 1.1B parameters (hidden 2048, 24 layers, MLP 5632; random weights and the offline 512-token
 tokenizer: speed only, not quality), LoRDS 3 bits at block 64. Each run is the real stage (``python -m
@@ -19,16 +20,16 @@ from pathlib import Path
 
 MODEL = ["model=tiny-llama", "model.tiny.hidden=2048", "model.tiny.layers=24", "model.tiny.heads=16",
          "model.tiny.kv_heads=4", "model.tiny.intermediate=5632"]
-COMMON = ["trainer=gpu", "trainer.strategy=ddp", "logger=none", "quant.bits=3", "quant.refine=null",
+COMMON = ["trainer=gpu", "logger=none", "quant.bits=3", "quant.refine=null",
           "eval.perplexity_tokens=0", "stage.save=false", "trainer.checkpoint_every_n_steps=100000",
           "trainer.limit_val_batches=0"]
 STAGES = {"qat": ["data.train_tokens=1048576", "data.window=512", "data.batch_size=8"],
           "peft": ["data.batch_size=32", "data.max_length=64"]}
 
 
-def run_stage(stage: str, devices: int, steps: int) -> dict:
+def run_stage(stage: str, devices: int, steps: int, strategy: str = "ddp") -> dict:
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", f"lords_pipelines.{stage}", *MODEL, *COMMON, *STAGES[stage],
+        cmd = [sys.executable, "-m", f"lords_pipelines.{stage}", *MODEL, *COMMON, *STAGES[stage], f"trainer.strategy={strategy}",
                f"trainer.devices={devices}", f"trainer.max_steps={steps}", f"out_dir={out}", f"hydra.run.dir={out}"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
@@ -43,6 +44,7 @@ def main(argv=None):
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2])
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"])
     p.add_argument("--out", default="outputs/reports/scale_ddp")
     args = p.parse_args(argv)
     import torch
@@ -50,9 +52,9 @@ def main(argv=None):
     rows = []
     for stage in args.stages:
         for n in args.devices:
-            rows.append(run_stage(stage, n, args.steps))
+            rows.append(run_stage(stage, n, args.steps, args.strategy) | {"strategy": args.strategy})
             print(json.dumps(rows[-1]), flush=True)
-    lines = [f"# Training throughput under DDP ({torch.cuda.get_device_name()} × {max(args.devices)})", "",
+    lines = [f"# Training throughput under {args.strategy.upper()} ({torch.cuda.get_device_name()} × {max(args.devices)})", "",
              "Random Llama, hidden 2048, 24 layers, MLP 5632 (~1.1B parameters), LoRDS 3 bits block 64; QAT on packed "
              "512-token windows (8 per GPU), PEFT on the Unicode-name pairs (32 per GPU, ≤ 64 tokens); bf16 autocast; "
              f"steady-state tokens/s over all GPUs after 5 warm-up steps, {args.steps} steps.", "",

@@ -200,6 +200,9 @@ class TrainerSettings:
     deterministic: bool = False
     backend: str = "auto"
     """LoRDSLinear forward: auto (Triton kernels for CUDA inputs when Triton is installed), torch, triton."""
+    activation_checkpointing: bool = False
+    """QAT / PEFT: recompute each decoder block in the backward pass, so what backward keeps is one block's worth
+    instead of every block's (QAT keeps ~15 bytes per weight otherwise; ``docs/scale.md``)."""
 
     def check(self, key):
         _choice(f"{key}.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
@@ -209,7 +212,7 @@ class TrainerSettings:
 
     def trainer_kwargs(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("checkpoint_every_n_steps", "resume", "backend"):
+        for k in ("checkpoint_every_n_steps", "resume", "backend", "activation_checkpointing"):
             d.pop(k)
         return d
 

@@ -51,7 +51,11 @@ class Throughput(L.Callback):
 
 
 def make_trainer(s: RunSettings, out: Path, logger, max_steps: int | None = None) -> L.Trainer:
+    """The stage's Trainer; ``trainer.strategy=fsdp`` becomes FSDP2 through Lightning (``.distributed``)."""
+    from .distributed import strategy_for
+
     kw = s.trainer.trainer_kwargs()
+    kw["strategy"] = strategy_for(kw["strategy"], kw["accelerator"], kw["devices"])
     if max_steps is not None:
         kw["max_steps"] = max_steps
     fast = bool(kw["fast_dev_run"])

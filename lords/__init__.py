@@ -5,8 +5,12 @@
     report = lords.quantize_(model, config)
     lords.save_quantized(model, "out/", config)
 
-Importable with torch alone (transformers is needed only to load or rebuild Hugging Face models).
+Importable with torch alone (transformers is needed only to load or rebuild Hugging Face models). With
+transformers installed, ``import lords`` registers ``quant_method: "lords"`` with it (``lords.hf``): then
+``AutoModelForCausalLM.from_pretrained(lords_dir)`` returns the quantized model.
 """
+import importlib.util as _util
+
 __version__ = "0.1.0"
 
 from . import models, texts  # noqa: F401  (lords.models.load_model etc.)
@@ -31,3 +35,8 @@ __all__ = [
     "mark_only_scales_trainable", "plan", "load_streamed", "quantize_", "quantize_streamed", "refine", "register_handler", "save_quantized", "scale_method",
     "storage_bits",
 ]
+
+if _util.find_spec("transformers") is not None:
+    from .hf import LordsQuantConfig  # noqa: F401  (registers quant_method "lords" with transformers)
+
+    __all__.append("LordsQuantConfig")

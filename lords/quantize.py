@@ -211,4 +211,8 @@ def quantize_(
         report.layers.append(layer_rep)
     report.config = config.stored_config
     model.lords_config = report.config  # what save_quantized records when no config is handed to it
+    if hasattr(model, "save_pretrained") and importlib.util.find_spec("transformers") is not None:
+        from .hf import attach
+
+        attach(model, report.config)  # model.save_pretrained(dir) now writes a lords checkpoint
     return report

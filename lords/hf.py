@@ -25,7 +25,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from . import __version__
 from .checkpoint import FORMAT_VERSION, QUANT_METHOD, check_layout, install_layout, layout
 from .config import QuantConfig, config_from_dict
-from .errors import CheckpointError, ConfigError, UnsupportedModuleError
+from .errors import CheckpointError, ConfigError
 from .integrity import MANIFEST_KEY, manifest_json, shapes, text_digest, verify
 from .linear import QuantizedLinear
 
@@ -55,34 +55,6 @@ class LordsQuantConfig(QuantizationConfigMixin):
     @property
     def lords_config(self) -> QuantConfig:
         return config_from_dict(self.config)
-
-
-def _experts_left_in_float(model: nn.Module, config: QuantConfig) -> list[str]:
-    """Fused expert parameters (3-D and larger: experts × out × in) that the config does not exclude."""
-    from .quantize import plan
-
-    planned = {name for name in plan(model, config)}
-    found = []
-    for name, p in model.named_parameters():
-        module = name.rpartition(".")[0]
-        if p.dim() >= 3 and module not in planned and config.config_for(module, None, 0) is not None:
-            found.append(name)
-    return found
-
-
-def check_quantizable(model: nn.Module, config: QuantConfig) -> None:
-    """Refuse a model whose mixture-of-experts weights are fused 3-D parameters rather than ``nn.Linear``
-    (transformers' Mixtral, Qwen-MoE, ...): lords quantizes linear layers, and leaving the experts (most of the
-    weights) in float without a word would misreport the model's size and quality."""
-    try:
-        fused = _experts_left_in_float(model, config)
-    except ConfigError:  # rules resolved only with the model and calibration data: quantize_ checks them itself
-        return
-    if fused:
-        raise UnsupportedModuleError(
-            f"{len(fused)} fused expert parameter(s) are not nn.Linear and would stay in float: {fused[:4]}"
-            f"{' ...' if len(fused) > 4 else ''}. lords quantizes nn.Linear only; exclude them explicitly "
-            f"(exclude=('experts',)) to keep them in float knowingly")
 
 
 @register_quantizer(QUANT_METHOD)
@@ -120,7 +92,6 @@ class LordsHfQuantizer(HfQuantizer):
             return model
         from .quantize import quantize_
 
-        check_quantizable(model, config)
         quantize_(model, config, progress=False)  # attaches a quantizer that records the layout
         return model
 

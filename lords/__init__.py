@@ -7,9 +7,9 @@
 
 Importable with torch alone (transformers is needed only to load or rebuild Hugging Face models). With
 transformers installed, ``import lords`` registers ``quant_method: "lords"`` with it (``lords.hf``): then
-``AutoModelForCausalLM.from_pretrained(lords_dir)`` returns the quantized model.
+``AutoModelForCausalLM.from_pretrained(lords_dir)`` returns the quantized model (``lords.hf_registration``: the
+registration waits for transformers to load its quantizer registry, so ``import lords`` does not import transformers).
 """
-import importlib.util as _util
 
 __version__ = "0.1.0"
 
@@ -36,7 +36,14 @@ __all__ = [
     "storage_bits",
 ]
 
-if _util.find_spec("transformers") is not None:
-    from .hf import LordsQuantConfig  # noqa: F401  (registers quant_method "lords" with transformers)
+from .hf_registration import install as _install_hf
 
-    __all__.append("LordsQuantConfig")
+_install_hf()
+
+
+def __getattr__(name):
+    if name == "LordsQuantConfig":  # needs transformers: imported on first use
+        from .hf import LordsQuantConfig
+
+        return LordsQuantConfig
+    raise AttributeError(f"module 'lords' has no attribute {name!r}")

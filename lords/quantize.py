@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -229,7 +230,7 @@ def quantize_(
         report.layers.append(layer_rep)
     report.config = config.stored_config
     model.lords_config = report.config  # what save_quantized records when no config is handed to it
-    if hasattr(model, "save_pretrained") and importlib.util.find_spec("transformers") is not None:
+    if hasattr(model, "save_pretrained") and "transformers" in sys.modules:
         from .hf import attach
 
         attach(model, report.config)  # model.save_pretrained(dir) now writes a lords checkpoint

@@ -160,3 +160,14 @@ def test_from_pretrained_peak_memory_stays_below_a_float_copy(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     grown = int(done.stdout.split()[-1])
     assert grown < float_bytes / 2, f"peak grew by {grown / 2**20:.0f} MiB; the float weights are {float_bytes / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("order", ["lords-first", "transformers-first"])
+def test_import_lords_registers_the_quantizer_whichever_is_imported_first(order):
+    imports = ["import lords", "from transformers import AutoModelForCausalLM"]
+    code = "; ".join([*(imports if order == "lords-first" else imports[::-1]),
+                      "from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING as M, "
+                      "AUTO_QUANTIZATION_CONFIG_MAPPING as C",
+                      "assert M['lords'].__name__ == 'LordsHfQuantizer' and C['lords'].__name__ == 'LordsQuantConfig'"])
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -25,7 +25,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 @lru_cache(maxsize=4)
-def _bpe_tokenizer(vocab: int):
+def bpe_tokenizer(vocab: int):
     """A byte-level BPE tokenizer with ``vocab`` entries, trained offline on Python's pydoc topics (< 1 s)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -73,7 +73,7 @@ def _load_model(s: ModelSettings, seed: int):
         from lords.models import tiny_llama
 
         t = s.tiny
-        tok = _bpe_tokenizer(t.vocab)
+        tok = bpe_tokenizer(t.vocab)
         model = tiny_llama(seed=seed, hidden=t.hidden, layers=t.layers, heads=t.heads, kv_heads=t.kv_heads,
                            intermediate=t.intermediate, vocab=len(tok))
         return model.to(_DTYPES[s.dtype]).eval(), tok

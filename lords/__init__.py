@@ -14,6 +14,7 @@ registration waits for transformers to load its quantizer registry, so ``import 
 __version__ = "0.1.0"
 
 from . import models, texts  # noqa: F401  (lords.models.load_model etc.)
+from .adapter import load_adapter, save_adapter
 from .checkpoint import load_quantized, save_quantized
 from .config import BlockwiseConfig, LordsConfig, QuantConfig, RefineConfig, ScaleConfig, config_from_dict
 from .errors import LordsError
@@ -31,8 +32,8 @@ __all__ = [
     "BlockLinear", "BlockScale", "BlockwiseConfig", "LayerReport", "LayerStats", "LayerwiseConfig", "LoRDSLinear",
     "LordsConfig", "LordsError", "LowRankScale", "MixedPrecisionConfig", "QATConfig", "QATLinear", "QuantConfig",
     "QuantizeReport", "QuantizedLinear", "RefineAdam", "RefineConfig", "Refiner", "ScaleConfig", "ScaleMethod",
-    "cached_weights", "calibration_stats", "config_from_dict", "handler_for", "layer_report", "load_quantized",
-    "mark_only_scales_trainable", "plan", "load_streamed", "quantize_", "quantize_streamed", "refine", "register_handler", "save_quantized", "scale_method",
+    "cached_weights", "calibration_stats", "config_from_dict", "handler_for", "layer_report", "load_adapter", "load_quantized",
+    "mark_only_scales_trainable", "plan", "load_streamed", "quantize_", "quantize_streamed", "refine", "register_handler", "save_adapter", "save_quantized", "scale_method",
     "storage_bits",
 ]
 

@@ -221,5 +221,5 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, devi
     model.lords_config = config
     from .hf import attach
 
-    attach(model, config, qc.get("extra"))
+    attach(model, config, qc.get("extra"), manifest_sha256=qc.get("manifest_sha256"))
     return model.to(device).eval(), config

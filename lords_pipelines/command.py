@@ -169,6 +169,10 @@ def cmd_eval(a) -> dict:
     if a.text is not None and not Path(a.text).is_file():
         raise BadInput(f"--text {a.text}: no such file")
     model, tok = _load(_folder(a.dir), _device(a.device))
+    if a.adapter:
+        from .adapters import load_adapter
+
+        model = load_adapter(model, a.adapter)
     text = Path(a.text).read_text() if a.text else eval_text()
     ids = tokenize(tok, text, a.tokens)
     with torch.no_grad(), cached_weights(model):
@@ -239,6 +243,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("dir", help="a lords folder")
     e.add_argument("--tasks", nargs="+", default=[], help="lm-eval task names")
     e.add_argument("--limit", type=int, help="items per task (default: all)")
+    e.add_argument("--adapter", metavar="DIR", help="an adapter folder trained on this base (LoRDS B, A or LoRA)")
     e.add_argument("--text", metavar="FILE", help="text file for perplexity")
     e.add_argument("--tokens", type=int, default=2048, help="tokens of the text to score (default 2048)")
     e.add_argument("--window", type=int, default=None, help="perplexity window (default: min(2048, context))")

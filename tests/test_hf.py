@@ -171,3 +171,18 @@ def test_import_lords_registers_the_quantizer_whichever_is_imported_first(order)
                       "assert M['lords'].__name__ == 'LordsHfQuantizer' and C['lords'].__name__ == 'LordsQuantConfig'"])
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_embedded_model_round_trips_through_save_pretrained_with_tied_embeddings(tmp_path):
+    from lords.models import load_model
+
+    model, tok = load_model("smollm2-135m")
+    assert model.config.tie_word_embeddings
+    quantize_(model, LordsConfig(bits=3, block_size=64), progress=False)
+    model.save_pretrained(tmp_path / "q", max_shard_size="50MB")
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+    assert len(shard_files(tmp_path / "q")) > 1
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    assert torch.equal(_logits(loaded, ids), _logits(model, ids))

@@ -38,6 +38,9 @@ def module_meta(module: QuantizedLinear) -> dict[str, Any]:
                 bias=module.bias is not None)
     if isinstance(module, LoRDSLinear):
         meta.update(kind="lords", rank=module.rank, dtype=str(module.B.dtype).removeprefix("torch."))
+    elif not isinstance(module, BlockLinear):
+        raise CheckpointError(f"{type(module).__name__} is not a module the checkpoint format holds "
+                              "(LoRDSLinear, BlockLinear)")
     else:
         meta.update(kind="blockwise", block_size=module.block_size, dtype=str(module.scales.dtype).removeprefix("torch."))
     return meta

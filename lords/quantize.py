@@ -20,7 +20,7 @@ from torch import nn
 from .blockwise import check_weight
 from .calibration import collect_stats
 from .config import BlockwiseConfig, LordsConfig, QuantConfig
-from .errors import ConfigError, NumericsError, UnsupportedModuleError
+from .errors import CheckpointError, ConfigError, NumericsError, UnsupportedModuleError
 from .grids import make_grid
 from .layerwise import decoder_layer_index, num_decoder_layers
 from .linear import BlockLinear, LoRDSLinear
@@ -233,5 +233,8 @@ def quantize_(
     if hasattr(model, "save_pretrained") and "transformers" in sys.modules:
         from .hf import attach
 
-        attach(model, report.config)  # model.save_pretrained(dir) now writes a lords checkpoint
+        try:
+            attach(model, report.config)  # model.save_pretrained(dir) now writes a lords checkpoint
+        except CheckpointError:
+            pass  # a registered method's own module: save_quantized says the format cannot hold it
     return report

@@ -235,3 +235,17 @@ def test_ddp_on_two_cpu_processes_trains_and_rank_zero_alone_writes(tmp_path):
     metrics = read_metrics(tmp_path)
     assert metrics["train_steps"] == 2 and metrics["ppl"] > 1
     assert (tmp_path / "quantized" / "config.json").is_file()
+
+
+def test_peft_on_a_base_folder_saves_an_adapter_that_the_eval_stage_reloads(tmp_path):
+    from lords_pipelines import eval as eval_stage
+    from lords_pipelines import peft, ptq
+
+    ptq.run(tiny_settings("ptq", tmp_path / "ptq", "quant.refine=null"))
+    base = tmp_path / "ptq" / "quantized"
+    tuned, _ = peft.run(tiny_settings("peft", tmp_path / "peft", "quant.refine=null", f"stage.init_checkpoint={base}"))
+    adapter = tmp_path / "peft" / "lords_adapter"
+    assert not (tmp_path / "peft" / "quantized").exists() and (adapter / "adapter_model.safetensors").is_file()
+    again, _ = eval_stage.run(tiny_settings("eval", tmp_path / "eval", "quant.refine=null", f"stage.checkpoint={base}",
+                                            f"stage.adapter={adapter}"))
+    assert again["ppl"] == tuned["ppl"]  # the PEFT model's B, A, back on its base

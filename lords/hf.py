@@ -10,14 +10,16 @@ quantizer with transformers (``register_quantization_config`` / ``register_quant
 A pre-quantized folder is checked first (every shard's hashes, every module's shapes; ``lords.integrity``), then
 the quantizer replaces the listed ``nn.Linear`` modules by empty ``LoRDSLinear`` / ``BlockLinear`` on the meta
 device and transformers loads the stored tensors into them: no float weight of a quantized layer is ever built.
-A float folder with a ``LordsQuantConfig`` is loaded, then quantized by ``quantize_`` (data-free configs only:
-a calibrated refinement needs ``quantize_`` with calibration tokens).
+A float folder with a ``LordsQuantConfig`` is quantized layer by layer as its weights load (``LordsQuantize``: the
+same handler, seed and result as ``quantize_``, one float linear in memory at a time). Data-free configs only: a
+calibrated refinement needs the whole float model's activations, so ``quantize_`` with calibration tokens.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from torch import nn
+from transformers.core_model_loading import ConversionOps
 from transformers.quantizers import HfQuantizer, register_quantizer
 from transformers.quantizers.auto import register_quantization_config
 from transformers.utils.quantization_config import QuantizationConfigMixin
@@ -25,7 +27,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from . import __version__
 from .checkpoint import FORMAT_VERSION, QUANT_METHOD, check_layout, install_layout, layout
 from .config import QuantConfig, config_from_dict
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, UnsupportedModuleError
 from .integrity import MANIFEST_KEY, manifest_json, shapes, text_digest, verify
 from .linear import QuantizedLinear
 
@@ -59,7 +61,8 @@ class LordsQuantConfig(QuantizationConfigMixin):
 
 @register_quantizer(QUANT_METHOD)
 class LordsHfQuantizer(HfQuantizer):
-    """Builds quantized modules before weights load (pre-quantized folders) or quantizes after (float folders)."""
+    """Builds quantized modules before weights load (pre-quantized folders) or quantizes each planned linear as its
+    weight loads (float folders with a ``LordsQuantConfig``)."""
 
     requires_calibration = False
     quantization_config: LordsQuantConfig
@@ -71,10 +74,25 @@ class LordsHfQuantizer(HfQuantizer):
                               "Load the float model, then lords.quantize_(model, config, calib_ids=...)")
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
-        return False  # pre-quantized tensors load as they are; float models are quantized after loading
+        """Float folders: the ``weight`` of each planned linear, quantized as it loads (pre-quantized tensors
+        load as they are)."""
+        module, _, tensor = param_name.rpartition(".")
+        return not self.pre_quantized and tensor == "weight" and module in getattr(self, "plan", {})
+
+    def get_quantize_ops(self):
+        return LordsQuantize(self)
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         if not self.pre_quantized:
+            from .quantize import fused_params_left_in_float, plan
+
+            config = self.quantization_config.lords_config
+            chosen = plan(model, config)  # on the meta model: module types and names only
+            fused = fused_params_left_in_float(model, config, chosen)
+            if fused:
+                raise UnsupportedModuleError(f"fused expert parameter(s) {fused[:4]} are not nn.Linear and would stay "
+                                             "in float; exclude them to keep them in float knowingly")
+            self.plan, self.errors = {name: leaf for name, (_, leaf) in chosen.items()}, {}
             return model
         qc = self.quantization_config
         files = [Path(f) for f in checkpoint_files or ()]
@@ -90,9 +108,10 @@ class LordsHfQuantizer(HfQuantizer):
         if self.pre_quantized:
             model.lords_config = config
             return model
-        from .quantize import quantize_
-
-        quantize_(model, config, progress=False)  # attaches a quantizer that records the layout
+        if self.errors:
+            raise next(iter(self.errors.values()))  # lords errors name the layer
+        model.lords_config = config.stored_config
+        attach(model, model.lords_config)  # the layout, for save_pretrained
         return model
 
     def get_state_dict_and_metadata(self, model):
@@ -112,6 +131,44 @@ class LordsHfQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return True  # B, A (PEFT) and the float parameters train; the codes are buffers
+
+
+class LordsQuantize(ConversionOps):
+    """Quantize-on-load of one linear: its float weight arrives, the planned handler builds the quantized module
+    (the same call, seed and layer order as ``quantize_``) and it replaces the ``nn.Linear``; the float weight
+    is dropped. Only one layer's float weight exists at a time."""
+
+    def __init__(self, hf_quantizer: LordsHfQuantizer):
+        self.hf_quantizer = hf_quantizer
+
+    def convert(self, input_dict, model=None, full_layer_name=None, missing_keys=None, **kwargs):
+        import torch
+
+        from .quantize import handler_for
+
+        value = next(iter(input_dict.values()))
+        value = value[0] if isinstance(value, list) else value
+        name = full_layer_name.rpartition(".")[0]
+        leaf = self.hf_quantizer.plan[name]
+        linear = model.get_submodule(name)
+        late_bias = linear.bias is not None and linear.bias.is_meta  # loads after the weight: keep its slot
+        shell = nn.Linear(linear.in_features, linear.out_features, bias=False, device="meta")
+        shell.weight = nn.Parameter(value, requires_grad=False)
+        shell.bias = None if linear.bias is None or late_bias else linear.bias
+        torch.manual_seed(leaf.seed)
+        try:
+            new, _ = handler_for(leaf)(name, shell, leaf, None)
+        except Exception as e:  # transformers would log it and raise a generic error: keep it, raise it after loading
+            self.hf_quantizer.errors.setdefault(name, e)
+            return {}
+        if late_bias:
+            new.bias = nn.Parameter(torch.empty(linear.out_features, device="meta"), requires_grad=False)
+        for t in (*new.parameters(), *new.buffers()):
+            t._is_hf_initialized = True
+        model.set_submodule(name, new)
+        if missing_keys is not None:
+            missing_keys.discard(full_layer_name)
+        return {}
 
 
 def attach(model: nn.Module, config: QuantConfig, extra: dict | None = None, manifest_sha256: str | None = None):

@@ -85,6 +85,37 @@ def test_quantize_on_load_equals_quantize_(tmp_path, tokens, config):
     assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "q"), tokens), _logits(reference, tokens))
 
 
+def test_quantize_on_load_never_holds_two_float_linears(tmp_path, monkeypatch):
+    tiny_llama(seed=0).save_pretrained(tmp_path / "float")
+    seen = []
+    convert = lords.hf.LordsQuantize.convert
+
+    def spy(self, input_dict, model=None, **kwargs):
+        seen.append(sum(1 for n, m in model.named_modules() if type(m) is torch.nn.Linear and n != "lm_head"
+                        and not m.weight.is_meta))  # float linears already in memory when one more arrives
+        return convert(self, input_dict, model=model, **kwargs)
+
+    monkeypatch.setattr(lords.hf.LordsQuantize, "convert", spy)
+    AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=LordsQuantConfig(LordsConfig(block_size=16)))
+    assert seen == [0] * 14  # each weight is quantized as it loads, the model's 14 linears one at a time
+
+
+def test_quantize_on_load_keeps_biases_loaded_after_their_weights(tmp_path, tokens):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False)
+    float_model = Qwen2ForCausalLM(cfg)
+    float_model.model.layers[0].self_attn.q_proj.bias.data.normal_()  # q/k/v carry biases in Qwen2
+    float_model.save_pretrained(tmp_path / "float")
+    config = LordsConfig(bits=4, block_size=16)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=LordsQuantConfig(config))
+    quantize_(float_model, config, progress=False)
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.bias, float_model.model.layers[0].self_attn.q_proj.bias)
+    assert torch.equal(_logits(model, tokens), _logits(float_model, tokens))
+
+
 def test_quantize_on_load_refuses_a_calibrated_config(tmp_path):
     tiny_llama(seed=0).save_pretrained(tmp_path / "float")
     calibrated = LordsConfig(bits=3, refine=lords.RefineConfig(steps=5, objective="act_diag"))
@@ -186,3 +217,9 @@ def test_the_embedded_model_round_trips_through_save_pretrained_with_tied_embedd
     assert len(shard_files(tmp_path / "q")) > 1
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
     assert torch.equal(_logits(loaded, ids), _logits(model, ids))
+
+
+def test_a_layer_that_cannot_be_quantized_on_load_stops_the_load_with_its_name(tmp_path):
+    tiny_llama(seed=0).save_pretrained(tmp_path / "float")
+    with pytest.raises(lords.errors.ShapeError, match=r"model.layers.0.self_attn.k_proj of shape \(64, 128\) cannot take rank 0"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=LordsQuantConfig(LordsConfig()))

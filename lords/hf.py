@@ -125,6 +125,20 @@ class LordsHfQuantizer(HfQuantizer):
         self.quantization_config.manifest_sha256 = text_digest(manifest)
         return state, {MANIFEST_KEY: manifest}
 
+    def _dequantize(self, model, dtype=None):
+        """``model.dequantize()``: every quantized module back to an ``nn.Linear`` holding ``grid[Q] ⊙ S``."""
+        for name, m in list(model.named_modules()):
+            if isinstance(m, QuantizedLinear):
+                weight = m.dequantized_weight().to(dtype or m.scale_dtype)
+                linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device=weight.device,
+                                   dtype=weight.dtype)
+                linear.weight.data.copy_(weight)
+                if m.bias is not None:
+                    linear.bias.data.copy_(m.bias)
+                model.set_submodule(name, linear)
+        model.__dict__.pop("lords_config", None)
+        return model
+
     def is_serializable(self, safe_serialization=None):
         return True
 

@@ -223,3 +223,11 @@ def test_a_layer_that_cannot_be_quantized_on_load_stops_the_load_with_its_name(t
     tiny_llama(seed=0).save_pretrained(tmp_path / "float")
     with pytest.raises(lords.errors.ShapeError, match=r"model.layers.0.self_attn.k_proj of shape \(64, 128\) cannot take rank 0"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=LordsQuantConfig(LordsConfig()))
+
+
+def test_dequantize_gives_back_float_linears_with_the_same_logits(lords_dir, tokens):
+    path, logits = lords_dir
+    model = AutoModelForCausalLM.from_pretrained(path).dequantize(dtype=torch.float32)
+    assert type(model.model.layers[0].mlp.up_proj) is torch.nn.Linear and not hasattr(model.config, "quantization_config")
+    out = _logits(model, tokens)
+    assert float((out - logits).norm() / logits.norm()) < 1e-5  # the same W_hat, one matmul order apart

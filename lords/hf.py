@@ -1,7 +1,8 @@
 """transformers integration: ``quant_method: "lords"`` for ``from_pretrained`` / ``save_pretrained``.
 
-``import lords`` imports this module when transformers is installed, which registers the config and the
-quantizer with transformers (``register_quantization_config`` / ``register_quantizer``). Then
+Importing this module registers the config and the quantizer with transformers (``register_quantization_config`` /
+``register_quantizer``); after ``import lords`` that happens as soon as transformers loads its quantizer registry
+(``lords.hf_registration``). Then
 
     model = AutoModelForCausalLM.from_pretrained(lords_dir, device_map="auto", dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(float_dir, quantization_config=LordsQuantConfig(LordsConfig(bits=4)))
@@ -27,7 +28,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from . import __version__
 from .checkpoint import FORMAT_VERSION, QUANT_METHOD, check_layout, install_layout, layout
 from .config import QuantConfig, config_from_dict
-from .errors import CheckpointError, ConfigError, UnsupportedModuleError
+from .errors import CheckpointError, ConfigError, LordsError, UnsupportedModuleError
 from .integrity import MANIFEST_KEY, manifest_json, shapes, text_digest, verify
 from .linear import QuantizedLinear
 
@@ -39,11 +40,17 @@ class LordsQuantConfig(QuantizationConfigMixin):
 
     def __init__(self, config: QuantConfig | dict | None = None, modules: dict | None = None,
                  manifest_sha256: str | None = None, format_version: int = FORMAT_VERSION,
-                 library_version: str = __version__, extra: dict | None = None, **kwargs):
+                 library_version: str = __version__, extra: dict | None = None, quant_method: str = QUANT_METHOD,
+                 **unknown):
+        if unknown:
+            raise CheckpointError(f"quantization_config: unknown field(s) {sorted(unknown)} for quant_method 'lords'")
         if config is None:
             raise ConfigError("LordsQuantConfig(config=...) needs a lords config, e.g. lords.LordsConfig(bits=4)")
-        if isinstance(config, dict):
-            config = config_from_dict(config)  # validates a hand-written or loaded dict
+        if isinstance(config, dict):  # read from config.json
+            try:
+                config = config_from_dict(config)
+            except LordsError as e:
+                raise CheckpointError(f"quantization_config.config is malformed ({e})") from e
         if not isinstance(config, QuantConfig):
             raise ConfigError(f"config={config!r} is not a lords config (LordsConfig, BlockwiseConfig, ...)")
         self.quant_method = QUANT_METHOD

@@ -117,11 +117,17 @@ def test_malformed_layout_metadata_is_a_checkpoint_error_naming_the_module(saved
         load_quantized(path)
 
 
-def test_a_malformed_lords_config_is_a_checkpoint_error(saved):
+@pytest.mark.parametrize("edit, message", [
+    (lambda qc: qc["config"].update(bits="three"), "quantization_config.config is malformed"),
+    (lambda qc: qc.update(ranks=[1, 2]), r"unknown field\(s\) \['ranks'\]"),
+], ids=["config-field", "unknown-field"])
+def test_a_malformed_quantization_config_is_a_checkpoint_error(saved, edit, message):
     path, _, _ = saved
-    _edit_config(path, lambda qc: qc["config"].update(bits="three"))
-    with pytest.raises(CheckpointError, match="quantization_config.config is malformed"):
-        load_quantized(path)
+    _edit_config(path, edit)
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(CheckpointError, match=message):
+        AutoModelForCausalLM.from_pretrained(path)
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(saved, tiny_model, monkeypatch, tokens):

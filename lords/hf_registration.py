@@ -15,7 +15,15 @@ REGISTRY = "transformers.quantizers"
 
 
 def _register() -> None:
-    from . import hf  # noqa: F401  (its import registers the config and the quantizer)
+    """Import ``lords.hf`` (its import registers the config and the quantizer). Inside transformers' own import a
+    failure (a transformers without the quantizer hooks lords.hf uses) must not break transformers: warn instead."""
+    try:
+        from . import hf  # noqa: F401
+    except Exception as e:  # noqa: BLE001  (any failure here would surface as transformers failing to import)
+        import warnings
+
+        warnings.warn(f"lords: quant_method 'lords' not registered with this transformers ({type(e).__name__}: {e}); "
+                      "lords folders will not open with from_pretrained", RuntimeWarning, stacklevel=2)
 
 
 class _RegisteringLoader(importlib.abc.Loader):

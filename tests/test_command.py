@@ -3,7 +3,6 @@ line on stderr and exit status 2."""
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ def lords_dir(float_dir, tmp_path_factory):
 
 
 def test_pyproject_declares_the_lords_command():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["lords"] == "lords_pipelines.command:main"
 

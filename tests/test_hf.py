@@ -231,3 +231,20 @@ def test_dequantize_gives_back_float_linears_with_the_same_logits(lords_dir, tok
     assert type(model.model.layers[0].mlp.up_proj) is torch.nn.Linear and not hasattr(model.config, "quantization_config")
     out = _logits(model, tokens)
     assert float((out - logits).norm() / logits.norm()) < 1e-5  # the same W_hat, one matmul order apart
+
+
+def test_a_failed_registration_warns_and_leaves_transformers_importable():
+    code = textwrap.dedent("""
+        import sys, warnings
+        import lords
+        sys.modules["lords.hf"] = None  # as if lords.hf could not import against this transformers
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from transformers import AutoModelForCausalLM, LlamaConfig
+
+            AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                         num_attention_heads=2, vocab_size=64))
+        assert any("not registered" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

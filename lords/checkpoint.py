@@ -24,7 +24,7 @@ from torch import nn
 from .config import config_from_dict
 from .errors import CheckpointError, LordsError
 from .grids import SUPPORTED_BITS
-from .integrity import atomic_write_bytes, shapes, shard_files, verify  # noqa: F401  (atomic_write_bytes: lords.resume)
+from .integrity import shapes, shard_files, verify
 from .linear import DTYPES, BlockLinear, LoRDSLinear, QuantizedLinear
 from .packing import packed_width
 

@@ -213,9 +213,13 @@ def cmd_bench(a) -> dict:
         prefill = timed(1)
         total = timed(a.tokens)
     decode = max(total - prefill, 1e-9)
-    return {"folder": a.dir, "device": device, "batch": a.batch, "prompt tokens": a.prompt,
-            "prefill": f"{prefill * 1e3:.1f} ms", "new tokens": a.tokens,
-            "decode tokens/s": f"{a.batch * (a.tokens - 1) / decode:.1f}"}
+    steps_per_s = (a.tokens - 1) / decode
+    stored = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return {"folder": a.dir, "device": device, "torch threads": torch.get_num_threads(), "batch": a.batch,
+            "prompt tokens": a.prompt, "prefill": f"{prefill * 1e3:.1f} ms", "new tokens": a.tokens,
+            "decode tokens/s": f"{a.batch * steps_per_s:.1f}",
+            # every decode step reads the stored model once (the dequantized-weight cache aside on the CPU path)
+            "stored model": _size(stored), "stored bytes read/s": f"{stored * steps_per_s / 1e9:.2f} GB/s"}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -61,6 +61,15 @@ def test_quantize_writes_a_folder_that_transformers_opens(lords_dir):
     assert isinstance(model.model.layers[0].mlp.up_proj, LoRDSLinear) and (lords_dir / "tokenizer.json").is_file()
 
 
+def test_quantize_with_calibration_text_refines_on_its_activations(float_dir, tmp_path, capsys):
+    out = tmp_path / "cal"
+    assert main(["quantize", str(float_dir), "--bits", "3", "--block-size", "16", "--calib", "pydoc", "--steps", "1",
+                 "--out", str(out)]) == 0
+    assert "act_diag x 1" in capsys.readouterr().out
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["config"]["refine"] == {"steps": 1, "lr": 0.01, "objective": "act_diag"}
+
+
 def test_info_reports_bits_floats_and_sizes_without_building_a_model(lords_dir, capsys):
     assert main(["info", str(lords_dir)]) == 0
     out = capsys.readouterr().out

@@ -5,11 +5,16 @@
     report = lords.quantize_(model, config)
     lords.save_quantized(model, "out/", config)
 
-Importable with torch alone (transformers is needed only to load or rebuild Hugging Face models).
+Importable with torch alone (transformers is needed only to load or rebuild Hugging Face models). With
+transformers installed, ``import lords`` registers ``quant_method: "lords"`` with it (``lords.hf``): then
+``AutoModelForCausalLM.from_pretrained(lords_dir)`` returns the quantized model (``lords.hf_registration``: the
+registration waits for transformers to load its quantizer registry, so ``import lords`` does not import transformers).
 """
+
 __version__ = "0.1.0"
 
 from . import models, texts  # noqa: F401  (lords.models.load_model etc.)
+from .adapter import load_adapter, save_adapter
 from .checkpoint import load_quantized, save_quantized
 from .config import BlockwiseConfig, LordsConfig, QuantConfig, RefineConfig, ScaleConfig, config_from_dict
 from .errors import LordsError
@@ -28,7 +33,19 @@ __all__ = [
     "BlockLinear", "BlockScale", "BlockwiseConfig", "LayerReport", "LayerStats", "LayerwiseConfig", "LoftQConfig", "LoftQLinear", "LoRDSLinear",
     "LordsConfig", "LordsError", "LowRankScale", "MixedPrecisionConfig", "QATConfig", "QATLinear", "QuantConfig",
     "QuantizeReport", "QuantizedLinear", "RefineAdam", "RefineConfig", "Refiner", "ScaleConfig", "ScaleMethod",
-    "cached_weights", "calibration_stats", "config_from_dict", "handler_for", "layer_report", "load_quantized",
-    "mark_only_scales_trainable", "plan", "load_streamed", "quantize_", "quantize_streamed", "refine", "register_handler", "save_quantized", "scale_method",
+    "cached_weights", "calibration_stats", "config_from_dict", "handler_for", "layer_report", "load_adapter", "load_quantized",
+    "mark_only_scales_trainable", "plan", "load_streamed", "quantize_", "quantize_streamed", "refine", "register_handler", "save_adapter", "save_quantized", "scale_method",
     "storage_bits",
 ]
+
+from .hf_registration import install as _install_hf
+
+_install_hf()
+
+
+def __getattr__(name):
+    if name == "LordsQuantConfig":  # needs transformers: imported on first use
+        from .hf import LordsQuantConfig
+
+        return LordsQuantConfig
+    raise AttributeError(f"module 'lords' has no attribute {name!r}")

@@ -51,12 +51,28 @@ def _cache_embedded(alias: str, dtype: torch.dtype):
         model, tokenizer = _from_gguf(embedded_gguf(alias), torch.float32)
         clean = AutoModelForCausalLM.from_config(model.config)
         clean.load_state_dict(model.state_dict())
+        if hasattr(clean.config, "quantization_config"):
+            del clean.config.quantization_config  # the copy is float: no GGUF config in it
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         clean.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tmp.replace(target) if not target.exists() else None
+    _drop_gguf_config(target / "config.json")
     model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
     return model, AutoTokenizer.from_pretrained(target)
+
+
+def _drop_gguf_config(path: Path) -> None:
+    """Caches written before the fix above carry the GGUF's ``quantization_config`` although their weights are
+    float, which stops ``from_pretrained(cache, quantization_config=...)``: rewrite them without it (atomically)."""
+    import json
+
+    cfg = json.loads(path.read_text())
+    if (cfg.get("quantization_config") or {}).get("quant_method") == "gguf":
+        del cfg["quantization_config"]
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
 
 
 def load_model(name: str, dtype: torch.dtype = torch.float32, gguf_file: str | None = None, device="cpu"):

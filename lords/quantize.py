@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,7 +20,7 @@ from torch import nn
 from .blockwise import check_weight
 from .calibration import collect_stats
 from .config import BlockwiseConfig, LordsConfig, QuantConfig
-from .errors import ConfigError, NumericsError, UnsupportedModuleError
+from .errors import CheckpointError, ConfigError, NumericsError, UnsupportedModuleError
 from .grids import make_grid
 from .layerwise import decoder_layer_index, num_decoder_layers
 from .linear import BlockLinear, LoRDSLinear
@@ -144,6 +145,18 @@ def plan(model: nn.Module, config: QuantConfig, filter_fn=None) -> dict[str, tup
     return chosen
 
 
+def fused_params_left_in_float(model: nn.Module, config: QuantConfig, chosen: dict) -> list[str]:
+    """Parameters of three or more dimensions (fused mixture-of-experts weights, experts × out × in, as
+    transformers holds Mixtral's and Qwen-MoE's) that no handler takes and the config does not exclude."""
+    num_layers = num_decoder_layers(model)
+    found = []
+    for name, p in model.named_parameters():
+        module = name.rpartition(".")[0]
+        if p.dim() >= 3 and module not in chosen and config.config_for(module, decoder_layer_index(module), num_layers):
+            found.append(name)
+    return found
+
+
 def calibration_stats(model: nn.Module, config: QuantConfig, calib_ids: torch.Tensor | None,
                       chosen: dict | None = None) -> dict[str, LayerStats] | None:
     """Calibration statistics of the layers of ``plan(model, config)`` (or ``chosen``) whose refinement objective
@@ -228,6 +241,12 @@ def quantize_(
         raise UnsupportedModuleError(
             f"no nn.Linear (or other module {type(config).__name__} handles) to quantize in {type(model).__name__} "
             f"({where}; linear-like modules found: {kinds or 'none'})")
+    fused = fused_params_left_in_float(model, config, chosen)
+    if fused:
+        raise UnsupportedModuleError(
+            f"{len(fused)} fused expert parameter(s) are not nn.Linear and would stay in float: {fused[:4]}"
+            f"{' ...' if len(fused) > 4 else ''}; lords quantizes nn.Linear only. Exclude them to keep them in float "
+            "knowingly (e.g. exclude=('lm_head', 'experts'))")
     if stats is None:
         stats = calibration_stats(model, config, calib_ids, chosen)
     journal = LayerJournal(resume_dir, config) if resume_dir is not None else None
@@ -252,4 +271,11 @@ def quantize_(
         report.layers.append(layer_rep)
     report.config = config.stored_config
     model.lords_config = report.config  # what save_quantized records when no config is handed to it
+    if hasattr(model, "save_pretrained") and "transformers" in sys.modules:
+        from .hf import attach
+
+        try:
+            attach(model, report.config)  # model.save_pretrained(dir) now writes a lords checkpoint
+        except CheckpointError:
+            pass  # a registered method's own module: save_quantized says the format cannot hold it
     return report

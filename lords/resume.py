@@ -11,8 +11,9 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import atomic_write_bytes, module_from_meta, module_meta
+from .checkpoint import module_from_meta, module_meta
 from .errors import CheckpointError
+from .integrity import atomic_write_bytes
 from .report import LayerReport
 
 

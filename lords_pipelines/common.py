@@ -260,6 +260,8 @@ def finish_run(model: nn.Module, tok, s: RunSettings, out: Path, logger, metrics
     metrics.update(evaluate(model, tok, s.eval))
     if checkpoint:
         ckpt = (save or (lambda: save_checkpoint(model, s, out)))() if s.stage.save else None
+        if save is None and ckpt is not None:
+            tok.save_pretrained(ckpt)  # the folder is a whole model: from_pretrained, lm-eval, `lords eval`
         metrics["checkpoint"] = None if ckpt is None else str(ckpt)
     write_metrics(out, s, metrics)
     log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}))

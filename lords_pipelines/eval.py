@@ -3,6 +3,7 @@ the fly by the ``quant`` group, or of the float model (``quant=none``).
 
     python -m lords_pipelines.eval model=smollm2-135m stage.checkpoint=outputs/runs/ptq/<run>/quantized \
         eval.tasks=[lords_cloze,lords_unicode]
+    python -m lords_pipelines.eval model=smollm2-135m stage.checkpoint=<base folder> stage.adapter=<peft run>/lords_adapter
     python -m lords_pipelines.eval model=llama3-8b quant=none trainer=gpu eval.tasks=[arc_easy,piqa]   # online
 """
 from __future__ import annotations
@@ -20,6 +21,14 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     out, model, tok, logger = start_run(s)
     if s.stage.checkpoint:
         model, _ = load_quantized(s.stage.checkpoint, model)
+    if s.stage.adapter:
+        from lords.errors import ConfigError
+
+        from .adapters import load_adapter
+
+        if not s.stage.checkpoint:
+            raise ConfigError("stage.adapter needs stage.checkpoint: the base lords folder it was trained on")
+        model = load_adapter(model, s.stage.adapter)
     elif s.quant is not None:
         quantize_model(model, s.quant, calibration_for(s, tok))
     apply_backend(model, s.trainer.backend)

@@ -10,15 +10,12 @@ Batches come from ``LordsDataModule`` (labels −100 where no loss is taken).
 """
 from __future__ import annotations
 
-import warnings
-
 import lightning as L
 import torch
 from torch import nn
 
-from lords import QATConfig, QATLinear, QuantConfig, QuantizedLinear, mark_only_scales_trainable, quantize_
+from lords import QATConfig, QATLinear, QuantConfig, mark_only_scales_trainable, quantize_
 from lords.errors import ConfigError
-from lords.lowrank import parity_rank
 
 
 class CausalLMModule(L.LightningModule):
@@ -116,37 +113,3 @@ class PEFTModule(CausalLMModule):
 def prepare_lords_peft(model: nn.Module) -> int:
     """Freeze all but the LoRDS scales ``B, A``; returns the trainable floats."""
     return mark_only_scales_trainable(model)
-
-
-def matched_lora_ranks(model: nn.Module, block_size: int) -> dict[str, int]:
-    """Per quantized layer, LoRDS's parity rank at ``block_size``: a LoRA of that rank has ``r·(n+m)``
-    trainable floats, exactly the ``B, A`` floats LoRDS trains on the same layer."""
-    return {name: parity_rank(m.out_features, m.in_features, block_size)
-            for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
-
-
-def add_lora(model: nn.Module, ranks: dict[str, int], alpha_ratio: float = 2.0, seed: int = 0) -> nn.Module:
-    """QLoRA baseline: an additive LoRA (peft) on every quantized module, rank per layer from ``ranks``.
-
-    peft has no dispatcher for ``BlockLinear``; its generic ``lora.Linear`` only calls the base layer's forward
-    and adds ``B·A·x``, so it is registered as the LoRA layer for ``BlockLinear`` through
-    ``LoraConfig._register_custom_module`` (peft's documented, experimental custom-module API). Merging is
-    not supported (and not needed: the baseline keeps the adapter path at inference, as QLoRA does).
-    """
-    from peft import LoraConfig, get_peft_model
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
-    from lords.linear import BlockLinear, LoRDSLinear
-
-    ranks = {k: v for k, v in ranks.items() if v > 0}
-    default = max(ranks.values())
-    # Anchored full names: peft matches rank_pattern keys as regexes against module names.
-    pattern = {f"^{k.replace('.', '[.]')}$": v for k, v in ranks.items()}
-    alpha = {k: alpha_ratio * v for k, v in pattern.items()}
-    cfg = LoraConfig(r=default, lora_alpha=alpha_ratio * default, target_modules=list(ranks), rank_pattern=pattern,
-                     alpha_pattern=alpha, lora_dropout=0.0, bias="none")
-    cfg._register_custom_module({BlockLinear: LoraLinear, LoRDSLinear: LoraLinear})
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Unsupported layer type")
-        return get_peft_model(model, cfg)

@@ -21,7 +21,8 @@ from .settings import RunSettings, settings_from_cfg
 
 def prepare(model, tok, s: RunSettings):
     """Quantize ``model`` (or load ``stage.init_checkpoint`` into it) and mark what PEFT trains."""
-    from .lit_train import add_lora, matched_lora_ranks, prepare_lords_peft
+    from .adapters import add_lora, matched_lora_ranks
+    from .lit_train import prepare_lords_peft
 
     st = s.stage
     methods = {leaf.method for leaf in s.quant.leaves()} if s.quant is not None else {"none"}
@@ -45,6 +46,16 @@ def prepare(model, tok, s: RunSettings):
 def save_adapter(model, path: Path) -> Path:
     model.save_pretrained(str(path))
     return path
+
+
+def _saver(model, s: RunSettings, out: Path):
+    if s.stage.method == "qlora":
+        return lambda: save_adapter(model, out / "qlora_adapter")
+    if s.stage.init_checkpoint:
+        from lords.adapter import save_adapter as save_lords_adapter
+
+        return lambda: save_lords_adapter(model, out / "lords_adapter")
+    return None
 
 
 def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -74,10 +85,9 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     metrics.update(storage_metrics(model))
     metrics.update({f"before/{k}": v for k, v in before.items()})
     metrics.update(answer_metrics(model, dm.val_dataloader()))
-    # LoRDS saves the library's checkpoint (still Q ⊙ BA, nothing merged); QLoRA saves its LoRA adapter
-    # (peft format; the base is s.quant applied).
-    finish_run(model, tok, s, out, logger, metrics,
-               save=None if s.stage.method == "lords" else lambda: save_adapter(model, out / "qlora_adapter"))
+    # LoRDS on a base folder (stage.init_checkpoint) saves only B, A and the base's hash; LoRDS quantized on the fly
+    # saves the library's checkpoint (still Q ⊙ BA, nothing merged); QLoRA saves its LoRA adapter (peft format).
+    finish_run(model, tok, s, out, logger, metrics, save=_saver(model, s, out))
     return metrics, {"model": model, "tokenizer": tok, "module": module, "trainer": trainer}
 
 

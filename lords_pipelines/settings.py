@@ -176,6 +176,7 @@ class PEFTStage:
 class EvalStage:
     name: str
     checkpoint: str | None = None
+    adapter: str | None = None
 
 
 STAGE_TYPES = {"ptq": PTQStage, "ptq_refine": RefineStage, "qat": QATStage, "peft": PEFTStage, "eval": EvalStage}

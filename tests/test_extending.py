@@ -99,3 +99,12 @@ def test_an_unregistered_config_type_is_refused_naming_the_registered_ones(tiny_
 
     with pytest.raises(Exception, match="no quantizer registered for config type Unregistered.*LordsConfig"):
         quantize_(tiny_model, Unregistered(), progress=False)
+
+
+def test_a_module_the_checkpoint_format_cannot_hold_is_refused_when_saved(tiny_model, tmp_path):
+    from lords import save_quantized
+    from lords.errors import CheckpointError
+
+    quantize_(tiny_model, RowwiseConfig(bits=4), progress=False)
+    with pytest.raises(CheckpointError, match="RowLinear is not a module the checkpoint format holds"):
+        save_quantized(tiny_model, tmp_path / "q")

@@ -66,7 +66,7 @@ def test_peft_stage_fast_dev_run_at_matched_floats(tmp_path, method):
     assert metrics["trainable_floats"] == 17152
     assert metrics["train_steps"] == 1 and 0 <= metrics["answer_exact"] <= 1 and metrics["answer_nll"] > 0
     if method == "lords":
-        assert (tmp_path / "quantized" / "lords.json").is_file()
+        assert (tmp_path / "quantized" / "config.json").is_file()
     else:
         base = objs["model"].base_model.model.model.layers[0].mlp.up_proj.base_layer
         assert isinstance(base, BlockLinear)
@@ -74,7 +74,7 @@ def test_peft_stage_fast_dev_run_at_matched_floats(tmp_path, method):
 
 def test_ptq_stage_mixed_precision_saves_and_reloads(tmp_path):
     from lords import MixedPrecisionConfig
-    from lords.checkpoint import read_meta
+    from lords.checkpoint import read_quantization_config
     from lords_pipelines import ptq
 
     mixed = ["quant=lords_mixed", "quant.bits=2.5", "model.tiny.layers=4", "quant.base.block_size=16",
@@ -88,7 +88,7 @@ def test_ptq_stage_mixed_precision_saves_and_reloads(tmp_path):
     model, _ = load_quantized(tmp_path / "quantized", objs["model"])
     assert [model.model.layers[i].mlp.up_proj.bits for i in range(4)] == [4, 2, 2, 2]
     # The checkpoint holds the whole mixed-precision config, not one of its widths.
-    assert read_meta(tmp_path / "quantized")["config"] == s.quant.to_dict() and type(s.quant) is MixedPrecisionConfig
+    assert read_quantization_config(tmp_path / "quantized")["config"] == s.quant.to_dict() and type(s.quant) is MixedPrecisionConfig
     # The per-layer journal: a rerun into the same out_dir resumes (every layer read back, same result).
     assert len(list((tmp_path / "journal").rglob("*.safetensors"))) == 28
     (tmp_path / "metrics.json").unlink()
@@ -234,4 +234,18 @@ def test_ddp_on_two_cpu_processes_trains_and_rank_zero_alone_writes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = read_metrics(tmp_path)
     assert metrics["train_steps"] == 2 and metrics["ppl"] > 1
-    assert (tmp_path / "quantized" / "lords.json").is_file()
+    assert (tmp_path / "quantized" / "config.json").is_file()
+
+
+def test_peft_on_a_base_folder_saves_an_adapter_that_the_eval_stage_reloads(tmp_path):
+    from lords_pipelines import eval as eval_stage
+    from lords_pipelines import peft, ptq
+
+    ptq.run(tiny_settings("ptq", tmp_path / "ptq", "quant.refine=null"))
+    base = tmp_path / "ptq" / "quantized"
+    tuned, _ = peft.run(tiny_settings("peft", tmp_path / "peft", "quant.refine=null", f"stage.init_checkpoint={base}"))
+    adapter = tmp_path / "peft" / "lords_adapter"
+    assert not (tmp_path / "peft" / "quantized").exists() and (adapter / "adapter_model.safetensors").is_file()
+    again, _ = eval_stage.run(tiny_settings("eval", tmp_path / "eval", "quant.refine=null", f"stage.checkpoint={base}",
+                                            f"stage.adapter={adapter}"))
+    assert again["ppl"] == tuned["ppl"]  # the PEFT model's B, A, back on its base

@@ -1,0 +1,114 @@
+"""The ``lords`` command: quantize a folder, then info, eval and bench on it; --help everywhere; bad input is one
+line on stderr and exit status 2."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lords_pipelines.command import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBCOMMANDS = ("quantize", "eval", "info", "bench")
+
+
+@pytest.fixture(scope="module")
+def float_dir(tmp_path_factory):
+    """A tiny random Llama saved with the offline BPE tokenizer, as a user's float model folder."""
+    from lords.models import tiny_llama
+    from lords_pipelines.common import bpe_tokenizer
+
+    path = tmp_path_factory.mktemp("float")
+    tok = bpe_tokenizer(512)
+    tiny_llama(seed=0, vocab=len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lords_dir(float_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "tiny-lords-3bit"
+    assert main(["quantize", str(float_dir), "--bits", "3", "--block-size", "16", "--out", str(out)]) == 0
+    return out
+
+
+def test_pyproject_declares_the_lords_command():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["lords"] == "lords_pipelines.command:main"
+
+
+def test_help_lists_every_subcommand():
+    done = subprocess.run([sys.executable, "-m", "lords_pipelines.command", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and all(s in done.stdout for s in SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_each_subcommand_has_help(sub, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([sub, "--help"])
+    assert exit_.value.code == 0 and f"usage: lords {sub}" in capsys.readouterr().out
+
+
+def test_quantize_writes_a_folder_that_transformers_opens(lords_dir):
+    from transformers import AutoModelForCausalLM
+
+    from lords.linear import LoRDSLinear
+
+    model = AutoModelForCausalLM.from_pretrained(lords_dir)
+    assert isinstance(model.model.layers[0].mlp.up_proj, LoRDSLinear) and (lords_dir / "tokenizer.json").is_file()
+
+
+def test_quantize_with_calibration_text_refines_on_its_activations(float_dir, tmp_path, capsys):
+    out = tmp_path / "cal"
+    assert main(["quantize", str(float_dir), "--bits", "3", "--block-size", "16", "--calib", "pydoc", "--steps", "1",
+                 "--out", str(out)]) == 0
+    assert "act_diag x 1" in capsys.readouterr().out
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["config"]["refine"] == {"steps": 1, "lr": 0.01, "objective": "act_diag"}
+
+
+def test_info_reports_bits_floats_and_sizes_without_building_a_model(lords_dir, capsys):
+    assert main(["info", str(lords_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "code bits                      3.000" in out
+    # parity rank at block 16 stays within the block budget: 3 + 32/16 bits at most, float32 scales
+    bpw = float(next(line for line in out.splitlines() if line.startswith("bits per weight")).split()[-1])
+    assert 3 < bpw <= 5
+    qc = json.loads((lords_dir / "config.json").read_text())["quantization_config"]
+    assert f"quantized modules              {len(qc['modules'])} (lords)" in out
+
+
+def test_eval_scores_perplexity_and_a_shipped_task(lords_dir, capsys):
+    assert main(["eval", str(lords_dir), "--tokens", "128", "--tasks", "lords_cloze", "--limit", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "lords_cloze/acc" in out
+
+
+def test_bench_reports_decode_tokens_per_second(lords_dir, capsys):
+    assert main(["bench", str(lords_dir), "--tokens", "4", "--prompt", "8"]) == 0
+    rate = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("decode tokens/s"))
+    assert float(rate.split()[-1]) > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "no/such/folder"], "not a model folder"),
+    (["quantize", "x", "--bits", "5", "--out", "o"], "argument --bits: invalid choice"),
+    (["quantize", "x", "--block-size", "0", "--out", "o"], "block_size=0 must be an integer"),
+    (["quantize", "x", "--calib", "no-such-file.txt", "--out", "o"], "--calib no-such-file.txt: no such file"),
+    (["eval", "no/such/folder"], "not a model folder"),
+], ids=["missing-folder", "bits", "block-size", "calib-file", "eval-folder"])
+def test_bad_input_exits_2_with_one_line(argv, message, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_info_refuses_a_float_folder_in_one_line(float_dir, capsys):
+    assert main(["info", str(float_dir)]) == 2
+    assert "not quant_method 'lords'" in capsys.readouterr().err

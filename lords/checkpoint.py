@@ -38,7 +38,7 @@ def module_meta(module: QuantizedLinear) -> dict[str, Any]:
                 bias=module.bias is not None)
     if isinstance(module, LoRDSLinear):
         meta.update(kind="lords", rank=module.rank, dtype=str(module.B.dtype).removeprefix("torch."))
-    elif not isinstance(module, BlockLinear):
+    elif type(module) is not BlockLinear:  # a subclass (LoftQLinear) holds more than the format stores
         raise CheckpointError(f"{type(module).__name__} is not a module the checkpoint format holds "
                               "(LoRDSLinear, BlockLinear)")
     else:

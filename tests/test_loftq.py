@@ -57,3 +57,13 @@ def test_mixed_widths_and_refusals():
         LoftQConfig(refine=RefineConfig(steps=5))
     with pytest.raises(ConfigError, match="rank"):
         LoftQConfig(rank=0)
+
+
+def test_a_checkpoint_refuses_loftq_layers_rather_than_dropping_their_correction(tmp_path):
+    from lords.checkpoint import module_meta
+    from lords.errors import CheckpointError
+
+    model = _linear()
+    quantize_(model, LoftQConfig(bits=3, block_size=32, rank=4, exclude=()), progress=False)
+    with pytest.raises(CheckpointError, match="LoftQLinear"):
+        module_meta(model[0])

@@ -117,7 +117,7 @@ def test_entry_point_exits_with_the_key_named(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (["quant.nonsense=1"], "quant.nonsense=1: unknown key (known: bits, block_size"),
-    (["quant=lordz"], "quant=lordz: no such option (available: int, lords, lords_mixed, nf, nf_mixed, none)"),
+    (["quant=lordz"], "quant=lordz: no such option (available: int, loftq, loftq_mixed, lords, lords_mixed, nf, nf_mixed, none)"),
     (["quant.bits=three"], "quant.bits='three' is not one of (2, 3, 4); mixed precision 2.25, 2.5"),
     (["model=tiny-llama", "quant.bits=3,5"], "quant.bits=5 is not one of"),  # every sweep value is checked
 ], ids=["unknown-key", "unknown-option", "bad-value", "bad-sweep-value"])

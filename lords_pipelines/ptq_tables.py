@@ -66,7 +66,7 @@ def run_row(float_model, tok, spec, row: Row, cache: dict) -> dict:
     from .common import storage_metrics
 
     t = time.time()
-    record = {"model": spec.model_label, **row.to_dict()}
+    record = {"model": spec.model_label, **row.to_dict(), "device": _device_name(), "torch": torch.__version__}
     if row.method == "fp":
         model = float_model
         record.update(float_params=0, bits_per_weight=16.0, code_bits=None, weight_rel_error=0.0, rank=None)
@@ -146,8 +146,10 @@ def main(argv=None):
         records = run_table(table, run_dir, args.model, args.only, loaded, render_only=args.render)
         spec = load_spec(table)
         table = Path(table).stem
-        meta = {"table": table, "seconds": time.time() - t_table, "device": _device_name(),
-                "torch": torch.__version__, "spec": OmegaConf.to_container(spec, resolve=True)}
+        devices = sorted({r.get("device") or _device_name() for r in records})
+        meta = {"table": table, "seconds": time.time() - t_table, "device": " / ".join(devices),
+                "torch": " / ".join(sorted({r.get("torch") or torch.__version__ for r in records})),
+                "spec": OmegaConf.to_container(spec, resolve=True)}
         for dest in [run_dir] + ([Path(args.out)] if args.out else []):
             md = write_table(table, records, meta, dest)
         print(md)

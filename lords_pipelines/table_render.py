@@ -34,6 +34,7 @@ def aggregate(records: list[dict]) -> list[dict]:
         row["ppl_tokens"] = first["ppl_tokens"]
         for key in ("weight_rel_error", "zero_shot_mean", "quant_seconds"):
             row[key], row[f"{key}_std"] = _mean_std([r[key] for r in runs])
+        row["seconds"] = sum(r["seconds"] for r in runs)
         row["zero_shot_ci95"] = first["zero_shot_ci95"]
         for task in tasks:
             row[f"{task}/acc"] = statistics.fmean(r[f"{task}/acc"] for r in runs)
@@ -67,15 +68,34 @@ def markdown(table: str, rows: list[dict], meta: dict) -> str:
     for r in rows:
         n = r["samples"]
         ppl = " | ".join(_pm(r["ppl"][t], r["ppl_std"][t], n) for t in texts)
-        bpw = "" if r["bits_per_weight"] is None else f"{r['bits_per_weight']:.3f}"
+        bpw = "—" if r["method"] == "fp" or r["bits_per_weight"] is None else f"{r['bits_per_weight']:.3f}"
         rank = "" if r["rank"] is None else f"{r['rank']:g}"
         lines.append(f"| {r['bits'] or 16} | {r['block_size'] or ''} | {r['rule'] or ''} | {r['method']} | "
                      f"{r['steps'] or ''} | {rank} | {r['float_params']:,} | {bpw} | "
                      f"{r['weight_rel_error']:.4f} | {ppl} | {_pm(r['zero_shot_mean'], r['zero_shot_mean_std'], n, '.3f')}"
                      f" | {n or 1} |")
-    lines += ["", f"{len(rows)} rows; {meta['seconds'] / 60:.1f} min of this invocation on {meta['device']} "
-              f"(torch {meta['torch']}); per-row seconds in the JSON (`quant_seconds`)."]
+    compute = sum(r["seconds"] for r in rows)
+    lines += ["", f"{len(rows)} rows ({sum(max(r['samples'], 1) for r in rows)} runs): {compute / 60:.1f} min of "
+              f"quantization and evaluation summed over runs on {meta['device']} (torch {meta['torch']}; model "
+              f"loading excluded; per-run seconds in the JSON)."]
     return "\n".join(lines) + "\n"
+
+
+PLOTTED = ("nf", "loftq", "nf_calibrated", "lords_refined", "lords_calibrated", "blockwise_refined")
+
+
+def _series(table: str, rows: list[dict], text: str) -> dict[str, list]:
+    series: dict[str, list] = {}
+    for r in rows:
+        if r["method"] == "fp" or (table.startswith("ptq_bits") and r["method"] not in PLOTTED):
+            continue
+        if table.startswith("ptq_bits"):
+            label = f"{r['method']} b{r['block_size']}" + (" sensitivity" if r["rule"] == "sensitivity" else "")
+            x = r["bits_per_weight"]
+        else:
+            label, x = r["method"], r["steps"] if "refine" in table else r["float_params"]
+        series.setdefault(label, []).append((x, r["ppl"][text], r["ppl_std"][text]))
+    return series
 
 
 def plot(table: str, rows: list[dict], path: Path) -> None:
@@ -86,30 +106,21 @@ def plot(table: str, rows: list[dict], path: Path) -> None:
 
     texts = list(rows[0]["ppl"])
     fp = next(r for r in rows if r["method"] == "fp")
-    fig, axes = plt.subplots(1, len(texts), figsize=(6 * len(texts), 4.2))
+    colours = {m: f"C{i}" for i, m in enumerate(PLOTTED)}
+    fig, axes = plt.subplots(1, len(texts), figsize=(6.5 * len(texts), 4.5))
     for ax, text in zip(axes, texts):
-        series: dict[str, list] = {}
-        for r in rows:
-            if r["method"] == "fp":
-                continue
-            if table.startswith("ptq_bits"):
-                label, x = f"{r['method']} b{r['block_size']}" + (f" {r['rule']}" if r["rule"] == "sensitivity"
-                                                                    else ""), r["bits_per_weight"]
-            elif "refine" in table:
-                label, x = r["method"], r["steps"]
-            else:
-                label, x = r["method"], r["float_params"]
-            series.setdefault(label, []).append((x, r["ppl"][text], r["ppl_std"][text]))
-        for label, pts in sorted(series.items()):
+        for label, pts in sorted(_series(table, rows, text).items()):
             pts.sort()
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=3,
-                        label=label, capsize=2, ls="--" if "128" in label else "-")
+            x, y, e = ([p[i] for p in pts] for i in range(3))
+            low = [min(err, 0.5 * val) for val, err in zip(y, e)]  # log axis: keep the bar above zero
+            ax.errorbar(x, y, yerr=[low, e], marker="s" if "sensitivity" in label else "o", ms=4, capsize=2,
+                        label=label, color=colours.get(label.split()[0]), ls="--" if "b128" in label else "-")
         ax.axhline(fp["ppl"][text], color="k", lw=0.8, ls=":", label="float")
         ax.set_yscale("log")
-        ax.set_title(f"{text}")
-        ax.set_xlabel({"refine": "Algorithm 1 steps T", "rank": "float parameters"}.get(
-            next((k for k in ("refine", "rank") if k in table), ""), "bits per weight (codes + scales)"))
-        ax.set_ylabel("perplexity")
+        ax.set_ylim(fp["ppl"][text] / 1.3, min(ax.get_ylim()[1], 1e5))
+        ax.set_title(f"perplexity on {text} (clipped at 1e5)")
+        ax.set_xlabel("Algorithm 1 steps T" if "refine" in table else "float parameters" if "rank" in table
+                      else "bits per weight (codes + scales)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()

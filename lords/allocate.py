@@ -53,7 +53,7 @@ def allocate_bits(model: nn.Module, base: ScaleConfig, bits: float, stats: dict[
                   low: int = 2) -> LayerwiseConfig:
     """A ``LayerwiseConfig`` giving ``high`` bits to the decoder layers where they buy the most, ``low`` elsewhere,
     with average code bits over the decoder's linears at most ``bits`` (``stats``: calibration statistics of them)."""
-    if not low < bits < high:
+    if not low <= bits <= high:
         raise ConfigError(f"bits={bits} must lie between low={low} and high={high}")
     gains = layer_gains(model, base, stats, high, low)
     if len(gains) < num_decoder_layers(model):

@@ -133,7 +133,11 @@ class MixedPrecisionConfig(QuantConfig):
         linears = {n: m for n, (m, _) in plan(model, self.base).items()}
         calib_tokens, _, seed = self.base.calibration
         stats = collect_stats(model, calib_ids[:, :calib_tokens], linears, 0, seed=seed)
-        return allocate_bits(model, self.base, self.bits, stats, self.high_bits, self.low_bits)
+        # The same budget as LoftQ's rule spends (it rounds: 2.5 bits over 30 layers gives 8 layers 4 bits, 2.533
+        # bits), so the two rules differ only in which layers get the high width.
+        layers = num_decoder_layers(model)
+        spent = self.low_bits + (self.high_bits - self.low_bits) * self.high_layers(layers) / layers
+        return allocate_bits(model, self.base, spent, stats, self.high_bits, self.low_bits)
 
     @property
     def needs_calibration(self) -> bool:

@@ -22,13 +22,19 @@ LOCAL_TASKS = Path(__file__).parent / "tasks"
 STANDARD_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "openbookqa")
 
 
-def corpus_perplexity(model: nn.Module, tokenizer, corpus: str, tokens: int, window: int = 2048) -> tuple[float, int]:
-    """``(perplexity, tokens scored)`` on the first ``tokens`` tokens of ``corpus``, BOS-led windows where the
-    tokenizer adds BOS (``lords.perplexity``)."""
+def corpus_ids(tokenizer, corpus: str, tokens: int):
+    """``(1, tokens)`` token ids of the start of an evaluation text (a shipped corpus, a file or ``hf:...``)."""
     from .datamodule import source_text
 
     text = source_text(corpus, split="test") if corpus.startswith("hf:") else source_text(corpus)
-    ids = tokenize(tokenizer, text, tokens)
+    return tokenize(tokenizer, text, tokens)
+
+
+def corpus_perplexity(model: nn.Module, tokenizer, corpus: str, tokens: int, window: int = 2048,
+                      ids=None) -> tuple[float, int]:
+    """``(perplexity, tokens scored)`` on the first ``tokens`` tokens of ``corpus`` (or on ``ids`` already cut
+    from it), BOS-led windows where the tokenizer adds BOS (``lords.perplexity``)."""
+    ids = corpus_ids(tokenizer, corpus, tokens) if ids is None else ids
     ctx = getattr(getattr(model, "config", None), "max_position_embeddings", window)
     with cached_weights(model):
         return perplexity(model, ids, min(window, ctx), progress=f"perplexity on {corpus}", bos=bos_id(tokenizer))

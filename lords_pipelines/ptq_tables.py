@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from lords import quantize_
 from lords.texts import corpus_text, tokenize
 
-from .evaluation import corpus_perplexity
+from .evaluation import corpus_ids, corpus_perplexity
 from .multiple_choice import zero_shot
 from .table_render import write_table
 from .table_rows import Row, load_spec, overrides, table_rows
@@ -54,10 +54,12 @@ def calibration_sample(tok, spec, k: int, cache: dict) -> torch.Tensor:
     return ids
 
 
-def evaluate_row(model, tok, spec) -> dict:
+def evaluate_row(model, tok, spec, cache: dict) -> dict:
     ppl, tokens = {}, {}
     for text in spec.eval.texts:
-        ppl[text], tokens[text] = corpus_perplexity(model, tok, text, spec.eval.tokens)
+        if text not in cache:
+            cache[text] = corpus_ids(tok, text, spec.eval.tokens)
+        ppl[text], tokens[text] = corpus_perplexity(model, tok, text, spec.eval.tokens, ids=cache[text])
     acc = zero_shot(model, tok, tuple(spec.eval.tasks), spec.eval.task_limit, spec.eval.batch_size)
     return {"ppl": ppl, "ppl_tokens": tokens, **acc}
 
@@ -79,7 +81,7 @@ def run_row(float_model, tok, spec, row: Row, cache: dict) -> dict:
         record.update(float_params=report.float_params, weight_rel_error=report.rel_error, **storage_metrics(model),
                       rank=round(sum(ranks) / len(ranks), 2) if ranks else None, config=config.to_dict())
     record["quant_seconds"] = time.time() - t
-    record.update(evaluate_row(model, tok, spec))
+    record.update(evaluate_row(model, tok, spec, cache))
     record["seconds"] = time.time() - t
     del model
     return record

@@ -33,13 +33,15 @@ def aggregate(records: list[dict]) -> list[dict]:
         row["ppl_std"] = {t: s for t, (_, s) in ppl.items()}
         row["ppl_tokens"] = first["ppl_tokens"]
         for key in ("weight_rel_error", "zero_shot_mean", "quant_seconds"):
-            row[key], row[f"{key}_std"] = _mean_std([r[key] for r in runs])
+            if key in first:
+                row[key], row[f"{key}_std"] = _mean_std([r[key] for r in runs])
         row["seconds"] = sum(r["seconds"] for r in runs)
-        row["zero_shot_ci95"] = first["zero_shot_ci95"]
+        row["zero_shot_ci95"] = first.get("zero_shot_ci95")
         for task in tasks:
             row[f"{task}/acc"] = statistics.fmean(r[f"{task}/acc"] for r in runs)
             row[f"{task}/items"] = first[f"{task}/items"]
-        row["runs"] = [{"sample": r["sample"], "ppl": r["ppl"], "zero_shot_mean": r["zero_shot_mean"]} for r in runs]
+        row["runs"] = [{"sample": r["sample"], "ppl": r["ppl"], "zero_shot_mean": r.get("zero_shot_mean")}
+                       for r in runs]
         rows.append(row)
     return rows
 
@@ -54,11 +56,12 @@ def markdown(table: str, rows: list[dict], meta: dict) -> str:
     tasks = [k[: -len("/acc")] for k in rows[0] if k.endswith("/acc")]
     fp = next(r for r in rows if r["method"] == "fp")
     scored = ", ".join(f"{fp['ppl_tokens'][t]:,} tokens of `{t}`" for t in texts)
+    zs = (f"zero-shot accuracy on {', '.join(tasks)} ({fp[tasks[0] + '/items']} items each, lords' scorer, equal "
+          f"to lm-eval's), mean over tasks with its 95% half-width (±{fp['zero_shot_ci95']:.3f} at the float model)"
+          if tasks else "no zero-shot tasks in this table")
     lines = [f"# `{table}`: {fp['model']}", "",
-             f"Perplexity on {scored} (2048-token "
-             f"windows, BOS-led where the tokenizer adds BOS); zero-shot accuracy on {', '.join(tasks)} "
-             f"({fp[tasks[0] + '/items']} items each, lords' scorer, equal to lm-eval's), mean over tasks with its "
-             f"95% half-width (±{fp['zero_shot_ci95']:.3f} at the float model). Calibrated rows: mean ± std over "
+             f"Perplexity on {scored} (2048-token windows, BOS-led where the tokenizer adds BOS); {zs}. "
+             f"Calibrated rows: mean ± std over "
              f"{spec['calib']['samples']} disjoint samples of {spec['calib']['tokens']:,} tokens of "
              f"`{spec['calib']['source']}`. Algorithm 1: Adam lr {spec['refine']['lr']}, T as listed, the same for "
              f"block scales and LoRDS. Bits per weight include every stored scale float (fp32) and LoftQ's correction.",
@@ -70,10 +73,10 @@ def markdown(table: str, rows: list[dict], meta: dict) -> str:
         ppl = " | ".join(_pm(r["ppl"][t], r["ppl_std"][t], n) for t in texts)
         bpw = "—" if r["method"] == "fp" or r["bits_per_weight"] is None else f"{r['bits_per_weight']:.3f}"
         rank = "" if r["rank"] is None else f"{r['rank']:g}"
+        zero_shot = _pm(r["zero_shot_mean"], r["zero_shot_mean_std"], n, ".3f") if "zero_shot_mean" in r else "—"
         lines.append(f"| {r['bits'] or 16} | {r['block_size'] or ''} | {r['rule'] or ''} | {r['method']} | "
                      f"{r['steps'] or ''} | {rank} | {r['float_params']:,} | {bpw} | "
-                     f"{r['weight_rel_error']:.4f} | {ppl} | {_pm(r['zero_shot_mean'], r['zero_shot_mean_std'], n, '.3f')}"
-                     f" | {n or 1} |")
+                     f"{r['weight_rel_error']:.4f} | {ppl} | {zero_shot} | {n or 1} |")
     compute = sum(r["seconds"] for r in rows)
     lines += ["", f"{len(rows)} rows ({sum(max(r['samples'], 1) for r in rows)} runs): {compute / 60:.1f} min of "
               f"quantization and evaluation summed over runs on {meta['device']} (torch {meta['torch']}; model "

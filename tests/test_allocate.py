@@ -47,3 +47,18 @@ def test_the_sensitivity_rule_needs_calibration_tokens(model_and_ids):
     model, _ = model_and_ids
     with pytest.raises(lords.LordsError, match="calib_ids"):
         lords.quantize_(model, lords.MixedPrecisionConfig(base=BASE, bits=2.5, rule="sensitivity"), progress=False)
+
+
+def test_sensitivity_rule_spends_exactly_what_loftqs_rounded_rule_spends():
+    """2.5 bits over 6 layers: LoftQ's rule rounds 1.5 to 2 layers at 4 bits; the sensitivity rule takes 2 too
+    (at most 2.5 bits it could afford only 1)."""
+    from lords import BlockwiseConfig, MixedPrecisionConfig
+    from lords.models import tiny_llama
+
+    model = tiny_llama(seed=0, layers=6)
+    ids = torch.randint(0, 512, (1, 64), generator=torch.Generator().manual_seed(0))
+    config = MixedPrecisionConfig(BlockwiseConfig(bits=2, block_size=32, calib_tokens=64), bits=2.5,
+                                  rule="sensitivity")
+    resolved = config.resolve(model, ids)
+    assert config.high_layers(6) == 2
+    assert len(resolved.rules) == 2

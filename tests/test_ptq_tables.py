@@ -1,0 +1,66 @@
+"""The PTQ tables: their rows pair every LoRDS setting with its block-wise baseline, each calibrated row runs on
+disjoint calibration samples, and the runner writes the reports and resumes from its journal."""
+import json
+
+import pytest
+
+from lords import BlockwiseConfig, LoftQConfig, LordsConfig, MixedPrecisionConfig
+from lords_pipelines.ptq_tables import main, quant_config
+from lords_pipelines.table_rows import load_spec, table_rows
+
+
+def test_every_lords_row_has_a_blockwise_row_refined_the_same_way_at_the_same_bits():
+    spec = load_spec("ptq_bits")
+    rows = table_rows(spec)
+    have = {(r.method, r.bits, r.block_size, r.rule, r.steps) for r in rows}
+    pairs = {"lords_calibrated": "nf_calibrated", "lords_refined": "blockwise_refined", "lords_init": "nf"}
+    for r in rows:
+        if r.method in pairs:
+            assert (pairs[r.method], r.bits, r.block_size, r.rule, r.steps) in have, r.key
+    calibrated = [r for r in rows if r.method.endswith("calibrated")]
+    assert calibrated and all(r.sample in (0, 1, 2) for r in calibrated)
+    assert {r.bits for r in rows if r.rule} == {2.5, 2.25} and {r.rule for r in rows if r.rule} == {"loftq", "sensitivity"}
+
+
+def test_rank_ablation_sets_lords_ranks_beside_block_sizes_of_the_same_floats():
+    rows = [r for r in table_rows(load_spec("ptq_rank_ablation")) if r.method != "fp"]
+    assert sorted((r.rank_scale, r.block_size) for r in rows if r.method == "lords_refined") == [
+        (0.5, 64), (1, 64), (2, 64), (4, 64)]
+    assert sorted(r.block_size for r in rows if r.method == "blockwise_refined") == [16, 32, 64, 128]
+
+
+@pytest.mark.parametrize("index", [1, 7, 20, 45])
+def test_rows_build_the_library_configs_they_name(index):
+    spec = load_spec("ptq_bits")
+    row = table_rows(spec)[index]
+    config = quant_config(spec, row)
+    leaf = config.base if isinstance(config, MixedPrecisionConfig) else config
+    kind = {"lords": LordsConfig, "loftq": LoftQConfig}.get(spec.method_defs[row.method].quant, BlockwiseConfig)
+    assert type(leaf) is kind and leaf.block_size == row.block_size
+    assert (config.bits if row.rule else leaf.bits) == row.bits
+    assert (leaf.refine.steps if leaf.refine else 0) == row.steps
+
+
+def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, capsys):
+    from lords.models import tiny_llama
+    from lords_pipelines.common import bpe_tokenizer
+
+    model_dir = tmp_path / "model"
+    tiny_llama(seed=0).save_pretrained(model_dir)
+    bpe_tokenizer(512).save_pretrained(model_dir)
+    spec = tmp_path / "mini.yaml"
+    spec.write_text("defaults: [common]\nbits: [3]\nblock_sizes: [32]\nmethods: [nf, lords_calibrated]\nrules: {}\n"
+                    "eval: {tokens: 128, task_limit: 2, batch_size: 4}\ncalib: {tokens: 64, samples: 2}\n"
+                    "refine: {steps: 2, lr: 0.01}\n")
+    args = ["--model", str(model_dir), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
+    main([str(spec), *args])
+    rows = json.loads((tmp_path / "out" / "mini.json").read_text())
+    assert [r["method"] for r in rows] == ["fp", "nf", "lords_calibrated"]
+    lords = rows[2]
+    assert lords["samples"] == 2 and len(lords["runs"]) == 2 and set(lords["ppl"]) == {"licenses", "kjv_genesis"}
+    for key in ("model", "bits", "block_size", "rank", "steps", "float_params", "bits_per_weight", "zero_shot_mean"):
+        assert key in lords
+    assert (tmp_path / "out" / "mini.png").stat().st_size > 0 and "lords_calibrated" in (tmp_path / "out" / "mini.md").read_text()
+    capsys.readouterr()
+    main([str(spec), *args])
+    assert "4 already in" in capsys.readouterr().out

@@ -75,7 +75,7 @@ def markdown(table: str, rows: list[dict], meta: dict) -> str:
         rank = "" if r["rank"] is None else f"{r['rank']:g}"
         zero_shot = _pm(r["zero_shot_mean"], r["zero_shot_mean_std"], n, ".3f") if "zero_shot_mean" in r else "—"
         lines.append(f"| {r['bits'] or 16} | {r['block_size'] or ''} | {r['rule'] or ''} | {r['method']} | "
-                     f"{r['steps'] or ''} | {rank} | {r['float_params']:,} | {bpw} | "
+                     f"{r['steps'] if r.get('objective') or r['steps'] else ''} | {rank} | {r['float_params']:,} | {bpw} | "
                      f"{r['weight_rel_error']:.4f} | {ppl} | {zero_shot} | {n or 1} |")
     compute = sum(r["seconds"] for r in rows)
     lines += ["", f"{len(rows)} rows ({sum(max(r['samples'], 1) for r in rows)} runs): {compute / 60:.1f} min of "

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from lords import quantize_
+from lords import QuantizedLinear, quantize_
 from lords.texts import corpus_text, tokenize
 
 from .evaluation import corpus_ids, corpus_perplexity
@@ -64,7 +64,7 @@ def evaluate_row(model, tok, spec, cache: dict) -> dict:
     return {"ppl": ppl, "ppl_tokens": tokens, **acc}
 
 
-def run_row(float_model, tok, spec, row: Row, cache: dict) -> dict:
+def run_row(float_model, tok, spec, row: Row, cache: dict, out: Path) -> dict:
     from .common import storage_metrics
 
     t = time.time()
@@ -72,6 +72,19 @@ def run_row(float_model, tok, spec, row: Row, cache: dict) -> dict:
     if row.method == "fp":
         model = float_model
         record.update(float_params=0, bits_per_weight=16.0, code_bits=None, weight_rel_error=0.0, rank=None)
+    elif spec.method_defs[row.method].get("qat"):
+        from .qat_rows import run_qat
+
+        model, fields = run_qat(spec, row, out / "runs" / row.key)
+        model = model.to(next(float_model.parameters()).device).eval()
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+        ranks = [m.rank for m in layers.values() if getattr(m, "rank", None)]
+        reference = {n: float_model.get_submodule(n).weight.detach().float() for n in layers}
+        err = sum(float((reference[n] - m.dequantized_weight()).pow(2).sum()) for n, m in layers.items())
+        norm = sum(float(w.pow(2).sum()) for w in reference.values())
+        record.update(fields, float_params=sum(m.float_params() for m in layers.values()),
+                      weight_rel_error=(err / norm) ** 0.5,
+                      rank=round(sum(ranks) / len(ranks), 2) if ranks else None, **storage_metrics(model))
     else:
         config = quant_config(spec, row)
         model = copy.deepcopy(float_model)
@@ -122,7 +135,7 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
     for row in bar:
         bar.set_postfix_str(row.key)
         model, tok = loaded[spec.model]
-        record = run_row(model, tok, spec, row, cache) | {"key": row.key, "eval_tokens": spec.eval.tokens}
+        record = run_row(model, tok, spec, row, cache, out) | {"key": row.key, "eval_tokens": spec.eval.tokens}
         with journal.open("a") as f:
             f.write(json.dumps(record) + "\n")
         done[row.key] = record

@@ -131,6 +131,33 @@ def plot(table: str, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_curves(records: list[dict], path: Path) -> bool:
+    """Training (thin) and validation (markers) loss of every QAT run against steps; False when none has curves."""
+    runs = [r for r in records if r.get("curves") and r["curves"]["train/loss"]]
+    if not runs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, r in enumerate(runs):
+        label = f"{r['method']} {r['bits']} bits" + (f" ({r['rule']})" if r["rule"] else "")
+        train, val = r["curves"]["train/loss"], r["curves"]["val/loss"]
+        ax.plot([s for s, _ in train], [v for _, v in train], lw=0.8, color=f"C{i}", label=label)
+        if val:
+            ax.plot([s for s, _ in val], [v for _, v in val], "o", ms=4, color=f"C{i}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("next-token loss (lines: train, dots: validation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def write_table(table: str, records: list[dict], meta: dict, dest: Path) -> str:
     """``<dest>/<table>.{json,md,png}``; returns the markdown."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -140,6 +167,8 @@ def write_table(table: str, records: list[dict], meta: dict, dest: Path) -> str:
     (dest / f"{table}.md").write_text(md)
     try:
         plot(table, rows, dest / f"{table}.png")
+        if plot_curves(records, dest / f"{table}_curves.png"):
+            (dest / f"{table}.md").write_text(md + f"\nTraining curves: `{table}_curves.png`.\n")
     except ImportError:  # the GPU machine has no matplotlib: `--render` redraws from the rows journal
         print(f"matplotlib missing: no {table}.png (python -m lords_pipelines.ptq_tables {table} --render ...)")
     return md

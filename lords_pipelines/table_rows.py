@@ -42,18 +42,22 @@ class Row:
 
 def load_spec(table: str) -> DictConfig:
     """A table's spec (a name in ``conf/tables`` or a YAML path) merged over its ``defaults`` (names in
-    ``conf/tables``), and the method definitions."""
+    ``conf/tables``, themselves with defaults), and the method definitions."""
     path = Path(table) if table.endswith(".yaml") else TABLES / f"{table}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in TABLES.glob("ptq_*.yaml"))
+        known = sorted(p.stem for p in TABLES.glob("*.yaml") if p.stem not in ("common", "methods"))
         raise ConfigError(f"table={table!r}: no conf/tables/{table}.yaml (tables: {known})")
+    merged = _with_defaults(path)
+    merged.method_defs = OmegaConf.load(TABLES / "methods.yaml")
+    return merged
+
+
+def _with_defaults(path: Path) -> DictConfig:
     spec = OmegaConf.load(path)
     merged = OmegaConf.create()
     for name in spec.pop("defaults", []):
-        merged = OmegaConf.merge(merged, OmegaConf.load(TABLES / f"{name}.yaml"))
-    merged = OmegaConf.merge(merged, spec)
-    merged.method_defs = OmegaConf.load(TABLES / "methods.yaml")
-    return merged
+        merged = OmegaConf.merge(merged, _with_defaults(TABLES / f"{name}.yaml"))
+    return OmegaConf.merge(merged, spec)
 
 
 def _needs_calibration(spec, method: str, rule: str | None) -> bool:

@@ -64,3 +64,27 @@ def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, capsys
     capsys.readouterr()
     main([str(spec), *args])
     assert "4 already in" in capsys.readouterr().out
+
+
+def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_path):
+    from lords.models import tiny_llama
+    from lords_pipelines.common import bpe_tokenizer
+
+    model_dir = tmp_path / "model"
+    tiny_llama(seed=0).save_pretrained(model_dir)
+    bpe_tokenizer(512).save_pretrained(model_dir)
+    spec = tmp_path / "qat_mini.yaml"
+    spec.write_text("defaults: [qat]\nbits: [3]\nblock_sizes: [32]\nmethods: [nf, blockwise_qat, lords_qat]\n"
+                    "rules: {}\neval: {tokens: 128, tasks: []}\n"
+                    "qat: {distinct_tokens: 256, tokens: 192, window: 32, batch_size: 2, val_every: 2, log_every: 1}\n")
+    main([str(spec), "--model", str(model_dir), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "qat_mini.json").read_text())}
+    records = [json.loads(line) for line in (tmp_path / "run" / "qat_mini" / "rows.jsonl").read_text().splitlines()]
+    qat = {r["method"]: r for r in records if r["method"].endswith("_qat")}
+    assert set(qat) == {"blockwise_qat", "lords_qat"}
+    for r in qat.values():
+        assert r["train_steps"] == 3 and r["train_tokens"] == 192 and len(r["curves"]["train/loss"]) == 3
+        assert 0 < r["weight_rel_error"] < 1 and r["float_params"] > 0
+    assert qat["lords_qat"]["float_params"] < qat["blockwise_qat"]["float_params"]
+    assert set(rows["lords_qat"]["ppl"]) == {"licenses", "kjv_genesis"}
+    assert (tmp_path / "out" / "qat_mini_curves.png").stat().st_size > 0

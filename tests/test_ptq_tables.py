@@ -9,6 +9,18 @@ from lords_pipelines.ptq_tables import main, quant_config
 from lords_pipelines.table_rows import load_spec, table_rows
 
 
+@pytest.fixture
+def model_dir(tmp_path):
+    """A tiny random Llama saved as a model folder with its offline tokenizer."""
+    from lords.models import tiny_llama
+    from lords_pipelines.common import bpe_tokenizer
+
+    path = tmp_path / "model"
+    tiny_llama(seed=0).save_pretrained(path)
+    bpe_tokenizer(512).save_pretrained(path)
+    return path
+
+
 def test_every_lords_row_has_a_blockwise_row_refined_the_same_way_at_the_same_bits():
     spec = load_spec("ptq_bits")
     rows = table_rows(spec)
@@ -41,13 +53,7 @@ def test_rows_build_the_library_configs_they_name(index):
     assert (leaf.refine.steps if leaf.refine else 0) == row.steps
 
 
-def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, capsys):
-    from lords.models import tiny_llama
-    from lords_pipelines.common import bpe_tokenizer
-
-    model_dir = tmp_path / "model"
-    tiny_llama(seed=0).save_pretrained(model_dir)
-    bpe_tokenizer(512).save_pretrained(model_dir)
+def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, model_dir, capsys):
     spec = tmp_path / "mini.yaml"
     spec.write_text("defaults: [common]\nbits: [3]\nblock_sizes: [32]\nmethods: [nf, lords_calibrated]\nrules: {}\n"
                     "eval: {tokens: 128, task_limit: 2, batch_size: 4}\ncalib: {tokens: 64, samples: 2}\n"
@@ -66,13 +72,7 @@ def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, capsys
     assert "4 already in" in capsys.readouterr().out
 
 
-def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_path):
-    from lords.models import tiny_llama
-    from lords_pipelines.common import bpe_tokenizer
-
-    model_dir = tmp_path / "model"
-    tiny_llama(seed=0).save_pretrained(model_dir)
-    bpe_tokenizer(512).save_pretrained(model_dir)
+def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_path, model_dir):
     spec = tmp_path / "qat_mini.yaml"
     spec.write_text("defaults: [qat]\nbits: [3]\nblock_sizes: [32]\nmethods: [nf, blockwise_qat, lords_qat]\n"
                     "rules: {}\neval: {tokens: 128, tasks: []}\n"

@@ -41,6 +41,9 @@ class TaskData:
     val: list
     """Encoded pairs (exact), ``Item``s (choice) or ``(1, T)`` token ids (text)."""
     test: list | None
+    """Encoded pairs (exact); None for choice (the shipped lm-eval task) and text (perplexity on ``kjv_genesis``)."""
+    test_limit: int | None = None
+    """Score only the first test items (CPU smoke runs; None in the tables)."""
 
 
 def _rows(name: str) -> list[dict]:
@@ -51,23 +54,25 @@ def _rows(name: str) -> list[dict]:
 
 
 def _pairs(tok, rows: list[dict], max_length: int) -> list[dict]:
-    return [encode_pair(tok, r["prompt"], r["answer"], max_length) for r in rows]
+    """Encoded pairs; a pair whose answer ``max_length`` cuts off entirely is dropped (it would carry no loss)."""
+    pairs = [encode_pair(tok, r["prompt"], r["answer"], max_length) for r in rows]
+    return [p for p in pairs if (p["labels"] != -100).any()]
 
 
 def load_task(name: str, tok, spec, cache: dict | None = None) -> TaskData:
     """The task ``name`` for tokenizer ``tok``; ``spec``: the table's ``data`` section (``max_length``, ``window``,
-    ``train_tokens``, ``val_tokens``, ``val_limit``)."""
+    ``train_tokens``, ``val_tokens``, ``val_limit``, ``test_limit``)."""
     if name not in KINDS:
         raise ConfigError(f"task {name!r} is not one of {tuple(KINDS)}")
     kind = KINDS[name]
-    limit = spec.get("val_limit")
+    limit, test_limit = spec.get("val_limit"), spec.get("test_limit")
     if kind == "exact":
         return TaskData(name, kind, _pairs(tok, _rows(f"{name}_train"), spec.max_length),
                         _pairs(tok, _rows(f"{name}_val"), spec.max_length)[:limit],
-                        _pairs(tok, _rows(f"{name}_test"), spec.max_length))
+                        _pairs(tok, _rows(f"{name}_test")[:test_limit], spec.max_length), test_limit)
     if kind == "choice":
         val = [Item(r["context"], tuple(r["choices"]), int(r["label"])) for r in _rows(f"{name}_val")][:limit]
-        return TaskData(name, kind, _pairs(tok, _rows(f"{name}_train"), spec.max_length), val, None)
+        return TaskData(name, kind, _pairs(tok, _rows(f"{name}_train"), spec.max_length), val, None, test_limit)
     cache = {} if cache is None else cache
     if "kjv_train" not in cache:
         cache["kjv_train"] = tokenize(tok, corpus_text("kjv_train"))
@@ -112,6 +117,6 @@ def held_out_scores(model, tok, task: TaskData, batch_size: int = 32) -> dict:
         return {f"{task.name}/acc": m["answer_exact"], f"{task.name}/items": m["answer_items"],
                 f"{task.name}/answer_nll": m["answer_nll"]}
     if task.kind == "choice":
-        s = score_task(model, tok, task.name, batch_size=batch_size)
+        s = score_task(model, tok, task.name, limit=task.test_limit, batch_size=batch_size)
         return {k: s[k] for k in (f"{task.name}/acc", f"{task.name}/acc_norm", f"{task.name}/items")}
     return {}

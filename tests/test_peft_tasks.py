@@ -2,6 +2,8 @@
 and test splits, at least 500 exactly scored test items each, and books kept out of every other text."""
 import json
 
+import torch
+
 import pytest
 
 from lords.texts import KJV_PEFT_BOOKS, KJV_TASK_BOOKS, KJV_EVAL_BOOKS, kjv_verses
@@ -50,3 +52,29 @@ def test_prophet_books_are_neither_evaluated_nor_used_by_the_zero_shot_tasks():
     prophets = {t for b, _, _, t in kjv_verses() if b in KJV_PEFT_BOOKS}
     for task in ("lords_kjv_cloze", "lords_kjv_next", "lords_kjv_proverbs"):
         assert not {c for it in load_items(task) for c in it.choices} & prophets
+
+
+@pytest.mark.parametrize("name", ["lords_roman", "lords_kjv_prophets", "kjv"])
+def test_each_task_trains_on_answers_or_text_and_scores_validation_and_test(name):
+    from omegaconf import OmegaConf
+
+    from lords.models import tiny_llama
+    from lords_pipelines.common import bpe_tokenizer
+    from lords_pipelines.peft_tasks import held_out_scores, load_task, validation_score
+
+    tok, model = bpe_tokenizer(512), tiny_llama(seed=0)
+    spec = OmegaConf.create({"max_length": 96, "window": 32, "train_tokens": 96, "val_tokens": 64, "val_limit": 3,
+                             "test_limit": 4})
+    task = load_task(name, tok, spec)
+    first = task.train[0]
+    assert all((x["labels"] != -100).any() for x in task.train)  # pairs whose answer max_length cuts are dropped
+    if name == "kjv":
+        assert len(task.train) == 3 and torch.equal(first["labels"], first["input_ids"])
+        assert validation_score(model, tok, task) < -1  # minus a perplexity
+        assert held_out_scores(model, tok, task) == {}  # its test is the kjv_genesis perplexity of every row
+        return
+    prompt_tokens = int((first["labels"] == -100).sum())
+    assert prompt_tokens > 0  # no loss on the prompt
+    assert 0 <= validation_score(model, tok, task) <= 1
+    scores = held_out_scores(model, tok, task)
+    assert scores[f"{name}/items"] == 4 and 0 <= scores[f"{name}/acc"] <= 1

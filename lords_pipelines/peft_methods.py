@@ -173,13 +173,15 @@ def lords_loftq_init(model: nn.Module, ranks: dict[str, int], block_size: int,
 
 
 def to_bnb_4bit(model: nn.Module, names: list[str], block_size: int) -> nn.Module:
-    """Replace each named ``nn.Linear`` by ``bnb.nn.Linear4bit`` (NF4, ``block_size``, fp32 absmax, compute in the
-    weight's dtype), quantized on the linear's device."""
+    """Replace each named ``nn.Linear`` by ``bnb.nn.Linear4bit`` (NF4, ``block_size``, fp32 absmax), quantized on
+    the linear's device. Compute dtype: bf16 on CUDA (``bnb_4bit_compute_dtype=torch.bfloat16``, as QLoRA users set
+    it; the LoRDS kernels also run fp32 inputs in bf16), the weight's dtype on the CPU."""
     import bitsandbytes as bnb
 
     for name in names:
         lin = model.get_submodule(name)
-        device, dtype = lin.weight.device, lin.weight.dtype
+        device = lin.weight.device
+        dtype = torch.bfloat16 if device.type == "cuda" else lin.weight.dtype
         q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=dtype,
                               compress_statistics=False, quant_type="nf4", device="meta")
         q.weight = bnb.nn.Params4bit(lin.weight.detach().float().cpu(), requires_grad=False, blocksize=block_size,

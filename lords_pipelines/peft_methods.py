@@ -95,6 +95,8 @@ def lora_base(model: nn.Module, method: str, ranks: dict[str, int], bits: int = 
     if method == "qpissa":
         start, init = peft_init(model, ranks, "pissa", alpha_ratio), "peft pissa (SVD of W)"
     elif method == "loftq" and torch.cuda.is_available():
+        if block_size != 64:
+            raise ConfigError(f"loftq: peft's loftq_init quantizes at bnb's block 64, not block_size={block_size}")
         start = peft_init(model, ranks, "loftq", alpha_ratio, loftq_iters)
         init = f"peft loftq_init, {loftq_iters} iteration(s) (CUDA)"
     elif method == "loftq":

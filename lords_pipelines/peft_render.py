@@ -143,7 +143,8 @@ def plot(rows: list[dict], spec: dict, path: Path) -> None:
         ax.set_xticks(list(x), [r["method"] for r in mine], rotation=20)
         ax.set_title(f"{task}: {label}")
         ax.legend(fontsize=7)
-    ax, mine = axes[-1], [r for r in rows if r["task"] == tasks[0]]
+    timed = [t for t in tasks if any(r["decode_ms_per_token"] for r in rows if r["task"] == t)] or tasks
+    ax, mine = axes[-1], [r for r in rows if r["task"] == timed[0]]
     x = range(len(mine))
     ax.bar([i - 0.2 for i in x], [r["decode_ms_per_token"] or 0 for r in mine], 0.4, label="as served")
     ax.bar([i + 0.2 for i in x], [r["decode_ms_per_token_merged"] or 0 for r in mine], 0.4, label="merged")

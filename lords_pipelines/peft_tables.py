@@ -132,9 +132,10 @@ def run_one(ctx: Context, run: Run) -> dict:
     lat = spec.latency
     prompt = ctx.text_ids(spec.eval.texts[0])[:, : lat.prompt_tokens]
     timing = dict(new_tokens=lat.new_tokens, repeats=lat.repeats, warmup=lat.get("warmup", 8))
-    record["decode_ms_per_token"] = decode_ms_per_token(p.model, prompt, **timing)
+    timed = run.task in lat.get("tasks", spec.tasks)  # the speed of a served model does not depend on its task
+    record["decode_ms_per_token"] = decode_ms_per_token(p.model, prompt, **timing) if timed else None
     record["decode_ms_per_token_merged"] = None
-    if p.base != "lords":  # last: merging re-quantizes the base in place
+    if p.base != "lords" and timed:  # last: merging re-quantizes the base in place
         model = merged(p.model)
         if model is not None:
             record["decode_ms_per_token_merged"] = decode_ms_per_token(model, prompt, **timing)
@@ -180,7 +181,8 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
                 acc = record.get(f"{task}/acc")
                 print(f"  {run.key}: val {record['val_score']:.4f}" + (f", test acc {acc:.4f}" if acc is not None
                       else "") + ", ppl " + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
-                      + f", {record['decode_ms_per_token']:.2f} ms/token, {record['seconds']:.0f} s", flush=True)
+                      + f", {record['decode_ms_per_token'] or float('nan'):.2f} ms/token, {record['seconds']:.0f} s",
+                      flush=True)
     keys = {r.key for t, m in pairs for r in grid_runs(spec, t, m)}
     keys |= {r.key for t, m in pairs for r in seed_runs(spec, t, m, choose_lr(done, spec, t, m))}
     return spec, [r for k, r in done.items() if k in keys]

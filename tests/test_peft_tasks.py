@@ -78,3 +78,20 @@ def test_each_task_trains_on_answers_or_text_and_scores_validation_and_test(name
     assert 0 <= validation_score(model, tok, task) <= 1
     scores = held_out_scores(model, tok, task)
     assert scores[f"{name}/items"] == 4 and 0 <= scores[f"{name}/acc"] <= 1
+
+
+def test_the_prophets_test_split_runs_in_lm_eval_and_scores_as_the_batched_scorer():
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from lords.models import tiny_llama
+    from lords_pipelines.common import bpe_tokenizer
+    from lords_pipelines.multiple_choice import score_task
+
+    model, tok = tiny_llama(seed=0), bpe_tokenizer(512)
+    out = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu"),
+                          tasks=["lords_kjv_prophets"], limit=6, bootstrap_iters=0,
+                          task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False))
+    assert score_task(model, tok, "lords_kjv_prophets", limit=6)["lords_kjv_prophets/acc"] == \
+        out["results"]["lords_kjv_prophets"]["acc,none"]

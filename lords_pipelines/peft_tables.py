@@ -140,6 +140,12 @@ def run_one(ctx: Context, run: Run) -> dict:
         if model is not None:
             record["decode_ms_per_token_merged"] = decode_ms_per_token(model, prompt, **timing)
     record["seconds"] = time.time() - t
+    del p
+    if torch.cuda.is_available():  # one model copy per run: give its memory back before the next
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
     return record
 
 

@@ -67,15 +67,21 @@ def trainable_floats(model: nn.Module) -> int:
 
 
 def prepare(float_model: nn.Module, method: str, bits: int = 4, block_size: int = 64, seed: int = 0,
-            alpha_ratio: float = 1.0, loftq_iters: int = 1) -> Prepared:
-    """A quantized copy of ``float_model`` (left untouched) with only ``method``'s factors trainable."""
+            alpha_ratio: float = 1.0, loftq_iters: int = 1, lords_refine=None, calib_ids=None) -> Prepared:
+    """A quantized copy of ``float_model`` (left untouched) with only ``method``'s factors trainable.
+
+    ``lords_refine`` (a ``lords.RefineConfig``, with ``calib_ids`` for a calibrated objective): LoRDS starts from
+    Algorithm 1's refinement of its SVD init instead of the init itself (the other methods are data-free)."""
     if method not in METHODS:
         raise ConfigError(f"method={method!r} is not one of {METHODS}")
     model = copy.deepcopy(float_model)
     ranks = target_ranks(model, block_size)
     if method == "lords_peft":
-        quantize_(model, LordsConfig(bits=bits, block_size=block_size), progress=False)
-        return Prepared(model, method, mark_only_scales_trainable(model), ranks, "lords", "SVD of the block scales")
+        quantize_(model, LordsConfig(bits=bits, block_size=block_size, refine=lords_refine), calib_ids=calib_ids,
+                  progress=False)
+        init = "SVD of the block scales" + ("" if lords_refine is None else
+                                            f", Algorithm 1 ({lords_refine.objective}, T = {lords_refine.steps})")
+        return Prepared(model, method, mark_only_scales_trainable(model), ranks, "lords", init)
     model, start, init = lora_base(model, method, ranks, bits, block_size, alpha_ratio, loftq_iters)
     model = add_lora(model, ranks, alpha_ratio, seed)
     if start is not None:

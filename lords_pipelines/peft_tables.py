@@ -90,6 +90,19 @@ class Context:
             self.tasks[name] = load_task(name, self.tok, self.spec.data, self.cache)
         return self.tasks[name]
 
+    def lords_refine(self):
+        """``(RefineConfig, calibration ids)`` of the spec's ``lords_refine`` (``(None, None)`` when null): the
+        first ``calib_tokens`` tokens of the pydoc calibration text, never an evaluation or training text."""
+        cfg = self.spec.get("lords_refine")
+        if not cfg:
+            return None, None
+        from lords import RefineConfig
+        from lords.texts import calibration_text, tokenize
+
+        if "calib" not in self.cache:
+            self.cache["calib"] = tokenize(self.tok, calibration_text(), cfg.calib_tokens)
+        return RefineConfig(steps=cfg.steps, lr=cfg.lr, objective=cfg.objective), self.cache["calib"]
+
     def text_ids(self, text: str):
         from .evaluation import corpus_ids
 
@@ -109,7 +122,9 @@ def run_one(ctx: Context, run: Run) -> dict:
 
     spec, tok = ctx.spec, ctx.tok
     t = time.time()
-    p = prepare(ctx.model, run.method, spec.bits, spec.block_size, run.seed, spec.alpha_ratio, spec.loftq_iters)
+    refine, calib = ctx.lords_refine() if run.method == "lords_peft" else (None, None)
+    p = prepare(ctx.model, run.method, spec.bits, spec.block_size, run.seed, spec.alpha_ratio, spec.loftq_iters,
+                refine, calib)
     if p.base == "lords":
         apply_backend(p.model, "auto")  # the Triton kernels on CUDA (training and serving), the reference on CPU
     task, settings = ctx.task(run.task), spec.tasks[run.task]

@@ -127,3 +127,17 @@ def test_decode_latency_runs_on_the_served_model_and_leaves_it_in_its_mode(metho
     assert ms > 0 and p.model.training
     with pytest.raises(ValueError):
         decode_ms_per_token(p.model, torch.arange(1, 9)[None].repeat(2, 1))
+
+
+def test_lords_peft_can_start_from_algorithm_1_which_fits_the_float_weights_better(float_model):
+    from lords import RefineConfig
+    from lords.linear import LoRDSLinear
+
+    def error(p):
+        return sum(float((m.dequantized_weight() - float_model.get_submodule(n).weight).norm())
+                   for n, m in p.model.named_modules() if isinstance(m, LoRDSLinear))
+
+    plain = prepare(float_model, "lords_peft", block_size=BLOCK)
+    refined = prepare(float_model, "lords_peft", block_size=BLOCK, lords_refine=RefineConfig(steps=20, lr=1e-2))
+    assert "Algorithm 1" in refined.init and refined.trainable_floats == plain.trainable_floats
+    assert error(refined) < error(plain)

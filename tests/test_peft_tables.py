@@ -17,6 +17,7 @@ block_size: 32
 methods: [lords_peft, qlora]
 alpha_ratio: 1.0
 loftq_iters: 1
+lords_refine: {{steps: 2, lr: 0.01, objective: act_diag, calib_tokens: 64}}
 lrs: [1.0e-3, 1.0e-2]
 seeds: [0]
 precision: 32-true
@@ -68,6 +69,7 @@ def test_runner_pairs_methods_at_equal_floats_journals_every_run_and_resumes(tmp
         mine = [r for r in rows if r["task"] == task]
         assert len({r["trainable_floats"] for r in mine}) == 1 and mine[0]["trainable_floats"] > 0
         assert len({r["rank"] for r in mine}) == 1
+        assert "Algorithm 1 (act_diag, T = 2)" in mine[0]["init"]  # lords_refine: LoRDS starts refined on pydoc
     for r in rows:
         for key in ("model", "method", "bits", "trainable_floats", "steps", "tokens", "seed", "lr", "ppl"):
             assert r[key] is not None, (r["method"], key)

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test test-all test-gpu test-kernels sweep-tiny reproduce-ptq reproduce-peft reproduce-kernels render-kernels reproduce-all reproduce-tables reproduce-tables-cpu clean
+.PHONY: help setup demo test test-all test-gpu test-kernels sweep-tiny reproduce-ptq reproduce-peft reproduce-kernels render-kernels reproduce-all reproduce-tables reproduce-tables-cpu reproduce-tables-peft clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -65,6 +65,13 @@ reproduce-tables:  ## GPU (~30 min on an H200): outputs/reports/tables/{ptq_bits
 	(4 and 3 bits, block 64, T = 100, under 30 min on 2 cores) or make reproduce-ptq (the main job).')"
 	$(GPU_PY) -m lords_pipelines.ptq_tables ptq_bits ptq_refine_ablation ptq_rank_ablation qat --model $(MODEL) \
 		--run-dir outputs/runs/ptq_tables/reproduce --out outputs/reports/tables
+
+reproduce-tables-peft:  ## GPU (~50 min on an H200, resumable): outputs/reports/tables/peft.{md,json,png} (docs/peft_table.md)
+	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables-peft needs a CUDA GPU \
+	(72 PEFT runs of SmolLM2-135M: 4 methods x 3 tasks x an lr grid and 3 seeds). On this machine the CPU-sized check is \
+	the smoke test: .venv/bin/python -m pytest tests/test_peft_tables.py')"
+	$(GPU_PY) -m lords_pipelines.peft_tables peft --model $(MODEL) --run-dir outputs/runs/peft_tables/reproduce \
+		--out outputs/reports/tables
 
 reproduce-tables-cpu: $(STAMP)  ## CPU subset of ptq_bits (4 and 3 bits, block 64, T = 100; ~30 min on 2 cores) -> outputs/reports/tables/ptq_bits_cpu.*
 	$(PY) -m lords_pipelines.ptq_tables ptq_bits_cpu --run-dir outputs/runs/ptq_tables/reproduce-cpu --out outputs/reports/tables

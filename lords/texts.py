@@ -3,7 +3,8 @@
 - evaluation: ``licenses`` (GPL-3, Apache-2.0, MPL-2.0, LGPL-2.1: legal prose) and ``kjv_genesis`` (the book of
   Genesis, King James Version, 1611: narrative prose, public domain);
 - calibration: ``pydoc_topics`` (Python's reference-manual pages from ``pydoc_data``: technical prose and code);
-- training (QAT, domain adaptation): ``kjv_train``, the KJV books that no evaluation text or shipped task uses.
+- training (QAT, domain adaptation): ``kjv_train``, the KJV books that no evaluation text or shipped task uses
+  (neither the zero-shot tasks' books nor the PEFT task's, :data:`KJV_PEFT_BOOKS`).
 
 The KJV ships whole in ``data/kjv.txt.gz`` (one verse a line, ``<book><chapter>:<verse> <text>``, as Debian's
 ``bible-kjv-text`` 4.38 prints it with ``bible -f``); the cloze and next-verse tasks of ``lords_pipelines.tasks``
@@ -24,6 +25,8 @@ EVAL_CORPORA = ("licenses", "kjv_genesis")
 CORPORA = ("licenses", "kjv_genesis", "pydoc_topics", "kjv_train")
 KJV_EVAL_BOOKS = ("Ge",)
 KJV_TASK_BOOKS = ("Psa", "Prv", "Eccl", "Mat", "Mark", "Luke", "John")
+KJV_PEFT_BOOKS = ("Isa", "Jer")
+"""Books of the PEFT multiple-choice task (``lords_kjv_prophets``: train, validation and test splits by chapter)."""
 _REF = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")
 
 
@@ -68,7 +71,7 @@ def _ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
 def kjv_train_text() -> str:
     """The KJV books outside evaluation and tasks, less every verse sharing an 8-word run with those books (the
     genealogies of Chronicles repeat Genesis): training text that never overlaps what is evaluated."""
-    held = KJV_EVAL_BOOKS + KJV_TASK_BOOKS
+    held = KJV_EVAL_BOOKS + KJV_TASK_BOOKS + KJV_PEFT_BOOKS
     seen = set().union(*(_ngrams(t) for b, _, _, t in kjv_verses() if b in held))
     chapters: dict[tuple[str, int], list[str]] = {}
     for book, chapter, _, text in kjv_verses():

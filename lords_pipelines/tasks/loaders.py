@@ -33,3 +33,7 @@ def load_kjv_next(**_metadata):
 
 def load_kjv_proverbs(**_metadata):
     return _load("lords_kjv_proverbs")
+
+
+def load_kjv_prophets(**_metadata):
+    return _load("lords_kjv_prophets")

@@ -1,0 +1,89 @@
+"""The PEFT table: its spec names the four methods and the shipped tasks, every method of a task trains the same
+floats, the learning rate is chosen on validation by one rule for all methods, and the runner journals every run,
+writes the reports and resumes from its journal."""
+import json
+
+import pytest
+
+pytest.importorskip("peft")
+pytest.importorskip("bitsandbytes")
+
+from lords_pipelines.peft_methods import METHODS  # noqa: E402
+from lords_pipelines.peft_tables import Run, choose_lr, grid_runs, load_spec, main, seed_runs  # noqa: E402
+
+SMOKE = """model: {model}
+bits: 4
+block_size: 32
+methods: [lords_peft, qlora]
+alpha_ratio: 1.0
+loftq_iters: 1
+lords_refine: {{steps: 2, lr: 0.01, objective: act_diag, calib_tokens: 64}}
+lrs: [1.0e-3, 1.0e-2]
+seeds: [0]
+precision: 32-true
+tasks:
+  lords_roman: {{steps: 1, batch_size: 4}}
+  kjv: {{steps: 1, batch_size: 2}}
+data: {{max_length: 48, window: 32, train_tokens: 64, val_tokens: 64, val_limit: 4, test_limit: 6}}
+eval: {{texts: [kjv_genesis, licenses], tokens: 64, batch_size: 8}}
+latency: {{tasks: [lords_roman], prompt_tokens: 8, new_tokens: 2, repeats: 1, warmup: 1}}
+"""
+
+
+def test_the_gpu_spec_runs_every_method_on_two_scored_tasks_and_domain_adaptation():
+    spec = load_spec("peft")
+    assert list(spec.methods) == list(METHODS) and spec.bits == 4
+    assert set(spec.tasks) == {"lords_roman", "lords_kjv_prophets", "kjv"}
+    assert len(spec.seeds) == 3 and len(spec.lrs) >= 3 and spec.latency.tasks == ["lords_roman"]
+    assert spec.data.val_limit is None and spec.data.test_limit is None  # the table scores every item
+
+
+def test_lr_is_the_best_validation_score_with_the_smaller_lr_on_a_tie_for_every_method():
+    spec = load_spec("peft")
+    lrs = list(spec.lrs)
+    for method, scores, want in (("lords_peft", [0.5, 0.3, 0.5], lrs[0]), ("qlora", [0.1, 0.0, 0.9], lrs[2])):
+        runs = grid_runs(spec, "lords_roman", method)
+        assert runs[0] == Run("lords_roman", method, None, 0) and [r.lr for r in runs[1:]] == lrs
+        done = {r.key: {"val_score": s} for r, s in zip(runs[1:], scores)}
+        assert choose_lr(done, spec, "lords_roman", method) == pytest.approx(want)
+        assert [r.seed for r in seed_runs(spec, "lords_roman", method, want)] == [0, 1, 2]
+
+
+def test_runner_pairs_methods_at_equal_floats_journals_every_run_and_resumes(tmp_path, capsys):
+    from lords.models import tiny_llama
+    from lords_pipelines.common import bpe_tokenizer
+
+    model_dir = tmp_path / "model"
+    tiny_llama(seed=0).save_pretrained(model_dir)
+    bpe_tokenizer(512).save_pretrained(model_dir)
+    spec = tmp_path / "mini.yaml"
+    spec.write_text(SMOKE.format(model=model_dir))
+    args = [str(spec), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
+    main(args)
+    journal = (tmp_path / "run" / "mini" / "rows.jsonl").read_text().splitlines()
+    assert len(journal) == 2 * 2 * 3  # tasks × methods × (before, 2 lrs at the one seed)
+    rows = json.loads((tmp_path / "out" / "mini.json").read_text())
+    assert [(r["task"], r["method"]) for r in rows] == [(t, m) for t in ("lords_roman", "kjv")
+                                                          for m in ("lords_peft", "qlora")]
+    for task in ("lords_roman", "kjv"):
+        mine = [r for r in rows if r["task"] == task]
+        assert len({r["trainable_floats"] for r in mine}) == 1 and mine[0]["trainable_floats"] > 0
+        assert len({r["rank"] for r in mine}) == 1
+        assert "Algorithm 1 (act_diag, T = 2)" in mine[0]["init"]  # lords_refine: LoRDS starts refined on pydoc
+    for r in rows:
+        for key in ("model", "method", "bits", "trainable_floats", "steps", "tokens", "seed", "lr", "ppl"):
+            assert r[key] is not None, (r["method"], key)
+        assert r["seed"] == [0] and r["steps"] == 1 and r["tokens"] > 0 and r["lr"] in (1e-3, 1e-2)
+        assert set(r["ppl"]) == {"kjv_genesis", "licenses"}
+        timed = r["task"] == "lords_roman"  # latency.tasks: the served model's speed does not depend on the task
+        assert (r["decode_ms_per_token"] is not None) == timed
+        assert (r["decode_ms_per_token_merged"] is not None) == (timed and r["method"] != "lords_peft")
+        if r["task"] != "kjv":
+            assert 0 <= r[f"{r['task']}/acc"] <= 1 and f"{r['task']}/acc_std" in r
+    assert (tmp_path / "out" / "mini.png").stat().st_size > 0
+    assert "## `kjv`" in (tmp_path / "out" / "mini.md").read_text()
+    capsys.readouterr()
+    main(args)
+    out = capsys.readouterr().out
+    assert ": val " not in out and "done:" in out  # no run printed its scores: nothing ran again
+    assert len((tmp_path / "run" / "mini" / "rows.jsonl").read_text().splitlines()) == len(journal)

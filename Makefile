@@ -62,7 +62,7 @@ MODEL ?= smollm2-135m
 reproduce-tables:  ## GPU (~30 min on an H200): outputs/reports/tables/{ptq_bits,ptq_refine_ablation,ptq_rank_ablation,qat}.{md,json,png}
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables needs a CUDA GPU \
 	(about 120 PTQ runs of T = 500 with 1,500 zero-shot items each). On this machine: make reproduce-tables-cpu \
-	(4 and 3 bits, block 64, T = 100, under 30 min on 2 cores) or make reproduce-ptq (the main job).')"
+	(4 and 3 bits, block 64, T = 50, under 30 min on 2 cores) or make reproduce-ptq (the main job).')"
 	$(GPU_PY) -m lords_pipelines.ptq_tables ptq_bits ptq_refine_ablation ptq_rank_ablation qat --model $(MODEL) \
 		--run-dir outputs/runs/ptq_tables/reproduce --out outputs/reports/tables
 
@@ -73,5 +73,5 @@ reproduce-tables-peft:  ## GPU (~50 min on an H200, resumable): outputs/reports/
 	$(GPU_PY) -m lords_pipelines.peft_tables peft --model $(MODEL) --run-dir outputs/runs/peft_tables/reproduce \
 		--out outputs/reports/tables
 
-reproduce-tables-cpu: $(STAMP)  ## CPU subset of ptq_bits (4 and 3 bits, block 64, T = 100; ~30 min on 2 cores) -> outputs/reports/tables/ptq_bits_cpu.*
+reproduce-tables-cpu: $(STAMP)  ## CPU subset of ptq_bits (4 and 3 bits, block 64, T = 50; under 30 min on 2 cores) -> outputs/reports/tables/ptq_bits_cpu.*
 	$(PY) -m lords_pipelines.ptq_tables ptq_bits_cpu --run-dir outputs/runs/ptq_tables/reproduce-cpu --out outputs/reports/tables

@@ -26,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lords.errors import ConfigError
 
+from .ptq_tables import device_name
+
 TABLES = Path(__file__).resolve().parent.parent / "conf" / "tables"
 
 
@@ -131,7 +133,7 @@ def run_one(ctx: Context, run: Run) -> dict:
     record = {"model": spec.model_label, **asdict(run), "key": run.key, "phase": "before" if run.lr is None else
               "grid" if run.seed == spec.seeds[0] else "seed", "bits": spec.bits, "block_size": spec.block_size,
               "base": p.base, "init": p.init, "rank": round(p.mean_rank, 2), "trainable_floats": p.trainable_floats,
-              "alpha_ratio": None if p.base == "lords" else spec.alpha_ratio, "device": _device_name(),
+              "alpha_ratio": None if p.base == "lords" else spec.alpha_ratio, "device": device_name(),
               "torch": torch.__version__}
     if run.lr is None:
         record.update(steps=0, tokens=0, loss_tokens=0, train_seconds=0.0, final_loss=None)
@@ -240,14 +242,6 @@ def main(argv=None):
     print(md)
     print(f"done: written under {run_dir}" + (f" and {args.out}" if args.out else "")
           + f" in {(time.time() - t) / 60:.1f} min")
-
-
-def _device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    from .ptq_report import _cpu_name
-
-    return f"{_cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 if __name__ == "__main__":

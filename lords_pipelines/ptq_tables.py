@@ -68,7 +68,7 @@ def run_row(float_model, tok, spec, row: Row, cache: dict, out: Path) -> dict:
     from .common import storage_metrics
 
     t = time.time()
-    record = {"model": spec.model_label, **row.to_dict(), "device": _device_name(), "torch": torch.__version__}
+    record = {"model": spec.model_label, **row.to_dict(), "device": device_name(), "torch": torch.__version__}
     if row.method == "fp":
         model = float_model
         record.update(float_params=0, bits_per_weight=16.0, code_bits=None, weight_rel_error=0.0, rank=None)
@@ -161,7 +161,7 @@ def main(argv=None):
         records = run_table(table, run_dir, args.model, args.only, loaded, render_only=args.render)
         spec = load_spec(table)
         table = Path(table).stem
-        devices = sorted({r.get("device") or _device_name() for r in records})
+        devices = sorted({r.get("device") or device_name() for r in records})
         meta = {"table": table, "seconds": time.time() - t_table, "device": " / ".join(devices),
                 "torch": " / ".join(sorted({r.get("torch") or torch.__version__ for r in records})),
                 "spec": OmegaConf.to_container(spec, resolve=True)}
@@ -171,9 +171,10 @@ def main(argv=None):
     print(f"written under {run_dir}" + (f" and {args.out}" if args.out else "") + f" in {(time.time() - t) / 60:.1f} min")
 
 
-def _device_name() -> str:
+def device_name() -> str:
+    """The GPU's name, or the CPU's with the torch thread count (recorded in every table row)."""
     if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+        return torch.cuda.getdevice_name()
     from .ptq_report import _cpu_name
 
     return f"{_cpu_name()} ({torch.get_num_threads()} threads)"

@@ -25,7 +25,7 @@ from .grids import make_grid
 from .layerwise import decoder_layer_index, num_decoder_layers
 from .linear import BlockLinear, LoRDSLinear
 from .refine import LayerStats, RefineResult, refine
-from .refine_batched import batchable, refine_batched
+from .refine_batched import OBJECTIVES, batchable, refine_batched
 from .report import LayerReport, QuantizeReport
 from .resume import LayerJournal
 from .scales import BlockScale, LowRankScale
@@ -194,7 +194,9 @@ def _refine_in_batches(chosen: dict, stats) -> dict[str, tuple[nn.Module, LayerR
     groups: dict[tuple, list] = {}
     for name, (module, leaf) in chosen.items():
         handler = _HANDLERS[type(leaf)].handler
-        if not (isinstance(handler, ScaleMethod) and getattr(leaf, "refine", None) and leaf.refine.steps > 0):
+        refine_ = getattr(leaf, "refine", None)
+        # Checked before the init: a layer the stacked loop cannot take would have its init computed twice.
+        if not (isinstance(handler, ScaleMethod) and refine_ and refine_.steps > 0 and refine_.objective in OBJECTIVES):
             continue
         torch.manual_seed(leaf.seed)
         weight, grid, scale = handler.start(name, module, leaf)

@@ -16,8 +16,12 @@ from .refine import LayerStats, RefineResult, _objective_terms
 from .scales import BlockScale, LowRankScale
 
 
+OBJECTIVES = ("weight", "act_diag")
+"""The objectives with a diagonal weighting, which the stacked loop supports."""
+
+
 def batchable(scale, config: RefineConfig) -> bool:
-    return config.objective in ("weight", "act_diag") and type(scale) in (LowRankScale, BlockScale)
+    return config.objective in OBJECTIVES and type(scale) in (LowRankScale, BlockScale)
 
 
 def _params(scales: list) -> list[torch.Tensor]:

@@ -174,7 +174,7 @@ def main(argv=None):
 def device_name() -> str:
     """The GPU's name, or the CPU's with the torch thread count (recorded in every table row)."""
     if torch.cuda.is_available():
-        return torch.cuda.getdevice_name()
+        return torch.cuda.get_device_name()
     from .ptq_report import _cpu_name
 
     return f"{_cpu_name()} ({torch.get_num_threads()} threads)"

@@ -10,7 +10,7 @@ vocab 128,256) is saved in bfloat16 shards; then ``lords_pipelines.stream_ptq`` 
 ``torchrun --nproc-per-node N``. Each row: wall seconds of the whole call (slowest rank), seconds of the block phase
 (what spreads over the GPUs; the rest, building the shell and embedding the calibration tokens, every rank pays at
 once), peak CUDA memory of the largest rank, the speedups, and whether the checkpoint equals the one-GPU checkpoint
-bit for bit (every tensor's SHA-256 in ``lords.json``).
+bit for bit (the SHA-256 of the per-tensor manifest in the checkpoint's ``config.json``).
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from pathlib import Path
 SHAPES = {"8b": dict(hidden=4096, heads=32, kv_heads=8, intermediate=14336, vocab=128256),
           "tiny": dict(hidden=128, heads=4, kv_heads=2, intermediate=256, vocab=512)}
 
-def _manifest(out: Path) -> dict:
-    return json.loads((out / "quantized" / "lords.json").read_text())["manifest"]
+def _manifest(out: Path) -> str:
+    """The SHA-256 of the checkpoint's per-tensor manifest: equal manifests, equal tensors bit for bit."""
+    return json.loads((out / "quantized" / "config.json").read_text())["quantization_config"]["manifest_sha256"]
 
 
 def _run(folder: Path, out: Path, ranks: int, args) -> dict:

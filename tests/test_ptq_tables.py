@@ -2,6 +2,8 @@
 disjoint calibration samples, and the runner writes the reports and resumes from its journal."""
 import json
 
+import torch
+
 import pytest
 
 from lords import BlockwiseConfig, LoftQConfig, LordsConfig, MixedPrecisionConfig
@@ -88,3 +90,12 @@ def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_p
     assert qat["lords_qat"]["float_params"] < qat["blockwise_qat"]["float_params"]
     assert set(rows["lords_qat"]["ppl"]) == {"licenses", "kjv_genesis"}
     assert (tmp_path / "out" / "qat_mini_curves.png").stat().st_size > 0
+
+
+def test_rows_name_the_gpu_by_cuda_s_own_name(monkeypatch):
+    """On a CUDA machine each row records ``torch.cuda.get_device_name()`` (the GPU path runs here on a stub)."""
+    from lords_pipelines.ptq_tables import device_name
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    assert device_name() == "NVIDIA H200"

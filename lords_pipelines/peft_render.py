@@ -156,11 +156,31 @@ def plot(rows: list[dict], spec: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def add_serving(rows: list[dict], serving: list[dict]) -> None:
+    """Fill each row's decode times from the serving benchmark (``peft_serving``: every variant timed alone on
+    one GPU, interleaved) where the row's own runs were not timed: the method's variant, its ``_merged`` variant,
+    and for ``lords_peft`` the ``lords_before`` variant as the untrained base."""
+    by = {r["variant"]: r["decode_ms_per_token"] for r in serving}
+    for row in rows:
+        if row["decode_ms_per_token"] is None:
+            row["decode_ms_per_token"] = by.get(row["method"])
+            row["decode_ms_per_token_merged"] = by.get(f"{row['method']}_merged")
+            before = by.get("lords_before") if row["method"] == "lords_peft" else by.get(row["method"])
+            row["before"]["decode_ms_per_token"] = row["before"].get("decode_ms_per_token") or before
+            row["decode_source"] = "peft_serving"
+
+
 def write_table(table: str, records: list[dict], meta: dict, dest: Path) -> str:
-    """``<dest>/<table>.{json,md,png}``; returns the markdown."""
+    """``<dest>/<table>.{json,md,png}``; returns the markdown. A ``<dest>/<table>_serving.{json,md}`` beside it
+    (``peft_serving``) supplies the decode times and is appended to the markdown."""
     dest.mkdir(parents=True, exist_ok=True)
     rows = aggregate(records, meta["spec"])
+    serving = dest / f"{table}_serving.json"
+    if serving.is_file():
+        add_serving(rows, json.loads(serving.read_text()))
     md = markdown(table, rows, meta)
+    if serving.is_file():
+        md += "\n" + serving.with_suffix(".md").read_text().replace("# Serving", "## Serving", 1)
     (dest / f"{table}.json").write_text(json.dumps(rows, indent=1))
     (dest / f"{table}.md").write_text(md)
     try:

@@ -34,6 +34,8 @@ def _run(folder: Path, out: Path, ranks: int, args) -> dict:
            "-m", "lords_pipelines.stream_ptq", str(folder), "--out", str(out), "--inputs", args.inputs,
            "--steps", str(args.steps), "--calib-tokens", str(args.tokens), "--random-calib", "--dtype", "bfloat16",
            "--device", args.device, "--bits", "3", "--block-size", str(args.block_size)]
+    if args.device == "cpu":  # one BLAS thread a rank: CPU sums otherwise differ with the thread count
+        cmd += ["--threads", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{ranks} GPU(s) failed:\n{done.stderr[-4000:]}")

@@ -28,9 +28,10 @@ def qat_overrides(spec, row: Row, out: Path) -> list[str]:
 
 
 def curves(out: Path) -> dict[str, list[tuple[int, float]]]:
-    """``{"train/loss": [(step, value)], "val/loss": [...]}`` from the run's Lightning CSV log (empty without one)."""
+    """``{"train/loss": [(step, value)], "val/loss": [...]}`` from the run's last Lightning CSV log (empty without one)."""
     found: dict[str, list] = {"train/loss": [], "val/loss": []}
-    for path in sorted(out.glob("csv/version_*/metrics.csv")):
+    versions = sorted(out.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    for path in versions[-1:]:  # a run killed and rerun logs again from step 0: the last attempt is the curve
         with path.open() as f:
             for rec in csv.DictReader(f):
                 for key in found:

@@ -206,7 +206,7 @@ def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: tor
     if cfg.kernel == "dequant":  # prefill: W_hat once into the shared buffer, then cuBLAS
         from .dequant import dequantize
 
-        w = dequantize(codes, grid, B, A, x.dtype)
+        w = dequantize(codes, grid, B, A, x.dtype, cfg=cfg)
         if bias is None:
             return torch.mm(x2, w.t(), out=y).reshape(*lead, N)
         return torch.addmm(bias.to(x.dtype), x2, w.t(), out=y).reshape(*lead, N)

@@ -69,7 +69,9 @@ CPU_CONFIGS = [None, dict(kernel="gemm_t", BM=16, BN=32, split_k=3, num_warps=4,
                dict(kernel="gemv", BN=32, split_k=2, num_warps=4, num_stages=1),
                dict(kernel="gemm_t", BM=16, BN=32, split_k=2, num_warps=4, num_stages=1, MUL16=True),
                dict(kernel="gemm_t", BM=32, BN=64, split_k=1, num_warps=4, num_stages=1),
-               dict(kernel="dequant", BN=128)]
+               dict(kernel="dequant", BN=128),
+               dict(kernel="zgemv", BN=32, split_k=2, num_warps=4, num_stages=1),
+               dict(kernel="zgemv", BN=64, split_k=1, num_warps=4, num_stages=1)]
 
 
 @needs_interp_or_cuda
@@ -172,11 +174,14 @@ def test_forward_gpu(shape, bits, dtype):
     want = ref.lords_matmul(x, qweight, grid, B, A, bias, bits)
     swap = dict(kernel="gemm_t", BM=16 if M <= 16 else 64, BN=64, num_warps=4, num_stages=3, MUL16=True)
     ones = dict(kernel="gemv", BN=128, num_warps=4, num_stages=3, Q_AS_B=False, ONES=True)
+    z = dict(kernel="zgemv", BN=64, num_warps=4, num_stages=3, ONES=True)
     kinds = [(None, None), (3, None), (1, "gemm_t"), (3, "gemm_t")] + ([(1, "ones"), (2, "ones")] if M == 1 else [])
+    if M <= 64:  # zgemv (the launcher falls back where M·R is too wide)
+        kinds += [(1, "zgemv"), (4, "zgemv")]
     for split, kind in kinds:
         cfg = None
         if split is not None:
-            base = {"gemm_t": swap, "ones": ones}.get(kind) or tuning.pick_config(M, N, K, bits, r)
+            base = {"gemm_t": swap, "ones": ones, "zgemv": z}.get(kind) or tuning.pick_config(M, N, K, bits, r)
             cfg = dict(dataclasses.asdict(tuning.TileConfig.of(base)), split_k=split)
         poison = torch.full((M * N + 4096,), float("nan"), dtype=dtype, device="cuda")
         del poison  # the allocator hands this block back: an unwritten output element stays NaN

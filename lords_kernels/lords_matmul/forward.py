@@ -146,6 +146,8 @@ def _gemm_t_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_
 
 _SCRATCH: dict = {}
 _LOCKS = 1 << 16
+ZGEMV_MAX_COLS = 512
+"""zgemv's second operand is ``(T, next_pow2(M)·R)``: wider than this, the launcher takes the heuristic's tile."""
 
 
 def _scratch(device: torch.device, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +221,23 @@ def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: tor
     has_bias = bias is not None
     common = dict(HAS_BIAS=has_bias, BITS=bits, T=T, F=F, R=R, DOT_FP32=INTERPRET,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if cfg.kernel == "gemv" and M == 1:
+    if cfg.kernel == "zgemv" and triton.next_power_of_2(M) * R > ZGEMV_MAX_COLS:
+        cfg = default_config(M, N, K, bits, r)  # M·R too wide for one accumulator tile: the weight-side kernel
+    if cfg.kernel == "zgemv":  # small M in one launch: A ⊙ x formed in the kernel (small_m.py)
+        from .small_m import _zgemv_kernel, zgemv_meta
+
+        mp, my = zgemv_meta(M, R)
+        tiles = triton.cdiv(N, cfg.BN)
+        ws, locks = _scratch(x.device, split * M * N if split > 1 else 1)
+        assert tiles <= _LOCKS
+        prmt = (cfg.PRMT is not False) and not INTERPRET
+        tab = prmt_table(grid, x.dtype) if prmt else locks
+        _zgemv_kernel[(tiles, split)](
+            x2, A, codes.lo, hi, grid if INTERPRET else grid_as(grid, x.dtype), tab, B, bias if has_bias else y, y,
+            ws, locks, M, N, K, r, n_groups, split, x2.stride(0), y.stride(0), codes.lo.stride(0), hi.stride(0),
+            B.stride(0), A.stride(0), MP=mp, MY=my, BN=cfg.BN, EVEN_N=N % cfg.BN == 0, PRMT=prmt,
+            ONES=cfg.ONES and not INTERPRET and x.dtype == torch.float16, **common)
+    elif cfg.kernel == "gemv" and M == 1:
         tiles = triton.cdiv(N, cfg.BN)
         ws, locks = _scratch(x.device, split * N if split > 1 else 1)
         assert tiles <= _LOCKS

@@ -26,3 +26,33 @@ def test_bench_k16_smoke_writes_every_section(tmp_path):
     assert {"fp16", "fused", "dequant_cublas", "zgemv", "lords_cublas_bwd", "lords_fused_peft", "lords_plan"} <= impls
     assert out["errors"] == {} and out["dequant"] and out["crossover"]
     assert "| N×K | M |" in (tmp_path / "k16.md").read_text()
+
+
+@pytest.mark.parametrize("M", [1, 4, 64])
+def test_every_tile_the_sweep_times_computes_the_reference(M):
+    """A sweep candidate that launched but computed something else would win the table on speed."""
+    from lords.grids import make_grid
+    from lords.packing import pack_codes
+    from lords_kernels.lords_matmul import reference as ref
+    from lords_kernels.lords_matmul.dequant import dequantize
+    from lords_kernels.lords_matmul.layout import repack
+    from lords_kernels.tune import candidate_configs, dequant_candidates
+
+    N, K, r = 160, 384, 12
+    g = torch.Generator().manual_seed(M)
+    qweight = pack_codes(torch.randint(0, 16, (N, K), generator=g), 4)
+    grid = make_grid("nf", 4)
+    B = (torch.randn(N, r, generator=g) / r**0.5).half()
+    A = (torch.rand(r, K, generator=g) + 0.5).half()
+    x = torch.randn(M, K, generator=g).half()
+    kc = repack(qweight, 4, K)
+    want = ref.lords_matmul(x, qweight, grid, B, A, None, 4)
+    cands = candidate_configs(M, N, K, 4, r)
+    assert M > 4 or any(c.kernel == "zgemv" for c in cands)
+    for cfg in cands:
+        y = tk.lords_matmul(x, kc, grid, B, A, None, cfg)
+        assert ((y.double() - want).norm() / want.norm()).item() < 2e-3, cfg  # fp16 operands
+    w_want = ref.dequantize(qweight, grid, B, A, 4)
+    for cfg in dequant_candidates():
+        w = dequantize(kc, grid, B, A, torch.float16, cfg=cfg)
+        assert ((w.double() - w_want).norm() / w_want.norm()).item() < 2e-3, cfg

@@ -148,7 +148,7 @@ def _gemm_t_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_
 
 _SCRATCH: dict = {}
 _LOCKS = 1 << 16
-ZGEMV_MAX_COLS = 512
+ZGEMV_MAX_COLS = 256
 """zgemv's second operand is ``(T, next_pow2(M)·R)``: wider than this, the launcher takes the heuristic's tile."""
 
 

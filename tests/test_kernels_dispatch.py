@@ -223,3 +223,21 @@ def test_cuda_graph_and_compile():
         assert rel(out, want) < 1e-6
         compiled = torch.compile(lambda t: lords_kernels.triton_forward(layer, t), fullgraph=True)
         assert rel(compiled(x), want) < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("M", [1, 4, 16, 64, 600])
+def test_plan_under_cuda_graphs_matches_reference(M):
+    """The plan's bound launches (every bucket, the dequant one at M = 600) replay in a graph with fresh inputs."""
+    layer = FakeLayer(N=1024, K=4096, r=12, dtype=torch.float16).cuda().requires_grad_(False)
+    x = torch.randn(M, 4096, dtype=torch.float16, device="cuda")
+    with torch.no_grad():
+        lords_kernels.triton_forward(layer, x)  # warm: compile, plan, buffers
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = lords_kernels.triton_forward(layer, x)
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+    assert rel(out, _want(layer, x)) < 2e-3  # fp16 operands

@@ -153,11 +153,70 @@ def test_backward_peft_through_cublas_skips_dx():
     assert dx is None and rel(dB, rB) < TOL[dtype] and rel(dA, rA) < TOL[dtype]
 
 
+@needs_interp_or_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("shape,cfg", [((50, 300, 7), None), ((128, 512, 16), None),
+                                       ((70, 136, 20), dict(kernel="dequant", BN=32, GROUPS=2, num_stages=1))],
+                         ids=["ragged", "even", "tiny-tiles"])
+def test_dequantize_matches_reference(shape, cfg, bits, dtype):
+    from lords_kernels.lords_matmul.dequant import dequantize
+
+    N, K, r = shape
+    qweight, grid, B, A = make_case(N, K, r, bits, dtype, device_of(), seed=N + bits)
+    w = dequantize(repack(qweight, bits, K), grid, B, A, dtype, cfg=cfg and tuning.TileConfig.of(cfg))
+    assert w.shape == (N, K) and w.dtype == dtype
+    assert rel(w, ref.dequantize(qweight, grid, B, A, bits)) < TOL[dtype]
+
+
+def test_dequantize_shares_one_scratch_buffer_grown_to_the_largest_layer():
+    from lords_kernels.lords_matmul import dequant
+
+    dequant.release_scratch()
+    dev, dt = torch.device(device_of()), torch.float16
+    small = dequant.scratch(dev, dt, 10)
+    assert dequant.scratch(dev, dt, 10).data_ptr() == small.data_ptr()
+    big = dequant.scratch(dev, dt, 100)
+    assert big.numel() == 100 and dequant.scratch(dev, dt, 50).data_ptr() == big.data_ptr()
+    assert dequant.scratch_bytes() == 200
+    dequant.scratch(dev, torch.bfloat16, 10)  # one buffer per dtype
+    assert dequant.scratch_bytes() == 220
+    dequant.release_scratch()
+    assert dequant.scratch_bytes() == 0
+
+
+def test_crossover_table_picks_dequant_per_shape(tmp_path):
+    import json
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"configs": {}, "crossover": {"640,320,4": 64}}))
+    saved = dict(tuning._CROSSOVER)
+    try:
+        tuning.load_table(str(path))
+        assert tuning.pick_config(64, 640, 320, 4, 8).kernel == "dequant"
+        assert tuning.pick_config(63, 640, 320, 4, 8).kernel != "dequant"
+        assert tuning.pick_config(64, 640, 320, 3, 8).kernel != "dequant"  # other widths: the default crossover
+        assert tuning.pick_config(tuning.DEQUANT_MIN_M, 99, 320, 4, 8).kernel == "dequant"
+    finally:
+        tuning._CROSSOVER.clear()
+        tuning._CROSSOVER.update(saved)
+
+
+def test_crossover_table_refuses_a_bad_count(tmp_path):
+    import json
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"configs": {}, "crossover": {"640,320,4": 0}}))
+    with pytest.raises(ValueError, match="640,320,4"):
+        tuning.load_table(str(path))
+
+
 # ----------------------------------------------------------------------------------------------- GPU
 
 GPU_SHAPES = [(1, 4096, 4096, 32), (1, 14336, 4096, 49), (1, 4096, 14336, 49), (1, 1024, 4096, 12),
               (4, 4096, 4096, 32), (16, 14336, 4096, 49), (64, 1024, 4096, 12), (300, 4096, 4096, 32),
-              (2048, 1000, 1000, 7), (257, 777, 555, 9), (1, 777, 555, 9)]
+              (2048, 1000, 1000, 7), (257, 777, 555, 9), (1, 777, 555, 9),
+              (4, 14336, 4096, 12)]  # block-256 parity rank: zgemv's 64-column case
 
 
 @pytest.mark.gpu
@@ -189,6 +248,26 @@ def test_forward_gpu(shape, bits, dtype):
         torch.cuda.synchronize()
         assert torch.isfinite(y).all()
         assert rel(y, want) < TOL[dtype], (cfg, rel(y, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(14336, 4096, 49), (4096, 14336, 24), (777, 555, 9)],
+                         ids=lambda s: "N{}K{}r{}".format(*s))
+def test_dequantize_gpu(shape, bits, dtype):
+    from lords_kernels.lords_matmul.dequant import dequantize
+
+    N, K, r = shape
+    qweight, grid, B, A = make_case(N, K, r, bits, dtype, "cuda", seed=bits)
+    kc = repack(qweight, bits, K)
+    want = ref.dequantize(qweight, grid, B, A, bits)
+    for cfg in (None, tuning.TileConfig("dequant", BN=64, GROUPS=8, num_warps=4, num_stages=3)):
+        torch.full((N * K + 4096,), float("nan"), dtype=dtype, device="cuda")  # freed: unwritten elements stay NaN
+        w = dequantize(kc, grid, B, A, dtype, out=torch.empty(N * K, dtype=dtype, device="cuda"), cfg=cfg)
+        assert torch.isfinite(w).all()
+        assert rel(w, want) < TOL[dtype], cfg
 
 
 @pytest.mark.gpu

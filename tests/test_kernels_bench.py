@@ -23,7 +23,8 @@ def test_bench_k16_smoke_writes_every_section(tmp_path):
     bench_k16.main(["--smoke", "--out-dir", str(tmp_path)])
     out = json.loads((tmp_path / "k16.json").read_text())
     impls = {r["impl"] for r in out["rows"]}
-    assert {"fp16", "fused", "dequant_cublas", "zgemv", "lords_cublas_bwd", "lords_fused_peft", "lords_plan"} <= impls
+    assert {"fp16", "fused", "dequant_cublas", "zgemv", "lords_cublas_bwd", "lords_fused_peft", "lords_plan",
+            "lords_plan_zgemv"} <= impls
     assert out["errors"] == {} and out["dequant"] and out["crossover"]
     assert "| N×K | M |" in (tmp_path / "k16.md").read_text()
 

@@ -77,14 +77,16 @@ def zgemv_candidates(M, N, K, r, dtype_is_fp16):
 
     import triton
 
-    if triton.next_power_of_2(M) * rank_pad(r) > ZGEMV_MAX_COLS:
+    cols = triton.next_power_of_2(M) * rank_pad(r)
+    if cols > ZGEMV_MAX_COLS:
         return []
     n_groups = -(-K // group_size(4))
     out = []
     for bn in (64, 128):
         split = max(1, min(n_groups, 16, 264 // -(-N // bn)))
         for ones in ((False, True) if dtype_is_fp16 else (False,)):
-            out.append(TileConfig("zgemv", BN=bn, split_k=split, num_warps=4, num_stages=3, ONES=ones))
+            out.append(TileConfig("zgemv", BN=bn, split_k=split, num_warps=8 if cols >= 128 or bn == 128 else 4,
+                                  num_stages=3, ONES=ones))
     return out
 
 

@@ -258,11 +258,10 @@ def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torc
     assert tiles_n <= _LOCKS
 
     if cfg.kernel == "zgemv":  # small M in one launch: A ⊙ x formed in the kernel (small_m.py)
-        from .small_m import _zgemv_kernel, zgemv_meta
+        from .small_m import _zgemv_kernel
 
-        mp, my = zgemv_meta(M, R)
         kern = _zgemv_kernel[(tiles_n, split)]
-        meta = dict(MP=mp, MY=my, BN=cfg.BN, EVEN_N=N % cfg.BN == 0, PRMT=prmt, ONES=cfg.ONES and not INTERPRET and fp16,
+        meta = dict(MP=triton.next_power_of_2(M), BN=cfg.BN, EVEN_N=N % cfg.BN == 0, PRMT=prmt, ONES=cfg.ONES and not INTERPRET and fp16,
                     **common)
 
         def run(x2, y):

@@ -4,10 +4,11 @@ For one token, LoRDS is a scale-free low-bit GEMV with ``r`` activation rows: ``
 ``y_n = Σ_j B[n, j] Z[n, j]``. For M tokens the M blocks of ``r`` rows sit side by side: column ``c = m·R + j`` of the
 second operand is ``A[j] ⊙ x_m``, so one ``(BN, T) × (T, MP·R)`` tensor-core product per K-slice serves every token,
 the code values enter it raw (no per-weight scale multiply, no per-weight cast beyond the LUT), and the only
-per-token work is the final ``Σ_j B ⊙ Z`` (a row sum at M = 1, a product with a 0/1 column selector above).
+per-token work is the final ``Σ_j B ⊙ Z`` (a row sum over each token's R columns).
 
-Compared with the M = 1 ``_gemv_kernel`` (:mod:`.forward`): ``A ⊙ x`` is formed in the kernel from ``A`` and ``x``
-tiles (L2-resident, ``R × T`` multiplies per slice against ``BN × T`` LUT work) instead of by a separate
+Compared with the M = 1 ``_gemv_kernel`` (:mod:`.forward`): ``A ⊙ x`` is formed in the kernel from compact ``Aᵀ (T, R)``
+and ``xᵀ (T, MP)`` tiles (L2-resident; broadcast to ``(T, MP·R)`` in registers, so the pipeliner stages only the
+compact tiles in shared memory; ``MP·R × T`` multiplies per slice against ``BN × T`` LUT work) instead of by a separate
 ``_xa_kernel`` launch and a ``(K, R)`` buffer, so a call is one launch and allocates nothing but ``y``; and M > 1
 works. The rank work is ``M·R`` MACs per weight against ``R + M`` for the weight-side ``gemm_t``: it pays where
 ``M·R`` stays small (block-128/256 parity ranks R = 32/16, M ≤ 4–8), which the tile table decides per cell.
@@ -25,21 +26,19 @@ from .primitives import _dot, _field, _load_codes, _lut, _lut_prmt, _split_range
 def _zgemv_kernel(x_ptr, A_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
                   M, N, K, r, n_groups, split_k, stride_xm, stride_ym, stride_lo, stride_hi, stride_bn, stride_ar,
                   HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
-                  MP: tl.constexpr, MY: tl.constexpr, BN: tl.constexpr, EVEN_N: tl.constexpr, PRMT: tl.constexpr,
+                  MP: tl.constexpr, BN: tl.constexpr, EVEN_N: tl.constexpr, PRMT: tl.constexpr,
                   ONES: tl.constexpr, DOT_FP32: tl.constexpr):
     """``y[:, rows] = Σ_j B[rows, j] ⊙ (grid[Q] · (A ⊙ x)ᵀ)[:, (m, j)]`` for ``BN`` weight rows and split ``pid_k``
-    of the code groups. ``MP``: tokens padded to a power of two; ``MY``: the selector's width (1 at M = 1, else
-    ``max(16, MP)``, the tensor cores' minimum)."""
+    of the code groups. ``MP``: tokens padded to a power of two."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     cdt = tl.float32 if DOT_FP32 else x_ptr.dtype.element_ty
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_mask = offs_n < N
     offs_j = tl.arange(0, T)
-    c = tl.arange(0, MP * R)  # columns of the second operand: token c // R, rank c % R
-    cj = c % R
-    cm = c // R
-    col_ok = (cj < r) & (cm < M)
+    offs_r = tl.arange(0, R)
+    offs_m = tl.arange(0, MP)
+    cj = tl.arange(0, MP * R) % R  # column m·R + j of the second operand: rank j of token m
     z = tl.zeros((BN, MP * R), dtype=tl.float32)
     if ONES:  # code values routed into the accumulator layout by an MMA-made tile of ones (see _gemv_kernel)
         e_n = tl.where(tl.arange(0, 16)[None, :] == 0, 1.0, 0.0) + tl.zeros((BN, 16), dtype=tl.float32)
@@ -61,27 +60,26 @@ def _zgemv_kernel(x_ptr, A_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_p
                 q = q * ones.to(q.dtype)
             k = g * (F * T) + f * T + offs_j
             k_ok = k < K
-            a = tl.load(A_ptr + cj[None, :] * stride_ar + k[:, None], mask=col_ok[None, :] & k_ok[:, None],
-                        other=0.0)  # (T, MP·R): A[j, k], repeated for every token
-            xv = tl.load(x_ptr + cm[None, :] * stride_xm + k[:, None], mask=col_ok[None, :] & k_ok[:, None],
-                         other=0.0)  # (T, MP·R): x[m, k], repeated for every rank
-            xa = (a.to(tl.float32) * xv.to(tl.float32)).to(cdt)
+            # compact tiles (what the pipeliner stages in shared memory), broadcast to (T, MP, R) in registers
+            a = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=(offs_r < r)[None, :] & k_ok[:, None],
+                        other=0.0).to(tl.float32)  # Aᵀ (T, R)
+            xv = tl.load(x_ptr + offs_m[None, :] * stride_xm + k[:, None], mask=(offs_m < M)[None, :] & k_ok[:, None],
+                         other=0.0).to(tl.float32)  # xᵀ (T, MP)
+            xa = tl.reshape(xv[:, :, None] * a[:, None, :], (T, MP * R)).to(cdt)  # column m·R + j: A[j, k]·x[m, k]
             z = _dot(q.to(cdt), xa, z, DOT_FP32)
     b = tl.load(B_ptr + offs_n[:, None] * stride_bn + cj[None, :], mask=n_mask[:, None] & (cj < r)[None, :],
                 other=0.0).to(tl.float32)  # B[n, c % R]
     zb = z * b
-    if MY == 1:
+    if MP == 1:
         y = tl.sum(zb, axis=1)[None, :]  # (1, BN)
-        offs_m = tl.zeros((1,), dtype=tl.int32)
-    else:  # per-token sums over its R columns: a product with the 0/1 selector (MP·R, MY), fp32 exact
-        sel = tl.where(cm[:, None] == tl.arange(0, MY)[None, :], 1.0, 0.0)
-        y = tl.trans(tl.dot(zb, sel, input_precision="ieee"))  # (MY, BN)
-        offs_m = tl.arange(0, MY)
-    _splitk_epilogue(y, offs_m, offs_n, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, lock_ptr, pid_n, pid_k,
+        offs_y = tl.zeros((1,), dtype=tl.int32)
+    else:  # per-token sums over its R columns
+        y = tl.trans(tl.sum(tl.reshape(zb, (BN, MP, R)), axis=2))  # (MP, BN)
+        offs_y = tl.arange(0, MP)
+    _splitk_epilogue(y, offs_y, offs_n, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, lock_ptr, pid_n, pid_k,
                      split_k, HAS_BIAS)
 
 
-def zgemv_meta(M: int, R: int) -> tuple[int, int]:
-    """``(MP, MY)`` for M tokens: MP the token count padded to a power of two, MY the selector width."""
-    mp = triton.next_power_of_2(M)
-    return mp, (1 if mp == 1 else max(16, mp))
+def zgemv_columns(M: int, R: int) -> int:
+    """Width of the second operand for M tokens at padded rank R (what ``ZGEMV_MAX_COLS`` bounds)."""
+    return triton.next_power_of_2(M) * R

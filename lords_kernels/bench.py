@@ -2,7 +2,7 @@
 4-bit memory floor from a copy bandwidth measured in the same run.
 
     python -m lords_kernels.bench                      # time everything, write outputs/reports/kernels.json (+ md/png)
-    python -m lords_kernels.bench --tune OUT.json      # sweep LoRDS tile configs, write the best per cell as a table
+    python -m lords_kernels.bench --tune OUT.json      # sweep LoRDS tile configs (lords_kernels.tune), best per cell
     python -m lords_kernels.bench --render             # md + png from an existing kernels.json (CPU is enough)
 
 Two timings per cell, in µs: ``us`` = ``triton.testing.do_bench`` median of the Python call (launch overhead
@@ -14,13 +14,11 @@ bnb and gemlite are optional peers: a missing one is skipped and named in the ou
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
 import statistics
 import sys
-import time
 import types
 
 from lords.lowrank import parity_rank
@@ -86,11 +84,12 @@ def n_copies(nbytes: int, target: int = 150 << 20, cap: int = 64) -> int:
 
 # ----------------------------------------------------------------------------------------------- implementations
 
-def lords_layers(torch, N, K, bits, copies, dtype):
+def lords_layers(torch, N, K, bits, copies, dtype, r=None):
+    """``copies`` random LoRDS layers on CUDA (rank ``r``, default the block-64 parity rank)."""
     from lords.grids import make_grid
     from lords.packing import pack_codes
 
-    r = parity_rank(N, K, BLOCK)
+    r = r or parity_rank(N, K, BLOCK)
     grid = make_grid("nf", bits).cuda()
     layers = []
     for i in range(copies):
@@ -151,87 +150,6 @@ class Peers:
             lin.pack(W_q, scales, zeros, bias=None)
             layers.append(lin)
         return [(lambda lin=lin: lin(cur["x"])) for lin in layers]
-
-
-# ----------------------------------------------------------------------------------------------- tuning
-
-def candidate_configs(M, N, K, bits):
-    """The tiles ``--tune`` times for one cell, the current pick first (timed again in the same run). The spaces
-    of earlier kernel generations are in NOTES.md, not here."""
-    from lords_kernels.lords_matmul import tuning
-    from lords_kernels.lords_matmul.layout import group_size
-    from lords_kernels.lords_matmul.tuning import TileConfig
-
-    n_groups = -(-K // group_size(bits))
-
-    def splits(tiles, lo=60, hi=1100):
-        return sorted({s for s in (1, 2, 3, 4, 6, 8, 12, 16) if s <= n_groups and lo <= tiles * s <= hi} or {1})
-
-    out = [tuning.pick_config(M, N, K, bits, parity_rank(N, K, BLOCK))]
-    if M == 1:  # gemv: tile width, split-K, operand order, code values through an MMA-made tile of ones
-        for bn in (64, 128, 256):
-            for s in splits(-(-N // bn)):
-                for nw, q_as_b, ones in ((4, True, False), (4, False, False), (4, False, True), (8, False, True)):
-                    if not (bn == 256 and nw == 4):
-                        out.append(TileConfig("gemv", BN=bn, split_k=s, num_warps=nw, num_stages=3, Q_AS_B=q_as_b,
-                                              PRMT=True, ONES=ones))
-    elif M <= 64:  # gemm_t for decode batches: one or two warpgroups of weight rows, split-K to fill the SMs
-        bm = tuning.swap_bm(M)
-        for bn, nw in ((64, 4), (128, 4), (128, 8), (256, 8)):
-            for s in splits(-(-N // bn) * -(-M // bm), lo=60, hi=600)[:4]:
-                out.append(TileConfig("gemm_t", BM=bm, BN=bn, split_k=s, num_warps=nw, num_stages=3, MUL16=True,
-                                      S16=True))
-    else:  # gemm_t for prefill: two warpgroups; split-K only where the tiles alone leave SMs idle
-        for bm in (128, 256):
-            tiles = -(-M // bm) * -(-N // 128)
-            for s in (1, 2, 4, 8):
-                for ns in (2, 3, 4):
-                    if bm <= 2 * M and s <= n_groups and (s == 1 or (tiles < 132 and ns == 3)):
-                        out.append(TileConfig("gemm_t", BM=bm, BN=128, split_k=s, num_warps=8, num_stages=ns,
-                                              MUL16=True, S16=True))
-    return out
-
-
-def tune(args, torch, triton):
-    import lords_kernels
-    from lords_kernels.lords_matmul import triton as tk
-    from lords_kernels.lords_matmul import tuning
-
-    table = {}
-    log = []
-    for N, K in SHAPES:
-        for bits in args.bits:
-            copies = n_copies(lords_bytes(N, K, bits))
-            layers = lords_layers(torch, N, K, bits, copies, torch.float16)
-            codes = [lords_kernels.kernel_codes(layer) for layer in layers]
-            for M in args.ms:
-                x = torch.randn(M, K, dtype=torch.float16, device="cuda")
-                best = first = None
-                for cfg in candidate_configs(M, N, K, bits):
-                    fns = [(lambda c=c, L=L, cfg=cfg: tk.lords_matmul(x, c, L.grid, L.B, L.A, None, cfg))
-                           for c, L in zip(codes, layers)]
-                    t0 = time.time()
-                    try:
-                        us = time_graph(torch, fns)
-                    except Exception as e:  # a config the compiler rejects (resources): skip it
-                        print(f"  skip {cfg}: {repr(e)[:120]}", flush=True)
-                        continue
-                    log.append(dict(N=N, K=K, M=M, bits=bits, cfg=dataclasses.asdict(cfg), us_graph=us,
-                                    wall=time.time() - t0))
-                    first = us if first is None else first
-                    if best is None or us < best[0]:
-                        best = (us, cfg)
-                key = f"{tuning.m_bucket(M)},{N},{K},{bits},{tuning.rank_pad(parity_rank(N, K, BLOCK))}"
-                table[key] = {k: v for k, v in dataclasses.asdict(best[1]).items() if v is not None}
-                print(f"tune N={N} K={K} bits={bits} M={M}: {best[0]:.1f} us (first candidate {first:.1f}) {best[1]}",
-                      flush=True)
-                with open(args.tune, "w") as fh:  # after every cell: a run cut short keeps what it found
-                    json.dump({"device": torch.cuda.get_device_name(), "configs": table}, fh, indent=1)
-                if args.log:
-                    with open(args.log, "w") as fh:
-                        json.dump(log, fh)
-            del layers, codes
-            torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------------------------- bench
@@ -345,6 +263,8 @@ def main(argv=None):
     p.add_argument("--table", default=os.path.join(os.path.dirname(__file__), "lords_matmul", "tuned_h100.json"),
                    help="tuning table to load (missing: built-in heuristic)")
     p.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2])
+    p.add_argument("--blocks", type=int, nargs="+", default=[64],
+                   help="with --tune: sweep at the parity rank of these block sizes")
     p.add_argument("--ms", type=int, nargs="+", default=MS)
     p.add_argument("--shapes", default=None, help="e.g. 4096x4096,1024x4096")
     p.add_argument("--peer-max-m", type=int, default=1 << 30, help="skip peers above this M")
@@ -366,6 +286,8 @@ def main(argv=None):
 
         lords_kernels.load_table(args.table)
     if args.tune:
+        from .tune import tune
+
         tune(args, torch, triton)
         return
     if args.backward:

@@ -3,6 +3,9 @@
 #   tests   GPU tests (pytest -m gpu)        tune     LoRDS tile sweep → $OUT/tuned.json
 #   bwd     forward+backward timings         bench    python -m lords_kernels.bench → $OUT/kernels.json
 #   decode  python -m lords_kernels.decode → $OUT/decode.json
+#   k16     issue 16 bench (fp16 / fused / dequant+cuBLAS / zgemv / peers, fwd+bwd) → $OUT/k16.{json,md}
+#   tune16  tile sweep at the parity ranks of $TUNE_BLOCKS (default "64 128 256") → $OUT/tuned16.json
+#   tests16 the kernel GPU tests without -q's summary cut (pytest.log)
 export PYTHONUNBUFFERED=1
 if [ -d ../.whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
@@ -18,6 +21,14 @@ for step in "$@"; do
              --shapes 4096x4096,14336x4096 2>&1 | tail -12 ;;
     bench) timeout ${BENCH_S:-400} python3 -m lords_kernels.bench --json $OUT/kernels.json --out-dir $OUT 2>&1 \
              | tee $OUT/bench.log | tail -5 ;;
+    k16) timeout ${K16_S:-530} python3 -m lords_kernels.bench_k16 --out-dir $OUT --budget-s ${K16_BUDGET:-450} \
+             2>&1 | tee $OUT/k16.log | tail -60 ;;
+    tune16) timeout ${TUNE_S:-530} python3 -m lords_kernels.bench --tune $OUT/tuned16.json --log $OUT/tunelog16.json \
+             --bits 4 --blocks ${TUNE_BLOCKS:-64 128 256} --ms ${TUNE_MS:-1 4 16 64 256} 2>&1 | grep -v "^  skip" \
+             | tail -60 ;;
+    tests16) timeout ${TEST_S:-300} python3 -m pytest -m gpu tests/test_kernels_matmul.py tests/test_kernels_dispatch.py \
+             -o addopts="" -q -n 8 -p no:cacheprovider ${TEST_K:+-k "$TEST_K"} 2>&1 | tail -30 > $OUT/pytest.log; \
+             tail -8 $OUT/pytest.log ;;
     decode) timeout ${DECODE_S:-200} python3 -m lords_kernels.decode --out-dir $OUT 2>&1 | tail -8 ;;
   esac
 done

@@ -6,8 +6,11 @@
   its autograd formula (``register_autograd``), so PEFT/QAT training runs through the same op.
 - :func:`use_triton` / :func:`use_torch` set the backend of every LoRDSLinear of one model and return it.
 
-Eager calls that need no gradient skip the custom-op dispatcher (a few µs of Python at decode) and launch the
-kernel directly; the math is the same function.
+Eager calls that need no gradient skip the custom-op dispatcher and go through the layer's :class:`LayerPlan`,
+made once per layer and kept on it: the codes in the kernels' layout, ``B``/``A``/``bias`` cast to the activation
+dtype (again only when a parameter is written), and per token-count bucket the tile choice with every launch
+argument but ``x`` and ``y`` bound (:func:`~.lords_matmul.forward.make_runner`). Per call: a freshness check
+(``qweight`` identity and version, the scales' versions), one ``torch.empty`` for ``y``, the launches.
 """
 from __future__ import annotations
 
@@ -17,24 +20,85 @@ import torch
 from torch import nn
 
 from .lords_matmul import triton as tk
+from .lords_matmul.forward import make_runner
 from .lords_matmul.layout import KernelCodes, repack
+from .lords_matmul.tuning import dequant_min_m, pick_config
 
-_CACHE_ATTR = "_lords_kernel_codes"
+_PLAN_ATTR = "_lords_plan"
+
+
+class LayerPlan:
+    """What one layer's Triton forward keeps between calls (see the module docstring). Rebuilt when ``qweight`` is
+    replaced (a device move) or written; the cast scales and bound launches when ``B``, ``A`` or ``bias`` are."""
+
+    __slots__ = ("qweight", "qversion", "codes", "grid", "N", "K", "r", "bits", "crossover", "_scales", "_runners")
+
+    def __init__(self, layer):
+        q = layer.qweight
+        self.qweight, self.qversion = q, q._version
+        self.codes = repack(q, layer.bits, layer.in_features)
+        self.grid = layer.grid
+        self.N, self.r = layer.B.shape
+        self.K, self.bits = layer.in_features, layer.bits
+        self.crossover = dequant_min_m(self.N, self.K, self.bits)
+        self._scales: dict = {}
+        self._runners: dict = {}
+
+    def fresh(self, layer) -> bool:
+        q = layer.qweight
+        return q is self.qweight and q._version == self.qversion
+
+    def scales(self, layer, dtype: torch.dtype):
+        """``(B, A, bias)`` of the layer in ``dtype``, detached, cast once per write of a parameter."""
+        B, A, bias = layer.B, layer.A, layer.bias
+        key = (B._version, B.data_ptr(), A._version, A.data_ptr(),
+               None if bias is None else (bias._version, bias.data_ptr()))
+        hit = self._scales.get(dtype)
+        if hit is None or hit[0] != key:
+            def cast(t):
+                return None if t is None else t.detach().to(dtype).contiguous()
+
+            hit = self._scales[dtype] = (key, cast(B), cast(A), cast(bias))
+            self._runners = {k: v for k, v in self._runners.items() if k[1] != dtype}  # they bound the old casts
+        return hit[1], hit[2], hit[3]
+
+    def forward(self, layer, x: torch.Tensor) -> torch.Tensor:
+        """``y = x @ W_hat.T + bias`` with no autograd; ``x (..., K)`` fp16/bf16."""
+        dtype = x.dtype
+        B, A, bias = self.scales(layer, dtype)
+        N, K = self.N, self.K
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, K)
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        M = x2.shape[0]
+        y = torch.empty(M, N, dtype=dtype, device=x.device)
+        if M == 0:
+            return y.reshape(*lead, N)
+        bucket = -1 if M >= self.crossover else (M if M <= 2 else 1 << (M - 1).bit_length())
+        run = self._runners.get((bucket, dtype))
+        if run is None:
+            cfg = pick_config(M, N, K, self.bits, self.r)
+            run = self._runners[(bucket, dtype)] = make_runner(self.codes, self.grid, B, A, bias, M, dtype, cfg)
+        run(x2, y)
+        return y.reshape(*lead, N)
+
+
+def plan_of(layer) -> LayerPlan:
+    """The layer's :class:`LayerPlan`, made on first use and kept on the layer (re-made if ``qweight`` was
+    replaced or written since). It reads the tile table and the crossover when made: ``load_table`` first."""
+    plan = layer.__dict__.get(_PLAN_ATTR)
+    if plan is not None and (torch.compiler.is_compiling() or plan.fresh(layer)):
+        return plan
+    plan = LayerPlan(layer)
+    layer.__dict__[_PLAN_ATTR] = plan
+    return plan
 
 
 def kernel_codes(layer) -> KernelCodes:
     """The layer's codes in the kernels' layout, repacked once and cached on the layer (re-made if
     ``qweight`` was written since or moved device)."""
-    q = layer.qweight
-    cached = getattr(layer, _CACHE_ATTR, None)
-    if cached is not None and torch.compiler.is_compiling():
-        return cached[1]
-    key = (q.device, q.data_ptr(), q._version)
-    if cached is None or cached[0] != key:
-        codes = repack(q, layer.bits, layer.in_features)
-        setattr(layer, _CACHE_ATTR, (key, codes))
-        cached = (key, codes)
-    return cached[1]
+    return plan_of(layer).codes
 
 
 # ------------------------------------------------------------------------------------------- custom ops
@@ -114,19 +178,24 @@ def triton_forward(layer, x: torch.Tensor) -> torch.Tensor:
 
     ``x (..., in_features)`` fp16 or bf16 (fp32 inputs run in bf16 and come back fp32); CUDA tensors, or CPU
     tensors under ``TRITON_INTERPRET=1``."""
-    if x.shape[-1] != layer.in_features:
+    plan = plan_of(layer)
+    if x.shape[-1] != plan.K:
         from lords.errors import ShapeError
 
-        raise ShapeError(f"input has {x.shape[-1]} features, layer expects {layer.in_features}")
+        raise ShapeError(f"input has {x.shape[-1]} features, layer expects {plan.K}")
     if not x.is_cuda and not tk.INTERPRET:
         from lords.errors import ConfigError
 
         raise ConfigError("backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before importing kernels); "
                           "use backend 'torch' or 'auto' on the CPU")
-    codes = kernel_codes(layer)
-    if x.dtype == torch.float32:
-        return lords_linear(x.to(torch.bfloat16), codes, layer.grid, layer.B, layer.A, layer.bias).float()
-    return lords_linear(x, codes, layer.grid, layer.B, layer.A, layer.bias)
+    dtype = x.dtype
+    if dtype == torch.float32:
+        return triton_forward(layer, x.to(torch.bfloat16)).float()
+    if torch.is_grad_enabled() and (x.requires_grad or layer.B.requires_grad or layer.A.requires_grad
+                                    or (layer.bias is not None and layer.bias.requires_grad)) \
+            or torch.compiler.is_compiling():
+        return lords_linear(x, plan.codes, layer.grid, layer.B, layer.A, layer.bias)
+    return plan.forward(layer, x)
 
 
 def _triton_or_reference(layer, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +224,7 @@ def use_triton(model: nn.Module, cpu_fallback: bool = False) -> nn.Module:
     fn = _triton_or_reference if cpu_fallback else triton_forward
     for m in _lords_layers(model):
         m.set_backend(fn)
-        kernel_codes(m)
+        plan_of(m)
     return model
 
 

@@ -140,6 +140,69 @@ def test_use_triton_and_use_torch_switch_one_model():
     assert rel(y_triton, y_torch) < 3 * TOL
 
 
+def _want(layer, x):
+    return ref.lords_matmul(x, layer.qweight, layer.grid, layer.B.detach(), layer.A.detach(),
+                            None if layer.bias is None else layer.bias.detach(), layer.bits)
+
+
+def test_plan_is_made_once_and_reused_across_calls():
+    layer = FakeLayer(dtype=torch.float32).to(DEV).requires_grad_(False)  # fp32 scales: cast once per dtype
+    x = torch.randn(1, 72, dtype=torch.float16, device=DEV)
+    y1 = lords_kernels.triton_forward(layer, x)
+    plan = lords_kernels.plan_of(layer)
+    casts, runners = dict(plan._scales), dict(plan._runners)
+    y2 = lords_kernels.triton_forward(layer, x)
+    assert lords_kernels.plan_of(layer) is plan
+    assert plan._scales[torch.float16][1] is casts[torch.float16][1]  # B cast not redone
+    assert plan._runners == runners and len(runners) == 1  # launch arguments bound once per bucket
+    assert torch.equal(y1, y2) and rel(y1, _want(layer, x)) < 2e-3  # fp16 operands
+
+
+def test_plan_follows_writes_to_the_scales_and_codes():
+    layer = FakeLayer(dtype=torch.float16).to(DEV).requires_grad_(False)
+    x = torch.randn(3, 72, dtype=torch.float16, device=DEV)
+    lords_kernels.triton_forward(layer, x)
+    layer.B.mul_(2.0)  # in place: the cached cast and the bound launches must follow
+    assert rel(lords_kernels.triton_forward(layer, x), _want(layer, x)) < 2e-3
+    layer.A.copy_(torch.rand_like(layer.A) + 0.5)
+    assert rel(lords_kernels.triton_forward(layer, x), _want(layer, x)) < 2e-3
+    layer.qweight.copy_(pack_codes(torch.randint(0, 16, (40, 72)), 4))
+    assert rel(lords_kernels.triton_forward(layer, x), _want(layer, x)) < 2e-3
+
+
+@pytest.fixture
+def low_crossover():
+    """The FakeLayer shape (40 x 72, 4 bits) crosses over to dequantize + cuBLAS from 8 tokens."""
+    from lords_kernels.lords_matmul import tuning
+
+    saved = dict(tuning._CROSSOVER)
+    tuning._CROSSOVER["40,72,4"] = 8
+    yield 8
+    tuning._CROSSOVER.clear()
+    tuning._CROSSOVER.update(saved)
+
+
+def test_plan_takes_dequant_and_cublas_from_the_crossover(low_crossover):
+    layer = FakeLayer(dtype=torch.bfloat16).to(DEV).requires_grad_(False)
+    plan = lords_kernels.plan_of(layer)
+    for M in (low_crossover - 1, low_crossover, 3 * low_crossover):
+        x = torch.randn(M, 72, dtype=torch.bfloat16, device=DEV)
+        assert rel(lords_kernels.triton_forward(layer, x), _want(layer, x)) < TOL
+    assert (-1, torch.bfloat16) in plan._runners  # the dequant bucket, shared by every M above the crossover
+
+
+def test_training_above_the_crossover_matches_reference_gradients(low_crossover):
+    layer = FakeLayer(bits=4).to(DEV)
+    x = torch.randn(2, 2 * low_crossover, 72, dtype=torch.bfloat16, device=DEV, requires_grad=True)
+    y = lords_kernels.triton_forward(layer, x)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    rx, rB, rA = ref.lords_matmul_backward(dy, x.detach(), layer.qweight, layer.grid, layer.B.detach(),
+                                           layer.A.detach(), 4)
+    assert rel(y, _want(layer, x.detach())) < TOL
+    assert rel(x.grad, rx) < TOL and rel(layer.B.grad, rB) < TOL and rel(layer.A.grad, rA) < TOL
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_and_compile():
@@ -160,3 +223,21 @@ def test_cuda_graph_and_compile():
         assert rel(out, want) < 1e-6
         compiled = torch.compile(lambda t: lords_kernels.triton_forward(layer, t), fullgraph=True)
         assert rel(compiled(x), want) < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("M", [1, 4, 16, 64, 600])
+def test_plan_under_cuda_graphs_matches_reference(M):
+    """The plan's bound launches (every bucket, the dequant one at M = 600) replay in a graph with fresh inputs."""
+    layer = FakeLayer(N=1024, K=4096, r=12, dtype=torch.float16).cuda().requires_grad_(False)
+    x = torch.randn(M, 4096, dtype=torch.float16, device="cuda")
+    with torch.no_grad():
+        lords_kernels.triton_forward(layer, x)  # warm: compile, plan, buffers
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = lords_kernels.triton_forward(layer, x)
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+    assert rel(out, _want(layer, x)) < 2e-3  # fp16 operands

@@ -69,7 +69,9 @@ CPU_CONFIGS = [None, dict(kernel="gemm_t", BM=16, BN=32, split_k=3, num_warps=4,
                dict(kernel="gemv", BN=32, split_k=2, num_warps=4, num_stages=1),
                dict(kernel="gemm_t", BM=16, BN=32, split_k=2, num_warps=4, num_stages=1, MUL16=True),
                dict(kernel="gemm_t", BM=32, BN=64, split_k=1, num_warps=4, num_stages=1),
-               dict(kernel="dequant", BN=128)]
+               dict(kernel="dequant", BN=128),
+               dict(kernel="zgemv", BN=32, split_k=2, num_warps=4, num_stages=1),
+               dict(kernel="zgemv", BN=64, split_k=1, num_warps=4, num_stages=1)]
 
 
 @needs_interp_or_cuda
@@ -123,24 +125,98 @@ def test_backward_matches_reference(shape, bits, dtype):
 
 
 @needs_interp_or_cuda
-@pytest.mark.parametrize("bits", [3, 4])
-def test_backward_dx_through_the_dequantized_weight_matches_reference(bits, monkeypatch):
-    from lords_kernels.lords_matmul import backward
-
-    monkeypatch.setattr(backward, "DEQUANT_MIN_M", 1)  # the prefill-sized path, on a small case
-    dev, dtype = device_of(), DTYPES[0]
-    qweight, grid, B, A = make_case(50, 136, 6, bits, dtype, dev, seed=3)
-    x, dy = torch.randn(9, 136, dtype=dtype, device=dev), torch.randn(9, 50, dtype=dtype, device=dev)
-    dx, _, _ = tk.lords_matmul_backward(dy, x, repack(qweight, bits, 136), grid, B, A, need_dBA=False)
-    rx, _, _ = ref.lords_matmul_backward(dy, x, qweight, grid, B, A, bits)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(9, 50, 136, 6), (33, 130, 300, 20)], ids=["M9", "M33"])
+def test_backward_through_cublas_matches_reference(shape, bits, dtype):
+    """dx through the dequantized weight, dB and dA from cuBLAS's dyᵀx and the fused ⊙Q reduction."""
+    M, N, K, r = shape
+    dev = device_of()
+    qweight, grid, B, A = make_case(N, K, r, bits, dtype, dev, seed=3 + bits)
+    x, dy = torch.randn(M, K, dtype=dtype, device=dev), torch.randn(M, N, dtype=dtype, device=dev)
+    dx, dB, dA = tk.lords_matmul_backward(dy, x, repack(qweight, bits, K), grid, B, A, cublas=True)
+    rx, rB, rA = ref.lords_matmul_backward(dy, x, qweight, grid, B, A, bits)
+    assert dx.shape == x.shape and dB.shape == (N, r) and dA.shape == (r, K)
     assert rel(dx, rx) < TOL[dtype]
+    # dyᵀx is rounded to the operand dtype (as cuBLAS returns dW of a plain fp16/bf16 linear), then dS ⊙ Q: same bound
+    assert rel(dB, rB) < TOL[dtype]
+    assert rel(dA, rA) < TOL[dtype]
+
+
+@needs_interp_or_cuda
+def test_backward_peft_through_cublas_skips_dx():
+    dev, dtype = device_of(), torch.bfloat16
+    qweight, grid, B, A = make_case(40, 72, 5, 4, dtype, dev)
+    x, dy = torch.randn(6, 72, dtype=dtype, device=dev), torch.randn(6, 40, dtype=dtype, device=dev)
+    dx, dB, dA = tk.lords_matmul_backward(dy, x, repack(qweight, 4, 72), grid, B, A, need_dx=False, cublas=True)
+    _, rB, rA = ref.lords_matmul_backward(dy, x, qweight, grid, B, A, 4)
+    assert dx is None and rel(dB, rB) < TOL[dtype] and rel(dA, rA) < TOL[dtype]
+
+
+@needs_interp_or_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("shape,cfg", [((50, 300, 7), None), ((128, 512, 16), None),
+                                       ((70, 136, 20), dict(kernel="dequant", BN=32, GROUPS=2, num_stages=1))],
+                         ids=["ragged", "even", "tiny-tiles"])
+def test_dequantize_matches_reference(shape, cfg, bits, dtype):
+    from lords_kernels.lords_matmul.dequant import dequantize
+
+    N, K, r = shape
+    qweight, grid, B, A = make_case(N, K, r, bits, dtype, device_of(), seed=N + bits)
+    w = dequantize(repack(qweight, bits, K), grid, B, A, dtype, cfg=cfg and tuning.TileConfig.of(cfg))
+    assert w.shape == (N, K) and w.dtype == dtype
+    assert rel(w, ref.dequantize(qweight, grid, B, A, bits)) < TOL[dtype]
+
+
+def test_dequantize_shares_one_scratch_buffer_grown_to_the_largest_layer():
+    from lords_kernels.lords_matmul import dequant
+
+    dequant.release_scratch()
+    dev, dt = torch.device(device_of()), torch.float16
+    small = dequant.scratch(dev, dt, 10)
+    assert dequant.scratch(dev, dt, 10).data_ptr() == small.data_ptr()
+    big = dequant.scratch(dev, dt, 100)
+    assert big.numel() == 100 and dequant.scratch(dev, dt, 50).data_ptr() == big.data_ptr()
+    assert dequant.scratch_bytes() == 200
+    dequant.scratch(dev, torch.bfloat16, 10)  # one buffer per dtype
+    assert dequant.scratch_bytes() == 220
+    dequant.release_scratch()
+    assert dequant.scratch_bytes() == 0
+
+
+def test_crossover_table_picks_dequant_per_shape(tmp_path):
+    import json
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"configs": {}, "crossover": {"640,320,4": 64}}))
+    saved = dict(tuning._CROSSOVER)
+    try:
+        tuning.load_table(str(path))
+        assert tuning.pick_config(64, 640, 320, 4, 8).kernel == "dequant"
+        assert tuning.pick_config(63, 640, 320, 4, 8).kernel != "dequant"
+        assert tuning.pick_config(64, 640, 320, 3, 8).kernel != "dequant"  # other widths: the default crossover
+        assert tuning.pick_config(tuning.DEQUANT_MIN_M, 99, 320, 4, 8).kernel == "dequant"
+    finally:
+        tuning._CROSSOVER.clear()
+        tuning._CROSSOVER.update(saved)
+
+
+def test_crossover_table_refuses_a_bad_count(tmp_path):
+    import json
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"configs": {}, "crossover": {"640,320,4": 0}}))
+    with pytest.raises(ValueError, match="640,320,4"):
+        tuning.load_table(str(path))
 
 
 # ----------------------------------------------------------------------------------------------- GPU
 
 GPU_SHAPES = [(1, 4096, 4096, 32), (1, 14336, 4096, 49), (1, 4096, 14336, 49), (1, 1024, 4096, 12),
               (4, 4096, 4096, 32), (16, 14336, 4096, 49), (64, 1024, 4096, 12), (300, 4096, 4096, 32),
-              (2048, 1000, 1000, 7), (257, 777, 555, 9), (1, 777, 555, 9)]
+              (2048, 1000, 1000, 7), (257, 777, 555, 9), (1, 777, 555, 9),
+              (4, 14336, 4096, 12)]  # block-256 parity rank: zgemv's 64-column case
 
 
 @pytest.mark.gpu
@@ -157,11 +233,14 @@ def test_forward_gpu(shape, bits, dtype):
     want = ref.lords_matmul(x, qweight, grid, B, A, bias, bits)
     swap = dict(kernel="gemm_t", BM=16 if M <= 16 else 64, BN=64, num_warps=4, num_stages=3, MUL16=True)
     ones = dict(kernel="gemv", BN=128, num_warps=4, num_stages=3, Q_AS_B=False, ONES=True)
+    z = dict(kernel="zgemv", BN=64, num_warps=4, num_stages=3, ONES=True)
     kinds = [(None, None), (3, None), (1, "gemm_t"), (3, "gemm_t")] + ([(1, "ones"), (2, "ones")] if M == 1 else [])
+    if M <= 64:  # zgemv (the launcher falls back where M·R is too wide)
+        kinds += [(1, "zgemv"), (4, "zgemv")]
     for split, kind in kinds:
         cfg = None
         if split is not None:
-            base = {"gemm_t": swap, "ones": ones}.get(kind) or tuning.pick_config(M, N, K, bits, r)
+            base = {"gemm_t": swap, "ones": ones, "zgemv": z}.get(kind) or tuning.pick_config(M, N, K, bits, r)
             cfg = dict(dataclasses.asdict(tuning.TileConfig.of(base)), split_k=split)
         poison = torch.full((M * N + 4096,), float("nan"), dtype=dtype, device="cuda")
         del poison  # the allocator hands this block back: an unwritten output element stays NaN
@@ -169,6 +248,26 @@ def test_forward_gpu(shape, bits, dtype):
         torch.cuda.synchronize()
         assert torch.isfinite(y).all()
         assert rel(y, want) < TOL[dtype], (cfg, rel(y, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(14336, 4096, 49), (4096, 14336, 24), (777, 555, 9)],
+                         ids=lambda s: "N{}K{}r{}".format(*s))
+def test_dequantize_gpu(shape, bits, dtype):
+    from lords_kernels.lords_matmul.dequant import dequantize
+
+    N, K, r = shape
+    qweight, grid, B, A = make_case(N, K, r, bits, dtype, "cuda", seed=bits)
+    kc = repack(qweight, bits, K)
+    want = ref.dequantize(qweight, grid, B, A, bits)
+    for cfg in (None, tuning.TileConfig("dequant", BN=64, GROUPS=8, num_warps=4, num_stages=3)):
+        torch.full((N * K + 4096,), float("nan"), dtype=dtype, device="cuda")  # freed: unwritten elements stay NaN
+        w = dequantize(kc, grid, B, A, dtype, out=torch.empty(N * K, dtype=dtype, device="cuda"), cfg=cfg)
+        assert torch.isfinite(w).all()
+        assert rel(w, want) < TOL[dtype], cfg
 
 
 @pytest.mark.gpu
@@ -182,8 +281,9 @@ def test_backward_gpu(shape, bits):
     qweight, grid, B, A = make_case(N, K, r, bits, dtype, "cuda", seed=bits)
     x = torch.randn(M, K, dtype=dtype, device="cuda")
     dy = torch.randn(M, N, dtype=dtype, device="cuda")
-    dx, dB, dA = tk.lords_matmul_backward(dy, x, repack(qweight, bits, K), grid, B, A)
     rx, rB, rA = ref.lords_matmul_backward(dy, x, qweight, grid, B, A, bits)
-    assert rel(dx, rx) < TOL[dtype]
-    assert rel(dB, rB) < TOL[dtype]
-    assert rel(dA, rA) < TOL[dtype]
+    for cublas in (False, True):
+        dx, dB, dA = tk.lords_matmul_backward(dy, x, repack(qweight, bits, K), grid, B, A, cublas=cublas)
+        assert rel(dx, rx) < TOL[dtype], cublas
+        assert rel(dB, rB) < TOL[dtype], cublas
+        assert rel(dA, rA) < TOL[dtype], cublas

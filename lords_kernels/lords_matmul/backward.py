@@ -3,7 +3,12 @@
 - ``_dx_kernel``: ``dx = dy · W_hat``, rebuilding ``W_hat`` tiles on chip as the forward does, summed over N.
 - ``_ds_kernel``: ``dS = (dyᵀ x) ⊙ grid[Q]`` per ``(BN, T)`` tile on chip, reduced at once into ``dB = dS Aᵀ``
   (kept in registers along K) and ``dA = Bᵀ dS`` (one fp32 partial per N-block, summed after). ``dS`` never
-  reaches memory. The math is :mod:`.reference`'s.
+  reaches memory. Used below the crossover (small M).
+- From the crossover (``tuning.dequant_min_m``) on, both products go through cuBLAS instead: ``dx = dy · W_hat``
+  with ``W_hat`` dequantized into the shared scratch buffer, then ``G = dyᵀ x`` into the same buffer (in the
+  activation dtype, as cuBLAS returns ``dW`` of a plain fp16/bf16 ``nn.Linear``) and ``_dsred_kernel`` reads ``G``
+  once: ``dS = G ⊙ grid[Q]`` on chip, ``dB`` kept in registers along its K range, ``dA`` one fp32 partial per
+  N-block. The math is :mod:`.reference`'s.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import triton.language as tl
 
 from .layout import T, KernelCodes
 from .primitives import INTERPRET, _dot, _field, _load_codes, _lut, _mm
-from .tuning import DEQUANT_MIN_M, rank_pad
+from .tuning import dequant_min_m, rank_pad
 
 
 @triton.jit(do_not_specialize=["M", "r"])
@@ -98,9 +103,78 @@ def _ds_kernel(dy_ptr, x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr,
     tl.store(dB_ws_ptr + pid_k * N * R + offs_n[:, None] * R + offs_r[None, :], dB, mask=n_mask[:, None])
 
 
+@triton.jit(do_not_specialize=["r", "n_slices", "slices_per"])
+def _dsred_kernel(g_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr, dA_ws_ptr, N, K, r, n_slices, slices_per,
+                  stride_gn, stride_lo, stride_hi, stride_bn, stride_ar,
+                  BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr, BN: tl.constexpr,
+                  DOT_FP32: tl.constexpr):
+    """For N-block ``pid_n`` and the K slices of split ``pid_k``: ``dS = G ⊙ grid[Q]`` per ``(BN, T)`` tile (fp32,
+    then the operand dtype of the two rank products), ``dB_ws[pid_k, rows] = Σ dS Aᵀ`` and
+    ``dA_ws[pid_n, :, slice] = Bᵀ dS`` (fp32 partials)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    cdt = tl.float32 if DOT_FP32 else g_ptr.dtype.element_ty
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    n_mask = offs_n < N
+    offs_j = tl.arange(0, T)
+    offs_r = tl.arange(0, R)
+    r_mask = offs_r < r
+    bt = tl.load(B_ptr + offs_r[:, None] + offs_n[None, :] * stride_bn, mask=r_mask[:, None] & n_mask[None, :],
+                 other=0.0).to(cdt)  # Bᵀ (R, BN)
+    dB = tl.zeros((BN, R), dtype=tl.float32)
+    kt0 = pid_k * slices_per
+    kt1 = tl.minimum(kt0 + slices_per, n_slices)
+    for kt in range(kt0, kt1):
+        g = kt // F
+        f = kt % F
+        k = g * (F * T) + f * T + offs_j
+        k_mask = k < K
+        gt = tl.load(g_ptr + offs_n[:, None] * stride_gn + k[None, :], mask=n_mask[:, None] & k_mask[None, :],
+                     other=0.0)  # G (BN, T)
+        lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T)
+        ds = (gt.to(tl.float32) * _lut(grid_ptr, _field(lo, hi, f, BITS)).to(tl.float32)).to(cdt)
+        at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
+                     other=0.0).to(cdt)  # Aᵀ (T, R)
+        dB = _dot(ds, at, dB, DOT_FP32)
+        dA = _mm(bt, ds, DOT_FP32)  # (R, T)
+        tl.store(dA_ws_ptr + pid_n * R * K + offs_r[:, None] * K + k[None, :], dA,
+                 mask=r_mask[:, None] & k_mask[None, :])
+    tl.store(dB_ws_ptr + pid_k * N * R + offs_n[:, None] * R + offs_r[None, :], dB, mask=n_mask[:, None])
+
+
+def _rank_grads_cublas(dy2, x2, codes: KernelCodes, grid, B, A, hi, bn: int = 128):
+    """``(dB (N, r), dA (r, K))`` fp32 from ``G = dyᵀx`` (cuBLAS, into the shared scratch buffer) and
+    :func:`_dsred_kernel`. Transient memory besides the scratch buffer: the dA partials ``(⌈N/bn⌉, R, K)`` and the
+    dB partials ``(splits, N, R)``, fp32: 112 + 11 MiB at 14336 × 4096, R = 64, bn = 128."""
+    from .dequant import scratch
+
+    N, r = B.shape
+    K, bits = codes.K, codes.bits
+    R = rank_pad(r)
+    F = 8 // (2 if bits == 3 else bits)
+    G = scratch(dy2.device, dy2.dtype, N * K)[: N * K].view(N, K)
+    torch.mm(dy2.t(), x2, out=G)
+    n_slices = codes.k_pad // T
+    n_blocks = triton.cdiv(N, bn)
+    split = max(1, min(n_slices, triton.cdiv(264, n_blocks)))
+    per = triton.cdiv(n_slices, split)
+    split = triton.cdiv(n_slices, per)
+    dB_ws = torch.empty(split, N, R, dtype=torch.float32, device=dy2.device)
+    dA_ws = torch.empty(n_blocks, R, K, dtype=torch.float32, device=dy2.device)
+    _dsred_kernel[(n_blocks, split)](
+        G, codes.lo, hi, grid, B, A, dB_ws, dA_ws, N, K, r, n_slices, per, G.stride(0), codes.lo.stride(0),
+        hi.stride(0), B.stride(0), A.stride(0), BITS=bits, T=T, F=F, R=R, BN=bn, DOT_FP32=INTERPRET,
+        num_warps=8 if bn >= 128 else 4, num_stages=3)
+    return dB_ws.sum(0)[:, :r], dA_ws.sum(0)[:r]
+
+
 def lords_matmul_backward(dy: torch.Tensor, x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor,
-                          B: torch.Tensor, A: torch.Tensor, need_dx: bool = True, need_dBA: bool = True):
-    """``(dx (..., K) in x.dtype | None, dB (N, r) fp32 | None, dA (r, K) fp32 | None)``; see reference."""
+                          B: torch.Tensor, A: torch.Tensor, need_dx: bool = True, need_dBA: bool = True,
+                          cublas: bool | None = None):
+    """``(dx (..., K) in x.dtype | None, dB (N, r) fp32 | None, dA (r, K) fp32 | None)``; see reference.
+
+    ``cublas``: route ``dx`` and ``dyᵀx`` through cuBLAS (True), the fused kernels (False), or pick by the shape's
+    crossover (None)."""
     K = codes.K
     N, r = B.shape
     bits = codes.bits
@@ -117,7 +191,9 @@ def lords_matmul_backward(dy: torch.Tensor, x: torch.Tensor, codes: KernelCodes,
     n_slices = codes.k_pad // T
     dx = dB = dA = None
     big = M >= 256
-    if need_dx and M >= DEQUANT_MIN_M:  # W_hat once into the shared buffer, then cuBLAS
+    if cublas is None:
+        cublas = M >= dequant_min_m(N, K, bits)
+    if need_dx and cublas:  # W_hat once into the shared buffer, then cuBLAS
         from .dequant import dequantize
 
         dx = torch.mm(dy2, dequantize(codes, grid, B.to(dy.dtype), A.to(dy.dtype), dy.dtype)).reshape(*x.shape[:-1], K)
@@ -130,6 +206,9 @@ def lords_matmul_backward(dy: torch.Tensor, x: torch.Tensor, codes: KernelCodes,
             hi.stride(0), B.stride(0), A.stride(0), BITS=bits, T=T, F=F, R=R, BM=bm, BN=64,
             DOT_FP32=INTERPRET, num_warps=8 if big else 4, num_stages=3)
         dx = dx.reshape(*x.shape[:-1], K)
+    if need_dBA and cublas:  # after dx: G = dyᵀx reuses the buffer W_hat was in
+        dB, dA = _rank_grads_cublas(dy2, x2, codes, grid, B.to(dy.dtype), A.to(dy.dtype), hi)
+        need_dBA = False
     if need_dBA:
         bn = 128
         n_blocks = triton.cdiv(N, bn)

@@ -11,6 +11,8 @@ split) sums them, adds the bias and writes ``y``: one launch, no memset. The mat
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -146,6 +148,8 @@ def _gemm_t_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_
 
 _SCRATCH: dict = {}
 _LOCKS = 1 << 16
+ZGEMV_MAX_COLS = 256
+"""zgemv's second operand is ``(T, next_pow2(M)·R)``: wider than this, the launcher takes the heuristic's tile."""
 
 
 def _scratch(device: torch.device, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,9 +191,122 @@ def prmt_table(grid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return hit[1]
 
 
+def _xa_buffer(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tensor:
+    """The gemv's ``(A ⊙ x)ᵀ`` buffer, one per device and dtype, shared by every layer (grown on demand)."""
+    key = ("xa", device.type, device.index, dtype)
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = _SCRATCH[key] = torch.empty(numel, dtype=dtype, device=device)
+    return buf
+
+
+Runner = Callable[[torch.Tensor, torch.Tensor], None]
+"""``run(x2 (M, K) row-contiguous, y (M, N))``: one layer's launches for a tile choice, everything else bound."""
+
+
+def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torch.Tensor, bias: torch.Tensor | None,
+                M: int, dtype: torch.dtype, cfg: TileConfig) -> Runner:
+    """Bind every launch argument that does not depend on the call's ``x``/``y`` (tile constants, strides, LUT
+    tables, code tensors) for token counts that share ``M``'s tile choice; what a layer's plan caches.
+    ``B (N, r)``, ``A (r, K)``, ``bias (N,)`` already in ``dtype``."""
+    K, bits = codes.K, codes.bits
+    N, r = B.shape
+    R = rank_pad(r)
+    device = B.device
+    n_groups = codes.k_pad // group_size(bits)
+    split = max(1, min(cfg.split_k, n_groups))
+    F = 8 // (2 if bits == 3 else bits)
+    lo = codes.lo
+    hi = codes.hi if bits == 3 else codes.lo
+    A = A if A.stride(-1) == 1 else A.contiguous()
+    B = B if B.stride(-1) == 1 else B.contiguous()
+    has_bias = bias is not None
+    common = dict(HAS_BIAS=has_bias, BITS=bits, T=T, F=F, R=R, DOT_FP32=INTERPRET,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if cfg.kernel == "zgemv" and triton.next_power_of_2(M) * R > ZGEMV_MAX_COLS:
+        cfg = default_config(M, N, K, bits, r)  # M·R too wide for one accumulator tile: the weight-side kernel
+    if cfg.kernel == "gemv" and M != 1:
+        cfg = default_config(M, N, K, bits, r)  # a gemv tile asked for M > 1: the heuristic's gemm_t tile
+    fp16 = dtype == torch.float16
+
+    if cfg.kernel == "dequant":  # prefill: W_hat once into the shared buffer, then cuBLAS
+        from .dequant import _dequant_kernel, dequant_launch, scratch
+
+        launch, n_g, meta = dequant_launch(codes, N, r, cfg)
+        dq = _dequant_kernel[launch]
+        tab = prmt_table(grid, dtype) if meta["PRMT"] else grid
+        view = [None, None]  # (buffer, its (N, K) view): re-made only when the shared buffer is replaced
+
+        def run(x2, y):
+            buf = scratch(device, dtype, N * K)
+            if view[0] is not buf:
+                view[:] = [buf, buf[: N * K].view(N, K)]
+            w = view[1]
+            dq(lo, hi, grid, tab, B, A, w, N, K, r, n_g, lo.stride(0), hi.stride(0), B.stride(0), A.stride(0), K,
+               **meta)
+            if has_bias:
+                torch.addmm(bias, x2, w.t(), out=y)
+            else:
+                torch.mm(x2, w.t(), out=y)
+        return run
+
+    prmt = (cfg.PRMT if cfg.PRMT is not None else (bits != 3 or cfg.kernel != "gemm_t")) and not INTERPRET
+    tab = prmt_table(grid, dtype) if prmt else None
+    # the gathered code values feed the tensor cores directly: fetch them in the operand dtype
+    g_op = grid if INTERPRET else grid_as(grid, dtype)
+    tiles_n = triton.cdiv(N, cfg.BN)
+    assert tiles_n <= _LOCKS
+
+    if cfg.kernel == "zgemv":  # small M in one launch: A ⊙ x formed in the kernel (small_m.py)
+        from .small_m import _zgemv_kernel
+
+        kern = _zgemv_kernel[(tiles_n, split)]
+        meta = dict(MP=triton.next_power_of_2(M), BN=cfg.BN, EVEN_N=N % cfg.BN == 0, PRMT=prmt, ONES=cfg.ONES and not INTERPRET and fp16,
+                    **common)
+
+        def run(x2, y):
+            m = x2.shape[0]
+            ws, locks = _scratch(device, split * m * N if split > 1 else 1)
+            kern(x2, A, lo, hi, g_op, locks if tab is None else tab, B, bias if has_bias else y, y, ws, locks, m, N,
+                 K, r, n_groups, split, x2.stride(0), y.stride(0), lo.stride(0), hi.stride(0), B.stride(0),
+                 A.stride(0), **meta)
+        return run
+
+    if cfg.kernel == "gemv":  # M = 1: (A ⊙ x)ᵀ by _xa_kernel, then the gemv
+        xdt = torch.float32 if INTERPRET else dtype
+        xa_kern = _xa_kernel[(codes.k_pad // 64,)]
+        kern = _gemv_kernel[(tiles_n, split)]
+        meta = dict(BN=cfg.BN, Q_AS_B=cfg.Q_AS_B, EVEN_N=N % cfg.BN == 0, PRMT=prmt,
+                    ONES=cfg.ONES and not INTERPRET and fp16, **common)
+
+        def run(x2, y):
+            ws, locks = _scratch(device, split * N if split > 1 else 1)
+            xa = _xa_buffer(device, xdt, codes.k_pad * R)
+            xa_kern(x2, A, xa, K, r, A.stride(0), R=R, BK=64, num_warps=4)
+            kern(xa, lo, hi, g_op, locks if tab is None else tab, B, bias if has_bias else y, y, ws, locks,
+                 N, r, n_groups, split, lo.stride(0), hi.stride(0), B.stride(0), **meta)
+        return run
+
+    # gemm_t
+    bm, bn = cfg.BM, cfg.BN
+    gm = _gemm_t_kernel
+    meta = dict(BM=bm, BN=bn, GROUP_M=cfg.GROUP_M, PRMT=prmt, MUL16=cfg.MUL16, S16=cfg.S16 and fp16, **common)
+
+    def run(x2, y):
+        m = x2.shape[0]
+        tiles = triton.cdiv(m, bm) * tiles_n
+        assert tiles <= _LOCKS
+        ws, locks = _scratch(device, split * m * N if split > 1 else 1)
+        gm[(tiles, split)](x2, lo, hi, grid, locks if tab is None else tab, B, A, bias if has_bias else y, y, ws,
+                           locks, m, N, K, r, n_groups, split, x2.stride(0), y.stride(0), lo.stride(0), hi.stride(0),
+                           B.stride(0), A.stride(0), **meta)
+    return run
+
+
 def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torch.Tensor,
                  bias: torch.Tensor | None, config: TileConfig | dict | None = None) -> torch.Tensor:
-    """``y (..., N) = x @ W_hat.T + bias`` in ``x.dtype``; ``x (..., K)`` fp16/bf16, ``B (N, r)``, ``A (r, K)``."""
+    """``y (..., N) = x @ W_hat.T + bias`` in ``x.dtype``; ``x (..., K)`` fp16/bf16, ``B (N, r)``, ``A (r, K)``,
+    ``bias (N,)`` in ``x.dtype``. ``config``: a tile choice, else the table's or the heuristic's."""
     K = codes.K
     N, r = B.shape
     lead = x.shape[:-1]
@@ -200,52 +317,6 @@ def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: tor
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0:
         return y.reshape(*lead, N)
-    bits = codes.bits
-    R = rank_pad(r)
-    cfg = TileConfig.of(config) if config is not None else pick_config(M, N, K, bits, r)
-    if cfg.kernel == "dequant":  # prefill: W_hat once into the shared buffer, then cuBLAS
-        from .dequant import dequantize
-
-        w = dequantize(codes, grid, B, A, x.dtype)
-        if bias is None:
-            return torch.mm(x2, w.t(), out=y).reshape(*lead, N)
-        return torch.addmm(bias.to(x.dtype), x2, w.t(), out=y).reshape(*lead, N)
-    n_groups = codes.k_pad // group_size(bits)
-    split = max(1, min(cfg.split_k, n_groups))
-    F = 8 // (2 if bits == 3 else bits)
-    hi = codes.hi if bits == 3 else codes.lo
-    A = A if A.stride(-1) == 1 else A.contiguous()
-    B = B if B.stride(-1) == 1 else B.contiguous()
-    has_bias = bias is not None
-    common = dict(HAS_BIAS=has_bias, BITS=bits, T=T, F=F, R=R, DOT_FP32=INTERPRET,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if cfg.kernel == "gemv" and M == 1:
-        tiles = triton.cdiv(N, cfg.BN)
-        ws, locks = _scratch(x.device, split * N if split > 1 else 1)
-        assert tiles <= _LOCKS
-        # the gathered code values feed the tensor cores directly: fetch them in the operand dtype
-        g = grid if INTERPRET else grid_as(grid, x.dtype)
-        xa = torch.empty(codes.k_pad, R, dtype=torch.float32 if INTERPRET else x.dtype, device=x.device)
-        _xa_kernel[(codes.k_pad // 64,)](x2, A, xa, K, r, A.stride(0), R=R, BK=64, num_warps=4)
-        prmt = (cfg.PRMT is not False) and not INTERPRET
-        tab = prmt_table(grid, x.dtype) if prmt else locks
-        _gemv_kernel[(tiles, split)](
-            xa, codes.lo, hi, g, tab, B, bias if has_bias else y, y, ws, locks,
-            N, r, n_groups, split, codes.lo.stride(0), hi.stride(0), B.stride(0),
-            BN=cfg.BN, Q_AS_B=cfg.Q_AS_B, EVEN_N=N % cfg.BN == 0, PRMT=prmt,
-            ONES=cfg.ONES and not INTERPRET and x.dtype == torch.float16, **common)
-    else:  # gemm_t; a gemv tile asked for M > 1 falls back to the heuristic's gemm_t tile
-        if cfg.kernel != "gemm_t":
-            cfg = default_config(M, N, K, bits, r)
-        bm, bn = cfg.BM, cfg.BN
-        tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-        ws, locks = _scratch(x.device, split * M * N if split > 1 else 1)
-        assert tiles <= _LOCKS
-        prmt = (cfg.PRMT if cfg.PRMT is not None else bits != 3) and not INTERPRET
-        tab = prmt_table(grid, x.dtype) if prmt else locks
-        args = (x2, codes.lo, hi, grid, tab, B, A, bias if has_bias else y, y, ws, locks,
-                M, N, K, r, n_groups, split, x2.stride(0), y.stride(0), codes.lo.stride(0), hi.stride(0),
-                B.stride(0), A.stride(0))
-        _gemm_t_kernel[(tiles, split)](*args, BM=bm, BN=bn, GROUP_M=cfg.GROUP_M, PRMT=prmt, MUL16=cfg.MUL16,
-                                       S16=cfg.S16 and x.dtype == torch.float16, **common)
+    cfg = TileConfig.of(config) if config is not None else pick_config(M, N, K, codes.bits, r)
+    make_runner(codes, grid, B, A, bias, M, x.dtype, cfg)(x2, y)
     return y.reshape(*lead, N)

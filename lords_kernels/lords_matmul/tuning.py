@@ -1,5 +1,9 @@
 """Tile choices for the LoRDS kernels: a committed per-GPU table (``tuned_h100.json``, loaded explicitly with
-:func:`load_table`) and a heuristic for shapes it does not hold. Keys are ``"M_bucket,N,K,bits,R_pad"``."""
+:func:`load_table`) and a heuristic for shapes it does not hold. Keys are ``"M_bucket,N,K,bits,R_pad"``.
+
+The same table may carry a ``"crossover"`` section, ``{"N,K,bits": M}``: from that many tokens a layer of that shape
+dequantizes once and calls cuBLAS (forward, and ``dx`` / ``dyᵀx`` in the backward) instead of the fused kernels;
+shapes not in it use :data:`DEQUANT_MIN_M` (``python -m lords_kernels.bench_k16`` measures the crossover)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +14,11 @@ import triton
 
 from .layout import group_size
 
-KERNELS = ("gemv", "gemm_t", "dequant")
+KERNELS = ("gemv", "gemm_t", "dequant", "zgemv")
 DEQUANT_MIN_M = 512
-"""From this many tokens the forward dequantizes once and calls cuBLAS (lords_matmul.dequant)."""
+"""Default crossover: from this many tokens the forward dequantizes once and calls cuBLAS (lords_matmul.dequant).
+Measured on the H100 (session 13): at M = 256 the fused kernel won on the large shapes, from M = 512 the dequant
+path won on all four bench shapes."""
 
 
 @dataclass(frozen=True)
@@ -20,8 +26,9 @@ class TileConfig:
     """One launch choice of the forward kernels (the table's and the heuristic's unit)."""
 
     kernel: str
-    """'gemv' (M = 1, activation-side identity), 'gemm_t' (M ≥ 2, swap-AB weight-side form) or 'dequant'
-    (W_hat into a shared buffer, then cuBLAS: prefill)."""
+    """'gemv' (M = 1, activation-side identity, ``A ⊙ x`` made by a second kernel), 'zgemv' (small M, the
+    activation-side identity for M tokens in one launch: ``Z = grid[Q] · (A ⊙ x_m)ᵀ`` for every token m side by side),
+    'gemm_t' (M ≥ 2, swap-AB weight-side form) or 'dequant' (W_hat into a shared buffer, then cuBLAS: prefill)."""
     BN: int
     """Weight rows per program."""
     BM: int = 64
@@ -42,6 +49,8 @@ class TileConfig:
     """gemm_t: one packed half multiply per two weights."""
     S16: bool = False
     """gemm_t, fp16: fp16 accumulation of the rank sum."""
+    GROUPS: int = 4
+    """dequant: code groups (``G = F·T`` columns each) per program; the ``B`` tile is loaded once for all of them."""
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
@@ -90,13 +99,20 @@ def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) ->
 
 
 _TABLE: dict[str, TileConfig] = {}
+_CROSSOVER: dict[str, int] = {}
 
 
 def load_table(path: str) -> int:
-    """Load a committed tuning table (JSON: ``{"M,N,K,bits,R": config}``); returns the number of entries."""
+    """Load a committed tuning table (JSON: ``{"configs": {"M,N,K,bits,R": config}, "crossover": {"N,K,bits": M}}``,
+    or the bare configs mapping); returns the number of tile entries."""
     with open(path) as fh:
         table = json.load(fh)
     _TABLE.update({k: TileConfig.of(v) for k, v in table.get("configs", table).items()})
+    cross = table.get("crossover", {}) if "configs" in table else {}
+    for k, v in cross.items():
+        if not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"crossover {k!r}: {v!r} is not a token count >= 1")
+    _CROSSOVER.update(cross)
     return len(_TABLE)
 
 
@@ -104,8 +120,22 @@ def m_bucket(M: int) -> int:
     return M if M <= 2 else min(triton.next_power_of_2(M), 8192)
 
 
+def dequant_min_m(N: int, K: int, bits: int) -> int:
+    """Tokens from which a layer of this shape goes through dequantize + cuBLAS (the table's measured crossover, else
+    :data:`DEQUANT_MIN_M`)."""
+    return _CROSSOVER.get(f"{N},{K},{bits}", DEQUANT_MIN_M)
+
+
+DEQUANT_CONFIG = TileConfig("dequant", BN=128, GROUPS=4, num_warps=8, num_stages=2)
+"""The dequant tile when the table holds none for the shape (key ``"dequant,N,K,bits,R_pad"``)."""
+
+
+def dequant_config(N: int, K: int, bits: int, r: int) -> TileConfig:
+    return _TABLE.get(f"dequant,{N},{K},{bits},{rank_pad(r)}") or DEQUANT_CONFIG
+
+
 def pick_config(M: int, N: int, K: int, bits: int, r: int) -> TileConfig:
-    if M >= DEQUANT_MIN_M:
-        return TileConfig("dequant", BN=128)
+    if M >= dequant_min_m(N, K, bits):
+        return dequant_config(N, K, bits, r)
     key = f"{m_bucket(M)},{N},{K},{bits},{rank_pad(r)}"
     return _TABLE.get(key) or default_config(M, N, K, bits, r)

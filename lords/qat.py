@@ -3,7 +3,8 @@
 
 ``prepare`` swaps each selected ``nn.Linear`` for a ``QATLinear``: a latent weight ``W`` (the float weight)
 and the scale module of ``base``'s method (``B, A`` from the SVD init for LoRDS, absmax block scales for the
-block-wise baseline), trained jointly through the rounding with a straight-through estimator on
+block-wise baseline; refined first by Algorithm 1 when ``base`` sets ``refine``, so that QAT starts from the PTQ
+model: pass ``calib_ids`` to ``quantize_`` for a calibrated objective), trained jointly through the rounding with a straight-through estimator on
 ``u = W ⊘ S``: forward ``S ⊙ grid[code(u)]``, backward ``∂/∂W = 1`` and ``∂/∂S = grid[code(u)] − u`` (LSQ's
 scale gradient). ``convert`` builds the method's quantized layer (``LoRDSLinear`` in ``base.scale_dtype``,
 ``BlockLinear``) from the trained latent weight and scales.
@@ -22,6 +23,7 @@ from .config import QuantConfig, ScaleConfig, check_choice
 from .errors import ConfigError
 from .grids import make_grid, nearest_code
 from .quantize import layer_report, register_handler, scale_method
+from .refine import refine
 
 STEPS = ("prepare", "convert")
 
@@ -60,7 +62,8 @@ class QATConfig(QuantConfig):
 
     @property
     def needs_calibration(self) -> bool:
-        return False
+        """'prepare' of a config whose refinement is calibrated: QAT starts from Algorithm 1's scales."""
+        return self.step == "prepare" and self.base.needs_calibration
 
     @property
     def calibration(self):
@@ -80,24 +83,30 @@ class _LayerQAT(QuantConfig):
 
     @property
     def needs_calibration(self) -> bool:
-        return False
+        refine_ = getattr(self.leaf, "refine", None)
+        return self.step == "prepare" and refine_ is not None and refine_.needs_calibration
 
 
 class QATLinear(nn.Module):
     """Latent ``weight (out, in)`` and a scale module ``scale()`` → ``S (out, in)``; forward on the fake-quantized
-    weight. ``config`` is the leaf config the layer converts to."""
+    weight. ``config`` is the leaf config the layer converts to. The scales start where PTQ would leave them: the
+    method's init, refined by Algorithm 1 when ``config.refine`` is set (``stats``: the layer's calibration
+    statistics, for a calibrated objective), so QAT can start from the best PTQ model rather than from its init."""
 
-    def __init__(self, linear: nn.Linear, config: ScaleConfig, name: str = ""):
+    def __init__(self, linear: nn.Linear, config: ScaleConfig, name: str = "", stats=None):
         super().__init__()
         w = linear.weight.detach()
         check_weight(w, f"{name}.weight")
         self.config, self.name = config, name
         self.out_features, self.in_features = w.shape
         self.bits = config.bits
+        self.register_buffer("grid", make_grid(config.grid, config.bits).to(w.device))
         self.scale = scale_method(config).init_scale(w, config, name)
+        refine_ = getattr(config, "refine", None)
+        if refine_ is not None and refine_.steps > 0:
+            refine(w, self.scale, self.grid, refine_, stats)
         self.weight = nn.Parameter(w.float().clone())
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone())
-        self.register_buffer("grid", make_grid(config.grid, config.bits).to(w.device))
 
     @property
     def rank(self) -> int | None:
@@ -129,7 +138,7 @@ def _accepts(module: nn.Module, config: "_LayerQAT") -> bool:
 def qat_layer(name: str, module: nn.Module, config: _LayerQAT, stats=None):
     """prepare: ``nn.Linear`` → ``QATLinear``; convert: ``QATLinear`` → the leaf method's quantized layer."""
     if config.step == "prepare":
-        new = QATLinear(module, config.leaf, name).to(module.weight.device)
+        new = QATLinear(module, config.leaf, name, stats).to(module.weight.device)
         return new, layer_report(name, module.weight, new)
     if type(config.leaf) is not type(module.config) or config.leaf.bits != module.bits:
         raise ConfigError(f"{name}: prepared as {type(module.config).__name__} at {module.bits} bits, "

@@ -75,10 +75,11 @@ class QATModule(CausalLMModule):
     """QAT of ``config``'s method: latent weights at ``lr_weight``, scales at ``lr_scale``; everything else frozen."""
 
     def __init__(self, model: nn.Module, config: QuantConfig, lr_weight: float, lr_scale: float,
-                 weight_decay: float = 0.0, checkpoint_blocks: bool = False):
+                 weight_decay: float = 0.0, checkpoint_blocks: bool = False, calib_ids=None):
         for p in model.parameters():
             p.requires_grad_(False)
-        quantize_(model, QATConfig(config, "prepare"), progress=False)
+        # A config with refinement starts QAT from Algorithm 1's scales (calib_ids: its calibration tokens).
+        quantize_(model, QATConfig(config, "prepare"), calib_ids=calib_ids, progress=False)
         layers = [m for m in model.modules() if isinstance(m, QATLinear)]
         for m in layers:
             if m.bias is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from lords.errors import ConfigError
 
-from .common import apply_backend, finish_run, start_run, storage_metrics
+from .common import apply_backend, calibration_for, finish_run, start_run, storage_metrics
 from .settings import RunSettings, settings_from_cfg
 
 
@@ -26,8 +26,10 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
 
     out, model, tok, logger = start_run(s)
     dm = LordsDataModule(s.data, tok, kind=s.stage.data)
+    # A quant config with a calibrated refinement starts from that PTQ model: calibration tokens from data's
+    # calibration source (the first calib_tokens of the training text in the QAT table).
     module = QATModule(model, s.quant, s.stage.lr_weight, s.stage.lr_scale, s.stage.weight_decay,
-                       checkpoint_blocks=s.trainer.activation_checkpointing)
+                       checkpoint_blocks=s.trainer.activation_checkpointing, calib_ids=calibration_for(s, tok))
     trainer = make_trainer(s, out, logger)
     skeleton = structure_of(module.model) if s.trainer.strategy == "fsdp" else None
     t = time.time()

@@ -20,11 +20,16 @@ def qat_overrides(spec, row: Row, out: Path) -> list[str]:
     steps = q.tokens // (q.window * q.batch_size)
     gpu = torch.cuda.is_available()
     return [*overrides(spec, row), f"model.name={spec.model}", f"out_dir={out}", "stage.save=false",
-            f"stage.lr_weight={q.lr_weight}", f"stage.lr_scale={q.lr_scale}", f"data.calib_source={q.source}",
+            f"stage.lr_weight={q.lr_weight}", f"stage.lr_scale={lr_scale(spec, row)}", f"data.calib_source={q.source}",
             f"data.train_tokens={q.distinct_tokens}", f"data.window={q.window}", f"data.batch_size={q.batch_size}",
             f"trainer={'gpu' if gpu else 'cpu'}", f"trainer.max_steps={steps}",
             f"trainer.val_check_interval={min(q.val_every, steps)}", f"trainer.log_every_n_steps={q.log_every}",
             "trainer.limit_val_batches=1.0", f"logger={q.logger}", "eval.perplexity_tokens=0", "eval.tasks=[]"]
+
+
+def lr_scale(spec, row: Row) -> float:
+    """The scale learning rate of ``row``: its method's ``lr_scale`` where it sets one, else the table's."""
+    return spec.method_defs[row.method].get("lr_scale", spec.qat.lr_scale)
 
 
 def curves(out: Path) -> dict[str, list[tuple[int, float]]]:
@@ -56,6 +61,6 @@ def run_qat(spec, row: Row, out: Path):
     fields = {"train_steps": steps, "train_tokens": steps * q.window * q.batch_size, "train_source": q.source,
               "train_distinct_tokens": q.distinct_tokens, "train_seconds": metrics["train_seconds"],
               "train_tokens_per_s": metrics.get("train_tokens_per_s"), "trainable_floats": metrics["trainable_floats"],
-              "lr_weight": q.lr_weight, "lr_scale": q.lr_scale, "curves": curves(out),
+              "lr_weight": q.lr_weight, "lr_scale": lr_scale(spec, row), "curves": curves(out),
               "config": s.quant.to_dict()}
     return extra["model"], fields

@@ -68,3 +68,27 @@ def test_qat_refuses_to_convert_to_another_method(tiny_model):
     quantize_(tiny_model, QATConfig(LordsConfig(bits=3, block_size=16), "prepare"), progress=False)
     with pytest.raises(ConfigError, match="prepared as LordsConfig"):
         quantize_(tiny_model, QATConfig(BlockwiseConfig(bits=3, block_size=16), "convert"), progress=False)
+
+
+@pytest.mark.parametrize("make", [lambda r: LordsConfig(bits=3, block_size=16, calib_tokens=64, sample_tokens=16, refine=r),
+                                  lambda r: BlockwiseConfig(bits=3, block_size=16, calib_tokens=64, refine=r)])
+def test_qat_from_a_calibrated_config_starts_at_the_ptq_model(make, tokens):
+    """Prepare then convert, with no training between, gives exactly what PTQ with the same config gives."""
+    from lords import RefineConfig
+    from lords.models import tiny_llama
+
+    cfg = make(RefineConfig(steps=5, lr=1e-2, objective="act_diag"))
+    ptq, qat = tiny_llama(seed=0), tiny_llama(seed=0)
+    quantize_(ptq, cfg, calib_ids=tokens, progress=False)
+    quantize_(qat, QATConfig(cfg, "prepare"), calib_ids=tokens, progress=False)
+    quantize_(qat, QATConfig(cfg, "convert"), progress=False)
+    a, b = ptq.state_dict(), qat.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_qat_from_a_calibrated_config_needs_calibration_tokens(tiny_model):
+    from lords import RefineConfig
+
+    cfg = LordsConfig(bits=3, block_size=16, refine=RefineConfig(steps=2, objective="act_diag"))
+    with pytest.raises(ConfigError, match="calib_ids"):
+        quantize_(tiny_model, QATConfig(cfg, "prepare"), progress=False)

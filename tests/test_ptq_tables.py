@@ -76,8 +76,9 @@ def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, model_
 
 def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_path, model_dir):
     spec = tmp_path / "qat_mini.yaml"
-    spec.write_text("defaults: [qat]\nbits: [3]\nblock_sizes: [32]\nmethods: [nf, blockwise_qat, lords_qat]\n"
-                    "rules: {}\neval: {tokens: 128, tasks: []}\n"
+    spec.write_text("defaults: [qat]\nbits: [3]\nblock_sizes: [32]\n"
+                    "methods: [nf, blockwise_qat, lords_qat, lords_qat_calibrated]\nrules: {}\nextra: []\n"
+                    "eval: {tokens: 128, tasks: []}\ncalib: {tokens: 64, samples: 1}\nrefine: {steps: 2, lr: 0.01}\n"
                     "qat: {distinct_tokens: 256, tokens: 192, window: 32, batch_size: 2, val_every: 2, log_every: 1}\n")
     main([str(spec), "--model", str(model_dir), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
     rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "qat_mini.json").read_text())}
@@ -89,6 +90,8 @@ def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_p
         assert 0 < r["weight_rel_error"] < 1 and r["float_params"] > 0
     assert qat["lords_qat"]["float_params"] < qat["blockwise_qat"]["float_params"]
     assert set(rows["lords_qat"]["ppl"]) == {"licenses", "kjv_genesis"}
+    calibrated = next(r for r in records if r["method"] == "lords_qat_calibrated")  # from the refined PTQ model
+    assert calibrated["steps"] == 2 and calibrated["lr_scale"] == 1e-4 and calibrated["train_steps"] == 3
     assert (tmp_path / "out" / "qat_mini_curves.png").stat().st_size > 0
 
 

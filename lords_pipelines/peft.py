@@ -68,9 +68,10 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     out, model, tok, logger = start_run(s)
     model, trainable = prepare(model, tok, s)
     apply_backend(model, s.trainer.backend)
-    dm = LordsDataModule(s.data, tok, kind="finetune")
+    dm = LordsDataModule(s.data, tok, kind=s.stage.data)
     dm.setup("fit")
-    before = answer_metrics(model, dm.val_dataloader())
+    pairs = s.stage.data == "finetune"  # answer metrics score prompt/answer pairs; text windows have no answers
+    before = answer_metrics(model, dm.val_dataloader()) if pairs else {}
     module = PEFTModule(model, s.stage.lr, s.stage.weight_decay, checkpoint_blocks=s.trainer.activation_checkpointing)
     trainer = make_trainer(s, out, logger)
     skeleton = structure_of(model) if s.trainer.strategy == "fsdp" else None
@@ -84,7 +85,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
         return metrics, {"module": module, "trainer": trainer}
     metrics.update(storage_metrics(model))
     metrics.update({f"before/{k}": v for k, v in before.items()})
-    metrics.update(answer_metrics(model, dm.val_dataloader()))
+    metrics.update(answer_metrics(model, dm.val_dataloader()) if pairs else {})
     # LoRDS on a base folder (stage.init_checkpoint) saves only B, A and the base's hash; LoRDS quantized on the fly
     # saves the library's checkpoint (still Q ⊙ BA, nothing merged); QLoRA saves its LoRA adapter (peft format).
     finish_run(model, tok, s, out, logger, metrics, save=_saver(model, s, out))

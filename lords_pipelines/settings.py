@@ -158,6 +158,7 @@ class QATStage:
 class PEFTStage:
     name: str
     method: str = "lords"
+    data: str = "finetune"
     lr: float = 1e-3
     weight_decay: float = 0.0
     lora_rank: int | None = None
@@ -167,6 +168,7 @@ class PEFTStage:
 
     def check(self, key):
         _choice(f"{key}.method", self.method, ("lords", "qlora"))
+        _choice(f"{key}.data", self.data, ("finetune", "calib"))
         _positive(f"{key}.lr", self.lr)
         if self.lora_rank is not None:
             _positive(f"{key}.lora_rank", self.lora_rank)

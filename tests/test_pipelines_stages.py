@@ -72,6 +72,17 @@ def test_peft_stage_fast_dev_run_at_matched_floats(tmp_path, method):
         assert isinstance(base, BlockLinear)
 
 
+def test_peft_stage_trains_b_and_a_on_text_windows(tmp_path):
+    """``stage.data=calib``: PEFT as domain adaptation on packed windows of the calibration source (no answers to
+    score), the workload the scaling benchmark gives both QAT and PEFT."""
+    from lords_pipelines import peft
+
+    metrics, _ = peft.run(tiny_settings("peft", tmp_path, "quant.refine=null", "stage.data=calib"))
+    assert metrics["train_steps"] == 1 and metrics["trainable_floats"] == 17152
+    assert metrics["train_tokens_per_s"] is None or metrics["train_tokens_per_s"] > 0
+    assert "answer_nll" not in metrics
+
+
 def test_ptq_stage_mixed_precision_saves_and_reloads(tmp_path):
     from lords import MixedPrecisionConfig
     from lords.checkpoint import read_quantization_config

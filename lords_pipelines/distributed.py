@@ -87,13 +87,14 @@ def structure_of(model: nn.Module) -> nn.Module:
 
 
 def trained_model(trainer, model: nn.Module, skeleton: nn.Module | None, prefix: str = "model.") -> nn.Module | None:
-    """The trained ``model`` as a plain module on rank zero (None on the other ranks).
+    """The trained ``model`` as a plain module on rank zero, on the device it trained on (None on the other ranks).
 
     Unsharded strategies return ``model`` itself. Under FSDP every rank takes part in gathering the full state
     dict (collective), and rank zero loads it into ``skeleton`` (:func:`structure_of` taken before training) on the CPU.
     """
     if not is_sharded(model):
-        return model if trainer.is_global_zero else None
+        # Lightning's teardown leaves the module on the CPU after fit: evaluate and save where it trained.
+        return model.to(trainer.strategy.root_device) if trainer.is_global_zero else None
     if skeleton is None:
         raise ConfigError("trainer.strategy=fsdp: the model's structure must be kept before training (structure_of)")
     state = trainer.strategy.lightning_module_state_dict()  # full tensors on rank 0, empty elsewhere

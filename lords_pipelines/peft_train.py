@@ -26,8 +26,8 @@ class TokenCounter(L.Callback):
 
 def train(model: nn.Module, items: list, tok, steps: int, batch_size: int, lr: float, seed: int,
           precision: str = "32-true", weight_decay: float = 0.0) -> dict:
-    """Train ``model`` in place for ``steps`` optimizer steps over shuffled ``items`` (order from ``seed``);
-    returns ``{steps, tokens, loss_tokens, train_seconds, final_loss}``."""
+    """Train ``model`` in place for ``steps`` optimizer steps over shuffled ``items`` (order from ``seed``), left on
+    its device; returns ``{steps, tokens, loss_tokens, train_seconds, final_loss}``."""
     L.seed_everything(seed, verbose=False)
     device = next(model.parameters()).device
     module = PEFTModule(model, lr, weight_decay)
@@ -38,7 +38,7 @@ def train(model: nn.Module, items: list, tok, steps: int, batch_size: int, lr: f
     start = time.time()
     trainer.fit(module, train_dataloaders=loader(items, tok, batch_size, shuffle=True, seed=seed))
     loss = trainer.callback_metrics.get("train/loss")
-    model.eval()
+    model.to(device).eval()  # Lightning's teardown moved it to the CPU: score and serve it where it trained
     return {"steps": trainer.global_step, "tokens": counter.tokens, "loss_tokens": counter.scored,
             "train_seconds": time.time() - start, "final_loss": None if loss is None else float(loss)}
 

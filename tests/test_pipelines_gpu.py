@@ -25,13 +25,30 @@ def test_peft_on_gpu(tmp_path, method):
     from lords_pipelines import peft
 
     extra = ["quant=nf", "quant.bits=4", "stage.method=qlora"] if method == "qlora" else ["quant.refine=null"]
-    metrics, _ = peft.run(tiny_settings("peft", tmp_path, *GPU, *extra, "eval.tasks=[lords_unicode]",
-                                        "eval.task_limit=4"))
+    metrics, objs = peft.run(tiny_settings("peft", tmp_path, *GPU, *extra, "eval.tasks=[lords_unicode]",
+                                           "eval.task_limit=4"))
     assert metrics["trainable_floats"] == 17152 and 0 <= metrics["lords_unicode/acc"] <= 1
+    assert next(objs["model"].parameters()).is_cuda  # scored where it trained (Lightning's teardown moves it out)
 
 
 def test_qat_on_gpu(tmp_path):
     from lords_pipelines import qat
 
-    metrics, _ = qat.run(tiny_settings("qat", tmp_path, *GPU, "quant.bits=3"))
-    assert metrics["code_bits"] == 3
+    metrics, objs = qat.run(tiny_settings("qat", tmp_path, *GPU, "quant.bits=3"))
+    assert metrics["code_bits"] == 3 and next(objs["model"].parameters()).is_cuda
+
+
+def test_peft_table_training_leaves_the_model_on_the_gpu():
+    """``peft_train.train`` (the PEFT table's loop) returns the model on the device it trained on."""
+    from lords import LordsConfig, mark_only_scales_trainable, quantize_
+    from lords.models import tiny_llama
+    from lords_pipelines.common import bpe_tokenizer
+    from lords_pipelines.peft_train import train
+
+    model = tiny_llama(seed=0).cuda()
+    quantize_(model, LordsConfig(bits=4, block_size=16), progress=False)
+    mark_only_scales_trainable(model)
+    ids = torch.randint(0, 512, (8, 32))
+    items = [{"input_ids": x, "labels": x.clone()} for x in ids]
+    train(model, items, bpe_tokenizer(512), 2, 4, 1e-3, 0, precision="32-true")
+    assert all(p.is_cuda for p in model.parameters())

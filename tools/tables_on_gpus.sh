@@ -1,35 +1,67 @@
 #!/usr/bin/env bash
-# The GPU tables as concurrent jobs over the visible GPUs: SmolLM2-135M leaves an H200 mostly idle, so several table
-# jobs share one GPU well (on 2 H200s: ptq_bits' remaining rows, the rank ablation and the QAT table on GPU 0 while
-# three PEFT tasks train on GPU 1). Every job resumes from its own journal under RUN_DIR; rerun until all print done.
+# The GPU tables as concurrent, resumable jobs spread round-robin over the visible GPUs. SmolLM2-135M leaves an H200
+# mostly idle (a training step is launch-bound), so several table jobs share one GPU well.
 #
-#   MODEL=/path/smol.gguf RUN_DIR=/tmp/runs SECONDS_LIMIT=540 bash tools/tables_on_gpus.sh
-#   PTQ="ptq_bits ptq_rank_ablation" QAT=1 PEFT="lords_roman kjv" ... (choose the jobs; defaults: all of them)
+#   MODEL=/path/smol.gguf RUN_DIR=/tmp/runs SECONDS_LIMIT=540 bash tools/tables_on_gpus.sh [JOB ...]
 #
-# Not for timing: jobs that share a GPU slow each other, so speed comes from `peft_serving` and the kernel
-# benchmarks, run alone. Render afterwards with --render (see docs/peft_table.md, README "The paper's PTQ tables").
+# A JOB is KIND:ARG — `ptq:<tables>` (ptq_tables on those tables), `qat:<regex>` (the qat table's rows whose key
+# matches), `peft:<regex>` (the peft table's runs whose '<task>_<method>_' matches). Default: every table, QAT split
+# by method and PEFT by task and method. Each job keeps its own journal under RUN_DIR/<n>-<kind>/ (seeded from
+# outputs/reports/tables/rows/<table>.jsonl, so committed rows are not run again); rerun the same command until every
+# job's log ends in `exit 0`, then `merged` gathers all journals into RUN_DIR/merged/<table>/rows.jsonl for --render.
+# Not for timing: jobs that share a GPU slow each other; speed comes from peft_serving and the kernel benchmarks, alone.
 set -u
 MODEL=${MODEL:?a model path, e.g. the SmolLM2 GGUF}
 RUN_DIR=${RUN_DIR:-outputs/runs/tables_on_gpus}
-LIMIT=${SECONDS_LIMIT:-0}            # 0: no limit
-PTQ=${PTQ-ptq_bits ptq_refine_ablation ptq_rank_ablation}
-QAT=${QAT-1}
-PEFT=${PEFT-lords_roman lords_kjv_prophets kjv}
-GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
+LIMIT=${SECONDS_LIMIT:-0}  # 0: no limit
+ROWS=outputs/reports/tables/rows
+if [ $# -eq 0 ]; then
+  set -- "ptq:ptq_bits ptq_refine_ablation ptq_rank_ablation" \
+    "qat:^(nf|lords_init|nf_calibrated|lords_calibrated)_" "qat:^blockwise_qat_b" "qat:^lords_qat_b" \
+    "qat:^blockwise_qat_calibrated" "qat:^lords_qat_calibrated" "qat:^blockwise_qat_lr" "qat:^lords_qat_lr"
+  for task in lords_roman lords_kjv_prophets kjv; do
+    for method in lords_peft qlora loftq qpissa; do set -- "$@" "peft:^${task}_${method}_"; done
+  done
+fi
+GPUS=${GPUS:-$(python3 -c "import torch; print(torch.cuda.device_count())")}  # GPUS=N forces N (a CPU dry run)
 [ "$GPUS" -ge 1 ] || { echo "tables_on_gpus.sh needs a CUDA GPU"; exit 2; }
 mkdir -p "$RUN_DIR/logs"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
-job() {  # gpu log-name command...
-  local gpu=$1 name=$2; shift 2
-  if [ "$LIMIT" -gt 0 ]; then set -- timeout "$LIMIT" "$@"; fi
-  (CUDA_VISIBLE_DEVICES=$gpu "$@" >> "$RUN_DIR/logs/$name.log" 2>&1; echo "exit $? $(date +%T)" >> "$RUN_DIR/logs/$name.log") &
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+seed() {  # run-dir table...: a journal starts from the committed rows
+  local dir=$1; shift
+  for t in "$@"; do
+    if [ ! -f "$dir/$t/rows.jsonl" ] && [ -f "$ROWS/$t.jsonl" ]; then mkdir -p "$dir/$t"; cp "$ROWS/$t.jsonl" "$dir/$t/rows.jsonl"; fi
+  done
 }
-second=$((GPUS > 1 ? 1 : 0))
-[ -n "$PTQ" ] && job 0 ptq python3 -m lords_pipelines.ptq_tables $PTQ --model "$MODEL" --run-dir "$RUN_DIR/ptq"
-[ -n "$QAT" ] && job 0 qat python3 -m lords_pipelines.ptq_tables qat --model "$MODEL" --run-dir "$RUN_DIR/qat"
-for task in $PEFT; do
-  job $second "peft_$task" python3 -m lords_pipelines.peft_tables peft --model "$MODEL" --run-dir "$RUN_DIR/peft_$task" \
-    --only "^${task}_"
+n=0
+for spec in "$@"; do
+  kind=${spec%%:*} arg=${spec#*:} dir="$RUN_DIR/$n-$kind" gpu=$((n % GPUS))
+  case $kind in
+    ptq) seed "$dir" $arg; cmd=(python3 -m lords_pipelines.ptq_tables $arg --model "$MODEL" --run-dir "$dir") ;;
+    qat) seed "$dir" qat; cmd=(python3 -m lords_pipelines.ptq_tables qat --model "$MODEL" --run-dir "$dir" --only "$arg") ;;
+    peft) seed "$dir" peft; cmd=(python3 -m lords_pipelines.peft_tables peft --model "$MODEL" --run-dir "$dir" --only "$arg") ;;
+    *) echo "unknown job kind in '$spec' (ptq:, qat:, peft:)"; exit 2 ;;
+  esac
+  if [ "$LIMIT" -gt 0 ]; then cmd=(timeout "$LIMIT" "${cmd[@]}"); fi
+  echo "job $n on GPU $gpu: ${cmd[*]}" >> "$RUN_DIR/logs/$n-$kind.log"
+  (CUDA_VISIBLE_DEVICES=$gpu "${cmd[@]}" >> "$RUN_DIR/logs/$n-$kind.log" 2>&1
+   echo "exit $? $(date +%T)" >> "$RUN_DIR/logs/$n-$kind.log") &
+  n=$((n + 1))
 done
 wait
-for f in "$RUN_DIR"/logs/*.log; do echo "== $f"; grep -v -i warn "$f" | tail -3; done
+for d in "$RUN_DIR"/[0-9]*-*/; do
+  for j in "$d"*/rows.jsonl; do
+    [ -f "$j" ] || continue
+    t=$(basename "$(dirname "$j")"); mkdir -p "$RUN_DIR/merged/$t"; cat "$j" >> "$RUN_DIR/merged/$t/rows.new"
+  done
+done
+for f in "$RUN_DIR"/merged/*/rows.new; do  # one line per key (the journals' loaders keep the last of a key)
+  [ -f "$f" ] && python3 -c "
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    if line.strip(): rows[json.loads(line)['key']] = line.rstrip('\n')
+open(sys.argv[2], 'w').write('\n'.join(rows.values()) + '\n')" "$f" "${f%.new}.jsonl" && rm "$f"
+done
+for f in "$RUN_DIR"/logs/*.log; do echo "== $f: $(grep -c '' "$f") lines; $(tail -1 "$f")"; done
+wc -l "$RUN_DIR"/merged/*/rows.jsonl

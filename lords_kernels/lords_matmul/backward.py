@@ -57,6 +57,19 @@ def _dx_kernel(dy_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dx_ptr, M, N, K, 
              mask=m_mask[:, None] & k_mask[None, :])
 
 
+@triton.jit
+def _rank_grads_slice(ds, A_ptr, stride_ar, offs_r, r_mask, k, k_mask, bt, dB, dA_ws_ptr, pid_n, K,
+                      R: tl.constexpr, OPD: tl.constexpr, DOT_FP32: tl.constexpr):
+    """One ``T``-wide K slice of ``dS (BN, T)``: returns ``dB + dS Aᵀ`` and stores ``Bᵀ dS`` as N-block ``pid_n``'s
+    fp32 partial of ``dA``; ``OPD``: the dtype of the two products' operands (``dS`` arrives in it)."""
+    at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
+                 other=0.0).to(OPD)  # Aᵀ (T, R)
+    dB = _dot(ds, at, dB, DOT_FP32)
+    dA = _mm(bt, ds, DOT_FP32)  # (R, T)
+    tl.store(dA_ws_ptr + pid_n * R * K + offs_r[:, None] * K + k[None, :], dA, mask=r_mask[:, None] & k_mask[None, :])
+    return dB
+
+
 @triton.jit(do_not_specialize=["M", "r", "n_slices", "slices_per"])
 def _ds_kernel(dy_ptr, x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr, dA_ws_ptr, M, N, K, r,
                n_slices, slices_per, stride_dym, stride_xm, stride_lo, stride_hi, stride_bn, stride_ar,
@@ -94,12 +107,8 @@ def _ds_kernel(dy_ptr, x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr,
             gacc = _dot(dyt, xt, gacc, DOT_FP32)
         lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T)
         ds = gacc * _lut(grid_ptr, _field(lo, hi, f, BITS)).to(tl.float32)  # (BN, T) fp32: tf32 dots keep fp32 range
-        at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
-                     other=0.0).to(tl.float32)  # (T, R)
-        dB = _dot(ds, at, dB, DOT_FP32)
-        dA = _mm(bt, ds, DOT_FP32)
-        tl.store(dA_ws_ptr + pid_n * R * K + offs_r[:, None] * K + k[None, :], dA,
-                 mask=r_mask[:, None] & k_mask[None, :])
+        dB = _rank_grads_slice(ds, A_ptr, stride_ar, offs_r, r_mask, k, k_mask, bt, dB, dA_ws_ptr, pid_n, K,
+                               R, tl.float32, DOT_FP32)
     tl.store(dB_ws_ptr + pid_k * N * R + offs_n[:, None] * R + offs_r[None, :], dB, mask=n_mask[:, None])
 
 
@@ -133,12 +142,8 @@ def _dsred_kernel(g_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr, dA_w
                      other=0.0)  # G (BN, T)
         lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T)
         ds = (gt.to(tl.float32) * _lut(grid_ptr, _field(lo, hi, f, BITS)).to(tl.float32)).to(cdt)
-        at = tl.load(A_ptr + offs_r[None, :] * stride_ar + k[:, None], mask=r_mask[None, :] & k_mask[:, None],
-                     other=0.0).to(cdt)  # Aᵀ (T, R)
-        dB = _dot(ds, at, dB, DOT_FP32)
-        dA = _mm(bt, ds, DOT_FP32)  # (R, T)
-        tl.store(dA_ws_ptr + pid_n * R * K + offs_r[:, None] * K + k[None, :], dA,
-                 mask=r_mask[:, None] & k_mask[None, :])
+        dB = _rank_grads_slice(ds, A_ptr, stride_ar, offs_r, r_mask, k, k_mask, bt, dB, dA_ws_ptr, pid_n, K,
+                               R, cdt, DOT_FP32)
     tl.store(dB_ws_ptr + pid_k * N * R + offs_n[:, None] * R + offs_r[None, :], dB, mask=n_mask[:, None])
 
 

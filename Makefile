@@ -59,7 +59,7 @@ test-kernels: $(STAMP)  ## kernel tests through the Triton interpreter on CPU
 # hydra-core, omegaconf and tqdm. MODEL: the embedded SmolLM2 by default, or a GGUF path / folder / hub id.
 GPU_PY ?= python3
 MODEL ?= smollm2-135m
-reproduce-tables:  ## GPU (~30 min on an H200): outputs/reports/tables/{ptq_bits,ptq_refine_ablation,ptq_rank_ablation,qat}.{md,json,png}
+reproduce-tables:  ## GPU (~1 h on one H200, sequential; tools/tables_on_gpus.sh spreads it over GPUs): outputs/reports/tables/{ptq_bits,ptq_refine_ablation,ptq_rank_ablation,qat}.{md,json,png}
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables needs a CUDA GPU \
 	(about 120 PTQ runs of T = 500 with 1,500 zero-shot items each). On this machine: make reproduce-tables-cpu \
 	(4 and 3 bits, block 64, T = 50, under 30 min on 2 cores) or make reproduce-ptq (the main job).')"

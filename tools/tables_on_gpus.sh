@@ -25,6 +25,7 @@ if [ $# -eq 0 ]; then
 fi
 GPUS=${GPUS:-$(python3 -c "import torch; print(torch.cuda.device_count())")}  # GPUS=N forces N (a CPU dry run)
 [ "$GPUS" -ge 1 ] || { echo "tables_on_gpus.sh needs a CUDA GPU"; exit 2; }
+read -r -a USE <<< "${GPU_LIST:-$(seq -s ' ' 0 $((GPUS - 1)))}"  # GPU_LIST="1": leave GPU 0 to a benchmark
 mkdir -p "$RUN_DIR/logs"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 seed() {  # run-dir table...: a journal starts from the committed rows
@@ -35,7 +36,7 @@ seed() {  # run-dir table...: a journal starts from the committed rows
 }
 n=0
 for spec in "$@"; do
-  kind=${spec%%:*} arg=${spec#*:} dir="$RUN_DIR/$n-$kind" gpu=$((n % GPUS))
+  kind=${spec%%:*} arg=${spec#*:} dir="$RUN_DIR/$n-$kind" gpu=${USE[$((n % ${#USE[@]}))]}
   case $kind in
     ptq) seed "$dir" $arg; cmd=(python3 -m lords_pipelines.ptq_tables $arg --model "$MODEL" --run-dir "$dir") ;;
     qat) seed "$dir" qat; cmd=(python3 -m lords_pipelines.ptq_tables qat --model "$MODEL" --run-dir "$dir" --only "$arg") ;;

@@ -66,9 +66,9 @@ reproduce-tables:  ## GPU (~1 h on one H200, sequential; tools/tables_on_gpus.sh
 	$(GPU_PY) -m lords_pipelines.ptq_tables ptq_bits ptq_refine_ablation ptq_rank_ablation qat --model $(MODEL) \
 		--run-dir outputs/runs/ptq_tables/reproduce --out outputs/reports/tables
 
-reproduce-tables-peft:  ## GPU (~50 min on an H200, resumable): outputs/reports/tables/peft.{md,json,png} (docs/peft_table.md)
+reproduce-tables-peft:  ## GPU (84 runs, resumable; tools/tables_on_gpus.sh runs them concurrently): outputs/reports/tables/peft.{md,json,png} (docs/peft_table.md)
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables-peft needs a CUDA GPU \
-	(72 PEFT runs of SmolLM2-135M: 4 methods x 3 tasks x an lr grid and 3 seeds). On this machine the CPU-sized check is \
+	(84 PEFT runs of SmolLM2-135M: 4 methods x 3 tasks x (untrained, a 4-point lr grid, 2 more seeds)). On this machine the CPU-sized check is \
 	the smoke test: .venv/bin/python -m pytest tests/test_peft_tables.py')"
 	$(GPU_PY) -m lords_pipelines.peft_tables peft --model $(MODEL) --run-dir outputs/runs/peft_tables/reproduce \
 		--out outputs/reports/tables

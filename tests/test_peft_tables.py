@@ -41,7 +41,7 @@ def test_the_gpu_spec_runs_every_method_on_two_scored_tasks_and_domain_adaptatio
 def test_lr_is_the_best_validation_score_with_the_smaller_lr_on_a_tie_for_every_method():
     spec = load_spec("peft")
     lrs = list(spec.lrs)
-    for method, scores, want in (("lords_peft", [0.5, 0.3, 0.5], lrs[0]), ("qlora", [0.1, 0.0, 0.9], lrs[2])):
+    for method, scores, want in (("lords_peft", [0.5, 0.3, 0.5, 0.2], lrs[0]), ("qlora", [0.1, 0.0, 0.9, 0.4], lrs[2])):
         runs = grid_runs(spec, "lords_roman", method)
         assert runs[0] == Run("lords_roman", method, None, 0) and [r.lr for r in runs[1:]] == lrs
         done = {r.key: {"val_score": s} for r, s in zip(runs[1:], scores)}

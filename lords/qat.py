@@ -18,12 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blockwise import check_weight, safe_scale
+from .blockwise import safe_scale
 from .config import QuantConfig, ScaleConfig, check_choice
 from .errors import ConfigError
-from .grids import make_grid, nearest_code
-from .quantize import layer_report, register_handler, scale_method
-from .refine import refine
+from .grids import nearest_code
+from .quantize import ScaleMethod, layer_report, register_handler, scale_method
 
 STEPS = ("prepare", "convert")
 
@@ -82,31 +81,30 @@ class _LayerQAT(QuantConfig):
         return self.leaf.seed
 
     @property
+    def refine(self):
+        """The leaf's Algorithm 1 at 'prepare' (QAT starts from the refined PTQ scales), none at 'convert'."""
+        return getattr(self.leaf, "refine", None) if self.step == "prepare" else None
+
+    @property
     def needs_calibration(self) -> bool:
-        refine_ = getattr(self.leaf, "refine", None)
-        return self.step == "prepare" and refine_ is not None and refine_.needs_calibration
+        return self.refine is not None and self.refine.needs_calibration
 
 
 class QATLinear(nn.Module):
     """Latent ``weight (out, in)`` and a scale module ``scale()`` → ``S (out, in)``; forward on the fake-quantized
-    weight. ``config`` is the leaf config the layer converts to. The scales start where PTQ would leave them: the
-    method's init, refined by Algorithm 1 when ``config.refine`` is set (``stats``: the layer's calibration
-    statistics, for a calibrated objective), so QAT can start from the best PTQ model rather than from its init."""
+    weight. ``config`` is the leaf config the layer converts to; ``scale`` where PTQ left it (the method's init, or
+    Algorithm 1's refinement of it when the config refines: QAT then starts from the PTQ model)."""
 
-    def __init__(self, linear: nn.Linear, config: ScaleConfig, name: str = "", stats=None):
+    def __init__(self, weight: torch.Tensor, scale: nn.Module, config: ScaleConfig, grid: torch.Tensor,
+                 bias: torch.Tensor | None = None, name: str = ""):
         super().__init__()
-        w = linear.weight.detach()
-        check_weight(w, f"{name}.weight")
         self.config, self.name = config, name
-        self.out_features, self.in_features = w.shape
+        self.out_features, self.in_features = weight.shape
         self.bits = config.bits
-        self.register_buffer("grid", make_grid(config.grid, config.bits).to(w.device))
-        self.scale = scale_method(config).init_scale(w, config, name)
-        refine_ = getattr(config, "refine", None)
-        if refine_ is not None and refine_.steps > 0:
-            refine(w, self.scale, self.grid, refine_, stats)
-        self.weight = nn.Parameter(w.float().clone())
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone())
+        self.register_buffer("grid", grid.to(weight.device))
+        self.scale = scale
+        self.weight = nn.Parameter(weight.detach().float().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone())
 
     @property
     def rank(self) -> int | None:
@@ -134,17 +132,33 @@ def _accepts(module: nn.Module, config: "_LayerQAT") -> bool:
     return type(module) is (nn.Linear if config.step == "prepare" else QATLinear)
 
 
-@register_handler(_LayerQAT, accepts=_accepts)
-def qat_layer(name: str, module: nn.Module, config: _LayerQAT, stats=None):
-    """prepare: ``nn.Linear`` → ``QATLinear``; convert: ``QATLinear`` → the leaf method's quantized layer."""
-    if config.step == "prepare":
-        new = QATLinear(module, config.leaf, name, stats).to(module.weight.device)
-        return new, layer_report(name, module.weight, new)
+@dataclass(frozen=True)
+class _QATHandler(ScaleMethod):
+    """'prepare' is the leaf method's PTQ with a ``QATLinear`` built instead of the quantized layer: the leaf's init,
+    Algorithm 1 when it refines (stacked over same-shape layers on a GPU, as PTQ does), then latent weight + scale.
+    'convert' builds the leaf method's quantized layer from the trained weight and scale."""
+
+    def start(self, name: str, linear: nn.Linear, config: _LayerQAT):
+        return scale_method(config.leaf).start(name, linear, config.leaf)
+
+    def __call__(self, name: str, module: nn.Module, config: _LayerQAT, stats=None):
+        return super().__call__(name, module, config, stats) if config.step == "prepare" else _convert(name, module, config)
+
+
+def _qat_layer(weight, scale, config: _LayerQAT, grid, bias):
+    return QATLinear(weight, scale, config.leaf, grid, bias).to(weight.device)
+
+
+def _convert(name: str, module: "QATLinear", config: _LayerQAT):
+    """``QATLinear`` → the leaf method's quantized layer (the convert config decides storage, e.g.
+    ``LordsConfig.scale_dtype``; the trained scales the values)."""
     if type(config.leaf) is not type(module.config) or config.leaf.bits != module.bits:
         raise ConfigError(f"{name}: prepared as {type(module.config).__name__} at {module.bits} bits, "
                           f"cannot convert to {type(config.leaf).__name__} at {config.leaf.bits} bits")
     with torch.no_grad():
         bias = None if module.bias is None else module.bias.detach()
-        # The convert config decides storage (e.g. LordsConfig.scale_dtype), the prepared scales the values.
         new = scale_method(config.leaf).build(module.weight.detach(), module.scale, config.leaf, module.grid, bias)
     return new, layer_report(name, module.weight, new)
+
+
+register_handler(_LayerQAT, accepts=_accepts)(_QATHandler(init_scale=None, build=_qat_layer))

@@ -72,15 +72,17 @@ def test_qat_refuses_to_convert_to_another_method(tiny_model):
 
 @pytest.mark.parametrize("make", [lambda r: LordsConfig(bits=3, block_size=16, calib_tokens=64, sample_tokens=16, refine=r),
                                   lambda r: BlockwiseConfig(bits=3, block_size=16, calib_tokens=64, refine=r)])
-def test_qat_from_a_calibrated_config_starts_at_the_ptq_model(make, tokens):
-    """Prepare then convert, with no training between, gives exactly what PTQ with the same config gives."""
+@pytest.mark.parametrize("stacked", [False, True], ids=["per-layer", "stacked"])
+def test_qat_from_a_calibrated_config_starts_at_the_ptq_model(make, stacked, tokens):
+    """Prepare then convert, with no training between, gives exactly what PTQ with the same config gives, with
+    Algorithm 1 run layer by layer or stacked over same-shape layers (the GPU default) alike."""
     from lords import RefineConfig
     from lords.models import tiny_llama
 
     cfg = make(RefineConfig(steps=5, lr=1e-2, objective="act_diag"))
     ptq, qat = tiny_llama(seed=0), tiny_llama(seed=0)
-    quantize_(ptq, cfg, calib_ids=tokens, progress=False)
-    quantize_(qat, QATConfig(cfg, "prepare"), calib_ids=tokens, progress=False)
+    quantize_(ptq, cfg, calib_ids=tokens, progress=False, batch_refine=stacked)
+    quantize_(qat, QATConfig(cfg, "prepare"), calib_ids=tokens, progress=False, batch_refine=stacked)
     quantize_(qat, QATConfig(cfg, "convert"), progress=False)
     a, b = ptq.state_dict(), qat.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

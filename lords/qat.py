@@ -4,8 +4,8 @@
 ``prepare`` swaps each selected ``nn.Linear`` for a ``QATLinear``: a latent weight ``W`` (the float weight)
 and the scale module of ``base``'s method (``B, A`` from the SVD init for LoRDS, absmax block scales for the
 block-wise baseline; refined first by Algorithm 1 when ``base`` sets ``refine``, so that QAT starts from the PTQ
-model: pass ``calib_ids`` to ``quantize_`` for a calibrated objective), trained jointly through the rounding with a straight-through estimator on
-``u = W ⊘ S``: forward ``S ⊙ grid[code(u)]``, backward ``∂/∂W = 1`` and ``∂/∂S = grid[code(u)] − u`` (LSQ's
+model: pass ``calib_ids`` to ``quantize_`` for a calibrated objective), trained jointly through the rounding with a
+straight-through estimator on ``u = W ⊘ S``: forward ``S ⊙ grid[code(u)]``, backward ``∂/∂W = 1`` and ``∂/∂S = grid[code(u)] − u`` (LSQ's
 scale gradient). ``convert`` builds the method's quantized layer (``LoRDSLinear`` in ``base.scale_dtype``,
 ``BlockLinear``) from the trained latent weight and scales.
 """

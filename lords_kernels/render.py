@@ -158,6 +158,48 @@ def plot(data: dict, path: str) -> None:
     plt.close(fig)
 
 
+def render_decode(data: dict, out_dir: str) -> str:
+    """``decode.md`` from ``decode.json``'s content (rows grouped by step: each batch, then the prefill)."""
+    rows = []
+    for r in data["rows"]:
+        r = dict(r)
+        if "block_size" not in r and "error" not in r:  # written before rows carried it: block 64 only
+            r["block_size"] = None if r["kind"] == "fp16" else 64
+        rows.append(r)
+    ok = [r for r in rows if "error" not in r]
+    steps = list(dict.fromkeys(r["batch"] for r in ok))
+    ref = {(r["kind"], r.get("block_size"), r["batch"]): r for r in ok}
+    lines = [f"# End-to-end decode and prefill on {data['device']}", "",
+             f"{data['layers']} Llama-3-8B-shaped layers, decode context {data['ctx']}"
+             + (f", prefill {data['prefill_tokens']} tokens (batch 1)" if data.get("prefill_tokens") else "")
+             + f". {data['method']}.", ""]
+    if data.get("missing_peers"):
+        lines += [f"Missing peers: {', '.join(data['missing_peers'])}.", ""]
+    if data.get("errors"):
+        lines += ["Not measured: " + "; ".join(f"{k}: {v[:120]}" for k, v in data["errors"].items()) + ".", ""]
+    if data.get("stopped"):
+        lines += [f"Stopped early: {data['stopped']}.", ""]
+    lines += ["| step | linears | block | ms/step (min–max) | tokens/s | GB/s | peak GiB | × fp16 | × bnb NF4 |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for st in steps:
+        for r in (r for r in ok if r["batch"] == st):
+            f16, bnb = ref.get(("fp16", None, st)), ref.get(("bnb_nf4", r.get("block_size"), st))
+            sp = r.get("step_ms_spread")
+            ms = f"{r['step_ms']:.3f}" + (f" ({sp[0]:.3f}–{sp[1]:.3f})" if sp else "")
+            peak = r.get("peak_mem_bytes")
+            cells = ["prefill" if st == "prefill" else f"batch {st}", r["kind"], str(r.get("block_size") or "—"),
+                     ms, f"{r['tokens_per_s']:.1f}", f"{r['GB_per_s']:.0f}",
+                     "—" if peak is None else f"{peak / 2**30:.2f}",
+                     f"{r['tokens_per_s'] / f16['tokens_per_s']:.2f}" if f16 else "—",
+                     f"{r['tokens_per_s'] / bnb['tokens_per_s']:.2f}" if bnb else "—"]
+            lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "decode.md"), "w") as fh:
+        fh.write(text)
+    return text
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", default=os.path.join("outputs", "reports"),
@@ -169,8 +211,6 @@ def main(argv=None):
         print("wrote", os.path.join(args.dir, "kernels.md"))
     decode = os.path.join(args.dir, "decode.json")
     if os.path.exists(decode):
-        from .decode import render as render_decode
-
         with open(decode) as fh:
             render_decode(json.load(fh), args.dir)
         print("wrote", os.path.join(args.dir, "decode.md"))

@@ -278,10 +278,12 @@ def run(args) -> dict:
                torch=torch.__version__, layers=args.layers, ctx=args.ctx, prefill_tokens=args.prefill,
                shape=asdict(shape), rounds=args.rounds, reps=dict(decode=args.reps, prefill=args.prefill_reps),
                table=args.table, missing_peers=peers.missing, rows=[], errors={},
-               method="random weights; hand-written Llama-3-8B-shaped block loop, QKV and gate/up fused into one "
-                      "linear each; one CUDA graph per (variant, step), all variants resident, variants replayed in "
-                      f"{args.rounds} alternating rounds (order rotated), median of rounds; fp16 activations, fp16 "
-                      "LM head and KV cache in every variant")
+               method="random weights (timings do not depend on them); hand-written Llama block loop, QKV and "
+                      "gate/up fused into one linear each; one CUDA graph per (variant, step), all variants resident, "
+                      f"replayed in {args.rounds} alternating rounds (order rotated), median of rounds; fp16 "
+                      "activations, fp16 LM head and KV cache in every variant; LoRDS through use_triton with tile "
+                      f"table {os.path.basename(args.table) if args.table else 'none (heuristic)'}, its layers keep "
+                      "the stored qweight beside the plan's repacked codes (both count in its memory)")
     t_start = time.time()
     built = {}  # name -> (model, {step: Step}, memory)
     with torch.no_grad():

@@ -4,7 +4,8 @@
 #   bwd     forward+backward timings         bench    python -m lords_kernels.bench → $OUT/kernels.json
 #   decode  python -m lords_kernels.decode → $OUT/decode.json
 #   k16     issue 16 bench (fp16 / fused / dequant+cuBLAS / zgemv / peers, fwd+bwd) → $OUT/k16.{json,md}
-#   tune16  tile sweep at the parity ranks of $TUNE_BLOCKS (default "64 128 256") → $OUT/tuned16.json
+#   tune16  tile sweep at the parity ranks of $TUNE_BLOCKS (default "64 128 256") → $OUT/tuned16.json; $TUNE_SHAPES
+#           (e.g. 6144x4096,28672x4096: the decode benchmark's fused QKV and gate/up) replaces the bench shapes
 #   tests16 the kernel GPU tests without -q's summary cut (pytest.log)
 #   repro-bench   part 1 of `make reproduce-kernels` → $OUT/kernels.{json,md,png} (estimated 6-8 min cold; it starts
 #                 no new cell after 450 s and names the cut in the JSON)
@@ -30,7 +31,8 @@ for step in "$@"; do
     k16) timeout ${K16_S:-530} python3 -m lords_kernels.bench_k16 --out-dir $OUT --budget-s ${K16_BUDGET:-450} \
              2>&1 | tee $OUT/k16.log | tail -60 ;;
     tune16) timeout ${TUNE_S:-530} python3 -m lords_kernels.bench --tune $OUT/tuned16.json --log $OUT/tunelog16.json \
-             --bits 4 --blocks ${TUNE_BLOCKS:-64 128 256} --ms ${TUNE_MS:-1 4 16 64 256} 2>&1 | grep -v "^  skip" \
+             --bits 4 --blocks ${TUNE_BLOCKS:-64 128 256} --ms ${TUNE_MS:-1 4 16 64 256} ${TUNE_SHAPES:+--shapes $TUNE_SHAPES} \
+             2>&1 | grep -v "^  skip" \
              | tail -60 ;;
     tests16) timeout ${TEST_S:-300} python3 -m pytest -m gpu tests/test_kernels_matmul.py tests/test_kernels_dispatch.py \
              -o addopts="" -q -n 8 -p no:cacheprovider ${TEST_K:+-k "$TEST_K"} 2>&1 | tail -30 > $OUT/pytest.log; \

@@ -169,8 +169,12 @@ def render_decode(data: dict, out_dir: str) -> str:
     ok = [r for r in rows if "error" not in r]
     steps = list(dict.fromkeys(r["batch"] for r in ok))
     ref = {(r["kind"], r.get("block_size"), r["batch"]): r for r in ok}
+    shape = data.get("shape")
+    dims = ("Llama-3-8B-shaped" if not shape else
+            f"Llama-shaped (hidden {shape['hidden']}, MLP {shape['inter']}, {shape['heads']} query / {shape['kv_heads']} "
+            f"KV heads of {shape['head_dim']}, vocabulary {shape['vocab']})")
     lines = [f"# End-to-end decode and prefill on {data['device']}", "",
-             f"{data['layers']} Llama-3-8B-shaped layers, decode context {data['ctx']}"
+             f"{data['layers']} {dims} layers, decode context {data['ctx']}"
              + (f", prefill {data['prefill_tokens']} tokens (batch 1)" if data.get("prefill_tokens") else "")
              + f". {data['method']}.", ""]
     if data.get("missing_peers"):
@@ -179,6 +183,9 @@ def render_decode(data: dict, out_dir: str) -> str:
         lines += ["Not measured: " + "; ".join(f"{k}: {v[:120]}" for k, v in data["errors"].items()) + ".", ""]
     if data.get("stopped"):
         lines += [f"Stopped early: {data['stopped']}.", ""]
+    bad = [f"{r['kind']}@{r.get('block_size')} {r['batch']}" for r in ok if r.get("finite") is False]
+    if bad:
+        lines += [f"Non-finite logits (timing kept; random weights overflowed fp16): {', '.join(bad)}.", ""]
     lines += ["| step | linears | block | ms/step (min–max) | tokens/s | GB/s | peak GiB | × fp16 | × bnb NF4 |",
               "|---|---|---|---|---|---|---|---|---|"]
     for st in steps:

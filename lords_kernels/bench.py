@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 
-from .peers import BLOCK, Peers, lords_bytes, lords_layers, lords_rank, weight_bytes  # noqa: F401 (re-exported)
+from .peers import BLOCK, Peers, lords_bytes, lords_layers, lords_rank  # noqa: F401 (re-exported)
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (1024, 4096)]
 MS = [1, 4, 16, 64, 256, 2048, 8192]
@@ -173,12 +173,13 @@ def bench(args, torch, triton):
     out = dict(device=torch.cuda.get_device_name() if cuda else "cpu (smoke: timings meaningless)",
                bandwidth_TBps=bw, torch=torch.__version__, triton=triton.__version__, missing_peers=peers.missing,
                blocks=blocks, rounds=args.rounds, table=args.table, rows=rows, errors=errors,
-               method=f"us: do_bench median, eager Python call, L2 flushed; us_graph: CUDA graph, weights rotated over "
-                      f">=150 MB of copies (cold L2), median replay / calls; implementations of a cell timed in "
-                      f"{args.rounds} alternating rounds, median of rounds; fp16 activations; LoRDS: NF grid, B/A "
-                      f"fp16, parity rank of the row's block size, through triton_forward (the layer plan); bnb NF4 "
-                      f"blocksize = block, no double quant; gemlite GemLiteLinear(4, group_size = block); floor = "
-                      f"(4-bit codes + fp16 scales per block + activations in/out) / copy bandwidth")
+               method=f"us: do_bench median (warmup 10 ms, rep 40 ms), eager Python call, L2 flushed; us_graph: "
+                      "CUDA graph, weights rotated over >=150 MB of copies (cold L2), median replay / calls; "
+                      f"implementations of a cell timed in {args.rounds} alternating rounds, median of rounds; "
+                      "fp16 activations; LoRDS: NF grid, B/A fp16, parity rank of the row's block size, through "
+                      "triton_forward (the layer plan); bnb NF4 blocksize = block, no double quant; gemlite "
+                      "GemLiteLinear(4, group_size = block); floor = (4-bit codes + fp16 scales per block + "
+                      "activations in/out) / copy bandwidth")
     t_start = time.time()
 
     def save():
@@ -214,10 +215,14 @@ def bench(args, torch, triton):
             except Exception as e:
                 errors[f"{N}x{K} gemlite_w4 block {blk} pack"] = repr(e)[:300]
         for bits, blk in variants:
-            layers = lords_layers(torch, N, K, bits, copies(lords_bytes(N, K, bits, blk)), torch.float16,
-                                  r=lords_rank(N, K, blk), device=dev)
-            for layer in layers:
-                lords_kernels.kernel_codes(layer)
+            try:
+                layers = lords_layers(torch, N, K, bits, copies(lords_bytes(N, K, bits, blk)), torch.float16,
+                                      r=lords_rank(N, K, blk), device=dev)
+                for layer in layers:
+                    lords_kernels.kernel_codes(layer)
+            except Exception as e:
+                errors[f"{N}x{K} lords {bits}-bit block {blk} build"] = repr(e)[:300]
+                continue
             impls[f"lords{bits}@{blk}"] = ("lords", bits, blk,
                                            [(lambda L=L: lords_kernels.triton_forward(L, cur["x"])) for L in layers])
         for M in args.ms:

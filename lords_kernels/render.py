@@ -171,8 +171,8 @@ def render_decode(data: dict, out_dir: str) -> str:
     ref = {(r["kind"], r.get("block_size"), r["batch"]): r for r in ok}
     shape = data.get("shape")
     dims = ("Llama-3-8B-shaped" if not shape else
-            f"Llama-shaped (hidden {shape['hidden']}, MLP {shape['inter']}, {shape['heads']} query / {shape['kv_heads']} "
-            f"KV heads of {shape['head_dim']}, vocabulary {shape['vocab']})")
+            f"Llama-shaped (hidden {shape['hidden']}, MLP {shape['inter']}, {shape['heads']} query / "
+            f"{shape['kv_heads']} KV heads of {shape['head_dim']}, vocabulary {shape['vocab']})")
     lines = [f"# End-to-end decode and prefill on {data['device']}", "",
              f"{data['layers']} {dims} layers, decode context {data['ctx']}"
              + (f", prefill {data['prefill_tokens']} tokens (batch 1)" if data.get("prefill_tokens") else "")

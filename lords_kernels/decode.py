@@ -389,7 +389,10 @@ def main(argv=None):
         args.layers, args.batches, args.ctx, args.prefill, args.rounds, args.reps, args.prefill_reps = \
             1, [1, 4], 16, 512, 1, 1, 1
     for v in args.variants:
-        parse_variant(v)
+        try:
+            parse_variant(v)
+        except ValueError as e:
+            p.error(str(e))
     return run(args)
 
 

@@ -46,11 +46,8 @@ reproduce-all: reproduce-ptq reproduce-peft  ## every CPU report (reproduce-kern
 clean:  ## remove run outputs (keeps committed reports)
 	find outputs -mindepth 1 -maxdepth 1 ! -name reports -exec rm -rf {} +
 
-reproduce-kernels: $(STAMP)  ## GPU: kernel benchmark vs cuBLAS/bnb/gemlite and end-to-end decode (see lords_kernels/NOTES.md)
-	$(PY) -m lords_kernels.bench && $(PY) -m lords_kernels.decode
-
-render-kernels: $(STAMP)  ## CPU: re-render outputs/reports/kernels.{md,png} from lords_kernels.json
-	$(PY) -m lords_kernels.bench --render
+render-kernels: $(STAMP)  ## CPU: re-render outputs/reports/kernels.{md,png} and decode.md from their JSON
+	$(PY) -m lords_kernels.render --dir outputs/reports
 
 test-kernels: $(STAMP)  ## kernel tests through the Triton interpreter on CPU
 	TRITON_INTERPRET=1 $(PY) -m pytest tests/test_kernels_*.py -q
@@ -65,6 +62,14 @@ reproduce-tables:  ## GPU (~1 h on one H200, sequential; tools/tables_on_gpus.sh
 	(4 and 3 bits, block 64, T = 50, under 30 min on 2 cores) or make reproduce-ptq (the main job).')"
 	$(GPU_PY) -m lords_pipelines.ptq_tables ptq_bits ptq_refine_ablation ptq_rank_ablation qat --model $(MODEL) \
 		--run-dir outputs/runs/ptq_tables/reproduce --out outputs/reports/tables
+
+# GPU_PY: the machine's CUDA torch with triton; bitsandbytes and gemlite are optional peers (a missing one is named).
+reproduce-kernels:  ## GPU (two parts of ~8 min each on an H200, estimated): outputs/reports/kernels.{json,md,png}, kernels_backward.json, decode.{json,md}
+	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-kernels needs a CUDA GPU \
+	(it times CUDA graphs of the Triton kernels, cuBLAS, bitsandbytes and gemlite). On this machine: make render-kernels \
+	re-renders the md/png from the committed JSON, and TRITON_INTERPRET=1 python -m lords_kernels.bench --smoke \
+	(or lords_kernels.decode --smoke) runs the benchmark code on the CPU.')"
+	$(GPU_PY) -m lords_kernels.reproduce all --out-dir outputs/reports
 
 reproduce-tables-peft:  ## GPU (84 runs, resumable; tools/tables_on_gpus.sh runs them concurrently): outputs/reports/tables/peft.{md,json,png} (docs/peft_table.md)
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables-peft needs a CUDA GPU \

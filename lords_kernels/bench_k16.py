@@ -23,7 +23,9 @@ import time
 
 from lords.lowrank import parity_rank
 
-from .bench import Peers, bandwidth_TBps, lords_bytes, lords_layers, n_copies, time_eager, time_graph
+from .bench import Clock, bandwidth_TBps, n_copies
+from .bench import alternate as _alternate
+from .peers import Peers, lords_bytes, lords_layers
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]
 MS = [1, 4, 16, 64, 2048, 8192]
@@ -32,41 +34,8 @@ BWD_MS = [2048, 8192]
 BLOCK = 64
 
 
-class Clock:
-    """Graph / eager timings on CUDA; one wall-clock call on the CPU (smoke mode)."""
-
-    def __init__(self, torch, triton, cuda: bool):
-        self.torch, self.triton, self.cuda = torch, triton, cuda
-
-    def graph(self, fns) -> float:
-        if self.cuda:
-            return time_graph(self.torch, fns)
-        t0 = time.perf_counter()
-        fns[0]()
-        return 1e6 * (time.perf_counter() - t0)
-
-    def eager(self, fn) -> float:
-        if self.cuda:
-            return time_eager(self.triton, fn)
-        t0 = time.perf_counter()
-        fn()
-        return 1e6 * (time.perf_counter() - t0)
-
-
 def make_layers(torch, N, K, copies, dtype, device):
-    if device == "cuda":
-        return lords_layers(torch, N, K, 4, copies, dtype)
-    import types
-
-    from lords.grids import make_grid
-    from lords.packing import pack_codes
-
-    r = parity_rank(N, K, BLOCK)
-    g = torch.Generator().manual_seed(0)
-    return [types.SimpleNamespace(
-        qweight=pack_codes(torch.randint(0, 16, (N, K), generator=g, dtype=torch.uint8), 4), grid=make_grid("nf", 4),
-        bits=4, in_features=K, out_features=N, bias=None, B=(torch.randn(N, r, generator=g) / r**0.5).to(dtype),
-        A=(torch.rand(r, K, generator=g) + 0.5).to(dtype)) for _ in range(copies)]
+    return lords_layers(torch, N, K, 4, copies, dtype, r=parity_rank(N, K, BLOCK), device=device)
 
 
 def zgemv_candidates(M, N, K, r, dtype_is_fp16):
@@ -118,19 +87,10 @@ def plan_with(layer, cfg, M, N, K, r, x):
     return lambda: lords_kernels.triton_forward(twin, x)
 
 
-def alternate(clock, impls: dict, rounds: int) -> dict:
+def alternate(clock, impls: dict, rounds: int):
     """Median over ``rounds`` alternating rounds of each implementation's graph timing (failures recorded)."""
-    times = {k: [] for k in impls}
-    errors = {}
-    for _ in range(rounds):
-        for name, fns in impls.items():
-            if name in errors:
-                continue
-            try:
-                times[name].append(clock.graph(fns))
-            except Exception as e:  # a config the compiler rejects: keep going, say so
-                errors[name] = repr(e)[:300]
-    return {k: statistics.median(v) for k, v in times.items() if v}, errors
+    samples, errors = _alternate({k: (lambda fns=fns: clock.graph(fns)) for k, fns in impls.items()}, rounds)
+    return {k: statistics.median(v) for k, v in samples.items() if v}, errors
 
 
 def run(args):

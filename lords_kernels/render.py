@@ -33,13 +33,20 @@ def _fmt(v, nd=1):
     return "—" if v is None else f"{v:.{nd}f}"
 
 
-def forward_tables(data: dict) -> list[str]:
+def _grid(data: dict):
+    """``(rows, cell, shapes, ms, blocks)`` of a kernels JSON: its rows (normalized), the row of each
+    ``(N, K, M, impl, bits, block_size)``, the shapes in report order, the Ms and the block sizes."""
     rows = normalize(data["rows"])
     cell = {(r["N"], r["K"], r["M"], r["impl"], r["bits"], r["block_size"]): r for r in rows}
     shapes = sorted({(r["N"], r["K"]) for r in rows},
                     key=lambda s: (SHAPE_ORDER.index(s) if s in SHAPE_ORDER else 99, s))
     ms = sorted({r["M"] for r in rows})
     blocks = sorted({r["block_size"] for r in rows if r["block_size"] is not None})
+    return rows, cell, shapes, ms, blocks
+
+
+def forward_tables(data: dict) -> list[str]:
+    rows, cell, shapes, ms, blocks = _grid(data)
     lines = []
     for blk in blocks:
         lbits = sorted({r["bits"] for r in rows if r["impl"] == "lords" and r["block_size"] == blk}, reverse=True)
@@ -123,12 +130,7 @@ def plot(data: dict, path: str) -> None:
     except ImportError:
         print("matplotlib missing: no plot")
         return
-    rows = normalize(data["rows"])
-    cell = {(r["N"], r["K"], r["M"], r["impl"], r["bits"], r["block_size"]): r for r in rows}
-    shapes = sorted({(r["N"], r["K"]) for r in rows},
-                    key=lambda s: (SHAPE_ORDER.index(s) if s in SHAPE_ORDER else 99, s))
-    ms = sorted({r["M"] for r in rows})
-    blocks = sorted({r["block_size"] for r in rows if r["block_size"] is not None})
+    rows, cell, shapes, ms, blocks = _grid(data)
     fig, axes = plt.subplots(len(blocks), len(shapes), figsize=(4.2 * len(shapes), 3.4 * len(blocks)),
                              sharey=True, squeeze=False)
     for i, blk in enumerate(blocks):

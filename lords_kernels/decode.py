@@ -173,7 +173,7 @@ class Model(nn.Module):
         if kind == "lords4":
             import lords_kernels
 
-            lords_kernels.use_triton(self)
+            lords_kernels.use_triton(self, codes_on_host=True)  # the GPU holds the codes once, as a server would
 
     def _layer(self, blk: Block, h, cos, sin, prefill: bool):
         s = self.shape
@@ -282,8 +282,8 @@ def run(args) -> dict:
                       "gate/up fused into one linear each; one CUDA graph per (variant, step), all variants resident, "
                       f"replayed in {args.rounds} alternating rounds (order rotated), median of rounds; fp16 "
                       "activations, fp16 LM head and KV cache in every variant; LoRDS through use_triton with tile "
-                      f"table {os.path.basename(args.table) if args.table else 'none (heuristic)'}, its layers keep "
-                      "the stored qweight beside the plan's repacked codes (both count in its memory)")
+                      f"table {os.path.basename(args.table) if args.table else 'none (heuristic)'}, its stored "
+                      "qweight in host memory (use_triton(codes_on_host=True)): the GPU holds its codes once")
     t_start = time.time()
     built = {}  # name -> (model, {step: Step}, memory)
     with torch.no_grad():

@@ -36,7 +36,8 @@ class LayerPlan:
     def __init__(self, layer):
         q = layer.qweight
         self.qweight, self.qversion = q, q._version
-        self.codes = repack(q, layer.bits, layer.in_features)
+        # On the scales' device: codes kept in host memory (use_triton(codes_on_host=True)) repack to the GPU.
+        self.codes = repack(q.to(layer.B.device), layer.bits, layer.in_features)
         self.grid = layer.grid
         self.N, self.r = layer.B.shape
         self.K, self.bits = layer.in_features, layer.bits
@@ -217,14 +218,22 @@ def _lords_layers(model: nn.Module):
     return [m for m in model.modules() if isinstance(m, LoRDSLinear)]
 
 
-def use_triton(model: nn.Module, cpu_fallback: bool = False) -> nn.Module:
+def use_triton(model: nn.Module, cpu_fallback: bool = False, codes_on_host: bool = False) -> nn.Module:
     """Run every LoRDSLinear of ``model`` through the Triton kernels (repacking its codes now); returns model.
 
-    ``cpu_fallback``: CPU inputs go to the torch reference instead of being refused (a model that moves)."""
+    ``cpu_fallback``: CPU inputs go to the torch reference instead of being refused (a model that moves).
+    ``codes_on_host``: serving. The kernels read only the plan's repacked codes, so each layer's stored ``qweight``
+    (what ``state_dict`` saves and the torch reference reads) moves to host memory: the GPU holds the codes once,
+    not twice (4 bits at 8B: ~3.5 GB less). Saving still works; a later ``model.to(device)`` brings ``qweight``
+    back and rebuilds the plans (two copies again); the reference path and ``dequantized_weight`` then need the
+    model on one device."""
     fn = _triton_or_reference if cpu_fallback else triton_forward
     for m in _lords_layers(model):
         m.set_backend(fn)
-        plan_of(m)
+        plan = plan_of(m)
+        if codes_on_host:
+            m.qweight = m.qweight.to("cpu", copy=True)  # a new tensor also on the CPU: one code path, tested there
+            plan.qweight, plan.qversion = m.qweight, m.qweight._version  # the plan still holds these codes
     return model
 
 

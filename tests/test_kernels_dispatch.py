@@ -241,3 +241,29 @@ def test_plan_under_cuda_graphs_matches_reference(M):
         graph.replay()
         torch.cuda.synchronize()
     assert rel(out, _want(layer, x)) < 2e-3  # fp16 operands
+
+
+def test_codes_on_host_serve_from_the_plan_alone_and_still_save():
+    """``use_triton(codes_on_host=True)``: the stored codes go to host memory, the kernels keep running from the
+    plan's copy (not rebuilt), the output is unchanged and ``state_dict`` still holds the same codes."""
+    linear = pytest.importorskip("lords.linear")
+    g = make_grid("nf", 4)
+    model = nn.Sequential(linear.LoRDSLinear(72, 40, 6, 4, g))
+    layer = model[0]
+    layer.set_codes(torch.randint(0, 16, (40, 72), generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        layer.B.normal_()
+        layer.A.uniform_(0.5, 1.5)
+    model = model.to(DEV).to(torch.bfloat16)
+    codes = layer.qweight.clone()
+    x = torch.randn(3, 72, dtype=torch.bfloat16, device=DEV)
+    with torch.no_grad():
+        want = lords_kernels.use_triton(model)(x)
+        plan = lords_kernels.plan_of(layer)
+        stored = layer.qweight
+        lords_kernels.use_triton(model, codes_on_host=True)
+        assert layer.qweight is not stored and layer.qweight.device.type == "cpu"
+        got = model(x)
+    assert lords_kernels.plan_of(layer) is plan  # served from the plan's codes, not repacked from the host copy
+    assert torch.equal(got, want)
+    assert torch.equal(model.state_dict()["0.qweight"].cpu(), codes.cpu())

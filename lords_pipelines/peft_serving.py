@@ -32,7 +32,8 @@ from .decode_latency import _decode, _sync
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer (packed codes as stored, scales, adapters, float layers)."""
+    """Bytes of every parameter and buffer (packed codes as stored, scales, adapters, float layers). On CUDA a
+    LoRDS model serves from its kernels' copy of the codes, the same size, with the stored one in host memory."""
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
@@ -70,6 +71,11 @@ def build_variants(float_model: nn.Module, tok, spec) -> dict[str, nn.Module]:
         train(p.model, items, tok, cfg.train_steps, cfg.batch_size, cfg.lr, 0, precision=precision)
         p.model.eval()
         variants[method] = p.model
+        if p.base == "lords" and cuda:  # served as a server would: the GPU holds the codes once (kernel layout)
+            import lords_kernels
+
+            for name in ("lords_before", method):
+                lords_kernels.use_triton(variants[name], cpu_fallback=True, codes_on_host=True)
         if p.base != "lords":
             again = prepare(float_model, method, spec.bits, spec.block_size, 0, spec.alpha_ratio, spec.loftq_iters)
             train(again.model, items, tok, cfg.train_steps, cfg.batch_size, cfg.lr, 0, precision=precision)

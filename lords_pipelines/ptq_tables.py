@@ -101,7 +101,9 @@ def run_row(float_model, tok, spec, row: Row, cache: dict, out: Path) -> dict:
 
 
 def run_table(table: str, run_dir: Path, model_name: str | None, only: str | None, loaded: dict,
-              render_only: bool = False) -> list[dict]:
+              render_only: bool = False) -> tuple[list[dict], list[str]]:
+    """``(records, missing)``: the journal's records of the table's rows in spec order, after running those it
+    lacks; with ``render_only`` nothing runs and ``missing`` names the rows the journal lacks (rendered as such)."""
     from tqdm.auto import tqdm
 
     spec = load_spec(table)
@@ -121,8 +123,9 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
     todo = [r for r in rows if r.key not in done]
     if render_only:
         if todo:
-            raise SystemExit(f"{journal}: {len(todo)} rows missing (first: {todo[0].key}); run the table first")
-        return [done[r.key] for r in rows]
+            print(f"{journal}: {len(todo)} rows of the spec not run yet (first: {todo[0].key}); rendering the rest",
+                  flush=True)
+        return [done[r.key] for r in rows if r.key in done], [r.key for r in todo]
     print(f"{table}: {len(rows)} rows, {len(rows) - len(todo)} already in {journal}", flush=True)
     if todo and spec.model not in loaded:
         from lords.models import load_model
@@ -141,7 +144,7 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
         done[row.key] = record
         print(f"  {row.key}: ppl " + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
               + f"; zero-shot {record.get('zero_shot_mean', float('nan')):.3f}; {record['seconds']:.0f} s", flush=True)
-    return [done[r.key] for r in rows]
+    return [done[r.key] for r in rows], []
 
 
 def main(argv=None):
@@ -158,13 +161,13 @@ def main(argv=None):
     t = time.time()
     for table in args.tables:
         t_table = time.time()
-        records = run_table(table, run_dir, args.model, args.only, loaded, render_only=args.render)
+        records, missing = run_table(table, run_dir, args.model, args.only, loaded, render_only=args.render)
         spec = load_spec(table)
         table = Path(table).stem
         devices = sorted({r.get("device") or device_name() for r in records})
         meta = {"table": table, "seconds": time.time() - t_table, "device": " / ".join(devices),
                 "torch": " / ".join(sorted({r.get("torch") or torch.__version__ for r in records})),
-                "spec": OmegaConf.to_container(spec, resolve=True)}
+                "spec": OmegaConf.to_container(spec, resolve=True), "missing": missing}
         for dest in [run_dir] + ([Path(args.out)] if args.out else []):
             md = write_table(table, records, meta, dest)
         print(md)

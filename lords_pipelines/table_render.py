@@ -13,6 +13,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+QAT_FIELDS = ("trainable_floats", "train_steps", "train_tokens", "train_source", "train_distinct_tokens",
+              "lr_weight", "lr_scale", "train_seconds", "train_tokens_per_s")
+
+
 def aggregate(records: list[dict]) -> list[dict]:
     """One row per method setting; calibrated rows carry the mean and std over their samples and the runs."""
     groups: dict[tuple, list[dict]] = {}
@@ -40,6 +44,8 @@ def aggregate(records: list[dict]) -> list[dict]:
         for task in tasks:
             row[f"{task}/acc"] = statistics.fmean(r[f"{task}/acc"] for r in runs)
             row[f"{task}/items"] = first[f"{task}/items"]
+        if "train_steps" in first:  # a QAT row: what it trained, at what budget
+            row.update({k: first.get(k) for k in QAT_FIELDS}, tokens=first.get("train_tokens"))
         row["runs"] = [{"sample": r["sample"], "ppl": r["ppl"], "zero_shot_mean": r.get("zero_shot_mean")}
                        for r in runs]
         rows.append(row)
@@ -163,6 +169,10 @@ def write_table(table: str, records: list[dict], meta: dict, dest: Path) -> str:
     dest.mkdir(parents=True, exist_ok=True)
     rows = aggregate(records)
     md = markdown(table, rows, meta)
+    missing = meta.get("missing") or []
+    if missing:
+        md += (f"\nNot run yet: {len(missing)} rows of `conf/tables/{table}.yaml` "
+               f"({', '.join(f'`{k}`' for k in missing)}).\n")
     (dest / f"{table}.json").write_text(json.dumps(rows, indent=1))
     (dest / f"{table}.md").write_text(md)
     try:

@@ -72,6 +72,11 @@ def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, model_
     capsys.readouterr()
     main([str(spec), *args])
     assert "4 already in" in capsys.readouterr().out
+    # A spec grown since its runs renders what its journal holds and names the rows not run yet.
+    spec.write_text(spec.read_text().replace("methods: [nf, lords_calibrated]", "methods: [nf, lords_calibrated, int]"))
+    main([str(spec), *args, "--render"])
+    assert "Not run yet: 1 rows" in (tmp_path / "out" / "mini.md").read_text() and "`int_b3_bs32_T0_r1`" in (
+        tmp_path / "out" / "mini.md").read_text()
 
 
 def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_path, model_dir):
@@ -90,6 +95,7 @@ def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_p
         assert 0 < r["weight_rel_error"] < 1 and r["float_params"] > 0
     assert qat["lords_qat"]["float_params"] < qat["blockwise_qat"]["float_params"]
     assert set(rows["lords_qat"]["ppl"]) == {"licenses", "kjv_genesis"}
+    assert rows["lords_qat"]["trainable_floats"] > 0 and rows["lords_qat"]["tokens"] == 192  # the table's JSON
     calibrated = next(r for r in records if r["method"] == "lords_qat_calibrated")  # from the refined PTQ model
     assert calibrated["steps"] == 2 and calibrated["lr_scale"] == 1e-4 and calibrated["train_steps"] == 3
     assert (tmp_path / "out" / "qat_mini_curves.png").stat().st_size > 0

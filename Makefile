@@ -56,12 +56,13 @@ test-kernels: $(STAMP)  ## kernel tests through the Triton interpreter on CPU
 # hydra-core, omegaconf and tqdm. MODEL: the embedded SmolLM2 by default, or a GGUF path / folder / hub id.
 GPU_PY ?= python3
 MODEL ?= smollm2-135m
-reproduce-tables:  ## GPU (~1 h on one H200, sequential; tools/tables_on_gpus.sh spreads it over GPUs): outputs/reports/tables/{ptq_bits,ptq_refine_ablation,ptq_rank_ablation,qat}.{md,json,png}
+reproduce-tables:  ## GPU (hours on one H200, sequential; tools/tables_on_gpus.sh spreads it over GPUs): outputs/reports/tables/{ptq_bits,ptq_refine_ablation,ptq_rank_ablation,qat,peft}.{md,json,png}
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables needs a CUDA GPU \
 	(about 120 PTQ runs of T = 500 with 1,500 zero-shot items each). On this machine: make reproduce-tables-cpu \
 	(4 and 3 bits, block 64, T = 50, under 30 min on 2 cores) or make reproduce-ptq (the main job).')"
 	$(GPU_PY) -m lords_pipelines.ptq_tables ptq_bits ptq_refine_ablation ptq_rank_ablation qat --model $(MODEL) \
 		--run-dir outputs/runs/ptq_tables/reproduce --out outputs/reports/tables
+	$(MAKE) reproduce-tables-peft
 
 # GPU_PY: the machine's CUDA torch with triton; bitsandbytes and gemlite are optional peers (a missing one is named).
 reproduce-kernels:  ## GPU (two parts of ~8 min each on an H200, estimated): outputs/reports/kernels.{json,md,png}, kernels_backward.json, decode.{json,md}
@@ -71,10 +72,11 @@ reproduce-kernels:  ## GPU (two parts of ~8 min each on an H200, estimated): out
 	(or lords_kernels.decode --smoke) runs the benchmark code on the CPU.')"
 	$(GPU_PY) -m lords_kernels.reproduce all --out-dir outputs/reports
 
-reproduce-tables-peft:  ## GPU (84 runs, resumable; tools/tables_on_gpus.sh runs them concurrently): outputs/reports/tables/peft.{md,json,png} (docs/peft_table.md)
+reproduce-tables-peft:  ## GPU (the serving benchmark alone, then 84 runs, resumable; tools/tables_on_gpus.sh runs them concurrently): outputs/reports/tables/peft{,_serving}.{md,json,png} (docs/peft_table.md)
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables-peft needs a CUDA GPU \
 	(84 PEFT runs of SmolLM2-135M: 4 methods x 3 tasks x (untrained, a 4-point lr grid, 2 more seeds)). On this machine the CPU-sized check is \
 	the smoke test: .venv/bin/python -m pytest tests/test_peft_tables.py')"
+	$(GPU_PY) -m lords_pipelines.peft_serving peft --model $(MODEL) --out outputs/reports/tables
 	$(GPU_PY) -m lords_pipelines.peft_tables peft --model $(MODEL) --run-dir outputs/runs/peft_tables/reproduce \
 		--out outputs/reports/tables
 

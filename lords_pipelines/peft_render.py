@@ -179,6 +179,10 @@ def write_table(table: str, records: list[dict], meta: dict, dest: Path) -> str:
     if serving.is_file():
         add_serving(rows, json.loads(serving.read_text()))
     md = markdown(table, rows, meta)
+    missing = meta.get("missing") or []
+    if missing:
+        md += (f"\nNot run yet: {len(missing)} runs of `conf/tables/{table}.yaml` (first: `{missing[0]}`); a row's ± "
+               "is over the seeds it has.\n")
     if serving.is_file():
         md += "\n" + serving.with_suffix(".md").read_text().replace("# Serving", "## Serving", 1)
     (dest / f"{table}.json").write_text(json.dumps(rows, indent=1))

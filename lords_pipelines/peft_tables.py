@@ -173,9 +173,10 @@ def _journal(path: Path) -> dict[str, dict]:
 
 
 def run_table(table: str, run_dir: Path, model_name: str | None, only: str | None,
-              render_only: bool = False) -> tuple[DictConfig, list[dict]]:
+              render_only: bool = False) -> tuple[DictConfig, list[dict], list[str]]:
     """Every run of the table that ``only`` (a regex over ``<task>_<method>_``) selects, resumed from the journal;
-    returns the spec and the journal's records of the selected runs."""
+    returns the spec, the journal's records of the selected runs and the keys not run (``render_only``: nothing
+    runs; a task and method whose lr grid is incomplete is left out of the records, its seeds may be partial)."""
     spec = load_spec(table)
     name = Path(table).stem
     if model_name:
@@ -188,13 +189,22 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
     done = _journal(journal)
     pairs = [(t, m) for t in spec.tasks for m in spec.methods if not only or re.search(only, f"{t}_{m}_")]
     ctx = None
+    missing: list[str] = []
+    complete = []  # pairs whose grid is done: their lr is chosen, their rows can be drawn
     for task, method in pairs:
         for phase in ("grid", "seeds"):
             runs = grid_runs(spec, task, method) if phase == "grid" else \
                 seed_runs(spec, task, method, choose_lr(done, spec, task, method))
             todo = [r for r in runs if r.key not in done]
-            if todo and render_only:
-                raise SystemExit(f"{journal}: {todo[0].key} missing; run the table first")
+            if render_only:
+                missing += [r.key for r in todo]
+                if todo and phase == "grid":
+                    break
+                if phase == "grid":
+                    complete.append((task, method))
+                continue
+            if phase == "grid":
+                complete.append((task, method))
             for run in todo:
                 ctx = ctx or _context(spec)
                 record = run_one(ctx, run)
@@ -206,9 +216,11 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
                       else "") + ", ppl " + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
                       + f", {record['decode_ms_per_token'] or float('nan'):.2f} ms/token, {record['seconds']:.0f} s",
                       flush=True)
-    keys = {r.key for t, m in pairs for r in grid_runs(spec, t, m)}
-    keys |= {r.key for t, m in pairs for r in seed_runs(spec, t, m, choose_lr(done, spec, t, m))}
-    return spec, [r for k, r in done.items() if k in keys]
+    keys = {r.key for t, m in complete for r in grid_runs(spec, t, m)}
+    keys |= {r.key for t, m in complete for r in seed_runs(spec, t, m, choose_lr(done, spec, t, m))}
+    if missing:
+        print(f"{journal}: {len(missing)} runs not done yet (first: {missing[0]}); drawing the rest", flush=True)
+    return spec, [r for k, r in done.items() if k in keys], missing
 
 
 def _context(spec: DictConfig) -> Context:
@@ -232,11 +244,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     run_dir = Path(args.run_dir or f"outputs/runs/peft_tables/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     t = time.time()
-    spec, records = run_table(args.table, run_dir, args.model, args.only, render_only=args.render)
+    spec, records, missing = run_table(args.table, run_dir, args.model, args.only, render_only=args.render)
+    if not records:
+        raise SystemExit(f"{run_dir}: no task and method of the table has its lr grid done yet: nothing to draw")
     name = Path(args.table).stem
     meta = {"table": name, "spec": OmegaConf.to_container(spec, resolve=True),
             "device": " / ".join(sorted({r["device"] for r in records})),
-            "torch": " / ".join(sorted({r["torch"] for r in records}))}
+            "torch": " / ".join(sorted({r["torch"] for r in records})), "missing": missing}
     for dest in [run_dir] + ([Path(args.out)] if args.out else []):
         md = write_table(name, records, meta, dest)
     print(md)

@@ -87,3 +87,10 @@ def test_runner_pairs_methods_at_equal_floats_journals_every_run_and_resumes(tmp
     out = capsys.readouterr().out
     assert ": val " not in out and "done:" in out  # no run printed its scores: nothing ran again
     assert len((tmp_path / "run" / "mini" / "rows.jsonl").read_text().splitlines()) == len(journal)
+    # Render-only on a journal missing runs: a task and method whose grid is incomplete is left out, the rest drawn.
+    kept = [line for line in journal if json.loads(line)["key"] != "kjv_qlora_lr0.01_s0"]
+    (tmp_path / "run" / "mini" / "rows.jsonl").write_text("\n".join(kept) + "\n")
+    main([*args, "--render"])
+    rows = json.loads((tmp_path / "out" / "mini.json").read_text())
+    assert ("kjv", "qlora") not in [(r["task"], r["method"]) for r in rows] and len(rows) == 3
+    assert "Not run yet: 1 runs" in (tmp_path / "out" / "mini.md").read_text()

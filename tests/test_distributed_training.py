@@ -100,8 +100,8 @@ def _pairs(path: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stage", list(STAGES))
+# QAT runs in CI (50 s: latent weights and scales, the larger sharded state); PEFT's twin is `slow`.
+@pytest.mark.parametrize("stage", [pytest.param(s, marks=[pytest.mark.slow] if s != "qat" else []) for s in STAGES])
 def test_ddp_and_fsdp_on_two_processes_follow_one_process_loss_curve_through_a_resume(tmp_path, stage):
     """Two steps, a restart from ``last.ckpt`` (``trainer.resume=last``), two more: the same four losses as one
     uninterrupted process, within ``TOLERANCE``; the final artefact is the library's checkpoint."""

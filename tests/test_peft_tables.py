@@ -94,3 +94,14 @@ def test_runner_pairs_methods_at_equal_floats_journals_every_run_and_resumes(tmp
     rows = json.loads((tmp_path / "out" / "mini.json").read_text())
     assert ("kjv", "qlora") not in [(r["task"], r["method"]) for r in rows] and len(rows) == 3
     assert "Not run yet: 1 runs" in (tmp_path / "out" / "mini.md").read_text()
+    # A serving benchmark beside the table (peft_serving) fills the decode columns of rows not timed per run.
+    serving = [{"variant": v, "decode_ms_per_token": ms} for v, ms in
+               (("float", 9.0), ("lords_before", 5.0), ("lords_peft", 5.1), ("qlora", 8.0), ("qlora_merged", 4.0))]
+    (tmp_path / "out" / "mini_serving.json").write_text(json.dumps(serving))
+    (tmp_path / "out" / "mini_serving.md").write_text("# Serving after PEFT: test\n")
+    main([*args, "--render"])
+    rows = {(r["task"], r["method"]): r for r in json.loads((tmp_path / "out" / "mini.json").read_text())}
+    kjv = rows[("kjv", "lords_peft")]  # kjv runs are not timed per run (latency.tasks: [lords_roman])
+    assert (kjv["decode_ms_per_token"], kjv["before"]["decode_ms_per_token"]) == (5.1, 5.0)
+    assert rows[("lords_roman", "qlora")]["decode_ms_per_token"] != 8.0  # its own per-run timing is kept
+    assert "## Serving after PEFT" in (tmp_path / "out" / "mini.md").read_text()

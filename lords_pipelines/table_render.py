@@ -138,7 +138,8 @@ def plot(table: str, rows: list[dict], path: Path) -> None:
 
 
 def plot_curves(records: list[dict], path: Path) -> bool:
-    """Training (thin) and validation (markers) loss of every QAT run against steps; False when none has curves."""
+    """Training (lines) and validation (markers) loss of every QAT run against steps, one panel per bit width,
+    block-wise runs dashed; False when no run has curves."""
     runs = [r for r in records if r.get("curves") and r["curves"]["train/loss"]]
     if not runs:
         return False
@@ -147,17 +148,22 @@ def plot_curves(records: list[dict], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, r in enumerate(runs):
-        label = f"{r['method']} {r['bits']} bits" + (f" ({r['rule']})" if r["rule"] else "")
-        train, val = r["curves"]["train/loss"], r["curves"]["val/loss"]
-        ax.plot([s for s, _ in train], [v for _, v in train], lw=0.8, color=f"C{i}", label=label)
-        if val:
-            ax.plot([s for s, _ in val], [v for _, v in val], "o", ms=4, color=f"C{i}")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("next-token loss (lines: train, dots: validation)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    widths = sorted({r["bits"] for r in runs}, reverse=True)
+    fig, axes = plt.subplots(1, len(widths), figsize=(5.5 * len(widths), 4.5), squeeze=False)
+    for ax, bits in zip(axes[0], widths):
+        mine = [r for r in runs if r["bits"] == bits]
+        for i, r in enumerate(mine):
+            label = r["method"] + (f" ({r['rule']})" if r["rule"] else "")
+            style = "--" if not r["method"].startswith("lords") else "-"
+            train, val = r["curves"]["train/loss"], r["curves"]["val/loss"]
+            ax.plot([s for s, _ in train], [v for _, v in train], style, lw=0.9, color=f"C{i}", label=label)
+            if val:
+                ax.plot([s for s, _ in val], [v for _, v in val], "o", ms=4, color=f"C{i}")
+        ax.set_title(f"{bits} bits")
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("next-token loss (lines: train, dots: validation)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

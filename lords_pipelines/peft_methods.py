@@ -15,6 +15,8 @@
 - ``qpissa``: peft's PiSSA initialisation (``init_lora_weights="pissa"``) on the float weights: the top-r singular
   directions of ``W`` go into the LoRA, the residual ``W − B·A·scaling`` is what bnb quantizes (QPiSSA as its
   paper and peft's docs describe it).
+- At 3 or 2 bits (bitsandbytes has no such layer) the LoRA methods' base is the project's block-wise NF
+  ``BlockLinear`` at that width and block (absmax, fp32 scales, as bnb's NF4 at 4), LoftQ by ``lords.loftq``.
 The LoRA rank of each layer is LoRDS's parity rank at ``block_size``: ``r·(n+m)`` trainable floats, exactly the
 ``B, A`` that LoRDS trains on that layer (``adapters.matched_lora_ranks``); ``alpha = alpha_ratio · r``.
 """
@@ -86,29 +88,33 @@ def prepare(float_model: nn.Module, method: str, bits: int = 4, block_size: int 
     model = add_lora(model, ranks, alpha_ratio, seed)
     if start is not None:
         set_lora(model, start, scale_B=1 / alpha_ratio if method == "loftq" else 1.0)
-    return Prepared(model, method, trainable_floats(model), ranks, "bnb-nf4", init)
+    return Prepared(model, method, trainable_floats(model), ranks, "bnb-nf4" if bits == 4 else f"lords-nf{bits}", init)
 
 
 def lora_base(model: nn.Module, method: str, ranks: dict[str, int], bits: int = 4, block_size: int = 64,
               alpha_ratio: float = 1.0, loftq_iters: int = 1):
-    """``(base, start, init)``: ``model`` (changed in place) with bnb NF4 linears holding what ``method`` leaves
-    in the base (``W``; LoftQ's ``Q``; PiSSA's residual), the LoRA's starting ``{name: (A, B)}`` (None: peft's
-    default) and the init in words. Deterministic: a saved adapter reloads onto the base rebuilt from the same
-    float model (``load_trained``)."""
-    if bits != 4:
-        raise ConfigError(f"method={method!r}: bitsandbytes' base is 4-bit NF4 only, got bits={bits}")
+    """``(base, start, init)``: ``model`` (changed in place) with 4-bit bnb NF4 linears (other widths: the
+    project's block-wise NF ``BlockLinear``, bitsandbytes having no 3- or 2-bit layer) holding what ``method``
+    leaves in the base (``W``; LoftQ's ``Q``; PiSSA's residual), the LoRA's starting ``{name: (A, B)}`` (None:
+    peft's default) and the init in words. Deterministic: a saved adapter reloads onto the base rebuilt from the
+    same float model (``load_trained``)."""
+    if bits not in (2, 3, 4):
+        raise ConfigError(f"method={method!r}: bits={bits} is not one of (2, 3, 4)")
     start, init = None, "peft default (A Kaiming, B zero)"
     if method == "qpissa":
         start, init = peft_init(model, ranks, "pissa", alpha_ratio), "peft pissa (SVD of W)"
-    elif method == "loftq" and torch.cuda.is_available():
+    elif method == "loftq" and bits == 4 and torch.cuda.is_available():
         if block_size != 64:
             raise ConfigError(f"loftq: peft's loftq_init quantizes at bnb's block 64, not block_size={block_size}")
         start = peft_init(model, ranks, "loftq", alpha_ratio, loftq_iters)
         init = f"peft loftq_init, {loftq_iters} iteration(s) (CUDA)"
     elif method == "loftq":
-        start = lords_loftq_init(model, ranks, block_size, loftq_iters)
-        init = f"lords.loftq alternation, {loftq_iters} iteration(s) (CPU; peft's runs only on CUDA)"
-    return to_bnb_4bit(model, list(ranks), block_size), start, init
+        start = lords_loftq_init(model, ranks, block_size, loftq_iters, bits)
+        where = "peft's runs only on CUDA" if bits == 4 else "peft's is 4-bit only"
+        init = f"lords.loftq alternation, {loftq_iters} iteration(s) ({where})"
+    if bits == 4:
+        return to_bnb_4bit(model, list(ranks), block_size), start, init
+    return to_blockwise(model, list(ranks), bits, block_size), start, init
 
 
 def save_trained(prepared: Prepared, path) -> None:
@@ -123,7 +129,7 @@ def save_trained(prepared: Prepared, path) -> None:
 
 
 def load_trained(float_model: nn.Module, method: str, path, block_size: int = 64, alpha_ratio: float = 1.0,
-                 loftq_iters: int = 1) -> nn.Module:
+                 loftq_iters: int = 1, bits: int = 4) -> nn.Module:
     """What ``save_trained`` wrote, loaded for evaluation (LoRA methods: onto their rebuilt base, unmerged)."""
     if method == "lords_peft":
         from lords import load_quantized
@@ -132,7 +138,11 @@ def load_trained(float_model: nn.Module, method: str, path, block_size: int = 64
     from peft import PeftModel
 
     model = copy.deepcopy(float_model)
-    base, _, _ = lora_base(model, method, target_ranks(model, block_size), 4, block_size, alpha_ratio, loftq_iters)
+    base, _, _ = lora_base(model, method, target_ranks(model, block_size), bits, block_size, alpha_ratio, loftq_iters)
+    if bits != 4:  # a BlockLinear base: peft needs its custom-module registration (adapters.load_lora)
+        from .adapters import load_lora
+
+        return load_lora(base, path)
     return PeftModel.from_pretrained(base, str(path)).eval()
 
 
@@ -163,21 +173,30 @@ def peft_init(model: nn.Module, ranks: dict[str, int], init: str, alpha_ratio: f
 
 
 @torch.no_grad()
-def lords_loftq_init(model: nn.Module, ranks: dict[str, int], block_size: int,
-                     iters: int = 1) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """LoftQ by the project's alternation (``lords.loftq``, NF4, ``block_size``): each linear's weight becomes
-    ``deq(Q)``; returns ``{name: (A = R, B = L)}``."""
+def lords_loftq_init(model: nn.Module, ranks: dict[str, int], block_size: int, iters: int = 1,
+                     bits: int = 4) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """LoftQ by the project's alternation (``lords.loftq``, NF at ``bits``, ``block_size``): each linear's weight
+    becomes ``deq(Q)``; returns ``{name: (A = R, B = L)}``."""
     from lords.linear import BlockLinear
     from lords.loftq import LoftQConfig, quantize_loftq
 
     start = {}
     for name, rank in ranks.items():
         linear = model.get_submodule(name)
-        config = LoftQConfig(bits=4, block_size=block_size, rank=rank, iters=iters)
+        config = LoftQConfig(bits=bits, block_size=block_size, rank=rank, iters=iters)
         module, _ = quantize_loftq(name, linear, config)
         linear.weight.data.copy_(BlockLinear.dequantized_weight(module).to(linear.weight.dtype))
         start[name] = (module.lora_R.detach().clone(), module.lora_L.detach().clone())
     return start
+
+
+def to_blockwise(model: nn.Module, names: list[str], bits: int, block_size: int) -> nn.Module:
+    """Replace each named ``nn.Linear`` by the project's block-wise NF ``BlockLinear`` at ``bits`` (absmax per
+    ``block_size`` inputs, fp32 scales: what bnb's NF4 stores, at another width); returns ``model``."""
+    wanted = set(names)
+    quantize_(model, BlockwiseConfig(bits=bits, block_size=block_size), filter_fn=lambda m, name: name in wanted,
+              progress=False)
+    return model
 
 
 def to_bnb_4bit(model: nn.Module, names: list[str], block_size: int) -> nn.Module:
@@ -220,8 +239,11 @@ def set_lora(model: nn.Module, start: dict[str, tuple[torch.Tensor, torch.Tensor
 
 def merged(model: nn.Module) -> nn.Module | None:
     """The LoRA merged into its bnb base where peft allows (``merge_and_unload``: dequantize, add, re-quantize to
-    NF4: lossy), else None. Consumes ``model``."""
-    if not hasattr(model, "merge_and_unload"):
+    NF4: lossy), else None (no adapter, or a ``BlockLinear`` base, which peft cannot merge into). Consumes
+    ``model``."""
+    from lords.linear import BlockLinear
+
+    if not hasattr(model, "merge_and_unload") or any(isinstance(m, BlockLinear) for m in model.modules()):
         return None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Mm]erge.*")

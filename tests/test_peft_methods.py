@@ -141,3 +141,35 @@ def test_lords_peft_can_start_from_algorithm_1_which_fits_the_float_weights_bett
     refined = prepare(float_model, "lords_peft", block_size=BLOCK, lords_refine=RefineConfig(steps=20, lr=1e-2))
     assert "Algorithm 1" in refined.init and refined.trainable_floats == plain.trainable_floats
     assert error(refined) < error(plain)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_at_3_bits_every_method_trains_on_a_3_bit_base_and_reloads(method, float_model, tok, tmp_path):
+    """bitsandbytes has no 3-bit layer: the LoRA methods' base is the project's block-wise NF3 ``BlockLinear``."""
+    from lords.linear import BlockLinear, LoRDSLinear
+
+    p = prepare(float_model, method, bits=3, block_size=BLOCK, seed=0)
+    kind = LoRDSLinear if method == "lords_peft" else BlockLinear
+    layers = [m for m in p.model.modules() if isinstance(m, kind)]
+    assert len(layers) == 14 and {m.bits for m in layers} == {3}
+    assert p.base == ("lords" if method == "lords_peft" else "lords-nf3")
+    train(p.model, _items(tok), tok, steps=1, batch_size=4, lr=1e-2, seed=0)
+    save_trained(p, tmp_path / "saved")
+    reloaded = load_trained(float_model, method, tmp_path / "saved", block_size=BLOCK, bits=3)
+    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(_logits(reloaded, ids), _logits(p.model, ids), rtol=0, atol=1e-5)
+    assert merged(p.model) is None or method == "lords_peft"  # peft cannot merge into a BlockLinear
+
+
+def test_loftq_at_3_bits_keeps_loftq_s_codes_in_its_base(float_model):
+    """Re-quantizing LoftQ's dequantized ``Q`` block-wise gives back its codes: the base is LoftQ's ``Q``."""
+    from lords.linear import BlockLinear
+    from lords.loftq import LoftQConfig, quantize_loftq
+
+    p = prepare(float_model, "loftq", bits=3, block_size=BLOCK)
+    name = "model.layers.0.mlp.up_proj"
+    base = next(m for n, m in p.model.named_modules()
+                if n.endswith(name + ".base_layer") and isinstance(m, BlockLinear))
+    config = LoftQConfig(bits=3, block_size=BLOCK, rank=p.ranks[name], iters=1)  # prepare's loftq_iters
+    module, _ = quantize_loftq(name, float_model.get_submodule(name), config)
+    assert torch.equal(base.codes(), module.codes())

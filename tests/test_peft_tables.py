@@ -105,3 +105,10 @@ def test_runner_pairs_methods_at_equal_floats_journals_every_run_and_resumes(tmp
     assert (kjv["decode_ms_per_token"], kjv["before"]["decode_ms_per_token"]) == (5.1, 5.0)
     assert rows[("lords_roman", "qlora")]["decode_ms_per_token"] != 8.0  # its own per-run timing is kept
     assert "## Serving after PEFT" in (tmp_path / "out" / "mini.md").read_text()
+
+
+def test_the_3_bit_spec_is_the_4_bit_table_at_3_bits():
+    four, three = load_spec("peft"), load_spec("peft3")
+    assert three.bits == 3 and four.bits == 4
+    three.bits = 4
+    assert three == four  # the same methods, tasks, grid, seeds and budgets

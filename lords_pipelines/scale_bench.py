@@ -27,6 +27,7 @@ WINDOWS = ["data.train_tokens=1048576", "data.window=512", "data.batch_size=8"]
 # Both stages train on the same packed 512-token windows (PEFT as domain adaptation): the same tokens per step,
 # so the two speedups compare. PEFT on short pairs (32 × ≤ 64 tokens a step) measured 0.94× on 2 GPUs.
 STAGES = {"qat": WINDOWS, "peft": ["stage.data=calib", *WINDOWS]}
+WORKLOAD = "packed 512-token windows, 8 per GPU a step"
 
 
 def run_stage(stage: str, devices: int, steps: int, strategy: str = "ddp") -> dict:
@@ -37,7 +38,7 @@ def run_stage(stage: str, devices: int, steps: int, strategy: str = "ddp") -> di
         if done.returncode != 0:
             raise SystemExit(f"{stage} on {devices} GPU(s) failed:\n{done.stderr[-3000:]}")
         metrics = json.loads((Path(out) / "metrics.json").read_text())["metrics"]
-    return {"stage": stage, "devices": devices, "steps": steps, "tokens_per_s": metrics["train_tokens_per_s"],
+    return {"stage": stage, "devices": devices, "steps": steps, "workload": WORKLOAD, "tokens_per_s": metrics["train_tokens_per_s"],
             "train_seconds": metrics["train_seconds"], "trainable_floats": metrics["trainable_floats"]}
 
 

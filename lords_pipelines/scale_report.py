@@ -25,13 +25,18 @@ def measured(reports: Path) -> dict:
     s2, s4 = two["rows"][0]["seconds"], four["rows"][0]["seconds"]
     block = (s4 - s2) / (four["layers"] - two["layers"])
     fixed = s2 - two["layers"] * block
-    ddp = {(r["stage"], r["devices"]): r["tokens_per_s"] for r in json.loads((reports / "scale_ddp.json").read_text())}
+    ddp_rows = json.loads((reports / "scale_ddp.json").read_text())
+    ddp = {(r["stage"], r["devices"]): r["tokens_per_s"] for r in ddp_rows}
+    # Rows before the windows workload carry no "workload": PEFT then trained on short prompt/answer pairs.
+    peft_workload = next((r.get("workload") for r in ddp_rows if r["stage"] == "peft"), None) or \
+        "short prompt/answer pairs (32 × ≤ 64 tokens a step)"
     out = {"ptq_block_seconds": block, "ptq_fixed_seconds": fixed, "ptq_steps": two["steps"],
            "ptq_tokens": two["tokens"], "ptq_runs_seconds": {two["layers"]: s2, four["layers"]: s4},
            "ptq_peak_bytes": max(two["rows"][0]["peak_bytes"], four["rows"][0]["peak_bytes"]),
            "ptq_32_blocks_seconds": fixed + cm.LLAMA3_8B.layers * block,
            "ddp_tokens_per_s": {f"{k[0]}_{k[1]}gpu": v for k, v in ddp.items()},
-           "qat_speedup_2gpu": ddp[("qat", 2)] / ddp[("qat", 1)], "peft_speedup_2gpu": ddp[("peft", 2)] / ddp[("peft", 1)]}
+           "qat_speedup_2gpu": ddp[("qat", 2)] / ddp[("qat", 1)], "peft_speedup_2gpu": ddp[("peft", 2)] / ddp[("peft", 1)],
+           "peft_workload": peft_workload}
     multi = [row for path in sorted(reports.glob("scale_ptq_*.json")) for row in json.loads(path.read_text())]
     out["multi_gpu_ptq"] = multi or None
     return out
@@ -89,8 +94,10 @@ def render(m: dict, mod: dict) -> str:
         "Goal: under 30 minutes.",
         f"- `ptq_peak_gb` = **{m['ptq_peak_bytes'] / 1e9:.2f}** GB ({m['ptq_peak_bytes'] / 2**30:.2f} GiB, measured, "
         "same runs; one block is in memory at a time, so it does not grow with the number of blocks). Goal: under 24 GB.",
-        f"- `speedup_2gpu` = **{m['qat_speedup_2gpu']:.2f}** (measured): QAT tokens/s of a 1.1B Llama on 2 H200s over "
-        f"one under DDP (`scale_ddp.md`); PEFT on short pairs: {m['peft_speedup_2gpu']:.2f} (measured). Goal: ≥ 1.8.", "",
+        f"- `speedup_2gpu` = **{min(m['qat_speedup_2gpu'], m['peft_speedup_2gpu']):.2f}** (measured; the goal covers "
+        f"both stages, so the smaller): tokens/s of a 1.1B Llama on 2 H200s over one under DDP (`scale_ddp.md`), QAT "
+        f"{m['qat_speedup_2gpu']:.2f}, PEFT {m['peft_speedup_2gpu']:.2f} on {m['peft_workload']}. Goal: ≥ 1.8 for both.",
+        "",
         "## Streamed PTQ, Llama-3-8B on one GPU: model against measurement", "",
         "| figure | measured / extrapolated | model |", "|---|---|---|",
         f"| peak GPU memory | {m['ptq_peak_bytes'] / 2**30:.2f} GiB (measured) | {p8['peak_gib']:.2f} GiB (one bf16 "
@@ -174,8 +181,10 @@ def build(reports: Path) -> dict:
                                  "4-block streamed runs (stream_8b.md, H100, T = 500)",
             "ptq_peak_gb": m["ptq_peak_bytes"] / 1e9,
             "ptq_peak_gb_is": "measured: peak CUDA memory of the same runs (GB = 1e9 bytes)",
-            "speedup_2gpu": m["qat_speedup_2gpu"],
-            "speedup_2gpu_is": "measured: QAT tokens/s on 2 H200s over one, DDP, 1.1B Llama (scale_ddp.md)",
+            "speedup_2gpu": min(m["qat_speedup_2gpu"], m["peft_speedup_2gpu"]),
+            "speedup_2gpu_is": "measured: the smaller of QAT's and PEFT's tokens/s on 2 H200s over one, DDP, 1.1B Llama "
+                               f"(scale_ddp.md; QAT {m['qat_speedup_2gpu']:.2f}, PEFT {m['peft_speedup_2gpu']:.2f} on "
+                               f"{m['peft_workload']})",
             **{f"ptq_2gpu_speedup_{r['inputs']}": r["speedup_wall"] for r in (m["multi_gpu_ptq"] or []) if r["ranks"] == 2},
             "measured": m, "model": mod}
 

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from .distributed import trained_model
 from .lit_train import PEFTModule
 from .peft_tasks import loader
 
@@ -38,7 +39,7 @@ def train(model: nn.Module, items: list, tok, steps: int, batch_size: int, lr: f
     start = time.time()
     trainer.fit(module, train_dataloaders=loader(items, tok, batch_size, shuffle=True, seed=seed))
     loss = trainer.callback_metrics.get("train/loss")
-    model.to(device).eval()  # Lightning's teardown moved it to the CPU: score and serve it where it trained
+    trained_model(trainer, model, None).eval()  # back where it trained (Lightning's teardown moves it to the CPU)
     return {"steps": trainer.global_step, "tokens": counter.tokens, "loss_tokens": counter.scored,
             "train_seconds": time.time() - start, "final_loss": None if loss is None else float(loss)}
 

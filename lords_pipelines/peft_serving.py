@@ -20,6 +20,7 @@ numbers are no speed comparison.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -66,21 +67,20 @@ def build_variants(float_model: nn.Module, tok, spec) -> dict[str, nn.Module]:
     for method in spec.methods:
         p = prepare(float_model, method, spec.bits, spec.block_size, 0, spec.alpha_ratio, spec.loftq_iters)
         if p.base == "lords":
+            variants["lords_before"] = copy.deepcopy(p.model)  # the same quantized model, never trained
             apply_backend(p.model, "auto")
-            variants["lords_before"] = prepare(float_model, method, spec.bits, spec.block_size).model
-            apply_backend(variants["lords_before"], "auto")
         train(p.model, items, tok, cfg.train_steps, cfg.batch_size, cfg.lr, 0, precision=precision)
-        p.model.eval()
-        variants[method] = p.model
-        if p.base == "lords" and cuda:  # served as a server would: the GPU holds the codes once (kernel layout)
-            import lords_kernels
-
+        variants[method] = p.model.eval()
+        if p.base == "lords":
             for name in ("lords_before", method):
-                lords_kernels.use_triton(variants[name], cpu_fallback=True, codes_on_host=True)
-        if p.base != "lords":
-            again = prepare(float_model, method, spec.bits, spec.block_size, 0, spec.alpha_ratio, spec.loftq_iters)
-            train(again.model, items, tok, cfg.train_steps, cfg.batch_size, cfg.lr, 0, precision=precision)
-            done = merged(again.model)
+                if cuda:  # served as a server would: the GPU holds the codes once (kernel layout)
+                    import lords_kernels
+
+                    lords_kernels.use_triton(variants[name], cpu_fallback=True, codes_on_host=True)
+                else:
+                    apply_backend(variants[name], "auto")
+        else:  # the same trained adapter merged (merging consumes the model it is given)
+            done = merged(copy.deepcopy(p.model))
             if done is not None:
                 variants[f"{method}_merged"] = done.eval()
     return variants

@@ -37,6 +37,7 @@ def measured(reports: Path) -> dict:
            "ddp_tokens_per_s": {f"{k[0]}_{k[1]}gpu": v for k, v in ddp.items()},
            "qat_speedup_2gpu": ddp[("qat", 2)] / ddp[("qat", 1)], "peft_speedup_2gpu": ddp[("peft", 2)] / ddp[("peft", 1)],
            "peft_workload": peft_workload}
+    out["speedup_2gpu"] = min(out["qat_speedup_2gpu"], out["peft_speedup_2gpu"])  # the goal covers both stages
     multi = [row for path in sorted(reports.glob("scale_ptq_*.json")) for row in json.loads(path.read_text())]
     out["multi_gpu_ptq"] = multi or None
     return out
@@ -94,7 +95,7 @@ def render(m: dict, mod: dict) -> str:
         "Goal: under 30 minutes.",
         f"- `ptq_peak_gb` = **{m['ptq_peak_bytes'] / 1e9:.2f}** GB ({m['ptq_peak_bytes'] / 2**30:.2f} GiB, measured, "
         "same runs; one block is in memory at a time, so it does not grow with the number of blocks). Goal: under 24 GB.",
-        f"- `speedup_2gpu` = **{min(m['qat_speedup_2gpu'], m['peft_speedup_2gpu']):.2f}** (measured; the goal covers "
+        f"- `speedup_2gpu` = **{m['speedup_2gpu']:.2f}** (measured; the goal covers "
         f"both stages, so the smaller): tokens/s of a 1.1B Llama on 2 H200s over one under DDP (`scale_ddp.md`), QAT "
         f"{m['qat_speedup_2gpu']:.2f}, PEFT {m['peft_speedup_2gpu']:.2f} on {m['peft_workload']}. Goal: ≥ 1.8 for both.",
         "",
@@ -181,7 +182,7 @@ def build(reports: Path) -> dict:
                                  "4-block streamed runs (stream_8b.md, H100, T = 500)",
             "ptq_peak_gb": m["ptq_peak_bytes"] / 1e9,
             "ptq_peak_gb_is": "measured: peak CUDA memory of the same runs (GB = 1e9 bytes)",
-            "speedup_2gpu": min(m["qat_speedup_2gpu"], m["peft_speedup_2gpu"]),
+            "speedup_2gpu": m["speedup_2gpu"],
             "speedup_2gpu_is": "measured: the smaller of QAT's and PEFT's tokens/s on 2 H200s over one, DDP, 1.1B Llama "
                                f"(scale_ddp.md; QAT {m['qat_speedup_2gpu']:.2f}, PEFT {m['peft_speedup_2gpu']:.2f} on "
                                f"{m['peft_workload']})",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .peft_tables import choose_lr
 from .peft_tasks import KINDS
+from .table_render import not_run_note
 
 COPIED = ("model", "task", "method", "bits", "block_size", "base", "init", "rank", "trainable_floats", "alpha_ratio")
 
@@ -178,11 +179,8 @@ def write_table(table: str, records: list[dict], meta: dict, dest: Path) -> str:
     serving = dest / f"{table}_serving.json"
     if serving.is_file():
         add_serving(rows, json.loads(serving.read_text()))
-    md = markdown(table, rows, meta)
-    missing = meta.get("missing") or []
-    if missing:
-        md += (f"\nNot run yet: {len(missing)} runs of `conf/tables/{table}.yaml` (first: `{missing[0]}`); a row's ± "
-               "is over the seeds it has.\n")
+    md = markdown(table, rows, meta) + not_run_note(table, meta.get("missing") or [], "runs",
+                                                    " A row's ± is over the seeds it has.")
     if serving.is_file():
         md += "\n" + serving.with_suffix(".md").read_text().replace("# Serving", "## Serving", 1)
     (dest / f"{table}.json").write_text(json.dumps(rows, indent=1))

@@ -14,7 +14,6 @@ allows). Each finished run is appended to ``<run-dir>/<table>/rows.jsonl`` at on
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
@@ -26,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lords.errors import ConfigError
 
-from .ptq_tables import device_name
+from .ptq_tables import device_name, run_dir_of, table_cli
 
 TABLES = Path(__file__).resolve().parent.parent / "conf" / "tables"
 
@@ -190,7 +189,6 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
     pairs = [(t, m) for t in spec.tasks for m in spec.methods if not only or re.search(only, f"{t}_{m}_")]
     ctx = None
     missing: list[str] = []
-    complete = []  # pairs whose grid is done: their lr is chosen, their rows can be drawn
     for task, method in pairs:
         for phase in ("grid", "seeds"):
             runs = grid_runs(spec, task, method) if phase == "grid" else \
@@ -198,13 +196,9 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
             todo = [r for r in runs if r.key not in done]
             if render_only:
                 missing += [r.key for r in todo]
-                if todo and phase == "grid":
+                if todo:  # an incomplete grid has no lr yet, so its seed runs are not even named
                     break
-                if phase == "grid":
-                    complete.append((task, method))
                 continue
-            if phase == "grid":
-                complete.append((task, method))
             for run in todo:
                 ctx = ctx or _context(spec)
                 record = run_one(ctx, run)
@@ -216,6 +210,8 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
                       else "") + ", ppl " + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
                       + f", {record['decode_ms_per_token'] or float('nan'):.2f} ms/token, {record['seconds']:.0f} s",
                       flush=True)
+    # Drawn: the pairs whose grid is done (their lr is chosen); their seeds may be partial.
+    complete = [(t, m) for t, m in pairs if all(r.key in done for r in grid_runs(spec, t, m))]
     keys = {r.key for t, m in complete for r in grid_runs(spec, t, m)}
     keys |= {r.key for t, m in complete for r in seed_runs(spec, t, m, choose_lr(done, spec, t, m))}
     if missing:
@@ -234,15 +230,10 @@ def _context(spec: DictConfig) -> Context:
 def main(argv=None):
     from .peft_render import write_table
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("table", nargs="?", default="peft", help="conf/tables/<table>.yaml name or a YAML path")
-    p.add_argument("--run-dir", default=None, help="rows journal and reports (default outputs/runs/peft_tables/<time>)")
-    p.add_argument("--out", default=None, help="also write <out>/<table>.{md,json,png} (outputs/reports/tables)")
-    p.add_argument("--model", default=None, help="override the table's model (e.g. a GGUF path on the GPU machine)")
-    p.add_argument("--only", default=None, help="regex over '<task>_<method>_': run only those")
-    p.add_argument("--render", action="store_true", help="only redraw the reports from <run-dir>/<table>/rows.jsonl")
-    args = p.parse_args(argv)
-    run_dir = Path(args.run_dir or f"outputs/runs/peft_tables/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    args = table_cli(__doc__, "peft_tables", "regex over '<task>_<method>_': run only those",
+                     dict(names=["table"], nargs="?", default="peft",
+                          help="conf/tables/<table>.yaml name or a YAML path")).parse_args(argv)
+    run_dir = run_dir_of(args, "peft_tables")
     t = time.time()
     spec, records, missing = run_table(args.table, run_dir, args.model, args.only, render_only=args.render)
     if not records:

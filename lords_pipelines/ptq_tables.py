@@ -147,16 +147,28 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
     return [done[r.key] for r in rows], []
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("tables", nargs="+", help="conf/tables/<table>.yaml names, e.g. ptq_bits ptq_refine_ablation")
-    p.add_argument("--run-dir", default=None, help="rows journal and reports (default outputs/runs/ptq_tables/<time>)")
+def table_cli(doc: str, runner: str, only_help: str, table_arg: dict) -> argparse.ArgumentParser:
+    """The command line both table runners share: the table argument(s), ``--run-dir`` (default
+    ``outputs/runs/<runner>/<time>``, see :func:`run_dir_of`), ``--out``, ``--model``, ``--only``, ``--render``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(*table_arg.pop("names"), **table_arg)
+    p.add_argument("--run-dir", default=None, help=f"rows journal and reports (default outputs/runs/{runner}/<time>)")
     p.add_argument("--out", default=None, help="also write <out>/<table>.{md,json,png} (outputs/reports/tables)")
-    p.add_argument("--model", default=None, help="override the tables' model (e.g. a GGUF path on the GPU machine)")
-    p.add_argument("--only", default=None, help="regex over row keys: run only those (the fp row always runs)")
+    p.add_argument("--model", default=None, help="override the model (e.g. a GGUF path on the GPU machine)")
+    p.add_argument("--only", default=None, help=only_help)
     p.add_argument("--render", action="store_true", help="only redraw the reports from <run-dir>/<table>/rows.jsonl")
-    args = p.parse_args(argv)
-    run_dir = Path(args.run_dir or f"outputs/runs/ptq_tables/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    return p
+
+
+def run_dir_of(args, runner: str) -> Path:
+    return Path(args.run_dir or f"outputs/runs/{runner}/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+
+
+def main(argv=None):
+    args = table_cli(__doc__, "ptq_tables", "regex over row keys: run only those (the fp row always runs)",
+                     dict(names=["tables"], nargs="+", help="conf/tables/<table>.yaml names, e.g. ptq_bits "
+                          "ptq_refine_ablation")).parse_args(argv)
+    run_dir = run_dir_of(args, "ptq_tables")
     loaded: dict = {}
     t = time.time()
     for table in args.tables:

@@ -52,6 +52,15 @@ def aggregate(records: list[dict]) -> list[dict]:
     return rows
 
 
+def not_run_note(table: str, missing: list[str], unit: str, after: str = "", shown: int = 12) -> str:
+    """The markdown line naming what a partial journal lacks (the first ``shown`` keys), or "" when nothing."""
+    if not missing:
+        return ""
+    keys = ", ".join(f"`{k}`" for k in missing[:shown]) + (f" and {len(missing) - shown} more" if
+                                                            len(missing) > shown else "")
+    return f"\nNot run yet: {len(missing)} {unit} of `conf/tables/{table}.yaml` ({keys}).{after}\n"
+
+
 def _pm(mean: float, std: float, samples: int, fmt: str = ".2f") -> str:
     return f"{mean:{fmt}} ± {std:{fmt}}" if samples > 1 else f"{mean:{fmt}}"
 
@@ -174,11 +183,7 @@ def write_table(table: str, records: list[dict], meta: dict, dest: Path) -> str:
     """``<dest>/<table>.{json,md,png}``; returns the markdown."""
     dest.mkdir(parents=True, exist_ok=True)
     rows = aggregate(records)
-    md = markdown(table, rows, meta)
-    missing = meta.get("missing") or []
-    if missing:
-        md += (f"\nNot run yet: {len(missing)} rows of `conf/tables/{table}.yaml` "
-               f"({', '.join(f'`{k}`' for k in missing)}).\n")
+    md = markdown(table, rows, meta) + not_run_note(table, meta.get("missing") or [], "rows")
     (dest / f"{table}.json").write_text(json.dumps(rows, indent=1))
     (dest / f"{table}.md").write_text(md)
     try:

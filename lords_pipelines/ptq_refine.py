@@ -39,6 +39,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     t = time.time()
     trainer.fit(module, train_dataloaders=DataLoader(StepDataset(1), batch_size=1),
                 ckpt_path=resume_path(s, out))
+    module.to(trainer.strategy.root_device)  # Lightning's teardown moved the refiners to the CPU: build on the GPU
     metrics: dict[str, Any] = module.finish()
     metrics.update(module.write_back(model))
     apply_backend(model, s.trainer.backend)

@@ -25,9 +25,8 @@ def test_peft_on_gpu(tmp_path, method):
     from lords_pipelines import peft
 
     extra = ["quant=nf", "quant.bits=4", "stage.method=qlora"] if method == "qlora" else ["quant.refine=null"]
-    metrics, objs = peft.run(tiny_settings("peft", tmp_path, *GPU, *extra, "eval.tasks=[lords_unicode]",
-                                           "eval.task_limit=4"))
-    assert metrics["trainable_floats"] == 17152 and 0 <= metrics["lords_unicode/acc"] <= 1
+    metrics, objs = peft.run(tiny_settings("peft", tmp_path, *GPU, *extra, "eval.tasks=[]"))  # no lm-eval on the GPU
+    assert metrics["trainable_floats"] == 17152 and metrics["ppl"] > 1
     assert next(objs["model"].parameters()).is_cuda  # scored where it trained (Lightning's teardown moves it out)
 
 

@@ -18,7 +18,8 @@
   semicolon, against three other verses' second halves).
 - The PEFT table's fine-tuning tasks (``lords_pipelines.peft_data``): ``lords_pipelines/data/peft/<task>_<split>.jsonl``
   for ``lords_roman`` (exact match; train, val, test) and ``lords_kjv_prophets`` (multiple choice; train, val; its
-  test split is the lm-eval task ``lords_pipelines/tasks/lords_kjv_prophets.jsonl``).
+  test split is the lm-eval task ``lords_pipelines/tasks/lords_kjv_prophets.jsonl``) and ``lords_unicode_names``
+  (multiple choice, likewise: ``lords_pipelines/tasks/lords_unicode_names.jsonl``).
 """
 from __future__ import annotations
 
@@ -142,11 +143,12 @@ def main():
     write_jsonl(HERE / "tasks" / "lords_kjv_cloze.jsonl", kjv_cloze_items())
     write_jsonl(HERE / "tasks" / "lords_kjv_next.jsonl", kjv_next_items())
     write_jsonl(HERE / "tasks" / "lords_kjv_proverbs.jsonl", kjv_proverb_items())
-    from .peft_data import prophet_splits, roman_splits
+    from .peft_data import prophet_splits, roman_splits, unicode_name_splits
 
-    for task, splits in (("lords_roman", roman_splits()), ("lords_kjv_prophets", prophet_splits())):
+    for task, splits in (("lords_roman", roman_splits()), ("lords_kjv_prophets", prophet_splits()),
+                         ("lords_unicode_names", unicode_name_splits())):
         for split, rows in splits.items():
-            if (task, split) == ("lords_kjv_prophets", "test"):  # an lm-eval task, beside the zero-shot ones
+            if split == "test" and task != "lords_roman":  # an lm-eval task, beside the zero-shot ones
                 write_jsonl(HERE / "tasks" / f"{task}.jsonl", rows)
             else:
                 write_jsonl(HERE / "data" / "peft" / f"{task}_{split}.jsonl", rows)

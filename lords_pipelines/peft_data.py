@@ -10,10 +10,17 @@
   other chapters, as HellaSwag. Chapters, not verses, are split (seed 0): test chapters give 500 items (an lm-eval
   task, ``lords_pipelines/tasks/lords_kjv_prophets.yaml``), validation chapters 200 items, training chapters every
   ``(verse, next verse)`` pair as a prompt/answer pair with the answer after lm-eval's target delimiter `` ``.
+- ``lords_unicode_names`` (multiple choice, lm-eval semantics): ``Unicode name of "ж":`` against the true name and three
+  names of the same family (``CYRILLIC SMALL``, ``GREEK CAPITAL``, …: the letter, not the script or case, decides), for
+  the 1,790 letters of twelve scripts in Unicode 3.2 (Python's frozen ``unicodedata.ucd_3_2_0``, so every Python
+  builds the same set). Letters, shuffled with seed 0, are split: 500 test items (the lm-eval task
+  ``lords_pipelines/tasks/lords_unicode_names.yaml``), 200 validation items, 1,090 training pairs. Names follow rules
+  (script, case, base letter, diacritics) that training letters teach and held-out letters test.
 """
 from __future__ import annotations
 
 import random
+import unicodedata
 
 TEST_ITEMS = 500
 VAL_ITEMS = 200
@@ -85,3 +92,50 @@ def prophet_splits() -> dict[str, list[dict]]:
     held = {t for a, b, _ in by_split["test"] + by_split["val"] for t in (a, b)}  # verses repeated across chapters
     out["train"] = [{"prompt": a, "answer": " " + b} for a, b, _ in by_split["train"] if a not in held and b not in held]
     return out
+
+
+UNICODE_BLOCKS = ((0x00C0, 0x0250), (0x0370, 0x0700), (0x0900, 0x0980), (0x0E00, 0x0E80), (0x10A0, 0x1100),
+                  (0x1E00, 0x2000), (0x3040, 0x3100))
+"""Latin-1 letters to IPA, Greek, Cyrillic, Armenian, Hebrew, Arabic, Devanagari, Thai, Georgian, Latin and Greek
+Extended, Hiragana and Katakana: the letters (categories Lu, Ll, Lo) of these ranges in Unicode 3.2."""
+
+
+def unicode_letters() -> list[tuple[str, str]]:
+    """``(letter, name)`` of every letter of :data:`UNICODE_BLOCKS` in Unicode 3.2, shuffled with seed 0."""
+    ucd = unicodedata.ucd_3_2_0
+    letters = [(chr(c), ucd.name(chr(c))) for a, b in UNICODE_BLOCKS for c in range(a, b)
+               if ucd.category(chr(c)) in ("Lu", "Ll", "Lo")]
+    random.Random(0).shuffle(letters)
+    return letters
+
+
+def _family(name: str, sizes: dict[str, int]) -> str:
+    """``CYRILLIC SMALL`` for ``CYRILLIC SMALL LETTER ZHE``; the script alone where that family has under 4 names."""
+    head = name.split(" LETTER ")[0]
+    return head if sizes.get(head, 0) >= 4 else name.split(" ")[0]
+
+
+def unicode_name_splits() -> dict[str, list[dict]]:
+    """``{train: [{prompt, answer}], val: [items], test: [items]}`` of ``lords_unicode_names``."""
+    letters = unicode_letters()
+    heads: dict[str, int] = {}
+    for _, name in letters:
+        heads[name.split(" LETTER ")[0]] = heads.get(name.split(" LETTER ")[0], 0) + 1
+    families: dict[str, list[str]] = {}
+    for _, name in letters:
+        families.setdefault(_family(name, heads), []).append(name)
+    rng = random.Random(1)
+
+    def item(letter: str, name: str) -> dict:
+        family = families[_family(name, heads)]
+        pool = [x for x in family if x != name]
+        if len(pool) < 3:  # a family of its own (ARMENIAN SMALL LIGATURE ECH YIWN): its script's other names
+            pool = [x for _, x in letters if x != name and x.split(" ")[0] == name.split(" ")[0]]
+        choices = rng.sample(pool, 3) + [name]
+        rng.shuffle(choices)
+        return {"context": f'Unicode name of "{letter}":', "choices": choices, "label": choices.index(name)}
+
+    test, val = letters[:TEST_ITEMS], letters[TEST_ITEMS : TEST_ITEMS + VAL_ITEMS]
+    return {"test": [item(*x) for x in test], "val": [item(*x) for x in val],
+            "train": [{"prompt": f'Unicode name of "{c}":', "answer": " " + n}
+                      for c, n in letters[TEST_ITEMS + VAL_ITEMS :]]}

@@ -5,6 +5,8 @@ rate is chosen on, and the held-out test score.
   numbers (``evaluation.answer_metrics``: every answer token and the EOS after it is the greedy next token).
 - ``lords_kjv_prophets`` (``kind: choice``): prompt/answer pairs (verse → next verse), loss on the answer; score =
   4-way accuracy with lm-eval's semantics (``multiple_choice``; the test split is the lm-eval task itself).
+- ``lords_unicode_names`` (``kind: choice``): ``Unicode name of "ж":`` → the name, loss on the answer; scored as
+  ``lords_kjv_prophets`` (4-way, lm-eval's semantics; test split = the lm-eval task).
 - ``kjv`` (``kind: text``, domain adaptation): packed windows of ``kjv_train``; validation = perplexity on the last
   ``val_tokens`` tokens of ``kjv_train`` (never trained on); test = perplexity on ``kjv_genesis`` (every run also
   reports it, and ``licenses``, as a forgetting check).
@@ -27,7 +29,7 @@ from .evaluation import answer_metrics, corpus_perplexity
 from .multiple_choice import Item, choice_loglikelihoods, score_task
 
 DATA_DIR = Path(__file__).parent / "data" / "peft"
-KINDS = {"lords_roman": "exact", "lords_kjv_prophets": "choice", "kjv": "text"}
+KINDS = {"lords_roman": "exact", "lords_kjv_prophets": "choice", "lords_unicode_names": "choice", "kjv": "text"}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The PEFT table's fine-tuning tasks: shipped, rebuilt identically by make_data, with disjoint train, validation
 and test splits, at least 500 exactly scored test items each, and books kept out of every other text."""
 import json
+import unicodedata
 
 import torch
 
@@ -8,7 +9,7 @@ import pytest
 
 from lords.texts import KJV_PEFT_BOOKS, KJV_TASK_BOOKS, KJV_EVAL_BOOKS, kjv_verses
 from lords_pipelines.multiple_choice import TASKS_DIR, load_items
-from lords_pipelines.peft_data import prophet_splits, roman, roman_splits
+from lords_pipelines.peft_data import prophet_splits, roman, roman_splits, unicode_name_splits
 from lords_pipelines.peft_tasks import DATA_DIR
 
 
@@ -47,6 +48,22 @@ def test_prophet_splits_share_no_verse_and_are_shipped_as_built():
     assert len(load_items("lords_kjv_prophets")) == 500  # the lm-eval task (and the batched scorer) read it
 
 
+def test_unicode_name_splits_hold_out_letters_with_same_family_distractors_and_are_shipped_as_built():
+    splits = unicode_name_splits()
+    test, val, train = splits["test"], splits["val"], splits["train"]
+    assert (len(test), len(val), len(train)) == (500, 200, 1090)
+    letters = [it["context"] for it in test + val] + [p["prompt"] for p in train]
+    assert len(set(letters)) == len(letters) == 1790  # every letter in exactly one split
+    for it in test + val:
+        name = it["choices"][it["label"]]
+        assert len(set(it["choices"])) == 4 and unicodedata.ucd_3_2_0.name(it["context"][-3]) == name
+        assert all(c.split(" ")[0] == name.split(" ")[0] for c in it["choices"])  # same script: the letter decides
+    assert all(80 < sum(it["label"] == k for it in test) < 170 for k in range(4))  # no favoured position
+    assert _shipped("lords_unicode_names_train") == train and _shipped("lords_unicode_names_val") == val
+    assert [json.loads(x) for x in (TASKS_DIR / "lords_unicode_names.jsonl").read_text().splitlines()] == test
+    assert len(load_items("lords_unicode_names")) == 500
+
+
 def test_prophet_books_are_neither_evaluated_nor_used_by_the_zero_shot_tasks():
     assert not set(KJV_PEFT_BOOKS) & set(KJV_EVAL_BOOKS + KJV_TASK_BOOKS)
     prophets = {t for b, _, _, t in kjv_verses() if b in KJV_PEFT_BOOKS}
@@ -54,7 +71,7 @@ def test_prophet_books_are_neither_evaluated_nor_used_by_the_zero_shot_tasks():
         assert not {c for it in load_items(task) for c in it.choices} & prophets
 
 
-@pytest.mark.parametrize("name", ["lords_roman", "lords_kjv_prophets", "kjv"])
+@pytest.mark.parametrize("name", ["lords_roman", "lords_kjv_prophets", "lords_unicode_names", "kjv"])
 def test_each_task_trains_on_answers_or_text_and_scores_validation_and_test(name):
     from omegaconf import OmegaConf
 

@@ -37,3 +37,7 @@ def load_kjv_proverbs(**_metadata):
 
 def load_kjv_prophets(**_metadata):
     return _load("lords_kjv_prophets")
+
+
+def load_unicode_names(**_metadata):
+    return _load("lords_unicode_names")

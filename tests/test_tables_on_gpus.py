@@ -34,3 +34,4 @@ def test_two_jobs_on_two_gpus_merge_into_one_journal(tmp_path):
     assert all(p.read_text().rstrip().splitlines()[-1].startswith("exit 0") for p in logs)
     rows = [json.loads(line) for line in (out / "mini.jsonl").read_text().splitlines()]
     assert sorted(r["method"] for r in rows) == ["fp", "int", "nf"]  # both jobs ran every row; one line each
+    assert sorted(p.name for p in out.iterdir()) == ["mini.jsonl", "table_logs.tgz"]  # a device call returns ≤ 8 files

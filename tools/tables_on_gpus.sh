@@ -66,7 +66,7 @@ open(sys.argv[2], 'w').write('\n'.join(rows.values()) + '\n')" "$f" "${f%.new}.j
 done
 for f in "$RUN_DIR"/logs/*.log; do echo "== $f: $(grep -c '' "$f") lines; $(tail -1 "$f")"; done
 wc -l "$RUN_DIR"/merged/*/rows.jsonl
-if [ -n "${OUT:-}" ]; then  # a device call's results come back flat: <table>.jsonl and the job logs
+if [ -n "${OUT:-}" ]; then  # a device call returns at most 8 files: <table>.jsonl each and the job logs in one archive
   for j in "$RUN_DIR"/merged/*/rows.jsonl; do cp "$j" "$OUT/$(basename "$(dirname "$j")").jsonl"; done
-  cp "$RUN_DIR"/logs/*.log "$OUT/" 2>/dev/null
+  tar czf "$OUT/table_logs.tgz" -C "$RUN_DIR" logs
 fi

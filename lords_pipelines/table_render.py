@@ -44,6 +44,8 @@ def aggregate(records: list[dict]) -> list[dict]:
         for task in tasks:
             row[f"{task}/acc"] = statistics.fmean(r[f"{task}/acc"] for r in runs)
             row[f"{task}/items"] = first[f"{task}/items"]
+        # `steps`/`tokens`: what the row trained (0 for PTQ rows); `refine_steps`: Algorithm 1's T before it
+        row["refine_steps"], row["steps"], row["tokens"] = row["steps"], first.get("train_steps", 0), 0
         if "train_steps" in first:  # a QAT row: what it trained, at what budget
             row.update({k: first.get(k) for k in QAT_FIELDS}, tokens=first.get("train_tokens"))
         row["runs"] = [{"sample": r["sample"], "ppl": r["ppl"], "zero_shot_mean": r.get("zero_shot_mean")}
@@ -90,7 +92,7 @@ def markdown(table: str, rows: list[dict], meta: dict) -> str:
         rank = "" if r["rank"] is None else f"{r['rank']:g}"
         zero_shot = _pm(r["zero_shot_mean"], r["zero_shot_mean_std"], n, ".3f") if "zero_shot_mean" in r else "—"
         lines.append(f"| {r['bits'] or 16} | {r['block_size'] or ''} | {r['rule'] or ''} | {r['method']} | "
-                     f"{r['steps'] if r.get('objective') or r['steps'] else ''} | {rank} | {r['float_params']:,} | {bpw} | "
+                     f"{r['refine_steps'] if r.get('objective') or r['refine_steps'] else ''} | {rank} | {r['float_params']:,} | {bpw} | "
                      f"{r['weight_rel_error']:.4f} | {ppl} | {zero_shot} | {n or 1} |")
     compute = sum(r["seconds"] for r in rows)
     lines += ["", f"{len(rows)} rows ({sum(max(r['samples'], 1) for r in rows)} runs): {compute / 60:.1f} min of "
@@ -111,7 +113,7 @@ def _series(table: str, rows: list[dict], text: str) -> dict[str, list]:
             label = f"{r['method']} b{r['block_size']}" + (" sensitivity" if r["rule"] == "sensitivity" else "")
             x = r["bits_per_weight"]
         else:
-            label, x = r["method"], r["steps"] if "refine" in table else r["float_params"]
+            label, x = r["method"], r["refine_steps"] if "refine" in table else r["float_params"]
         series.setdefault(label, []).append((x, r["ppl"][text], r["ppl_std"][text]))
     return series
 

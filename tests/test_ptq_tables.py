@@ -66,8 +66,9 @@ def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, model_
     assert [r["method"] for r in rows] == ["fp", "nf", "lords_calibrated"]
     lords = rows[2]
     assert lords["samples"] == 2 and len(lords["runs"]) == 2 and set(lords["ppl"]) == {"licenses", "kjv_genesis"}
-    for key in ("model", "bits", "block_size", "rank", "steps", "float_params", "bits_per_weight", "zero_shot_mean"):
+    for key in ("model", "bits", "block_size", "rank", "float_params", "bits_per_weight", "zero_shot_mean"):
         assert key in lords
+    assert (lords["refine_steps"], lords["steps"], lords["tokens"]) == (2, 0, 0)  # refined, not trained
     assert (tmp_path / "out" / "mini.png").stat().st_size > 0 and "lords_calibrated" in (tmp_path / "out" / "mini.md").read_text()
     capsys.readouterr()
     main([str(spec), *args])
@@ -96,6 +97,7 @@ def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_p
     assert qat["lords_qat"]["float_params"] < qat["blockwise_qat"]["float_params"]
     assert set(rows["lords_qat"]["ppl"]) == {"licenses", "kjv_genesis"}
     assert rows["lords_qat"]["trainable_floats"] > 0 and rows["lords_qat"]["tokens"] == 192  # the table's JSON
+    assert (rows["lords_qat_calibrated"]["refine_steps"], rows["lords_qat_calibrated"]["steps"]) == (2, 3)
     calibrated = next(r for r in records if r["method"] == "lords_qat_calibrated")  # from the refined PTQ model
     assert calibrated["steps"] == 2 and calibrated["lr_scale"] == 1e-4 and calibrated["train_steps"] == 3
     assert (tmp_path / "out" / "qat_mini_curves.png").stat().st_size > 0

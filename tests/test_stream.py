@@ -83,3 +83,33 @@ def test_a_folder_without_safetensors_is_refused(tmp_path):
 
     with pytest.raises(CheckpointError, match="neither model.safetensors"):
         ShardReader(tmp_path)
+
+
+def test_a_block_gets_the_shard_tensors_in_the_asked_dtype_without_random_init(saved):
+    from lords.stream import _block
+
+    _, model, _ = saved
+    layer = model.model.layers[1]
+    tensors = {k: v.to(torch.bfloat16) for k, v in layer.state_dict().items()}
+    block = _block(model.config, type(layer), 1, tensors, torch.float32)
+    got = block.state_dict()
+    assert set(got) == set(tensors) and all(got[k].dtype == torch.float32 for k in got)
+    assert all(torch.equal(got[k], tensors[k].float()) for k in got)
+    assert all(p.requires_grad for p in block.parameters()) and not block.training
+
+
+class _BlockWithTable(torch.nn.Module):
+    """A decoder block that computes a buffer when built (as some models keep a per-block rotary table)."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+        self.register_buffer("table", torch.arange(4.0), persistent=False)
+
+
+def test_a_block_whose_buffers_are_computed_at_construction_is_built_for_real():
+    from lords.stream import _block
+
+    tensors = {"proj.weight": torch.ones(4, 4), "proj.bias": torch.zeros(4)}
+    block = _block(None, _BlockWithTable, 0, tensors, torch.float32)
+    assert torch.equal(block.table, torch.arange(4.0)) and torch.equal(block.proj.weight, torch.ones(4, 4))

@@ -17,6 +17,7 @@ model's own forward by a stand-in first block, so nothing here knows an architec
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -108,7 +109,8 @@ def _shell(hf_config, prefix: str, reader: ShardReader, dtype: torch.dtype):
     cfg.num_hidden_layers = 1
     if isinstance(getattr(cfg, "layer_types", None), list):
         cfg.layer_types = cfg.layer_types[:1]
-    shell = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    with _no_init_weights():  # every parameter outside the stack is loaded below, the stand-in block never runs
+        shell = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     outside = [n for n in reader.names() if not n.startswith(prefix + ".")]
     result = shell.load_state_dict(reader.read(outside), strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(prefix + ".")]
@@ -119,6 +121,16 @@ def _shell(hf_config, prefix: str, reader: ShardReader, dtype: torch.dtype):
         raise CheckpointError(f"checkpoint does not fit {type(shell).__name__}: missing {missing[:5]}, "
                               f"unexpected {result.unexpected_keys[:5]}")
     return shell
+
+
+def _no_init_weights():
+    """transformers' switch that skips random initialisation (buffers computed at construction stay right); a
+    no-op where this transformers lacks it. Saves ~12 s of a Llama-3-8B shell (its 128k vocabulary) on 2 cores."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def _block(hf_config, cls, index: int, tensors: dict[str, torch.Tensor] | None, dtype: torch.dtype) -> nn.Module:

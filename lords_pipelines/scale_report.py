@@ -1,5 +1,5 @@
 """``outputs/reports/scale.{md,json}``: the cost model (``lords_pipelines.cost_model``) beside what the committed
-reports measured (``stream_8b_*layers.json``: streamed PTQ on an H100; ``scale_ddp.json``: DDP on 2 H200s;
+reports measured (``stream_8b_*layers.json``: streamed PTQ on one GPU, its name in the rows; ``scale_ddp.json``: DDP on 2 H200s;
 ``scale_ptq_<inputs>.json``: multi-GPU PTQ, once ``scale_ptq_bench`` has run). Every figure is labelled measured,
 extrapolated (from measurements, method stated) or model.
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import cost_model as cm
 
-H100_HBM_BYTES_S = 3.35e12  # H100 SXM HBM3, the machine of stream_8b (vendor figure)
+HBM_BYTES_S = {"H100": 3.35e12, "H200": 4.8e12}  # SXM memory bandwidth (vendor figures), by the machine of stream_8b
 H200_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak of the H200 (vendor figure), the machine of scale_ddp
 QAT_CONTEXT = 512  # scale_ddp's QAT windows
 H200_GIB = 141e9 / 2**30  # an H200's memory (vendor figure: 141 GB)
@@ -30,7 +30,9 @@ def measured(reports: Path) -> dict:
     # Rows before the windows workload carry no "workload": PEFT then trained on short prompt/answer pairs.
     peft_workload = next((r.get("workload") for r in ddp_rows if r["stage"] == "peft"), None) or \
         "short prompt/answer pairs (32 × ≤ 64 tokens a step)"
-    out = {"ptq_block_seconds": block, "ptq_fixed_seconds": fixed, "ptq_steps": two["steps"],
+    gpu = two["rows"][0].get("gpu", "NVIDIA H100 80GB HBM3")  # rows before the field ran on the H100
+    out = {"ptq_gpu": "H200" if "H200" in gpu else "H100", "ptq_block_seconds": block, "ptq_fixed_seconds": fixed,
+           "ptq_steps": two["steps"],
            "ptq_tokens": two["tokens"], "ptq_runs_seconds": {two["layers"]: s2, four["layers"]: s4},
            "ptq_peak_bytes": max(two["rows"][0]["peak_bytes"], four["rows"][0]["peak_bytes"]),
            "ptq_32_blocks_seconds": fixed + cm.LLAMA3_8B.layers * block,
@@ -48,7 +50,7 @@ def model(m: dict) -> dict:
     per = cm.seconds_per_weight_step(m["ptq_block_seconds"], m["ptq_steps"], cm.LLAMA3_8B)
     util = cm.mfu(m["ddp_tokens_per_s"]["qat_1gpu"], cm.DDP_1B, QAT_CONTEXT, H200_BF16_FLOPS)
     scaling = m["qat_speedup_2gpu"] / 2
-    out = {"calibrated": {"seconds_per_weight_step": per, "implied_bytes_per_weight_step": per * H100_HBM_BYTES_S,
+    out = {"calibrated": {"seconds_per_weight_step": per, "implied_bytes_per_weight_step": per * HBM_BYTES_S[m["ptq_gpu"]],
                           "qat_utilisation": util, "qat_2gpu_scaling": scaling},
            "storage": [], "ptq": [], "qat": [], "peft": []}
     for shape in (cm.LLAMA3_8B, cm.LLAMA3_70B):
@@ -89,7 +91,7 @@ def render(m: dict, mod: dict) -> str:
         "regenerates this file and `scale.json`.", "",
         "## Headline (`scale.json`)", "",
         f"- `ptq_8b_minutes` = **{m['ptq_32_blocks_seconds'] / 60:.1f}** (extrapolated): streamed PTQ of Llama-3-8B "
-        f"at T = {m['ptq_steps']} on one H100, {_fmt(m['ptq_fixed_seconds'], 1)} s fixed + 32 × "
+        f"at T = {m['ptq_steps']} on one {m['ptq_gpu']}, {_fmt(m['ptq_fixed_seconds'], 1)} s fixed + 32 × "
         f"{_fmt(m['ptq_block_seconds'], 2)} s per block, both from the measured 2- and 4-block runs "
         f"({', '.join(f'{k} blocks: {_fmt(v, 1)} s' for k, v in m['ptq_runs_seconds'].items())}; `stream_8b.md`). "
         "Goal: under 30 minutes.",
@@ -107,8 +109,8 @@ def render(m: dict, mod: dict) -> str:
         f"blocks) | the same: the model's time constant is calibrated here |",
         f"| 32 blocks | {_fmt(m['ptq_32_blocks_seconds'] / 60, 1)} min (extrapolated) | {p8['wall_minutes']:.1f} min, "
         f"{p8['gpu_hours']:.2f} GPU-h |", "",
-        f"Calibrated: {c['seconds_per_weight_step']:.3g} s per weight element per Algorithm-1 step; at the H100's "
-        f"3.35 TB/s that is {c['implied_bytes_per_weight_step']:.0f} bytes of memory traffic per weight and step, "
+        f"Calibrated: {c['seconds_per_weight_step']:.3g} s per weight element per Algorithm-1 step; at the {m['ptq_gpu']}'s "
+        f"{HBM_BYTES_S[m['ptq_gpu']] / 1e12:.2f} TB/s that is {c['implied_bytes_per_weight_step']:.0f} bytes of memory traffic per weight and step, "
         f"about {c['implied_bytes_per_weight_step'] / 4:.0f} float32 passes: the torch step is far from one fused "
         "pass, which is where a refinement kernel would take time off. The model under-counts peak memory by "
         f"{(1 - p8['peak_gib'] / (m['ptq_peak_bytes'] / 2**30)) * 100:.0f}% (allocator slack and the block's forward "
@@ -179,7 +181,7 @@ def build(reports: Path) -> dict:
     mod = model(m)
     return {"ptq_8b_minutes": m["ptq_32_blocks_seconds"] / 60,
             "ptq_8b_minutes_is": "extrapolated: fixed part + 32 x per-block seconds, both from the measured 2- and "
-                                 "4-block streamed runs (stream_8b.md, H100, T = 500)",
+                                 f"4-block streamed runs (stream_8b.md, {m['ptq_gpu']}, T = {m['ptq_steps']})",
             "ptq_peak_gb": m["ptq_peak_bytes"] / 1e9,
             "ptq_peak_gb_is": "measured: peak CUDA memory of the same runs (GB = 1e9 bytes)",
             "speedup_2gpu": m["speedup_2gpu"],

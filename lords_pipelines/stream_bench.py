@@ -44,8 +44,9 @@ def _child(args) -> None:
                                 device=args.device, dtype=getattr(torch, args.dtype), progress=True)
     peak = (torch.cuda.max_memory_allocated() if args.device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(json.dumps({"variant": args.variant, "peak_bytes": peak, "seconds": time.time() - start,
-                      "seconds_per_block": (time.time() - start) / args.layers}))
+                      "seconds_per_block": (time.time() - start) / args.layers, "gpu": gpu}))
 
 
 def main(argv=None):

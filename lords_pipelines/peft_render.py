@@ -95,12 +95,13 @@ def markdown(table: str, rows: list[dict], meta: dict) -> str:
         if not mine:
             continue
         kind = KINDS[task]
-        score = "test acc" if kind != "text" else f"ppl {texts[0]}"
+        score = "test acc" if kind != "text" else f"ppl {texts[0]} (test)"
+        shown = texts[1:] if kind == "text" else texts  # a text task's test is already the first perplexity
         floats = sorted({r["trainable_floats"] for r in mine})
         lines += [f"## `{task}` ({kind}; {mine[0]['steps']} steps, {mine[0]['tokens']:,} tokens per run; "
                   f"trainable floats {', '.join(f'{f:,}' for f in floats)})", "",
-                  f"| method | rank | init | lr | {score} | before | " + " | ".join(f"ppl {t}" for t in texts)
-                  + " | ms/token | merged ms/token | before ms/token |", "|" + "---|" * (9 + len(texts))]
+                  f"| method | rank | init | lr | {score} | before | " + " | ".join(f"ppl {t}" for t in shown)
+                  + " | ms/token | merged ms/token | before ms/token |", "|" + "---|" * (9 + len(shown))]
         for r in mine:
             n = len(r["seed"])
             acc = f"{task}/acc"
@@ -109,7 +110,7 @@ def markdown(table: str, rows: list[dict], meta: dict) -> str:
                 before = f"{before:.2f}"
             else:
                 main, before = _pm(r[acc], r[f"{acc}_std"], n, ".3f"), f"{r['before'][acc]:.3f}"
-            ppl = " | ".join(_pm(r["ppl"][t], r["ppl_std"][t], n, ".2f") for t in texts)
+            ppl = " | ".join(_pm(r["ppl"][t], r["ppl_std"][t], n, ".2f") for t in shown)
             lines.append(f"| {r['method']} | {r['rank']:g} | {r['init']} | {r['lr']:g} | {main} | {before} | {ppl} | "
                          f"{_ms(r['decode_ms_per_token'])} | {_ms(r['decode_ms_per_token_merged'])} | "
                          f"{_ms(r['before']['decode_ms_per_token'])} |")

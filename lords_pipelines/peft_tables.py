@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lords.errors import ConfigError
 
-from .ptq_tables import device_name, run_dir_of, table_cli
+from .ptq_tables import check_only, device_name, run_dir_of, table_cli
 
 TABLES = Path(__file__).resolve().parent.parent / "conf" / "tables"
 
@@ -177,6 +177,7 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
     returns the spec, the journal's records of the selected runs and the keys not run (``render_only``: nothing
     runs; a task and method whose lr grid is incomplete is left out of the records, its seeds may be partial)."""
     spec = load_spec(table)
+    check_only(only, [f"{t}_{m}_" for t in spec.tasks for m in spec.methods], "task_method_ pairs")
     name = Path(table).stem
     if model_name:
         spec.model = model_name

@@ -160,6 +160,13 @@ def table_cli(doc: str, runner: str, only_help: str, table_arg: dict) -> argpars
     return p
 
 
+def check_only(only: str | None, keys: list[str], what: str) -> None:
+    """Stop before any work when ``--only`` selects none of ``keys`` (a typo would otherwise run nothing, quietly)."""
+    if only and not any(re.search(only, k) for k in keys):
+        raise SystemExit(f"--only {only!r} selects no {what} of the table(s); its {what} look like "
+                         + ", ".join(keys[:3]) + f" ({len(keys)} in all)")
+
+
 def run_dir_of(args, runner: str) -> Path:
     return Path(args.run_dir or f"outputs/runs/{runner}/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
 
@@ -168,6 +175,7 @@ def main(argv=None):
     args = table_cli(__doc__, "ptq_tables", "regex over row keys: run only those (the fp row always runs)",
                      dict(names=["tables"], nargs="+", help="conf/tables/<table>.yaml names, e.g. ptq_bits "
                           "ptq_refine_ablation")).parse_args(argv)
+    check_only(args.only, [r.key for t in args.tables for r in table_rows(load_spec(t)) if r.method != "fp"], "rows")
     run_dir = run_dir_of(args, "ptq_tables")
     loaded: dict = {}
     t = time.time()

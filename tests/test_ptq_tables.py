@@ -110,3 +110,14 @@ def test_rows_name_the_gpu_by_cuda_s_own_name(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
     assert device_name() == "NVIDIA H200"
+
+
+def test_an_only_that_selects_nothing_stops_before_any_work(tmp_path):
+    """A mistyped ``--only`` names what it could have matched instead of running nothing."""
+    from lords_pipelines.peft_tables import main as peft_main
+
+    with pytest.raises(SystemExit, match="selects no rows.*lords_init_b3"):
+        main(["qat", "--only", "lords_qatx", "--run-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="selects no task_method_ pairs.*lords_roman_lords_peft_"):
+        peft_main(["peft", "--only", "nonexistent_", "--run-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # no journal, no spec written

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .layout import T, KernelCodes
-from .primitives import INTERPRET, _dot, _field, _load_codes, _lut, _mm
+from .primitives import INTERPRET, _dot, _field, _load_codes, _lut, _mm, _row_tile
 from .tuning import dequant_min_m, rank_pad
 
 
@@ -80,11 +80,7 @@ def _ds_kernel(dy_ptr, x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr,
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     cdt = tl.float32 if DOT_FP32 else dy_ptr.dtype.element_ty
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    n_mask = offs_n < N
-    offs_j = tl.arange(0, T)
-    offs_r = tl.arange(0, R)
-    r_mask = offs_r < r
+    offs_n, n_mask, offs_j, offs_r, r_mask = _row_tile(pid_n, N, r, BN, T, R)
     b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
                 other=0.0).to(tl.float32)  # (BN, R)
     bt = tl.trans(b)
@@ -123,11 +119,7 @@ def _dsred_kernel(g_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr, dA_w
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     cdt = tl.float32 if DOT_FP32 else g_ptr.dtype.element_ty
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    n_mask = offs_n < N
-    offs_j = tl.arange(0, T)
-    offs_r = tl.arange(0, R)
-    r_mask = offs_r < r
+    offs_n, n_mask, offs_j, offs_r, r_mask = _row_tile(pid_n, N, r, BN, T, R)
     bt = tl.load(B_ptr + offs_r[:, None] + offs_n[None, :] * stride_bn, mask=r_mask[:, None] & n_mask[None, :],
                  other=0.0).to(cdt)  # Bᵀ (R, BN)
     dB = tl.zeros((BN, R), dtype=tl.float32)

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .layout import KernelCodes, group_size
-from .primitives import INTERPRET, _code_values, _load_codes, _mm
+from .primitives import INTERPRET, _code_values, _load_codes, _mm, _row_tile
 from .tuning import DEQUANT_CONFIG, TileConfig, rank_pad
 
 _SCRATCH: dict = {}
@@ -36,11 +36,7 @@ def _dequant_kernel(lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, w_ptr, N, K
     pid_n = tl.program_id(0)
     g0 = tl.program_id(1) * GROUPS
     cdt = tl.float32 if DOT_FP32 else w_ptr.dtype.element_ty
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    n_mask = offs_n < N
-    offs_j = tl.arange(0, T)
-    offs_r = tl.arange(0, R)
-    r_mask = offs_r < r
+    offs_n, n_mask, offs_j, offs_r, r_mask = _row_tile(pid_n, N, r, BN, T, R)
     b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
                 other=0.0).to(cdt)  # (BN, R), kept for every group of the program
     g1 = tl.minimum(g0 + GROUPS, n_groups)

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .layout import T, KernelCodes, group_size
 from .primitives import (INTERPRET, _code_values, _dot, _field, _grouped_tile, _load_codes, _lut, _lut_prmt, _mm,
-                         _split_range, _splitk_epilogue)
+                         _row_tile, _split_range, _splitk_epilogue)
 from .tuning import TileConfig, default_config, pick_config, rank_pad
 
 
@@ -45,11 +45,7 @@ def _gemv_kernel(xa_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_ptr, y_p
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     cdt = xa_ptr.dtype.element_ty
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    n_mask = offs_n < N
-    offs_j = tl.arange(0, T)
-    offs_r = tl.arange(0, R)
-    r_mask = offs_r < r
+    offs_n, n_mask, offs_j, offs_r, r_mask = _row_tile(pid_n, N, r, BN, T, R)
     g0, g1 = _split_range(pid_k, n_groups, split_k)
     if Q_AS_B:  # Zᵀ (R, BN) = (A ⊙ x) (R, T) · grid[Q]ᵀ (T, BN): the code values go straight to shared memory
         z = tl.zeros((R, BN), dtype=tl.float32)
@@ -108,12 +104,8 @@ def _gemm_t_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_
     pid_k = tl.program_id(1)
     cdt = tl.float32 if DOT_FP32 else x_ptr.dtype.element_ty
     offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_n = pid_n * BN + tl.arange(0, BN)
     m_mask = offs_m < M
-    n_mask = offs_n < N
-    offs_j = tl.arange(0, T)
-    offs_r = tl.arange(0, R)
-    r_mask = offs_r < r
+    offs_n, n_mask, offs_j, offs_r, r_mask = _row_tile(pid_n, N, r, BN, T, R)
     b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
                 other=0.0).to(cdt)  # (BN, R), kept for the whole K loop
     kt0, kt1 = _split_range(pid_k, n_groups * F, split_k)

@@ -34,6 +34,15 @@ def _mm(a, b, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
+def _row_tile(pid_n, N, r, BN: tl.constexpr, T: tl.constexpr, R: tl.constexpr):
+    """The index vectors every kernel starts from: its ``BN`` weight rows and their mask, the ``T`` columns of a code
+    field, the ``R`` padded ranks and their mask (``r`` real ones)."""
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_r = tl.arange(0, R)
+    return offs_n, offs_n < N, tl.arange(0, T), offs_r, offs_r < r
+
+
+@triton.jit
 def _field(lo, hi, f, BITS: tl.constexpr):
     """Codes of field ``f`` (int32) from a tile of ``lo`` bytes (and pre-shifted ``hi`` bytes at 3 bits)."""
     if BITS == 4:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .primitives import _dot, _field, _load_codes, _lut, _lut_prmt, _split_range, _splitk_epilogue
+from .primitives import _dot, _field, _load_codes, _lut, _lut_prmt, _row_tile, _split_range, _splitk_epilogue
 
 
 @triton.jit(do_not_specialize=["M", "r", "n_groups", "split_k"])
@@ -33,10 +33,7 @@ def _zgemv_kernel(x_ptr, A_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_p
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     cdt = tl.float32 if DOT_FP32 else x_ptr.dtype.element_ty
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    n_mask = offs_n < N
-    offs_j = tl.arange(0, T)
-    offs_r = tl.arange(0, R)
+    offs_n, n_mask, offs_j, offs_r, _ = _row_tile(pid_n, N, r, BN, T, R)
     offs_m = tl.arange(0, MP)
     cj = tl.arange(0, MP * R) % R  # column m·R + j of the second operand: rank j of token m
     z = tl.zeros((BN, MP * R), dtype=tl.float32)

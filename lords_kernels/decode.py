@@ -50,11 +50,12 @@ import json
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lords.shapes import LLAMA3_8B, Shape
 
 from .peers import Peers, make_module, weight_bytes
 
@@ -63,26 +64,8 @@ VARIANTS = ["fp16", "bnb_nf4@64", "bnb_nf4@128", "gemlite_w4@64", "gemlite_w4@12
 KIND_MODULE = {"fp16": "fp16", "bnb_nf4": "bnb_nf4", "gemlite_w4": "gemlite_w4", "lords4": "lords"}
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """Dimensions of the Llama-shaped model."""
-
-    hidden: int = 4096
-    inter: int = 14336
-    heads: int = 32
-    kv_heads: int = 8
-    head_dim: int = 128
-    vocab: int = 128256
-
-    def linears(self) -> dict[str, tuple[int, int]]:
-        """``name -> (N, K)`` (out × in) of the four linear layers of a block, QKV and gate/up fused."""
-        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {"qkv": (q + 2 * kv, self.hidden), "o": (self.hidden, q), "gate_up": (2 * self.inter, self.hidden),
-                "down": (self.hidden, self.inter)}
-
-
-LLAMA3_8B = ModelShape()
-TINY = ModelShape(hidden=256, inter=512, heads=4, kv_heads=2, head_dim=64, vocab=512)
+TINY = Shape("tiny", hidden=256, layers=1, heads=4, kv_heads=2, intermediate=512, vocab=512)
+"""The smoke runs' shape (head_dim 64, as Llama-3's 128 is hidden / heads)."""
 
 
 def parse_variant(text: str) -> tuple[str, int | None]:
@@ -97,12 +80,12 @@ def parse_variant(text: str) -> tuple[str, int | None]:
     return kind, int(block) if block else None
 
 
-def layer_weight_bytes(shape: ModelShape, kind: str, block: int | None) -> int:
+def layer_weight_bytes(shape: Shape, kind: str, block: int | None) -> int:
     """Bytes of linear-layer weights one block reads per step."""
-    return sum(weight_bytes(KIND_MODULE[kind], N, K, block) for N, K in shape.linears().values())
+    return sum(weight_bytes(KIND_MODULE[kind], N, K, block) for N, K in shape.fused_linears().values())
 
 
-def step_bytes(shape: ModelShape, layers: int, kind: str, block: int | None, batch: int | str, ctx: int,
+def step_bytes(shape: Shape, layers: int, kind: str, block: int | None, batch: int | str, ctx: int,
                prefill: int) -> dict:
     """Bytes one step moves: ``weights`` (the linear layers), ``head`` (fp16 LM head), ``kv`` (decode: the cache read
     at ``ctx`` positions; prefill: ``prefill`` positions written), ``total``."""
@@ -137,12 +120,12 @@ def rope(t, cos, sin):
 
 
 class Block(nn.Module):
-    def __init__(self, shape: ModelShape, kind: str, block: int | None, peers: Peers, max_batch: int, ctx: int,
+    def __init__(self, shape: Shape, kind: str, block: int | None, peers: Peers, max_batch: int, ctx: int,
                  prefill: int):
         super().__init__()
         dev, f16 = peers.device, torch.float16
         self.lin = nn.ModuleDict({name: make_module(KIND_MODULE[kind], N, K, block, peers)
-                                  for name, (N, K) in shape.linears().items()})
+                                  for name, (N, K) in shape.fused_linears().items()})
         self.n1 = nn.Parameter(torch.ones(shape.hidden, dtype=f16, device=dev), requires_grad=False)
         self.n2 = nn.Parameter(torch.ones(shape.hidden, dtype=f16, device=dev), requires_grad=False)
         kv = (shape.kv_heads, shape.head_dim)
@@ -155,7 +138,7 @@ class Block(nn.Module):
 class Model(nn.Module):
     """``decode(h (B, 1, hidden)) -> logits (B, vocab)`` and ``prefill(h (1, T, hidden)) -> logits (1, vocab)``."""
 
-    def __init__(self, shape: ModelShape, kind: str, block: int | None, layers: int, peers: Peers, max_batch: int,
+    def __init__(self, shape: Shape, kind: str, block: int | None, layers: int, peers: Peers, max_batch: int,
                  ctx: int, prefill: int):
         super().__init__()
         dev = peers.device
@@ -194,7 +177,7 @@ class Model(nn.Module):
             cv.index_copy_(2, self.pos, v)
             att = F.scaled_dot_product_attention(q, ck, cv, enable_gqa=True)
         h = h + blk.lin["o"](att.transpose(1, 2).reshape(B, T, s.heads * s.head_dim))
-        gate, up = blk.lin["gate_up"](rms(h, blk.n2)).split([s.inter, s.inter], dim=-1)
+        gate, up = blk.lin["gate_up"](rms(h, blk.n2)).split([s.intermediate, s.intermediate], dim=-1)
         return h + blk.lin["down"](F.silu(gate) * up)
 
     def decode(self, h):
@@ -276,7 +259,9 @@ def run(args) -> dict:
     max_batch = max(args.batches) if args.batches else 1
     out = dict(device=torch.cuda.get_device_name() if cuda else "cpu (smoke: timings meaningless)",
                torch=torch.__version__, layers=args.layers, ctx=args.ctx, prefill_tokens=args.prefill,
-               shape=asdict(shape), rounds=args.rounds, reps=dict(decode=args.reps, prefill=args.prefill_reps),
+               shape=dict(hidden=shape.hidden, inter=shape.intermediate, heads=shape.heads, kv_heads=shape.kv_heads,
+                          head_dim=shape.head_dim, vocab=shape.vocab),
+               rounds=args.rounds, reps=dict(decode=args.reps, prefill=args.prefill_reps),
                table=args.table, missing_peers=peers.missing, rows=[], errors={},
                method="random weights (timings do not depend on them); hand-written Llama block loop, QKV and "
                       "gate/up fused into one linear each; one CUDA graph per (variant, step), all variants resident, "

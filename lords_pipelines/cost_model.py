@@ -8,56 +8,14 @@ in its docstring) or CALIBRATED on one committed measurement (``outputs/reports/
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from lords.distribute import assign_linears
+from lords.shapes import LLAMA3_8B, LLAMA3_70B, Shape  # noqa: F401  (cm.LLAMA3_*: what scale_report models)
 from lords.lowrank import parity_rank
 
 GIB = 2**30
 
 
-@dataclass(frozen=True)
-class Shape:
-    """A Llama-style decoder: ``hidden``, ``layers`` blocks, grouped-query attention, gated MLP."""
-
-    name: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    tied: bool = False
-    """Embedding and head share one matrix."""
-
-    def linears(self) -> dict[str, tuple[int, int]]:
-        """The quantized linears of one block: ``{name: (out, in)}``."""
-        h, kv = self.hidden, self.kv_heads * (self.hidden // self.heads)
-        i = self.intermediate
-        return {"q_proj": (h, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, h),
-                "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
-
-    @property
-    def block_weights(self) -> int:
-        return sum(n * m for n, m in self.linears().values())
-
-    @property
-    def linear_weights(self) -> int:
-        """Weights that LoRDS quantizes (every decoder linear; the head stays in float, as ``lords``' default)."""
-        return self.layers * self.block_weights
-
-    @property
-    def float_weights(self) -> int:
-        """Embedding, head and norms: kept in float."""
-        return self.vocab * self.hidden * (1 if self.tied else 2) + (2 * self.layers + 1) * self.hidden
-
-    @property
-    def params(self) -> int:
-        return self.linear_weights + self.float_weights
-
-
-LLAMA3_8B = Shape("Llama-3-8B", 4096, 32, 32, 8, 14336, 128256)
-LLAMA3_70B = Shape("Llama-3-70B", 8192, 80, 64, 8, 28672, 128256)
 # The model of outputs/reports/scale_ddp.md (random weights, the offline 512-token tokenizer).
 DDP_1B = Shape("Llama-1.1B (scale_ddp)", 2048, 24, 16, 4, 5632, 512)
 

@@ -85,7 +85,7 @@ def test_decode_fuses_qkv_and_gate_up_at_their_own_parity_rank():
     from lords_kernels.decode import LLAMA3_8B
     from lords_kernels.peers import lords_rank
 
-    lin = LLAMA3_8B.linears()
+    lin = LLAMA3_8B.fused_linears()
     assert lin == {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
     assert [lords_rank(*lin[n], 64) for n in ("qkv", "gate_up")] == [38, 56]
     assert [lords_rank(*lin[n], 128) for n in ("qkv", "gate_up")] == [19, 28]

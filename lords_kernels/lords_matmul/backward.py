@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .layout import T, KernelCodes
-from .primitives import INTERPRET, _dot, _field, _load_codes, _lut, _mm, _row_tile
+from .primitives import INTERPRET, _dot, _field, _k_slice, _load_codes, _lut, _mm, _row_tile
 from .tuning import dequant_min_m, rank_pad
 
 
@@ -29,16 +29,13 @@ def _dx_kernel(dy_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dx_ptr, M, N, K, 
     """``dx[:, kt] = dy · W_hat[:, kt]`` for one ``T``-wide slice ``kt`` of K (field ``f`` of group ``g``)."""
     pid_m = tl.program_id(0)
     kt = tl.program_id(1)
-    g = kt // F
-    f = kt % F
     cdt = tl.float32 if DOT_FP32 else dy_ptr.dtype.element_ty
     offs_m = pid_m * BM + tl.arange(0, BM)
     m_mask = offs_m < M
     offs_j = tl.arange(0, T)
     offs_r = tl.arange(0, R)
     r_mask = offs_r < r
-    k = g * (F * T) + f * T + offs_j
-    k_mask = k < K
+    g, f, k, k_mask = _k_slice(kt, offs_j, K, F, T)
     a = tl.load(A_ptr + offs_r[:, None] * stride_ar + k[None, :], mask=r_mask[:, None] & k_mask[None, :],
                 other=0.0).to(cdt)  # (R, T)
     acc = tl.zeros((BM, T), dtype=tl.float32)
@@ -88,10 +85,7 @@ def _ds_kernel(dy_ptr, x_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr,
     kt0 = pid_k * slices_per
     kt1 = tl.minimum(kt0 + slices_per, n_slices)
     for kt in range(kt0, kt1):
-        g = kt // F
-        f = kt % F
-        k = g * (F * T) + f * T + offs_j
-        k_mask = k < K
+        g, f, k, k_mask = _k_slice(kt, offs_j, K, F, T)
         gacc = tl.zeros((BN, T), dtype=tl.float32)
         for m0 in range(0, M, BM):
             offs_m = m0 + tl.arange(0, BM)
@@ -126,10 +120,7 @@ def _dsred_kernel(g_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr, dA_w
     kt0 = pid_k * slices_per
     kt1 = tl.minimum(kt0 + slices_per, n_slices)
     for kt in range(kt0, kt1):
-        g = kt // F
-        f = kt % F
-        k = g * (F * T) + f * T + offs_j
-        k_mask = k < K
+        g, f, k, k_mask = _k_slice(kt, offs_j, K, F, T)
         gt = tl.load(g_ptr + offs_n[:, None] * stride_gn + k[None, :], mask=n_mask[:, None] & k_mask[None, :],
                      other=0.0)  # G (BN, T)
         lo, hi = _load_codes(lo_ptr, hi_ptr, offs_n, n_mask, g, offs_j, stride_lo, stride_hi, True, BITS, T)
@@ -137,6 +128,17 @@ def _dsred_kernel(g_ptr, lo_ptr, hi_ptr, grid_ptr, B_ptr, A_ptr, dB_ws_ptr, dA_w
         dB = _rank_grads_slice(ds, A_ptr, stride_ar, offs_r, r_mask, k, k_mask, bt, dB, dA_ws_ptr, pid_n, K,
                                R, cdt, DOT_FP32)
     tl.store(dB_ws_ptr + pid_k * N * R + offs_n[:, None] * R + offs_r[None, :], dB, mask=n_mask[:, None])
+
+
+def _rank_grad_partials(N: int, K: int, R: int, n_slices: int, bn: int, device):
+    """Grid and fp32 partial buffers of the two rank-gradient kernels: ``⌈N/bn⌉`` row blocks × ``split`` runs of
+    ``per`` K slices (about 264 programs in all), ``dB_ws (split, N, R)`` and ``dA_ws (⌈N/bn⌉, R, K)``."""
+    n_blocks = triton.cdiv(N, bn)
+    split = max(1, min(n_slices, triton.cdiv(264, n_blocks)))
+    per = triton.cdiv(n_slices, split)
+    split = triton.cdiv(n_slices, per)
+    return (n_blocks, split, per, torch.empty(split, N, R, dtype=torch.float32, device=device),
+            torch.empty(n_blocks, R, K, dtype=torch.float32, device=device))
 
 
 def _rank_grads_cublas(dy2, x2, codes: KernelCodes, grid, B, A, hi, bn: int = 128):
@@ -152,12 +154,7 @@ def _rank_grads_cublas(dy2, x2, codes: KernelCodes, grid, B, A, hi, bn: int = 12
     G = scratch(dy2.device, dy2.dtype, N * K)[: N * K].view(N, K)
     torch.mm(dy2.t(), x2, out=G)
     n_slices = codes.k_pad // T
-    n_blocks = triton.cdiv(N, bn)
-    split = max(1, min(n_slices, triton.cdiv(264, n_blocks)))
-    per = triton.cdiv(n_slices, split)
-    split = triton.cdiv(n_slices, per)
-    dB_ws = torch.empty(split, N, R, dtype=torch.float32, device=dy2.device)
-    dA_ws = torch.empty(n_blocks, R, K, dtype=torch.float32, device=dy2.device)
+    n_blocks, split, per, dB_ws, dA_ws = _rank_grad_partials(N, K, R, n_slices, bn, dy2.device)
     _dsred_kernel[(n_blocks, split)](
         G, codes.lo, hi, grid, B, A, dB_ws, dA_ws, N, K, r, n_slices, per, G.stride(0), codes.lo.stride(0),
         hi.stride(0), B.stride(0), A.stride(0), BITS=bits, T=T, F=F, R=R, BN=bn, DOT_FP32=INTERPRET,
@@ -208,12 +205,7 @@ def lords_matmul_backward(dy: torch.Tensor, x: torch.Tensor, codes: KernelCodes,
         need_dBA = False
     if need_dBA:
         bn = 128
-        n_blocks = triton.cdiv(N, bn)
-        split = max(1, min(n_slices, triton.cdiv(264, n_blocks)))
-        per = triton.cdiv(n_slices, split)
-        split = triton.cdiv(n_slices, per)
-        dB_ws = torch.empty(split, N, R, dtype=torch.float32, device=dy.device)
-        dA_ws = torch.empty(n_blocks, R, K, dtype=torch.float32, device=dy.device)
+        n_blocks, split, per, dB_ws, dA_ws = _rank_grad_partials(N, K, R, n_slices, bn, dy.device)
         _ds_kernel[(n_blocks, split)](
             dy2, x2, codes.lo, hi, grid, B, A, dB_ws, dA_ws, M, N, K, r, n_slices, per, dy2.stride(0),
             x2.stride(0), codes.lo.stride(0), hi.stride(0), B.stride(0), A.stride(0),

@@ -43,6 +43,14 @@ def _row_tile(pid_n, N, r, BN: tl.constexpr, T: tl.constexpr, R: tl.constexpr):
 
 
 @triton.jit
+def _k_slice(kt, offs_j, K, F: tl.constexpr, T: tl.constexpr):
+    """Slice ``kt`` of K (``T`` columns): its code group ``g``, its field ``f`` within the group's bytes, its
+    columns ``kt·T + j`` (= ``g·F·T + f·T + j``) and their mask."""
+    k = kt * T + offs_j
+    return kt // F, kt % F, k, k < K
+
+
+@triton.jit
 def _field(lo, hi, f, BITS: tl.constexpr):
     """Codes of field ``f`` (int32) from a tile of ``lo`` bytes (and pre-shifted ``hi`` bytes at 3 bits)."""
     if BITS == 4:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import unicodedata
+from collections import Counter
 
 TEST_ITEMS = 500
 VAL_ITEMS = 200
@@ -109,18 +110,16 @@ def unicode_letters() -> list[tuple[str, str]]:
     return letters
 
 
-def _family(name: str, sizes: dict[str, int]) -> str:
+def _family(name: str, sizes: Counter) -> str:
     """``CYRILLIC SMALL`` for ``CYRILLIC SMALL LETTER ZHE``; the script alone where that family has under 4 names."""
     head = name.split(" LETTER ")[0]
-    return head if sizes.get(head, 0) >= 4 else name.split(" ")[0]
+    return head if sizes[head] >= 4 else name.split(" ")[0]
 
 
 def unicode_name_splits() -> dict[str, list[dict]]:
     """``{train: [{prompt, answer}], val: [items], test: [items]}`` of ``lords_unicode_names``."""
     letters = unicode_letters()
-    heads: dict[str, int] = {}
-    for _, name in letters:
-        heads[name.split(" LETTER ")[0]] = heads.get(name.split(" LETTER ")[0], 0) + 1
+    heads = Counter(name.split(" LETTER ")[0] for _, name in letters)
     families: dict[str, list[str]] = {}
     for _, name in letters:
         families.setdefault(_family(name, heads), []).append(name)

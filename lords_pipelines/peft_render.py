@@ -161,14 +161,15 @@ def plot(rows: list[dict], spec: dict, path: Path) -> None:
 def add_serving(rows: list[dict], serving: list[dict]) -> None:
     """Fill each row's decode times from the serving benchmark (``peft_serving``: every variant timed alone on
     one GPU, interleaved) where the row's own runs were not timed: the method's variant, its ``_merged`` variant,
-    and for ``lords_peft`` the ``lords_before`` variant as the untrained base."""
+    and for ``lords_peft`` the ``lords_before`` variant as the untrained base (the LoRA methods' bases were not timed
+    apart from their adapters: their ``before`` stays empty rather than repeating the trained figure)."""
     by = {r["variant"]: r["decode_ms_per_token"] for r in serving}
     for row in rows:
         if row["decode_ms_per_token"] is None:
             row["decode_ms_per_token"] = by.get(row["method"])
             row["decode_ms_per_token_merged"] = by.get(f"{row['method']}_merged")
-            before = by.get("lords_before") if row["method"] == "lords_peft" else by.get(row["method"])
-            row["before"]["decode_ms_per_token"] = row["before"].get("decode_ms_per_token") or before
+            if row["method"] == "lords_peft":
+                row["before"]["decode_ms_per_token"] = row["before"].get("decode_ms_per_token") or by.get("lords_before")
             row["decode_source"] = "peft_serving"
 
 

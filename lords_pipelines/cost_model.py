@@ -3,7 +3,7 @@
 
 Where a figure needs a constant that the shapes do not give, the constant is either COUNTED from the code (named
 in its docstring) or CALIBRATED on one committed measurement (``outputs/reports/stream_8b.md``,
-``scale_ddp.md``) and then only extrapolated to other shapes or GPU counts: ``outputs/reports/scale.md`` labels each.
+``scale_train.md``) and then only extrapolated to other shapes or GPU counts: ``outputs/reports/scale.md`` labels each.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from lords.lowrank import parity_rank
 GIB = 2**30
 
 
-# The model of outputs/reports/scale_ddp.md (random weights, the offline 512-token tokenizer).
-DDP_1B = Shape("Llama-1.1B (scale_ddp)", 2048, 24, 16, 4, 5632, 512)
+# The model of outputs/reports/scale_train.md (random weights, the offline 512-token tokenizer).
+DDP_1B = Shape("Llama-1.1B (scale_train)", 2048, 24, 16, 4, 5632, 512)
 
 
 def rank_of(n: int, m: int, block: int, rank_factor: float = 1.0) -> int:

@@ -1,17 +1,24 @@
 """QAT and PEFT training throughput on 1 and N GPUs through Lightning's DDP or FSDP (issue 18's scaling goal).
 
-    python -m lords_pipelines.scale_bench --devices 1 2      # → outputs/reports/scale_ddp.{json,md}
-    python -m lords_pipelines.scale_bench --strategy fsdp --out outputs/reports/scale_fsdp
+    python -m lords_pipelines.scale_bench --devices 1 2                    # → outputs/reports/scale_train.{json,md}
+    python -m lords_pipelines.scale_bench --devices 1 2 --strategy fsdp    # appends its rows to the same report
+    python -m lords_pipelines.scale_bench --render                         # redraws the markdown from the JSON
 
 A random Llama of about 1.1B parameters (hidden 2048, 24 layers, MLP 5632; random weights and the offline 512-token
 tokenizer: speed only, not quality), LoRDS 3 bits at block 64. Each run is the real stage (``python -m
 lords_pipelines.qat`` / ``peft``) with ``trainer=gpu trainer.strategy=ddp trainer.devices=N``, the per-device batch
 fixed (so the global batch grows with N); the metric is the stage's steady-state ``train_tokens_per_s`` (all ranks,
 after 5 warm-up steps).
+
+Every row is appended to the JSON the moment it is measured (a device call cut by its time limit keeps what it
+measured), labelled with its ``run`` (date and GPU) and the GPUs' link (``nvidia-smi topo -m``: ``NV18`` is NVLink,
+``SYS``/``PHB``/``NODE`` go through PCIe/the host): a gradient all-reduce of QAT's 1.1B floats costs ~10 ms over
+NVLink and ~0.2 s over PCIe, which decides the speedup.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -25,9 +32,24 @@ COMMON = ["trainer=gpu", "logger=none", "quant.bits=3", "quant.refine=null",
           "trainer.limit_val_batches=0"]
 WINDOWS = ["data.train_tokens=1048576", "data.window=512", "data.batch_size=8"]
 # Both stages train on the same packed 512-token windows (PEFT as domain adaptation): the same tokens per step,
-# so the two speedups compare. PEFT on short pairs (32 × ≤ 64 tokens a step) measured 0.94× on 2 GPUs.
+# so the two speedups compare.
 STAGES = {"qat": WINDOWS, "peft": ["stage.data=calib", *WINDOWS]}
 WORKLOAD = "packed 512-token windows, 8 per GPU a step"
+SHORT_PAIRS = "short prompt/answer pairs (32 × ≤ 64 tokens a step)"  # PEFT's workload before the windows
+
+
+def gpu_link() -> str | None:
+    """The link between GPU 0 and GPU 1 as ``nvidia-smi topo -m`` names it (``NV18``, ``PHB``, ``SYS``...); None
+    without two GPUs or without nvidia-smi."""
+    try:
+        text = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in text.splitlines():
+        cells = line.split()
+        if cells[:1] == ["GPU0"] and len(cells) > 2:
+            return cells[2]  # columns: GPU0 GPU1 ...; GPU0's row: name, X, link to GPU1
+    return None
 
 
 def run_stage(stage: str, devices: int, steps: int, strategy: str = "ddp") -> dict:
@@ -42,35 +64,69 @@ def run_stage(stage: str, devices: int, steps: int, strategy: str = "ddp") -> di
             "train_seconds": metrics["train_seconds"], "trainable_floats": metrics["trainable_floats"]}
 
 
+def pairs(rows: list[dict]) -> list[dict]:
+    """Each (run, strategy, stage, workload) measured on 1 GPU and on more: its speedup, in the rows' order."""
+    out = []
+    for r in rows:
+        if r["devices"] == 1:
+            continue
+        same = (r["run"], r["strategy"], r["stage"], r["workload"])
+        one = next((x for x in rows if (x["run"], x["strategy"], x["stage"], x["workload"]) == same
+                    and x["devices"] == 1), None)
+        if one is not None:
+            out.append({"run": r["run"], "strategy": r["strategy"], "stage": r["stage"], "workload": r["workload"],
+                        "devices": r["devices"], "link": r.get("link"), "speedup": r["tokens_per_s"] / one["tokens_per_s"],
+                        "tokens_per_s_1gpu": one["tokens_per_s"], "tokens_per_s": r["tokens_per_s"]})
+    return out
+
+
+def render(rows: list[dict]) -> str:
+    lines = ["# Training throughput on 1 and 2 GPUs under DDP and FSDP (issue 18)", "",
+             "Random Llama, hidden 2048, 24 layers, MLP 5632 (~1.1B parameters), LoRDS 3 bits block 64; QAT trains the "
+             "latent weights and the scales (1.1B floats), PEFT only B, A (16.6M floats); bf16 autocast; steady-state "
+             "tokens/s over all GPUs after 5 warm-up steps, the per-GPU batch fixed. `python -m "
+             "lords_pipelines.scale_bench --devices 1 2 [--strategy fsdp]`; every row as measured, runs kept apart "
+             "(a row whose partner is missing was cut by the device call's time limit).", "",
+             "| run | strategy | stage | workload | GPUs | link | tokens/s | × one GPU | steps |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    speed = {(p["run"], p["strategy"], p["stage"], p["workload"], p["devices"]): p["speedup"] for p in pairs(rows)}
+    for r in rows:
+        x = 1.0 if r["devices"] == 1 else speed.get((r["run"], r["strategy"], r["stage"], r["workload"], r["devices"]))
+        lines.append(f"| {r['run']} | {r['strategy']} | {r['stage']} | {r['workload']} | {r['devices']} | "
+                     f"{r.get('link') or '—'} | {r['tokens_per_s']:,.0f} | {'—' if x is None else f'{x:.2f}'} | "
+                     f"{r['steps']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2])
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"])
-    p.add_argument("--out", default="outputs/reports/scale_ddp")
+    p.add_argument("--out", default="outputs/reports/scale_train", help="JSON and markdown path without suffix")
+    p.add_argument("--run", help="this run's label (default: today's date and the GPU's name)")
+    p.add_argument("--render", action="store_true", help="only redraw the markdown from the JSON")
     args = p.parse_args(argv)
-    import torch
-
-    rows = []
-    for stage in args.stages:
-        for n in args.devices:
-            rows.append(run_stage(stage, n, args.steps, args.strategy) | {"strategy": args.strategy})
-            print(json.dumps(rows[-1]), flush=True)
-    lines = [f"# Training throughput under {args.strategy.upper()} ({torch.cuda.get_device_name()} × {max(args.devices)})", "",
-             "Random Llama, hidden 2048, 24 layers, MLP 5632 (~1.1B parameters), LoRDS 3 bits block 64; QAT on packed "
-             "512-token windows (8 per GPU), PEFT (B, A only) on the same windows; bf16 autocast; "
-             f"steady-state tokens/s over all GPUs after 5 warm-up steps, {args.steps} steps.", "",
-             "| stage | GPUs | tokens/s | × one GPU | trainable floats |", "|---|---|---|---|---|"]
-    for r in rows:
-        one = next(x for x in rows if x["stage"] == r["stage"] and x["devices"] == min(args.devices))
-        lines.append(f"| {r['stage']} | {r['devices']} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['tokens_per_s'] / one['tokens_per_s']:.2f} | {r['trainable_floats']:,} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    rows = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else []
+    if not args.render:
+        import torch
+
+        if not torch.cuda.is_available() or torch.cuda.device_count() < max(args.devices):
+            raise SystemExit(f"scale_bench needs {max(args.devices)} CUDA GPUs; this machine has "
+                             f"{torch.cuda.device_count()}")
+        label = args.run or f"{datetime.date.today()} {torch.cuda.get_device_name()}"
+        link = gpu_link()
+        for stage in args.stages:
+            for n in args.devices:
+                rows.append(run_stage(stage, n, args.steps, args.strategy)
+                            | {"strategy": args.strategy, "run": label, "link": link})
+                print(json.dumps(rows[-1]), flush=True)
+                out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    out.with_suffix(".md").write_text(render(rows))
+    print(render(rows))
 
 
 if __name__ == "__main__":

@@ -23,3 +23,15 @@ def test_the_committed_report_is_what_the_committed_measurements_give():
     fresh = build(REPORTS)
     assert {k: fresh[k] for k in KEYS} == {k: record[k] for k in KEYS}
     assert fresh["model"] == record["model"]
+
+
+def test_training_speedups_pair_rows_of_one_run_strategy_and_workload_only():
+    from lords_pipelines.scale_bench import pairs, render
+
+    row = dict(stage="qat", workload="w", steps=30, strategy="ddp")
+    rows = [row | dict(run="a", devices=1, tokens_per_s=100.0), row | dict(run="a", devices=2, tokens_per_s=150.0),
+            row | dict(run="b", devices=1, tokens_per_s=80.0),  # its 2-GPU partner was cut by a time limit
+            row | dict(run="b", devices=2, tokens_per_s=160.0, strategy="fsdp")]  # another strategy: no partner
+    assert [(p["run"], p["speedup"]) for p in pairs(rows)] == [("a", 1.5)]
+    table = render(rows)
+    assert "| a | ddp | qat | w | 2 | — | 150 | 1.50 | 30 |" in table and "| b | fsdp | qat | w | 2 | — | 160 | — | 30 |" in table

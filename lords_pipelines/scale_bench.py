@@ -52,15 +52,22 @@ def gpu_link() -> str | None:
     return None
 
 
-def run_stage(stage: str, devices: int, steps: int, strategy: str = "ddp") -> dict:
+def workload(accumulate: int) -> str:
+    return WORKLOAD if accumulate == 1 else f"{WORKLOAD[:-len(' a step')]} a micro-batch, {accumulate} micro-batches a step"
+
+
+def run_stage(stage: str, devices: int, steps: int, strategy: str = "ddp", accumulate: int = 1) -> dict:
+    """One stage on ``devices`` GPUs; ``accumulate`` micro-batches an optimizer step (the gradient reduced once a
+    step, so its cost spreads over more tokens)."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", f"lords_pipelines.{stage}", *MODEL, *COMMON, *STAGES[stage], f"trainer.strategy={strategy}",
-               f"trainer.devices={devices}", f"trainer.max_steps={steps}", f"out_dir={out}", f"hydra.run.dir={out}"]
+               f"trainer.devices={devices}", f"trainer.max_steps={steps}", f"trainer.accumulate_grad_batches={accumulate}",
+               f"out_dir={out}", f"hydra.run.dir={out}"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{stage} on {devices} GPU(s) failed:\n{done.stderr[-3000:]}")
         metrics = json.loads((Path(out) / "metrics.json").read_text())["metrics"]
-    return {"stage": stage, "devices": devices, "steps": steps, "workload": WORKLOAD, "tokens_per_s": metrics["train_tokens_per_s"],
+    return {"stage": stage, "devices": devices, "steps": steps, "workload": workload(accumulate), "tokens_per_s": metrics["train_tokens_per_s"],
             "train_seconds": metrics["train_seconds"], "trainable_floats": metrics["trainable_floats"]}
 
 
@@ -104,6 +111,7 @@ def main(argv=None):
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"])
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches an optimizer step")
     p.add_argument("--out", default="outputs/reports/scale_train", help="JSON and markdown path without suffix")
     p.add_argument("--run", help="this run's label (default: today's date and the GPU's name)")
     p.add_argument("--render", action="store_true", help="only redraw the markdown from the JSON")
@@ -121,7 +129,7 @@ def main(argv=None):
         link = gpu_link()
         for stage in args.stages:
             for n in args.devices:
-                rows.append(run_stage(stage, n, args.steps, args.strategy)
+                rows.append(run_stage(stage, n, args.steps, args.strategy, args.accumulate)
                             | {"strategy": args.strategy, "run": label, "link": link})
                 print(json.dumps(rows[-1]), flush=True)
                 out.with_suffix(".json").write_text(json.dumps(rows, indent=1))

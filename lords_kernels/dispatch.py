@@ -64,8 +64,10 @@ class LayerPlan:
         return hit[1], hit[2], hit[3]
 
     def forward(self, layer, x: torch.Tensor) -> torch.Tensor:
-        """``y = x @ W_hat.T + bias`` with no autograd; ``x (..., K)`` fp16/bf16."""
-        dtype = x.dtype
+        """``y = x @ W_hat.T + bias`` with no autograd; ``x (..., K)`` fp16/bf16, or fp32 (computed in bf16; y in
+        fp32; the batch-1 gemv takes fp32 in and out itself, other tiles between two casts)."""
+        io = x.dtype
+        dtype = torch.bfloat16 if io == torch.float32 else io
         B, A, bias = self.scales(layer, dtype)
         N, K = self.N, self.K
         lead = x.shape[:-1]
@@ -73,14 +75,18 @@ class LayerPlan:
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         M = x2.shape[0]
-        y = torch.empty(M, N, dtype=dtype, device=x.device)
         if M == 0:
-            return y.reshape(*lead, N)
+            return x2.new_empty(*lead, N)
         bucket = -1 if M >= self.crossover else (M if M <= 2 else 1 << (M - 1).bit_length())
         run = self._runners.get((bucket, dtype))
         if run is None:
             cfg = pick_config(M, N, K, self.bits, self.r)
             run = self._runners[(bucket, dtype)] = make_runner(self.codes, self.grid, B, A, bias, M, dtype, cfg)
+        if io != dtype and not getattr(run, "fp32_io", False):
+            y = torch.empty(M, N, dtype=dtype, device=x.device)
+            run(x2.to(dtype), y)
+            return y.to(io).reshape(*lead, N)
+        y = torch.empty(M, N, dtype=io, device=x.device)
         run(x2, y)
         return y.reshape(*lead, N)
 
@@ -189,14 +195,13 @@ def triton_forward(layer, x: torch.Tensor) -> torch.Tensor:
 
         raise ConfigError("backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before importing kernels); "
                           "use backend 'torch' or 'auto' on the CPU")
-    dtype = x.dtype
-    if dtype == torch.float32:
-        return triton_forward(layer, x.to(torch.bfloat16)).float()
     if torch.is_grad_enabled() and (x.requires_grad or layer.B.requires_grad or layer.A.requires_grad
                                     or (layer.bias is not None and layer.bias.requires_grad)) \
             or torch.compiler.is_compiling():
+        if x.dtype == torch.float32:
+            return lords_linear(x.to(torch.bfloat16), plan.codes, layer.grid, layer.B, layer.A, layer.bias).float()
         return lords_linear(x, plan.codes, layer.grid, layer.B, layer.A, layer.bias)
-    return plan.forward(layer, x)
+    return plan.forward(layer, x)  # fp32 x: handled by the plan (the gemv reads and writes fp32 without casts)
 
 
 def _triton_or_reference(layer, x: torch.Tensor) -> torch.Tensor:

@@ -100,6 +100,17 @@ def test_fp32_input_round_trips_through_bf16():
     assert rel(y, ref.lords_matmul(x, layer.qweight, layer.grid, layer.B, layer.A, layer.bias, 4)) < TOL
 
 
+def test_fp32_batch_1_runs_the_gemv_in_fp32_without_casts():
+    layer = FakeLayer().to(DEV).requires_grad_(False)
+    x = torch.randn(1, 1, 72, device=DEV)
+    with torch.no_grad():
+        y = lords_kernels.triton_forward(layer, x)
+    run = lords_kernels.dispatch.plan_of(layer)._runners[(1, torch.bfloat16)]
+    assert getattr(run, "fp32_io", False)  # the gemv read x and wrote y in fp32: no cast launches around it
+    assert y.dtype == torch.float32 and y.shape == (1, 1, 40)
+    assert rel(y, ref.lords_matmul(x, layer.qweight, layer.grid, layer.B, layer.A, layer.bias, 4)) < TOL
+
+
 def test_custom_op_fake_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 

@@ -193,7 +193,9 @@ def _xa_buffer(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Te
 
 
 Runner = Callable[[torch.Tensor, torch.Tensor], None]
-"""``run(x2 (M, K) row-contiguous, y (M, N))``: one layer's launches for a tile choice, everything else bound."""
+"""``run(x2 (M, K) row-contiguous, y (M, N))``: one layer's launches for a tile choice, everything else bound.
+``x2``/``y`` are in the dtype the runner was made for, or fp32 where the runner has ``fp32_io`` (the gemv: its
+``_xa`` pass reads x in fp32 and its epilogue stores in y's dtype, so an fp32 model pays no cast launches)."""
 
 
 def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torch.Tensor, bias: torch.Tensor | None,
@@ -271,12 +273,13 @@ def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torc
         meta = dict(BN=cfg.BN, Q_AS_B=cfg.Q_AS_B, EVEN_N=N % cfg.BN == 0, PRMT=prmt,
                     ONES=cfg.ONES and not INTERPRET and fp16, **common)
 
-        def run(x2, y):
+        def run(x2, y):  # x2 and y may be fp32 here (run.fp32_io): _xa reads x in fp32, the epilogue stores y's dtype
             ws, locks = _scratch(device, split * N if split > 1 else 1)
             xa = _xa_buffer(device, xdt, codes.k_pad * R)
             xa_kern(x2, A, xa, K, r, A.stride(0), R=R, BK=64, num_warps=4)
             kern(xa, lo, hi, g_op, locks if tab is None else tab, B, bias if has_bias else y, y, ws, locks,
                  N, r, n_groups, split, lo.stride(0), hi.stride(0), B.stride(0), **meta)
+        run.fp32_io = True
         return run
 
     # gemm_t

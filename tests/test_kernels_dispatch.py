@@ -278,3 +278,14 @@ def test_codes_on_host_serve_from_the_plan_alone_and_still_save():
     assert lords_kernels.plan_of(layer) is plan  # served from the plan's codes, not repacked from the host copy
     assert torch.equal(got, want)
     assert torch.equal(model.state_dict()["0.qweight"].cpu(), codes.cpu())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_launch_probe_launches_the_compiled_xa_kernel_directly_with_the_jit_launchs_output():
+    from lords_kernels.launch_probe import probe_shape
+    from lords_kernels.peers import Peers
+
+    rows = probe_shape(torch, 192, 576, Peers("cuda"), calls=5, rounds=1)
+    direct = next(r for r in rows if r["impl"] == "xa_direct")
+    assert direct["equal_to_jit"] and all(r["us_eager"] > 0 for r in rows)

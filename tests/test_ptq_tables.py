@@ -41,6 +41,11 @@ def test_rank_ablation_sets_lords_ranks_beside_block_sizes_of_the_same_floats():
     assert sorted((r.rank_scale, r.block_size) for r in rows if r.method == "lords_refined") == [
         (0.5, 64), (1, 64), (2, 64), (4, 64)]
     assert sorted(r.block_size for r in rows if r.method == "blockwise_refined") == [16, 32, 64, 128]
+    # The same pairs on the calibrated objective, each over the three calibration samples.
+    assert sorted({(r.rank_scale, r.block_size) for r in rows if r.method == "lords_calibrated"}) == [
+        (0.5, 64), (1, 64), (2, 64), (4, 64)]
+    assert sorted({r.block_size for r in rows if r.method == "nf_calibrated"}) == [16, 32, 64, 128]
+    assert all(r.sample in (0, 1, 2) for r in rows if r.method.endswith("calibrated"))
 
 
 @pytest.mark.parametrize("index", [1, 7, 20, 45])

@@ -73,14 +73,18 @@ def nearest_code(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Index of the nearest grid value for every element of ``x`` (any shape), as uint8.
 
     The code is the number of midpoints between sorted grid values that ``x`` exceeds; ties go to
-    the lower code. One vectorised comparison per midpoint (at most 15) runs several times faster on
-    CPU than ``torch.bucketize``, which gives the same answer.
+    the lower code. On the CPU one vectorised comparison per midpoint (at most 15) runs several times
+    faster than ``torch.bucketize``, which gives the same answer; on a GPU ``bucketize`` is one pass and
+    keeps the midpoints on the device (the loop reads them on the host: a sync per call, per layer and
+    step in QAT). NaN gets code 0 from the loop and the last code from ``bucketize``.
     """
     grid = grid.to(device=x.device, dtype=torch.float32)
-    mids = ((grid[1:] + grid[:-1]) / 2).tolist()
+    mids = (grid[1:] + grid[:-1]) / 2
     x = x.float()
+    if x.is_cuda:
+        return torch.bucketize(x, mids, out_int32=True).to(torch.uint8)
     codes = torch.zeros(x.shape, dtype=torch.uint8, device=x.device)
-    for mid in mids:
+    for mid in mids.tolist():
         codes += x > mid
     return codes
 

@@ -48,6 +48,17 @@ def test_nearest_code_matches_brute_force_argmin(bits):
     assert torch.equal(nearest_code(x, g).long(), brute)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_the_gpu_formula_bucketize_gives_the_cpu_loops_codes_ties_and_infinities_included(bits):
+    g = normal_float(bits)
+    mids = (g[1:] + g[:-1]) / 2
+    x = torch.cat([torch.randn(4000, generator=torch.Generator().manual_seed(bits)), mids,
+                   torch.tensor([float("inf"), -float("inf")])])
+    assert torch.equal(torch.bucketize(x, mids, out_int32=True).to(torch.uint8), nearest_code(x, g))
+    if torch.cuda.is_available():
+        assert torch.equal(nearest_code(x.cuda(), g).cpu(), nearest_code(x, g))
+
+
 def test_nearest_code_clips_out_of_range_values_to_the_ends():
     g = normal_float(3)
     assert nearest_code(torch.tensor([-5.0, 5.0]), g).tolist() == [0, 7]

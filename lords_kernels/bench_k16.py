@@ -100,7 +100,7 @@ def run(args):
     import lords_kernels
     from lords_kernels.lords_matmul import triton as tk
     from lords_kernels.lords_matmul.dequant import dequantize, scratch_bytes
-    from lords_kernels.lords_matmul.tuning import TileConfig, dequant_config
+    from lords_kernels.lords_matmul.tuning import dequant_config
 
     cuda = torch.cuda.is_available() and not tk.INTERPRET
     dev = "cuda" if cuda else "cpu"

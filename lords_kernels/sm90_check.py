@@ -89,7 +89,7 @@ def main(which):
         build(_gemv_kernel, gptr, consts, 4, 3, "REF gemv BN128 ONES")
         tptr = dict(x_ptr=f16, lo_ptr="*u8", hi_ptr="*u8", grid_ptr="*fp32", tab_ptr="*i32", B_ptr=f16, A_ptr=f16,
                     bias_ptr=f16, y_ptr=f16, ws_ptr="*fp32", lock_ptr="*i32")
-        consts = dict(HAS_BIAS=False, BITS=4, T=64, F=2, R=64, BM=256, BN=128, GROUP_M=8, PRMT=True, MUL16=True, S16=True, DOT_FP32=False)
+        consts = dict(HAS_BIAS=False, BITS=4, T=64, F=2, R=64, BM=256, BN=128, GROUP_M=8, PRMT=True, S16=True, DOT_FP32=False)
         build(_gemm_t_kernel, tptr, consts, 8, 3, "REF gemm_t BM256 BN128 w8")
 
 

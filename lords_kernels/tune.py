@@ -45,7 +45,7 @@ def candidate_configs(M, N, K, bits, r):
         bm = tuning.swap_bm(M)
         for bn, nw in ((64, 4), (128, 8)):
             for s in splits(-(-N // bn) * -(-M // bm), lo=60, hi=600, most=2):
-                out.append(TileConfig("gemm_t", BM=bm, BN=bn, split_k=s, num_warps=nw, num_stages=3, MUL16=True,
+                out.append(TileConfig("gemm_t", BM=bm, BN=bn, split_k=s, num_warps=nw, num_stages=3,
                                       S16=True))
     else:  # gemm_t below the crossover: two warpgroups; split-K only where the tiles alone leave SMs idle
         for bm in (128, 256):
@@ -53,7 +53,7 @@ def candidate_configs(M, N, K, bits, r):
             for s in (1, 2, 4):
                 if bm <= 2 * M and s <= n_groups and (s == 1 or tiles < 132):
                     out.append(TileConfig("gemm_t", BM=bm, BN=128, split_k=s, num_warps=8, num_stages=3,
-                                          MUL16=True, S16=True))
+                                          S16=True))
     cols = (1 << (M - 1).bit_length()) * R
     if M <= 64 and cols <= ZGEMV_MAX_COLS:  # zgemv: one launch, A ⊙ x in the kernel
         for bn, nw in ((64, 4), (64, 8), (128, 8)):

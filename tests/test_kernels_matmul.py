@@ -67,7 +67,7 @@ CPU_SHAPES = [(1, 48, 200, 5), (1, 70, 300, 20), (3, 33, 136, 7), (17, 64, 256, 
 # Tile configs forced on top of the default pick: split-K through the last-split reduction, tiny tiles.
 CPU_CONFIGS = [None, dict(kernel="gemm_t", BM=16, BN=32, split_k=3, num_warps=4, num_stages=1),
                dict(kernel="gemv", BN=32, split_k=2, num_warps=4, num_stages=1),
-               dict(kernel="gemm_t", BM=16, BN=32, split_k=2, num_warps=4, num_stages=1, MUL16=True),
+               dict(kernel="gemm_t", BM=16, BN=32, split_k=2, num_warps=4, num_stages=1, S16=True),
                dict(kernel="gemm_t", BM=32, BN=64, split_k=1, num_warps=4, num_stages=1),
                dict(kernel="dequant", BN=128),
                dict(kernel="zgemv", BN=32, split_k=2, num_warps=4, num_stages=1),
@@ -216,7 +216,7 @@ def test_forward_gpu(shape, bits, dtype):
     bias = torch.randn(N, dtype=dtype, device="cuda")
     kc = repack(qweight, bits, K)
     want = ref.lords_matmul(x, qweight, grid, B, A, bias, bits)
-    swap = dict(kernel="gemm_t", BM=16 if M <= 16 else 64, BN=64, num_warps=4, num_stages=3, MUL16=True)
+    swap = dict(kernel="gemm_t", BM=16 if M <= 16 else 64, BN=64, num_warps=4, num_stages=3)
     ones = dict(kernel="gemv", BN=128, num_warps=4, num_stages=3, Q_AS_B=False, ONES=True)
     z = dict(kernel="zgemv", BN=64, num_warps=4, num_stages=3, ONES=True)
     kinds = [(None, None), (3, None), (1, "gemm_t"), (3, "gemm_t")] + ([(1, "ones"), (2, "ones")] if M == 1 else [])

@@ -95,7 +95,7 @@ def _gemm_t_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_
                    M, N, K, r, n_groups, split_k, stride_xm, stride_ym, stride_lo, stride_hi, stride_bn, stride_ar,
                    HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr, PRMT: tl.constexpr,
-                   MUL16: tl.constexpr, S16: tl.constexpr, DOT_FP32: tl.constexpr):
+                   S16: tl.constexpr, DOT_FP32: tl.constexpr):
     """The weight-side form transposed ("swap AB"): ``yᵀ (BN, BM) += W (BN, T) · xᵀ (T, BM)``. The weight rows are
     the tensor cores' M side, so ``S = B_tile · A_tile`` comes out in the accumulator layout, ``W = grid[Q] ⊙ S``
     is formed there and fed to the next MMA from registers (as flash attention feeds P): no shared-memory round
@@ -125,10 +125,7 @@ def _gemm_t_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_
             s = tl.dot(b, a, out_dtype=tl.float16)
         else:
             s = _mm(b, a, DOT_FP32)  # S tile (BN, T), fp32
-        if MUL16:  # one packed half multiply per two weights instead of two converts and a float multiply
-            w = q.to(cdt) * s.to(cdt)
-        else:
-            w = (q.to(tl.float32) * s).to(cdt)
+        w = q.to(cdt) * s.to(cdt)  # one packed half multiply per two weights, not two converts and a float multiply
         xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + k[:, None], mask=m_mask[None, :] & k_mask[:, None],
                      other=0.0).to(cdt)  # xᵀ (T, BM)
         acc = _dot(w, xt, acc, DOT_FP32)
@@ -285,7 +282,7 @@ def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torc
     # gemm_t
     bm, bn = cfg.BM, cfg.BN
     gm = _gemm_t_kernel
-    meta = dict(BM=bm, BN=bn, GROUP_M=cfg.GROUP_M, PRMT=prmt, MUL16=cfg.MUL16, S16=cfg.S16 and fp16, **common)
+    meta = dict(BM=bm, BN=bn, GROUP_M=cfg.GROUP_M, PRMT=prmt, S16=cfg.S16 and fp16, **common)
 
     def run(x2, y):
         m = x2.shape[0]

@@ -45,8 +45,6 @@ class TileConfig:
     """gemv: the code values as the MMA's B operand."""
     ONES: bool = False
     """gemv, fp16: code values routed through an MMA-made tile of ones (registers instead of shared memory)."""
-    MUL16: bool = False
-    """gemm_t: one packed half multiply per two weights."""
     S16: bool = False
     """gemm_t, fp16: fp16 accumulation of the rank sum."""
     GROUPS: int = 4
@@ -91,11 +89,11 @@ def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) ->
         tiles = -(-N // bn) * -(-M // bm)
         split = max(1, min(n_groups, 16, (2 * sms) // tiles))
         return TileConfig(kernel="gemm_t", BM=bm, BN=bn, split_k=split, num_warps=4, num_stages=3, GROUP_M=8,
-                          MUL16=True, S16=True)
+                          S16=True)
     # two warpgroups of 64 weight rows each: one's LUT work overlaps the other's MMAs (H100 sweep: 1.9x faster
     # than one warpgroup at M = 2048)
     return TileConfig(kernel="gemm_t", BM=256 if M >= 512 else 128, BN=128, split_k=1, num_warps=8, num_stages=3,
-                      GROUP_M=8, MUL16=True, S16=True)
+                      GROUP_M=8, S16=True)
 
 
 _TABLE: dict[str, TileConfig] = {}

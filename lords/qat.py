@@ -90,6 +90,36 @@ class _LayerQAT(QuantConfig):
         return self.refine is not None and self.refine.needs_calibration
 
 
+class FakeQuantize(torch.autograd.Function):
+    """``Ŵ = S ⊙ (u + sg(q − u))`` with ``u = W ⊘ S`` (zeros of ``S`` divided by 1) and ``q = grid[code(u)]``: the
+    straight-through fake quantization. Its values and gradients are autograd's on that expression, op for op and bit
+    for bit (``∂W = g·S ⊘ S``, ``∂S = g ⊙ v − [S ≠ 0]·(g·S) ⊙ (u ⊘ S)``, ``v = u + (q − u)``), but backward keeps only
+    ``S`` and the codes (5 bytes per weight) where autograd kept ``S``, the zero-safe ``S``, ``v`` and the zero mask
+    (13): it recomputes the rest. ``W (n, m)``, ``S (n, m)`` float32, ``grid (2^bits,)``."""
+
+    @staticmethod
+    def forward(ctx, W, S, grid):
+        u = W / safe_scale(S)
+        codes = nearest_code(u, grid)
+        q = grid[codes.long()]
+        ctx.save_for_backward(W, S, codes, grid)
+        return S * (u + (q - u))
+
+    @staticmethod
+    def backward(ctx, g):
+        W, S, codes, grid = ctx.saved_tensors
+        zero = S == 0
+        safe = torch.where(zero, torch.ones_like(S), S)
+        gS = g * S
+        dW = gS / safe if ctx.needs_input_grad[0] else None
+        dS = None
+        if ctx.needs_input_grad[1]:
+            u = W / safe
+            v = u + (grid[codes.long()] - u)
+            dS = g * v + torch.where(zero, torch.zeros_like(S), -gS * ((W / safe) / safe))
+        return dW, dS, None
+
+
 class QATLinear(nn.Module):
     """Latent ``weight (out, in)`` and a scale module ``scale()`` → ``S (out, in)``; forward on the fake-quantized
     weight. ``config`` is the leaf config the layer converts to; ``scale`` where PTQ left it (the method's init, or
@@ -112,10 +142,7 @@ class QATLinear(nn.Module):
         return None if B is None else B.shape[1]
 
     def fake_quantized(self) -> torch.Tensor:
-        S = self.scale()
-        u = self.weight / safe_scale(S)
-        q = self.grid[nearest_code(u.detach(), self.grid).long()]
-        return S * (u + (q - u).detach())
+        return FakeQuantize.apply(self.weight, self.scale(), self.grid)
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.fake_quantized().detach()

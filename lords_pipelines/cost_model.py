@@ -105,10 +105,11 @@ def qat_tokens_per_s(shape: Shape, context: int, peak_flops: float, utilisation:
 
 QAT_STATE_BYTES = 16
 """Per trainable float in QAT: float32 latent weight or scale, its gradient, AdamW's two moments."""
-QAT_SAVED_BYTES = 15
-"""Per quantized weight, kept for the backward pass by ``lords.QATLinear`` (counted from its forward; autograd
-saves only what a gradient needs): ``S`` and the zero-safe ``S`` it divides by, the straight-through value
-``u + (q − u)`` in float32 (12), the zero mask (1), the fake-quantized weight in bf16 for ``F.linear`` (2)."""
+QAT_SAVED_BYTES = 7
+"""Per quantized weight, kept for the backward pass by ``lords.QATLinear`` (measured with autograd's saved-tensor
+hooks, a test): ``S`` in float32 (4) and the codes (1), from which ``lords.qat.FakeQuantize`` recomputes the rest, and
+the fake-quantized weight in bf16 for ``F.linear`` (2). Autograd on the plain expression kept 15 (``S``, the zero-safe
+``S`` and ``u + (q − u)`` in float32, the zero mask)."""
 
 
 def _scale_floats(shape: Shape, block: int) -> int:

@@ -94,3 +94,66 @@ def test_qat_from_a_calibrated_config_needs_calibration_tokens(tiny_model):
     cfg = LordsConfig(bits=3, block_size=16, refine=RefineConfig(steps=2, objective="act_diag"))
     with pytest.raises(ConfigError, match="calib_ids"):
         quantize_(tiny_model, QATConfig(cfg, "prepare"), progress=False)
+
+
+def _autograd_fake_quantize(W, S, grid):
+    """The straight-through expression as autograd runs it: what ``FakeQuantize`` must equal bit for bit."""
+    from lords.blockwise import safe_scale
+    from lords.grids import nearest_code
+
+    u = W / safe_scale(S)
+    q = grid[nearest_code(u.detach(), grid).long()]
+    return S * (u + (q - u).detach())
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_fake_quantize_gives_autograds_values_and_gradients_bit_for_bit(bits):
+    from lords.grids import make_grid
+    from lords.qat import FakeQuantize
+
+    g = torch.Generator().manual_seed(bits)
+    grid = make_grid("nf", bits)
+    W0 = torch.randn(48, 80, generator=g)
+    B0, A0 = torch.randn(48, 6, generator=g), torch.randn(6, 80, generator=g)
+    up = torch.randn(48, 80, generator=g)
+    outs = []
+    for fq in (_autograd_fake_quantize, FakeQuantize.apply):
+        W, B, A = (t.clone().requires_grad_() for t in (W0, B0, A0))
+        S = B @ A
+        S = torch.where(torch.arange(80) % 7 == 0, torch.zeros_like(S), S)  # exact zeros: the divide-by-1 branch
+        y = fq(W, S, grid)
+        (y * up).sum().backward()
+        outs.append((y.detach(), W.grad, B.grad, A.grad))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+def test_qat_forward_keeps_seven_bytes_per_weight_for_backward():
+    """Measured with autograd's saved-tensor hooks: the weight-sized tensors QAT's forward keeps for backward,
+    parameters excluded (they exist anyway). The cost model's QAT_SAVED_BYTES is this figure."""
+    from lords.grids import make_grid
+    from lords_pipelines.cost_model import QAT_SAVED_BYTES
+
+    layer = QATLinear(torch.randn(64, 128), _Scale(torch.rand(64, 128) + 0.5), LordsConfig(bits=3, block_size=16),
+                      make_grid("nf", 3))
+    params = {p.data_ptr() for p in layer.parameters()} | {b.data_ptr() for b in layer.buffers()}
+    kept = {}
+
+    def pack(t):
+        if t.numel() >= 64 * 128 and t.data_ptr() not in params:
+            kept[t.data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    x = torch.randn(4, 128, dtype=torch.bfloat16, requires_grad=True)  # an activation: F.linear keeps Ŵ for ∂x
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x).float().sum().backward()
+    assert sum(kept.values()) / (64 * 128) == QAT_SAVED_BYTES == 7  # S (4), codes (1), Ŵ in bf16 for F.linear (2)
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, S):
+        super().__init__()
+        self.S = torch.nn.Parameter(S)
+
+    def forward(self):
+        return self.S * 1.0  # a fresh tensor, as B·A is

@@ -136,18 +136,21 @@ def qat_memory_per_gpu(shape: Shape, gpus: int, tokens_per_gpu: int, checkpoint_
             "total_gib": (state + saved + acts) / GIB}
 
 
-PEFT_SAVED_BYTES = 4
-"""Per quantized weight, kept for backward by the torch reference forward of ``LoRDSLinear`` (counted): ``grid[Q]``
-(what ``∂/∂S`` needs) and the dequantized weight (what ``∂/∂x`` needs), each in bf16. The Triton backward
-rebuilds tiles instead and keeps less."""
+PEFT_SAVED_BYTES = 0
+"""Per quantized weight, kept for backward by ``LoRDSLinear`` under the Triton kernels (what PEFT runs on a GPU;
+measured with autograd's saved-tensor hooks, a test): nothing weight-sized, the backward rebuilds its tiles from the
+codes, ``B`` and ``A``. The torch reference forward (the CPU) keeps 4: ``grid[Q]`` and the dequantized weight in bf16."""
+PEFT_CODE_COPIES = 2
+"""Copies of the codes a PEFT run holds on the GPU: the stored ``qweight`` and the kernels' repacked layout (serving
+moves the first to host memory, ``use_triton(codes_on_host=True)``; training keeps both)."""
 
 
 def peft_memory_per_gpu(shape: Shape, bits: int, gpus: int, tokens_per_gpu: int, checkpoint_blocks: bool,
                         block: int = 64) -> dict[str, float]:
-    """GiB per GPU for LoRDS PEFT under FSDP over ``gpus``: the codes (buffers, so NOT sharded: every rank holds
-    them all), ``B, A`` with gradient and AdamW moments (16 bytes per float, sharded), the float tensors (bf16,
+    """GiB per GPU for LoRDS PEFT under FSDP over ``gpus``: the codes (:data:`PEFT_CODE_COPIES` copies; buffers, so
+    NOT sharded: every rank holds them all), ``B, A`` with gradient and AdamW moments (16 bytes per float, sharded), the float tensors (bf16,
     sharded), :data:`PEFT_SAVED_BYTES` per weight and activations as in :func:`qat_memory_per_gpu`."""
-    codes = shape.linear_weights * bits / 8
+    codes = PEFT_CODE_COPIES * shape.linear_weights * bits / 8
     state = (16 * _scale_floats(shape, block) + 2 * shape.float_weights) / gpus
     saved = PEFT_SAVED_BYTES * shape.block_weights * (1 if checkpoint_blocks else shape.layers)
     acts = _activations(shape, tokens_per_gpu, checkpoint_blocks)

@@ -179,7 +179,8 @@ def render(m: dict, mod: dict) -> str:
           f"({fewest(mod['qat'], 'gib_per_gpu')}), QAT checkpointed per block ({fewest(mod['qat'], 'gib_per_gpu_checkpointed')}), "
           f"PEFT ({fewest(mod['peft'], 'total_gib')}), PEFT checkpointed ({fewest(mod['peft'], 'checkpointed_gib')}). "
           "LoRDS PEFT keeps the codes whole on every GPU (FSDP shards parameters; the codes are buffers), so FSDP saves "
-          f"it little: its memory is the codes plus what backward keeps ({cm.PEFT_SAVED_BYTES} bytes per weight). The "
+          f"it little: its memory is the codes ({cm.PEFT_CODE_COPIES} copies: stored and the kernels' layout) plus what the "
+          f"Triton backward keeps ({cm.PEFT_SAVED_BYTES} bytes per weight, measured). The "
           "tokens/s carry the 1.1B model's utilisation over; they are not a measurement.", ""]
     return "\n".join(L)
 

@@ -289,3 +289,25 @@ def test_launch_probe_launches_the_compiled_xa_kernel_directly_with_the_jit_laun
     rows = probe_shape(torch, 192, 576, Peers("cuda"), calls=5, rounds=1)
     direct = next(r for r in rows if r["impl"] == "xa_direct")
     assert direct["equal_to_jit"] and all(r["us_eager"] > 0 for r in rows)
+
+
+def test_peft_through_the_kernels_keeps_nothing_weight_sized_for_backward():
+    """Measured with autograd's saved-tensor hooks: what a LoRDS layer's forward keeps for backward when only B, A
+    train (PEFT) on the Triton path, its own parameters, buffers and repacked codes excluded. The cost model's
+    PEFT_SAVED_BYTES is this figure."""
+    from lords_pipelines.cost_model import PEFT_SAVED_BYTES
+
+    layer = FakeLayer(N=64, K=128, r=6, bias=False).to(DEV)
+    plan = lords_kernels.dispatch.plan_of(layer)
+    own = {t.data_ptr() for t in [*layer.parameters(), *layer.buffers(), plan.codes.lo, plan.codes.hi]}
+    kept = []
+
+    def pack(t):
+        if t.numel() >= 64 * 128 // 8 and t.data_ptr() not in own:
+            kept.append(t.numel() * t.element_size())
+        return t
+
+    x = torch.randn(4, 128, dtype=torch.bfloat16, device=DEV, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lords_kernels.triton_forward(layer, x).float().sum().backward()
+    assert layer.B.grad is not None and sum(kept) / (64 * 128) == PEFT_SAVED_BYTES == 0

@@ -77,9 +77,10 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     skeleton = structure_of(model) if s.trainer.strategy == "fsdp" else None
     t = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))
-    speed = next((c.tokens_per_s for c in trainer.callbacks if hasattr(c, "tokens_per_s")), None)
+    clock = next((c for c in trainer.callbacks if hasattr(c, "tokens_per_s")), None)
+    speed = clock and clock.tokens_per_s
     metrics: dict[str, Any] = {"train_seconds": time.time() - t, "train_tokens_per_s": speed, "trainable_floats": trainable,
-                               "train_steps": trainer.global_step}
+                               "train_steps": trainer.global_step, "peak_gpu_bytes": clock and clock.peak_bytes}
     model = trained_model(trainer, module.model, skeleton)  # plain and whole on rank zero, None elsewhere
     if model is None:
         return metrics, {"module": module, "trainer": trainer}

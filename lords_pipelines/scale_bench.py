@@ -68,7 +68,8 @@ def run_stage(stage: str, devices: int, steps: int, strategy: str = "ddp", accum
             raise SystemExit(f"{stage} on {devices} GPU(s) failed:\n{done.stderr[-3000:]}")
         metrics = json.loads((Path(out) / "metrics.json").read_text())["metrics"]
     return {"stage": stage, "devices": devices, "steps": steps, "workload": workload(accumulate), "tokens_per_s": metrics["train_tokens_per_s"],
-            "train_seconds": metrics["train_seconds"], "trainable_floats": metrics["trainable_floats"]}
+            "train_seconds": metrics["train_seconds"], "trainable_floats": metrics["trainable_floats"],
+            "peak_gpu_bytes": metrics.get("peak_gpu_bytes")}
 
 
 def pairs(rows: list[dict]) -> list[dict]:
@@ -87,6 +88,10 @@ def pairs(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _gib(n: int | None) -> str:
+    return "—" if n is None else f"{n / 2**30:.1f}"
+
+
 def render(rows: list[dict]) -> str:
     lines = ["# Training throughput on 1 and 2 GPUs under DDP and FSDP (issue 18)", "",
              "Random Llama, hidden 2048, 24 layers, MLP 5632 (~1.1B parameters), LoRDS 3 bits block 64; QAT trains the "
@@ -94,14 +99,14 @@ def render(rows: list[dict]) -> str:
              "tokens/s over all GPUs after 5 warm-up steps, the per-GPU batch fixed. `python -m "
              "lords_pipelines.scale_bench --devices 1 2 [--strategy fsdp]`; every row as measured, runs kept apart "
              "(a row whose partner is missing was cut by the device call's time limit).", "",
-             "| run | strategy | stage | workload | GPUs | link | tokens/s | × one GPU | steps |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| run | strategy | stage | workload | GPUs | link | tokens/s | × one GPU | steps | peak GiB (rank 0) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     speed = {(p["run"], p["strategy"], p["stage"], p["workload"], p["devices"]): p["speedup"] for p in pairs(rows)}
     for r in rows:
         x = 1.0 if r["devices"] == 1 else speed.get((r["run"], r["strategy"], r["stage"], r["workload"], r["devices"]))
         lines.append(f"| {r['run']} | {r['strategy']} | {r['stage']} | {r['workload']} | {r['devices']} | "
                      f"{r.get('link') or '—'} | {r['tokens_per_s']:,.0f} | {'—' if x is None else f'{x:.2f}'} | "
-                     f"{r['steps']} |")
+                     f"{r['steps']} | {_gib(r.get('peak_gpu_bytes'))} |")
     return "\n".join(lines) + "\n"
 
 

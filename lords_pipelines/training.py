@@ -27,10 +27,24 @@ def resume_path(s: RunSettings, out: Path) -> str | None:
 
 class Throughput(L.Callback):
     """Steady-state training speed: tokens (attention-masked, all ranks) per second after ``warmup`` steps, the
-    first ones (compilation, allocator growth) left out; ``tokens_per_s`` is None when too few steps ran."""
+    first ones (compilation, allocator growth) left out; ``tokens_per_s`` is None when too few steps ran.
+    ``peak_bytes``: this rank's peak CUDA memory during fit (None off CUDA), the cost model's check."""
 
     def __init__(self, warmup: int = 5):
         self.warmup, self.start, self.tokens, self.tokens_per_s = warmup, None, 0, None
+        self.peak_bytes = None
+
+    def on_train_start(self, trainer, pl_module):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_end(self, trainer, pl_module):
+        import torch
+
+        if torch.cuda.is_available():
+            self.peak_bytes = torch.cuda.max_memory_allocated()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         import time

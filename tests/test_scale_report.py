@@ -34,4 +34,4 @@ def test_training_speedups_pair_rows_of_one_run_strategy_and_workload_only():
             row | dict(run="b", devices=2, tokens_per_s=160.0, strategy="fsdp")]  # another strategy: no partner
     assert [(p["run"], p["speedup"]) for p in pairs(rows)] == [("a", 1.5)]
     table = render(rows)
-    assert "| a | ddp | qat | w | 2 | — | 150 | 1.50 | 30 |" in table and "| b | fsdp | qat | w | 2 | — | 160 | — | 30 |" in table
+    assert "| a | ddp | qat | w | 2 | — | 150 | 1.50 | 30 | — |" in table and "| b | fsdp | qat | w | 2 | — | 160 | — | 30 | — |" in table

@@ -26,7 +26,8 @@ def measured(reports: Path) -> dict:
     s2, s4 = two["rows"][0]["seconds"], four["rows"][0]["seconds"]
     block = (s4 - s2) / (four["layers"] - two["layers"])
     fixed = s2 - two["layers"] * block
-    train = pairs(json.loads((reports / "scale_train.json").read_text()))
+    train_rows = json.loads((reports / "scale_train.json").read_text())
+    train = pairs(train_rows)
     stages = {}
     for stage in ("qat", "peft"):  # the goal covers both; each stage's slowest 1-vs-2-GPU pair on today's workload
         mine = [q for q in train if q["stage"] == stage and q["devices"] == 2]
@@ -38,7 +39,7 @@ def measured(reports: Path) -> dict:
            "ptq_tokens": two["tokens"], "ptq_runs_seconds": {two["layers"]: s2, four["layers"]: s4},
            "ptq_peak_bytes": max(two["rows"][0]["peak_bytes"], four["rows"][0]["peak_bytes"]),
            "ptq_32_blocks_seconds": fixed + cm.LLAMA3_8B.layers * block,
-           "train_pairs": train, "qat_pair": stages["qat"], "peft_pair": stages["peft"],
+           "train_rows": train_rows, "train_pairs": train, "qat_pair": stages["qat"], "peft_pair": stages["peft"],
            "qat_speedup_2gpu": stages["qat"]["speedup"], "peft_speedup_2gpu": stages["peft"]["speedup"]}
     out["speedup_2gpu"] = min(out["qat_speedup_2gpu"], out["peft_speedup_2gpu"])  # the goal covers both stages
     multi = [row for path in sorted(reports.glob("scale_ptq_*.json")) for row in json.loads(path.read_text())]
@@ -154,6 +155,22 @@ def render(m: dict, mod: dict) -> str:
         L.append(f"| {r['model']} | {r['bits']} | {r['block']} | {'parity' if r['rank_factor'] == 1 else '2 × parity'} "
                  f"| {r['bytes_per_weight']:.3f} | {r['bits_per_weight']:.3f} | {r['model_gib']:.1f} | "
                  f"{r['float16_gib']:.1f} |")
+    L += ["", "## Training memory: measured peak against the model", ""]
+    peaks = [r for r in m["train_rows"] if r.get("peak_gpu_bytes")]
+    if peaks:
+        L += ["The 1.1B Llama of `scale_train.md` (3 bits, block 64, 8 windows of 512 tokens per GPU, no activation "
+              "checkpointing); rank 0's peak CUDA memory during fit against the model's GiB per GPU (DDP keeps the whole "
+              "training state on every GPU: the model's one-GPU figure; FSDP shards it over the GPUs).", "",
+              "| run | strategy | stage | GPUs | measured GiB | model GiB |", "|---|---|---|---|---|---|"]
+        for r in peaks:
+            shards = r["devices"] if r["strategy"] == "fsdp" else 1
+            fn = cm.qat_memory_per_gpu if r["stage"] == "qat" else (lambda *a: cm.peft_memory_per_gpu(a[0], 3, *a[1:]))
+            model_gib = fn(cm.DDP_1B, shards, 8 * QAT_CONTEXT, False)["total_gib"]
+            L.append(f"| {r['run']} | {r['strategy']} | {r['stage']} | {r['devices']} | "
+                     f"{r['peak_gpu_bytes'] / 2**30:.1f} | {model_gib:.1f} |")
+    else:
+        L += ["Not measured yet: the rows of `scale_train.json` carry `peak_gpu_bytes` from the runs after 2026-11-30 "
+              "(`python -m lords_pipelines.scale_bench --devices 1 2 [--strategy fsdp]`)."]
     L += ["", "## QAT and PEFT on H200s (model)", "",
           f"QAT tokens/s at the utilisation measured on the 1.1B model ({c['qat_utilisation'] * 100:.1f}% of "
           f"{H200_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16; calibrated on the one GPU of the QAT pair above) and that pair's "

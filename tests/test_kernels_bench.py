@@ -57,3 +57,21 @@ def test_every_tile_the_sweep_times_computes_the_reference(M):
     for cfg in dequant_candidates():
         w = dequantize(kc, grid, B, A, torch.float16, cfg=cfg)
         assert ((w.double() - w_want).norm() / w_want.norm()).item() < 2e-3, cfg
+
+
+def test_heuristic_check_rates_the_default_tile_against_the_best_the_sweep_timed():
+    import dataclasses
+
+    from lords_kernels.heuristic_check import check, render
+    from lords_kernels.lords_matmul.tuning import TileConfig, default_config
+
+    cell = dict(N=11008, K=4096, bits=4, r=40)
+    heur = dataclasses.asdict(default_config(1, 11008, 4096, 4, 40))
+    faster = dataclasses.asdict(TileConfig("zgemv", BN=64, split_k=4, num_warps=4))
+    log = [dict(cfg=heur, us_graph=30.0, M=1, **cell), dict(cfg=faster, us_graph=25.0, M=1, **cell),
+           dict(cfg=faster, us_graph=9.0, M=4, **cell),  # M = 4: the heuristic's tile was not timed
+           dict(cfg=faster, us_graph=3.0)]  # a dequant tile of the sweep: no cell, skipped
+    rows = check(log)
+    assert [(r["M"], r["ratio"]) for r in rows] == [(1, 1.2), (4, None)]
+    table = render(rows, 1.10)
+    assert "1.20 ✗" in table and "not swept" in table and "1 of 2 cells rated; 1 above 1.10" in table

@@ -1,0 +1,121 @@
+"""Where a QAT or PEFT training step's time goes, without Lightning: the scale benchmark's random 1.1B Llama (or any
+size), LoRDS 3 bits block 64, forward + backward + AdamW on random token windows under bf16 autocast, the steady
+steps timed and the last ones profiled (``torch.profiler``: the ops with the most GPU time, and the step's wall time
+against its GPU time: a step far longer than its GPU time is bound by the host).
+
+    python -m lords_pipelines.profile_step --stage peft [--layers 24 --hidden 2048 --batch 8 --window 512]
+    python -m lords_pipelines.profile_step --stage qat --out /tmp/prof    # also writes a Chrome trace there
+
+Its step time beside ``scale_bench``'s (the same model and batch through the Lightning stage) says what the stage
+adds. A GPU tool; on the CPU it runs a tiny model (``--smoke``) to check itself.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def build(stage: str, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, device: str):
+    """The random Llama, quantized for ``stage`` (``peft``: LoRDS with only ``B, A`` trainable, through the kernels
+    on CUDA; ``qat``: ``QATConfig`` prepare, latent weights and scales trainable)."""
+    import lords
+    from lords.models import tiny_llama
+
+    from .common import apply_backend
+
+    model = tiny_llama(seed=0, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
+                       vocab=512, max_positions=4096).to(device)
+    cfg = lords.LordsConfig(bits=3, block_size=64 if hidden >= 256 else 16)
+    if stage == "peft":
+        lords.quantize_(model, cfg, progress=False)
+        lords.mark_only_scales_trainable(model)
+        apply_backend(model, "auto")
+    else:
+        lords.quantize_(model, lords.QATConfig(cfg, "prepare"), progress=False)
+    return model.train()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["peft", "qat"], default="peft")
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--layers", type=int, default=24)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=5632)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--steps", type=int, default=12, help="timed steps after 3 warm-up steps; the last 3 profiled")
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--out", default=None, help="folder for profile_<stage>.json (and a Chrome trace on CUDA)")
+    p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU: checks the script, times nothing")
+    args = p.parse_args(argv)
+    cuda = torch.cuda.is_available() and not args.smoke
+    if not cuda and not args.smoke:
+        raise SystemExit("profile_step profiles GPU training steps; --smoke runs a tiny model on the CPU")
+    if args.smoke:
+        args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate = 128, 2, 4, 2, 256
+        args.batch, args.window, args.steps = 2, 32, 4
+    device = "cuda" if cuda else "cpu"
+    model = build(args.stage, args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate, device)
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    ids = torch.randint(0, 512, (args.batch, args.window), device=device, generator=torch.Generator(device).manual_seed(0))
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for _ in range(args.steps - 3):
+        step()
+    sync()
+    step_s = (time.perf_counter() - t) / max(1, args.steps - 3)
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(3):
+            step()
+        sync()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[: args.top]
+    gpu_us = sum(e.self_device_time_total for e in prof.key_averages()) / 3 if cuda else None
+    tokens = args.batch * args.window
+    result = {"stage": args.stage, "device": torch.cuda.get_device_name() if cuda else "cpu", "step_s": step_s,
+              "tokens_per_s": tokens / step_s, "gpu_ms_per_step": None if gpu_us is None else gpu_us / 1e3,
+              "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+              "trainable_floats": sum(q.numel() for q in params),
+              "top": [{"op": e.key, "ms_per_step": getattr(e, key) / 3e3, "calls_per_step": e.count / 3} for e in events]}
+    lines = [f"{args.stage}: {step_s * 1e3:.1f} ms a step ({tokens} tokens: {tokens / step_s:,.0f} tok/s)"
+             + ("" if gpu_us is None else f", GPU busy {gpu_us / 1e3:.1f} ms of it"), "",
+             "| op | ms a step | calls a step |", "|---|---|---|"]
+    lines += [f"| {e['op'][:60]} | {e['ms_per_step']:.2f} | {e['calls_per_step']:.0f} |" for e in result["top"]]
+    print("\n".join(lines))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"profile_{args.stage}.json").write_text(json.dumps(result, indent=1))
+        if cuda:
+            prof.export_chrome_trace(str(out / f"trace_{args.stage}.json"))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -45,10 +45,15 @@ def gpu_link() -> str | None:
         text = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    for line in text.splitlines():
+    return link_of(text)
+
+
+def link_of(topo: str) -> str | None:
+    """GPU 0's link to GPU 1 in ``nvidia-smi topo -m``'s matrix (its header row also starts with ``GPU0``)."""
+    for line in topo.splitlines():
         cells = line.split()
-        if cells[:1] == ["GPU0"] and len(cells) > 2:
-            return cells[2]  # columns: GPU0 GPU1 ...; GPU0's row: name, X, link to GPU1
+        if len(cells) > 2 and cells[0] == "GPU0" and cells[1] == "X":
+            return cells[2]  # GPU0's row: its name, X (itself), its link to GPU1
     return None
 
 

@@ -35,3 +35,12 @@ def test_training_speedups_pair_rows_of_one_run_strategy_and_workload_only():
     assert [(p["run"], p["speedup"]) for p in pairs(rows)] == [("a", 1.5)]
     table = render(rows)
     assert "| a | ddp | qat | w | 2 | — | 150 | 1.50 | 30 | — |" in table and "| b | fsdp | qat | w | 2 | — | 160 | — | 30 | — |" in table
+
+
+def test_the_gpu_link_is_read_from_gpu0s_row_not_the_header():
+    from lords_pipelines.scale_bench import link_of
+
+    topo = ("\tGPU0\tGPU1\tCPU Affinity\tNUMA Affinity\n"
+            "GPU0\t X \tNV18\t0-31\t0\n"
+            "GPU1\tNV18\t X \t0-31\t0\n")
+    assert link_of(topo) == "NV18" and link_of("") is None

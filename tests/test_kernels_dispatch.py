@@ -288,6 +288,7 @@ def test_launch_probe_launches_the_compiled_xa_kernel_directly_with_the_jit_laun
 
     rows = probe_shape(torch, 192, 576, Peers("cuda"), calls=5, rounds=1)
     direct = next(r for r in rows if r["impl"] == "xa_direct")
+    assert "error" not in direct, direct["error"]
     assert direct["equal_to_jit"] and all(r["us_eager"] > 0 for r in rows)
 
 

@@ -93,9 +93,10 @@ class _LayerQAT(QuantConfig):
 class FakeQuantize(torch.autograd.Function):
     """``Ŵ = S ⊙ (u + sg(q − u))`` with ``u = W ⊘ S`` (zeros of ``S`` divided by 1) and ``q = grid[code(u)]``: the
     straight-through fake quantization. Its values and gradients are autograd's on that expression, op for op and bit
-    for bit (``∂W = g·S ⊘ S``, ``∂S = g ⊙ v − [S ≠ 0]·(g·S) ⊙ (u ⊘ S)``, ``v = u + (q − u)``), but backward keeps only
-    ``S`` and the codes (5 bytes per weight) where autograd kept ``S``, the zero-safe ``S``, ``v`` and the zero mask
-    (13): it recomputes the rest. ``W (n, m)``, ``S (n, m)`` float32, ``grid (2^bits,)``."""
+    for bit, bf16 ``S`` (autocast) included (``∂W = g·S ⊘ S``, ``∂S = g ⊙ v − [S ≠ 0]·(g·S) ⊙ (u ⊘ S)``, each term
+    rounded to ``S``'s dtype, ``v = u + (q − u)``), but backward keeps only ``S`` and the codes (5 bytes per weight
+    with float32 ``S``) where autograd kept ``S``, the zero-safe ``S``, ``v`` and the zero mask (13): it recomputes
+    the rest. ``W (n, m)`` float32, ``S (n, m)`` float32 or bf16, ``grid (2^bits,)``."""
 
     @staticmethod
     def forward(ctx, W, S, grid):
@@ -116,7 +117,8 @@ class FakeQuantize(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             u = W / safe
             v = u + (grid[codes.long()] - u)
-            dS = g * v + torch.where(zero, torch.zeros_like(S), -gS * ((W / safe) / safe))
+            # each term in S's dtype before the sum, as autograd casts each edge's gradient (S is bf16 under autocast)
+            dS = (g * v).to(S.dtype) + torch.where(zero, torch.zeros_like(S), (-gS * ((W / safe) / safe)).to(S.dtype))
         return dW, dS, None
 
 

@@ -106,8 +106,9 @@ def _autograd_fake_quantize(W, S, grid):
     return S * (u + (q - u).detach())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16 S (autocast)"])
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_fake_quantize_gives_autograds_values_and_gradients_bit_for_bit(bits):
+def test_fake_quantize_gives_autograds_values_and_gradients_bit_for_bit(bits, dtype):
     from lords.grids import make_grid
     from lords.qat import FakeQuantize
 
@@ -119,7 +120,7 @@ def test_fake_quantize_gives_autograds_values_and_gradients_bit_for_bit(bits):
     outs = []
     for fq in (_autograd_fake_quantize, FakeQuantize.apply):
         W, B, A = (t.clone().requires_grad_() for t in (W0, B0, A0))
-        S = B @ A
+        S = (B @ A).to(dtype)  # B·A runs in bf16 under autocast
         S = torch.where(torch.arange(80) % 7 == 0, torch.zeros_like(S), S)  # exact zeros: the divide-by-1 branch
         y = fq(W, S, grid)
         (y * up).sum().backward()

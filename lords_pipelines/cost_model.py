@@ -105,11 +105,12 @@ def qat_tokens_per_s(shape: Shape, context: int, peak_flops: float, utilisation:
 
 QAT_STATE_BYTES = 16
 """Per trainable float in QAT: float32 latent weight or scale, its gradient, AdamW's two moments."""
-QAT_SAVED_BYTES = 7
-"""Per quantized weight, kept for the backward pass by ``lords.QATLinear`` (measured with autograd's saved-tensor
-hooks, a test): ``S`` in float32 (4) and the codes (1), from which ``lords.qat.FakeQuantize`` recomputes the rest, and
-the fake-quantized weight in bf16 for ``F.linear`` (2). Autograd on the plain expression kept 15 (``S``, the zero-safe
-``S`` and ``u + (q − u)`` in float32, the zero mask)."""
+QAT_SAVED_BYTES = 5
+"""Per quantized weight, kept for the backward pass by a LoRDS ``lords.QATLinear`` under bf16 autocast (the GPU stages'
+precision; measured with autograd's saved-tensor hooks, a test): ``S = B·A`` in bf16 (2) and the codes (1), from which
+``lords.qat.FakeQuantize`` recomputes the rest, and the bf16 weight ``F.linear`` keeps (2). Block-wise scales keep
+``S`` in float32 (7); without autocast 9. Autograd on the plain expression kept 11 under autocast and 17 without
+(measured the same way)."""
 
 
 def _scale_floats(shape: Shape, block: int) -> int:

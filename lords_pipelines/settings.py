@@ -205,7 +205,7 @@ class TrainerSettings:
     """LoRDSLinear forward: auto (Triton kernels for CUDA inputs when Triton is installed), torch, triton."""
     activation_checkpointing: bool = False
     """QAT / PEFT: recompute each decoder block in the backward pass, so what backward keeps is one block's worth
-    instead of every block's (QAT keeps 7 bytes per weight otherwise; ``docs/scale.md``)."""
+    instead of every block's (QAT keeps 5 bytes per weight otherwise; ``docs/scale.md``)."""
 
     def check(self, key):
         _choice(f"{key}.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))

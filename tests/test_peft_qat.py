@@ -129,32 +129,25 @@ def test_fake_quantize_gives_autograds_values_and_gradients_bit_for_bit(bits, dt
         assert torch.equal(a, b)
 
 
-def test_qat_forward_keeps_seven_bytes_per_weight_for_backward():
-    """Measured with autograd's saved-tensor hooks: the weight-sized tensors QAT's forward keeps for backward,
-    parameters excluded (they exist anyway). The cost model's QAT_SAVED_BYTES is this figure."""
-    from lords.grids import make_grid
+def test_lords_qat_keeps_five_bytes_per_weight_for_backward_under_bf16_autocast():
+    """Measured with autograd's saved-tensor hooks, under the GPU stages' precision (bf16 autocast, here on the CPU):
+    the weight-sized tensors a LoRDS QATLinear keeps for backward, its parameters and buffers excluded: S = B·A in
+    bf16 (2), the codes (1), the bf16 weight F.linear keeps for ∂x (2). The cost model's QAT_SAVED_BYTES is this."""
     from lords_pipelines.cost_model import QAT_SAVED_BYTES
 
-    layer = QATLinear(torch.randn(64, 128), _Scale(torch.rand(64, 128) + 0.5), LordsConfig(bits=3, block_size=16),
-                      make_grid("nf", 3))
-    params = {p.data_ptr() for p in layer.parameters()} | {b.data_ptr() for b in layer.buffers()}
+    model = torch.nn.Sequential(torch.nn.Linear(128, 64, bias=False))
+    quantize_(model, QATConfig(LordsConfig(bits=3, block_size=16), "prepare"), progress=False)
+    layer = model[0]
+    own = {t.data_ptr() for t in [*layer.parameters(), *layer.buffers()]}
     kept = {}
 
     def pack(t):
-        if t.numel() >= 64 * 128 and t.data_ptr() not in params:
+        if t.numel() >= 64 * 128 and t.data_ptr() not in own:
             kept[t.data_ptr()] = t.numel() * t.element_size()
         return t
 
-    x = torch.randn(4, 128, dtype=torch.bfloat16, requires_grad=True)  # an activation: F.linear keeps Ŵ for ∂x
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        layer(x).float().sum().backward()
-    assert sum(kept.values()) / (64 * 128) == QAT_SAVED_BYTES == 7  # S (4), codes (1), Ŵ in bf16 for F.linear (2)
-
-
-class _Scale(torch.nn.Module):
-    def __init__(self, S):
-        super().__init__()
-        self.S = torch.nn.Parameter(S)
-
-    def forward(self):
-        return self.S * 1.0  # a fresh tensor, as B·A is
+    x = torch.randn(4, 128, requires_grad=True)  # an activation: F.linear keeps the weight for ∂x
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    y.float().sum().backward()
+    assert sum(kept.values()) / (64 * 128) == QAT_SAVED_BYTES == 5

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test test-all test-gpu test-kernels sweep-tiny reproduce-ptq reproduce-peft reproduce-kernels render-kernels reproduce-all reproduce-tables reproduce-tables-cpu reproduce-tables-peft clean
+.PHONY: help setup demo test test-all test-gpu test-kernels sweep-tiny reproduce-ptq reproduce-peft reproduce-kernels render-kernels reproduce-all reproduce-tables reproduce-tables-cpu reproduce-tables-peft reproduce-scale clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -72,13 +72,28 @@ reproduce-kernels:  ## GPU (two parts of ~8 min each on an H200, estimated): out
 	(or lords_kernels.decode --smoke) runs the benchmark code on the CPU.')"
 	$(GPU_PY) -m lords_kernels.reproduce all --out-dir outputs/reports
 
-reproduce-tables-peft:  ## GPU (the serving benchmark alone, then 84 runs, resumable; tools/tables_on_gpus.sh runs them concurrently): outputs/reports/tables/peft{,_serving}.{md,json,png} (docs/peft_table.md)
+reproduce-tables-peft:  ## GPU (the serving benchmark alone, then 112 runs, resumable; tools/tables_on_gpus.sh runs them concurrently): outputs/reports/tables/peft{,_serving}.{md,json,png} (docs/peft_table.md)
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables-peft needs a CUDA GPU \
-	(84 PEFT runs of SmolLM2-135M: 4 methods x 3 tasks x (untrained, a 4-point lr grid, 2 more seeds)). On this machine the CPU-sized check is \
+	(112 PEFT runs of SmolLM2-135M: 4 methods x 4 tasks x (untrained, a 4-point lr grid, 2 more seeds)). On this machine the CPU-sized check is \
 	the smoke test: .venv/bin/python -m pytest tests/test_peft_tables.py')"
 	$(GPU_PY) -m lords_pipelines.peft_serving peft --model $(MODEL) --out outputs/reports/tables
 	$(GPU_PY) -m lords_pipelines.peft_tables peft --model $(MODEL) --run-dir outputs/runs/peft_tables/reproduce \
 		--out outputs/reports/tables
+
+# Issue 18's measurements: the streamed 8B-shaped PTQ on one GPU, training throughput and peak memory on 1 and 2 GPUs
+# (DDP, FSDP), streamed PTQ over 2 GPUs; then scale.{md,json} sets them beside the cost model. Random weights throughout.
+reproduce-scale:  ## GPU, 2 of them (about 30 min on 2 H200s, estimated): outputs/reports/{stream_8b_*layers,scale_train,scale_ptq_*}.json, scale.{md,json}
+	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.device_count() >= 2 else 'reproduce-scale needs 2 CUDA GPUs \
+	(1-vs-2-GPU throughput; the streamed PTQ rows need one). On this machine: python -m lords_pipelines.scale_report \
+	regenerates scale.{md,json} from the committed JSON, and the CPU tests check DDP, FSDP and streamed PTQ on gloo.')"
+	for n in 2 4; do $(GPU_PY) -m lords_pipelines.stream_bench --device cuda --hidden 4096 --intermediate 14336 \
+		--heads 32 --kv-heads 8 --vocab 128256 --tokens 2048 --steps 500 --variants streamed --dtype bfloat16 \
+		--layers $$n --out outputs/reports/stream_8b_$${n}layers || exit 1; done
+	$(GPU_PY) -m lords_pipelines.scale_bench --devices 1 2
+	$(GPU_PY) -m lords_pipelines.scale_bench --devices 1 2 --strategy fsdp
+	$(GPU_PY) -m lords_pipelines.scale_ptq_bench --inputs float --layers 4
+	$(GPU_PY) -m lords_pipelines.scale_ptq_bench --inputs quantized --layers 4
+	$(GPU_PY) -m lords_pipelines.scale_report
 
 reproduce-tables-cpu: $(STAMP)  ## CPU subset of ptq_bits (4 and 3 bits, block 64, T = 50; under 30 min on 2 cores) -> outputs/reports/tables/ptq_bits_cpu.*
 	$(PY) -m lords_pipelines.ptq_tables ptq_bits_cpu --run-dir outputs/runs/ptq_tables/reproduce-cpu --out outputs/reports/tables

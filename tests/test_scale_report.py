@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from lords_pipelines.scale_report import build
 
 REPORTS = Path(__file__).resolve().parents[1] / "outputs" / "reports"
@@ -44,3 +46,17 @@ def test_the_gpu_link_is_read_from_gpu0s_row_not_the_header():
             "GPU0\t X \tNV18\t0-31\t0\n"
             "GPU1\tNV18\t X \t0-31\t0\n")
     assert link_of(topo) == "NV18" and link_of("") is None
+
+
+def test_make_reproduce_scale_refuses_without_two_gpus_and_names_what_runs_here():
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("on a 2-GPU machine the target would run the benchmarks")
+    res = subprocess.run(["make", "-s", "reproduce-scale", f"GPU_PY={sys.executable}"], cwd=REPORTS.parents[1],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "reproduce-scale needs 2 CUDA GPUs" in res.stderr
+    assert "scale_report" in res.stderr and "stream_bench" not in res.stdout

@@ -73,7 +73,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     pairs = s.stage.data == "finetune"  # answer metrics score prompt/answer pairs; text windows have no answers
     before = answer_metrics(model, dm.val_dataloader()) if pairs else {}
     module = PEFTModule(model, s.stage.lr, s.stage.weight_decay, checkpoint_blocks=s.trainer.activation_checkpointing)
-    trainer = make_trainer(s, out, logger)
+    trainer = make_trainer(s, out, logger, frozen_buffers=True)
     skeleton = structure_of(model) if s.trainer.strategy == "fsdp" else None
     t = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))

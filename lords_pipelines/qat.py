@@ -30,7 +30,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     # calibration source (the first calib_tokens of the training text in the QAT table).
     module = QATModule(model, s.quant, s.stage.lr_weight, s.stage.lr_scale, s.stage.weight_decay,
                        checkpoint_blocks=s.trainer.activation_checkpointing, calib_ids=calibration_for(s, tok))
-    trainer = make_trainer(s, out, logger)
+    trainer = make_trainer(s, out, logger, frozen_buffers=True)
     skeleton = structure_of(module.model) if s.trainer.strategy == "fsdp" else None
     t = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))

@@ -64,12 +64,14 @@ class Throughput(L.Callback):
                 self.tokens_per_s = self.tokens / (time.perf_counter() - self.start)
 
 
-def make_trainer(s: RunSettings, out: Path, logger, max_steps: int | None = None) -> L.Trainer:
-    """The stage's Trainer; ``trainer.strategy=fsdp`` becomes FSDP2 through Lightning (``.distributed``)."""
+def make_trainer(s: RunSettings, out: Path, logger, max_steps: int | None = None,
+                 frozen_buffers: bool = False) -> L.Trainer:
+    """The stage's Trainer; ``trainer.strategy=fsdp`` becomes FSDP2 through Lightning (``.distributed``);
+    ``frozen_buffers``: no step writes a buffer (QAT, PEFT), so DDP does not re-broadcast them every step."""
     from .distributed import strategy_for
 
     kw = s.trainer.trainer_kwargs()
-    kw["strategy"] = strategy_for(kw["strategy"], kw["accelerator"], kw["devices"])
+    kw["strategy"] = strategy_for(kw["strategy"], kw["accelerator"], kw["devices"], frozen_buffers)
     if max_steps is not None:
         kw["max_steps"] = max_steps
     fast = bool(kw["fast_dev_run"])

@@ -77,6 +77,11 @@ def test_fsdp_is_lightnings_model_parallel_strategy_data_parallel_over_every_pro
     assert strategy_for("ddp", "cpu", 2) == "ddp"
 
 
+def test_qat_and_peft_ddp_syncs_the_frozen_code_buffers_once_not_every_step():
+    ddp = strategy_for("ddp", "cpu", 2, frozen_buffers=True)
+    assert type(ddp).__name__ == "DDPStrategy" and ddp._ddp_kwargs == {"broadcast_buffers": False}
+
+
 def _run(stage: str, out: Path, *overrides: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", f"lords_pipelines.{stage}", *TINY, *overrides, f"out_dir={out}", f"hydra.run.dir={out}"]

@@ -40,9 +40,9 @@ def device_count(accelerator: str, devices) -> int:
 def strategy_for(name: str, accelerator: str, devices, frozen_buffers: bool = False):
     """What ``lightning.Trainer(strategy=...)`` gets for ``trainer.strategy``: the string itself, or for ``fsdp``
     a ``ModelParallelStrategy`` (FSDP2, data parallel over all processes, one checkpoint file assembled on rank 0).
-    ``frozen_buffers`` (QAT, PEFT: the packed codes and grids are buffers no step writes): ``ddp`` syncs the buffers
-    once when it wraps the model instead of broadcasting them from rank 0 before every forward (the codes of a 1.1B
-    model at 3 bits are 0.4 GB a step)."""
+    ``frozen_buffers`` (QAT, PEFT: the packed codes and grids are buffers no step writes): ``ddp`` does not broadcast
+    them from rank 0 before every forward (the codes of a 1.1B model at 3 bits are 0.4 GB a step); the stages'
+    module broadcasts them once at fit start instead (``lit_train.CausalLMModule.on_fit_start``)."""
     if name == "ddp" and frozen_buffers:
         from lightning.pytorch.strategies import DDPStrategy
 

@@ -42,6 +42,16 @@ class CausalLMModule(L.LightningModule):
         if self.device_mesh is not None and not is_sharded(self.model):
             shard(self.model, self.device_mesh)
 
+    def on_fit_start(self):
+        """Every rank starts from rank 0's buffers (packed codes, grids): DDP does not broadcast them before each step
+        here (``make_trainer(frozen_buffers=True)``) nor, then, when it wraps the model, and a rank's own quantization
+        could differ from rank 0's at a tie."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for b in self.model.buffers():
+                dist.broadcast(b, src=0)
+
     def forward(self, batch):
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                           labels=batch["labels"]).loss

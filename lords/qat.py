@@ -118,7 +118,7 @@ class FakeQuantize(torch.autograd.Function):
             u = W / safe
             v = u + (grid[codes.long()] - u)
             # each term in S's dtype before the sum, as autograd casts each edge's gradient (S is bf16 under autocast)
-            dS = (g * v).to(S.dtype) + torch.where(zero, torch.zeros_like(S), (-gS * ((W / safe) / safe)).to(S.dtype))
+            dS = (g * v).to(S.dtype) + torch.where(zero, torch.zeros_like(S), (-gS * (u / safe)).to(S.dtype))
         return dW, dS, None
 
 

@@ -63,7 +63,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     from .datamodule import LordsDataModule
     from .distributed import structure_of, trained_model
     from .lit_train import PEFTModule
-    from .training import make_trainer, resume_path
+    from .training import fit_metrics, make_trainer, resume_path
 
     out, model, tok, logger = start_run(s)
     model, trainable = prepare(model, tok, s)
@@ -77,10 +77,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     skeleton = structure_of(model) if s.trainer.strategy == "fsdp" else None
     t = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(s, out))
-    clock = next((c for c in trainer.callbacks if hasattr(c, "tokens_per_s")), None)
-    speed = clock and clock.tokens_per_s
-    metrics: dict[str, Any] = {"train_seconds": time.time() - t, "train_tokens_per_s": speed, "trainable_floats": trainable,
-                               "train_steps": trainer.global_step, "peak_gpu_bytes": clock and clock.peak_bytes}
+    metrics: dict[str, Any] = fit_metrics(trainer, t, trainable)
     model = trained_model(trainer, module.model, skeleton)  # plain and whole on rank zero, None elsewhere
     if model is None:
         return metrics, {"module": module, "trainer": trainer}

@@ -64,6 +64,17 @@ class Throughput(L.Callback):
                 self.tokens_per_s = self.tokens / (time.perf_counter() - self.start)
 
 
+def fit_metrics(trainer: L.Trainer, started: float, trainable_floats: int) -> dict:
+    """What a training stage reports after ``trainer.fit``: wall seconds since ``started``, the :class:`Throughput`
+    callback's steady tokens/s and this rank's peak CUDA memory, the trainable floats and the steps taken."""
+    import time
+
+    clock = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
+    return {"train_seconds": time.time() - started, "train_tokens_per_s": clock and clock.tokens_per_s,
+            "trainable_floats": trainable_floats, "train_steps": trainer.global_step,
+            "peak_gpu_bytes": clock and clock.peak_bytes}
+
+
 def make_trainer(s: RunSettings, out: Path, logger, max_steps: int | None = None,
                  frozen_buffers: bool = False) -> L.Trainer:
     """The stage's Trainer; ``trainer.strategy=fsdp`` becomes FSDP2 through Lightning (``.distributed``);

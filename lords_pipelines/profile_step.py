@@ -42,11 +42,13 @@ def build(stage: str, hidden: int, layers: int, heads: int, kv_heads: int, inter
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["peft", "qat"], default="peft")
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--layers", type=int, default=24)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--intermediate", type=int, default=5632)
+    from .cost_model import DDP_1B  # scale_bench's model
+
+    p.add_argument("--hidden", type=int, default=DDP_1B.hidden)
+    p.add_argument("--layers", type=int, default=DDP_1B.layers)
+    p.add_argument("--heads", type=int, default=DDP_1B.heads)
+    p.add_argument("--kv-heads", type=int, default=DDP_1B.kv_heads)
+    p.add_argument("--intermediate", type=int, default=DDP_1B.intermediate)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--steps", type=int, default=12, help="timed steps after 3 warm-up steps; the last 3 profiled")

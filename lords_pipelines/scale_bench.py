@@ -25,8 +25,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODEL = ["model=tiny-llama", "model.tiny.hidden=2048", "model.tiny.layers=24", "model.tiny.heads=16",
-         "model.tiny.kv_heads=4", "model.tiny.intermediate=5632"]
+from .cost_model import DDP_1B
+
+MODEL = ["model=tiny-llama", f"model.tiny.hidden={DDP_1B.hidden}", f"model.tiny.layers={DDP_1B.layers}",
+         f"model.tiny.heads={DDP_1B.heads}", f"model.tiny.kv_heads={DDP_1B.kv_heads}",
+         f"model.tiny.intermediate={DDP_1B.intermediate}"]
 COMMON = ["trainer=gpu", "logger=none", "quant.bits=3", "quant.refine=null",
           "eval.perplexity_tokens=0", "stage.save=false", "trainer.checkpoint_every_n_steps=100000",
           "trainer.limit_val_batches=0"]
@@ -35,7 +38,6 @@ WINDOWS = ["data.train_tokens=1048576", "data.window=512", "data.batch_size=8"]
 # so the two speedups compare.
 STAGES = {"qat": WINDOWS, "peft": ["stage.data=calib", *WINDOWS]}
 WORKLOAD = "packed 512-token windows, 8 per GPU a step"
-SHORT_PAIRS = "short prompt/answer pairs (32 × ≤ 64 tokens a step)"  # PEFT's workload before the windows
 
 
 def gpu_link() -> str | None:

@@ -164,8 +164,9 @@ def render(m: dict, mod: dict) -> str:
               "| run | strategy | stage | GPUs | measured GiB | model GiB |", "|---|---|---|---|---|---|"]
         for r in peaks:
             shards = r["devices"] if r["strategy"] == "fsdp" else 1
-            fn = cm.qat_memory_per_gpu if r["stage"] == "qat" else (lambda *a: cm.peft_memory_per_gpu(a[0], 3, *a[1:]))
-            model_gib = fn(cm.DDP_1B, shards, 8 * QAT_CONTEXT, False)["total_gib"]
+            tokens = 8 * QAT_CONTEXT
+            model_gib = (cm.qat_memory_per_gpu(cm.DDP_1B, shards, tokens, False) if r["stage"] == "qat" else
+                         cm.peft_memory_per_gpu(cm.DDP_1B, 3, shards, tokens, False))["total_gib"]
             L.append(f"| {r['run']} | {r['strategy']} | {r['stage']} | {r['devices']} | "
                      f"{r['peak_gpu_bytes'] / 2**30:.1f} | {model_gib:.1f} |")
     else:

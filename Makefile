@@ -82,7 +82,7 @@ reproduce-tables-peft:  ## GPU (the serving benchmark alone, then 112 runs, resu
 
 # Issue 18's measurements: the streamed 8B-shaped PTQ on one GPU, training throughput and peak memory on 1 and 2 GPUs
 # (DDP, FSDP), streamed PTQ over 2 GPUs; then scale.{md,json} sets them beside the cost model. Random weights throughout.
-reproduce-scale:  ## GPU, 2 of them (about 30 min on 2 H200s, estimated): outputs/reports/{stream_8b_*layers,scale_train,scale_ptq_*}.json, scale.{md,json}
+reproduce-scale:  ## GPU, 2 of them (about 30 min on 2 H200s, estimated): outputs/reports/{stream_8b_*layers,scale_train,allreduce,scale_ptq_*}.json, scale.{md,json}
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.device_count() >= 2 else 'reproduce-scale needs 2 CUDA GPUs \
 	(1-vs-2-GPU throughput; the streamed PTQ rows need one). On this machine: python -m lords_pipelines.scale_report \
 	regenerates scale.{md,json} from the committed JSON, and the CPU tests check DDP, FSDP and streamed PTQ on gloo.')"
@@ -91,6 +91,9 @@ reproduce-scale:  ## GPU, 2 of them (about 30 min on 2 H200s, estimated): output
 		--layers $$n --out outputs/reports/stream_8b_$${n}layers || exit 1; done
 	$(GPU_PY) -m lords_pipelines.scale_bench --devices 1 2
 	$(GPU_PY) -m lords_pipelines.scale_bench --devices 1 2 --strategy fsdp
+	$(GPU_PY) -m lords_pipelines.scale_bench --devices 1 2 --accumulate 4 --steps 12
+	$(GPU_PY) -m torch.distributed.run --standalone --nproc-per-node 2 -m lords_pipelines.allreduce_bench \
+		--out outputs/reports/allreduce.json
 	$(GPU_PY) -m lords_pipelines.scale_ptq_bench --inputs float --layers 4
 	$(GPU_PY) -m lords_pipelines.scale_ptq_bench --inputs quantized --layers 4
 	$(GPU_PY) -m lords_pipelines.scale_report

@@ -11,7 +11,7 @@ fixed (so the global batch grows with N); the metric is the stage's steady-state
 after 5 warm-up steps).
 
 Every row is appended to the JSON the moment it is measured (a device call cut by its time limit keeps what it
-measured), labelled with its ``run`` (date and GPU) and the GPUs' link (``nvidia-smi topo -m``: ``NV18`` is NVLink,
+measured), labelled with its ``run`` (date, hour and GPU) and the GPUs' link (``nvidia-smi topo -m``: ``NV18`` is NVLink,
 ``SYS``/``PHB``/``NODE`` go through PCIe/the host): a gradient all-reduce of QAT's 1.1B floats costs ~10 ms over
 NVLink and ~0.2 s over PCIe, which decides the speedup.
 """
@@ -80,13 +80,15 @@ def run_stage(stage: str, devices: int, steps: int, strategy: str = "ddp", accum
 
 
 def pairs(rows: list[dict]) -> list[dict]:
-    """Each (run, strategy, stage, workload) measured on 1 GPU and on more: its speedup, in the rows' order."""
+    """Each multi-GPU row with its one-GPU partner: the nearest earlier one-GPU row of the same (run, strategy, stage,
+    workload), since a bench call measures 1 GPU and then N (an earlier, unpaired one-GPU row of the same label was
+    cut from its own pair)."""
     out = []
-    for r in rows:
+    for i, r in enumerate(rows):
         if r["devices"] == 1:
             continue
         same = (r["run"], r["strategy"], r["stage"], r["workload"])
-        one = next((x for x in rows if (x["run"], x["strategy"], x["stage"], x["workload"]) == same
+        one = next((x for x in reversed(rows[:i]) if (x["run"], x["strategy"], x["stage"], x["workload"]) == same
                     and x["devices"] == 1), None)
         if one is not None:
             out.append({"run": r["run"], "strategy": r["strategy"], "stage": r["stage"], "workload": r["workload"],
@@ -125,7 +127,7 @@ def main(argv=None):
     p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"])
     p.add_argument("--accumulate", type=int, default=1, help="micro-batches an optimizer step")
     p.add_argument("--out", default="outputs/reports/scale_train", help="JSON and markdown path without suffix")
-    p.add_argument("--run", help="this run's label (default: today's date and the GPU's name)")
+    p.add_argument("--run", help="this run's label (default: the date, the hour and the GPU's name)")
     p.add_argument("--render", action="store_true", help="only redraw the markdown from the JSON")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -137,7 +139,7 @@ def main(argv=None):
         if not torch.cuda.is_available() or torch.cuda.device_count() < max(args.devices):
             raise SystemExit(f"scale_bench needs {max(args.devices)} CUDA GPUs; this machine has "
                              f"{torch.cuda.device_count()}")
-        label = args.run or f"{datetime.date.today()} {torch.cuda.get_device_name()}"
+        label = args.run or f"{datetime.datetime.now():%Y-%m-%d %H:%M} {torch.cuda.get_device_name()}"
         link = gpu_link()
         for stage in args.stages:
             for n in args.devices:

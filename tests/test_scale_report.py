@@ -39,6 +39,15 @@ def test_training_speedups_pair_rows_of_one_run_strategy_and_workload_only():
     assert "| a | ddp | qat | w | 2 | — | 150 | 1.50 | 30 | — |" in table and "| b | fsdp | qat | w | 2 | — | 160 | — | 30 | — |" in table
 
 
+def test_a_multi_gpu_row_pairs_with_the_nearest_earlier_one_gpu_row_of_its_label():
+    from lords_pipelines.scale_bench import pairs
+
+    row = dict(stage="peft", workload="w", steps=20, strategy="fsdp", run="same day")
+    rows = [row | dict(devices=1, tokens_per_s=50.0),  # an earlier call's, its 2-GPU partner cut by a time limit
+            row | dict(devices=1, tokens_per_s=100.0), row | dict(devices=2, tokens_per_s=170.0)]
+    assert [p["speedup"] for p in pairs(rows)] == [1.7]
+
+
 def test_the_gpu_link_is_read_from_gpu0s_row_not_the_header():
     from lords_pipelines.scale_bench import link_of
 
@@ -60,3 +69,19 @@ def test_make_reproduce_scale_refuses_without_two_gpus_and_names_what_runs_here(
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "reproduce-scale needs 2 CUDA GPUs" in res.stderr
     assert "scale_report" in res.stderr and "stream_bench" not in res.stdout
+
+
+def test_allreduce_bench_times_a_gradient_on_two_gloo_processes_and_rank_zero_writes_it(tmp_path):
+    import subprocess
+    import sys
+
+    from lords_pipelines.allreduce_bench import bus_gb_per_s
+
+    assert bus_gb_per_s(10**9, 1.0, 2) == 1.0 and bus_gb_per_s(10**9, 1.0, 4) == 1.5  # NCCL-tests' 2(n-1)/n factor
+    out = tmp_path / "ar.json"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                           "lords_pipelines.allreduce_bench", "--backend", "gloo", "--floats", "4096", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(out.read_text())
+    assert row["floats"] == 4096 and row["ranks"] == 2 and row["ms"] > 0

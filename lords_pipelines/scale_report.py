@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from . import cost_model as cm
-from .scale_bench import WORKLOAD, pairs
+from .scale_bench import BATCH, WINDOW, WORKLOAD, pairs
 
 HBM_BYTES_S = {"H100": 3.35e12, "H200": 4.8e12}  # SXM memory bandwidth (vendor figures), by the machine of stream_8b
 H200_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak of the H200 (vendor figure), the machine of scale_train
@@ -88,7 +88,7 @@ def _pair(q: dict) -> str:
     return f"{q['speedup']:.2f} ({q['strategy'].upper()}, {q['run']}, {q['workload']})"
 
 
-def step_seconds_added(q: dict, tokens_per_gpu_step: int = 8 * 512) -> float:
+def step_seconds_added(q: dict, tokens_per_gpu_step: int = BATCH * WINDOW) -> float:
     """Seconds a step gains on ``q['devices']`` GPUs over one, the per-GPU batch fixed (a pair of ``pairs``)."""
     return q["devices"] * tokens_per_gpu_step / q["tokens_per_s"] - tokens_per_gpu_step / q["tokens_per_s_1gpu"]
 

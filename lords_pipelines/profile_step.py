@@ -7,7 +7,10 @@ against its GPU time: a step far longer than its GPU time is bound by the host).
     python -m lords_pipelines.profile_step --stage qat --out /tmp/prof    # also writes a Chrome trace there
 
 Its step time beside ``scale_bench``'s (the same model and batch through the Lightning stage) says what the stage
-adds. A GPU tool; on the CPU it runs a tiny model (``--smoke``) to check itself.
+adds. Under ``torchrun --nproc-per-node N`` every rank trains its own batch through ``DistributedDataParallel``
+(no Lightning), times its steps and writes ``profile_<stage>_rank<r>.json``: 1 against N processes without
+Lightning, and the ranks against each other, say where the 2-GPU step's added time goes (``scale_train.md``).
+A GPU tool; on the CPU it runs a tiny model (``--smoke``, gloo under torchrun) to check itself.
 """
 from __future__ import annotations
 
@@ -62,14 +65,21 @@ def main(argv=None):
     if args.smoke:
         args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate = 128, 2, 4, 2, 256
         args.batch, args.window, args.steps = 2, 32, 4
-    device = "cuda" if cuda else "cpu"
+    rank, world = _init_distributed(cuda)
+    device = f"cuda:{torch.cuda.current_device()}" if cuda else "cpu"
     model = build(args.stage, args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate, device)
     params = [q for q in model.parameters() if q.requires_grad]
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if cuda else None,
+                                        broadcast_buffers=False)
     opt = torch.optim.AdamW(params, lr=1e-5)
-    ids = torch.randint(0, 512, (args.batch, args.window), device=device, generator=torch.Generator(device).manual_seed(0))
+    ids = torch.randint(0, 512, (args.batch, args.window), device=device,
+                        generator=torch.Generator(device).manual_seed(rank))
 
     def step():
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
@@ -100,23 +110,39 @@ def main(argv=None):
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[: args.top]
     gpu_us = sum(e.self_device_time_total for e in prof.key_averages()) / 3 if cuda else None
     tokens = args.batch * args.window
-    result = {"stage": args.stage, "device": torch.cuda.get_device_name() if cuda else "cpu", "step_s": step_s,
+    result = {"stage": args.stage, "rank": rank, "world_size": world,
+              "device": torch.cuda.get_device_name() if cuda else "cpu", "step_s": step_s,
               "tokens_per_s": tokens / step_s, "gpu_ms_per_step": None if gpu_us is None else gpu_us / 1e3,
               "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
               "trainable_floats": sum(q.numel() for q in params),
               "top": [{"op": e.key, "ms_per_step": getattr(e, key) / 3e3, "calls_per_step": e.count / 3} for e in events]}
-    lines = [f"{args.stage}: {step_s * 1e3:.1f} ms a step ({tokens} tokens: {tokens / step_s:,.0f} tok/s)"
+    lines = [f"{args.stage}{f' rank {rank} of {world}' if world > 1 else ''}: {step_s * 1e3:.1f} ms a step ({tokens} tokens: {tokens / step_s:,.0f} tok/s)"
              + ("" if gpu_us is None else f", GPU busy {gpu_us / 1e3:.1f} ms of it"), "",
              "| op | ms a step | calls a step |", "|---|---|---|"]
     lines += [f"| {e['op'][:60]} | {e['ms_per_step']:.2f} | {e['calls_per_step']:.0f} |" for e in result["top"]]
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"profile_{args.stage}.json").write_text(json.dumps(result, indent=1))
+        tag = args.stage if world == 1 else f"{args.stage}_rank{rank}"
+        (out / f"profile_{tag}.json").write_text(json.dumps(result, indent=1))
         if cuda:
-            prof.export_chrome_trace(str(out / f"trace_{args.stage}.json"))
+            prof.export_chrome_trace(str(out / f"trace_{tag}.json"))
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return result
+
+
+def _init_distributed(cuda: bool) -> tuple[int, int]:
+    """(rank, world size): one process without ``torchrun``; under it, NCCL on the rank's GPU (gloo on the CPU)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
 if __name__ == "__main__":

@@ -40,13 +40,11 @@ def make_layers(torch, N, K, copies, dtype, device):
 
 def zgemv_candidates(M, N, K, r, dtype_is_fp16):
     """A few zgemv tiles per cell (the tile sweep, ``bench --tune``, searches wider)."""
-    from .lords_matmul.forward import ZGEMV_MAX_COLS
     from .lords_matmul.layout import group_size
+    from .lords_matmul.small_m import ZGEMV_MAX_COLS, zgemv_columns
     from .lords_matmul.tuning import TileConfig, rank_pad
 
-    import triton
-
-    cols = triton.next_power_of_2(M) * rank_pad(r)
+    cols = zgemv_columns(M, rank_pad(r))
     if cols > ZGEMV_MAX_COLS:
         return []
     n_groups = -(-K // group_size(4))

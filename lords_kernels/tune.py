@@ -24,7 +24,7 @@ def candidate_configs(M, N, K, bits, r):
     """The tiles timed for one cell: the current pick first, then the heuristic's, then the space. The spaces of
     earlier kernel generations are in NOTES.md, not here."""
     from lords_kernels.lords_matmul import tuning
-    from lords_kernels.lords_matmul.forward import ZGEMV_MAX_COLS
+    from lords_kernels.lords_matmul.small_m import ZGEMV_MAX_COLS, zgemv_columns
     from lords_kernels.lords_matmul.layout import group_size
     from lords_kernels.lords_matmul.tuning import TileConfig
 
@@ -54,7 +54,7 @@ def candidate_configs(M, N, K, bits, r):
                 if bm <= 2 * M and s <= n_groups and (s == 1 or tiles < 132):
                     out.append(TileConfig("gemm_t", BM=bm, BN=128, split_k=s, num_warps=8, num_stages=3,
                                           S16=True))
-    cols = (1 << (M - 1).bit_length()) * R
+    cols = zgemv_columns(M, R)
     if M <= 64 and cols <= ZGEMV_MAX_COLS:  # zgemv: one launch, A ⊙ x in the kernel
         for bn, nw in ((64, 4), (64, 8), (128, 8)):
             if nw == 4 and cols >= 256:

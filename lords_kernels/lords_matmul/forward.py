@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .layout import T, KernelCodes, group_size
+from .small_m import ZGEMV_MAX_COLS, zgemv_columns
 from .primitives import (INTERPRET, _code_values, _dot, _field, _grouped_tile, _load_codes, _lut, _lut_prmt, _mm,
                          _row_tile, _split_range, _splitk_epilogue)
 from .tuning import TileConfig, default_config, pick_config, rank_pad
@@ -137,8 +138,6 @@ def _gemm_t_kernel(x_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, A_ptr, bias_
 
 _SCRATCH: dict = {}
 _LOCKS = 1 << 16
-ZGEMV_MAX_COLS = 256
-"""zgemv's second operand is ``(T, next_pow2(M)·R)``: wider than this, the launcher takes the heuristic's tile."""
 
 
 def _scratch(device: torch.device, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +213,7 @@ def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torc
     has_bias = bias is not None
     common = dict(HAS_BIAS=has_bias, BITS=bits, T=T, F=F, R=R, DOT_FP32=INTERPRET,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if cfg.kernel == "zgemv" and triton.next_power_of_2(M) * R > ZGEMV_MAX_COLS:
+    if cfg.kernel == "zgemv" and zgemv_columns(M, R) > ZGEMV_MAX_COLS:
         cfg = default_config(M, N, K, bits, r)  # M·R too wide for one accumulator tile: the weight-side kernel
     if cfg.kernel == "gemv" and M != 1:
         cfg = default_config(M, N, K, bits, r)  # a gemv tile asked for M > 1: the heuristic's gemm_t tile

@@ -77,6 +77,10 @@ def _zgemv_kernel(x_ptr, A_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_p
                      split_k, HAS_BIAS)
 
 
+ZGEMV_MAX_COLS = 256
+"""zgemv's second operand is ``(T, next_pow2(M)·R)``: wider than this, one accumulator tile cannot hold it."""
+
+
 def zgemv_columns(M: int, R: int) -> int:
-    """Width of the second operand for M tokens at padded rank R (what ``ZGEMV_MAX_COLS`` bounds)."""
+    """Width of zgemv's second operand for M tokens at padded rank R (at most ``ZGEMV_MAX_COLS``)."""
     return triton.next_power_of_2(M) * R

@@ -45,6 +45,9 @@ def main(argv=None):
     p.add_argument("--floats", type=int, nargs="+", help="tensor sizes (default: PEFT's and QAT's gradients)")
     p.add_argument("--out", help="JSON path (rank zero writes it)")
     args = p.parse_args(argv)
+    if args.backend == "nccl" and torch.cuda.device_count() < 2:
+        raise SystemExit(f"allreduce_bench with nccl needs a GPU per rank (this machine has {torch.cuda.device_count()}); "
+                         "--backend gloo --floats 1000 checks it on CPU processes")
     dist.init_process_group(args.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     device = "cpu"

@@ -116,7 +116,8 @@ def main(argv=None):
               "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
               "trainable_floats": sum(q.numel() for q in params),
               "top": [{"op": e.key, "ms_per_step": getattr(e, key) / 3e3, "calls_per_step": e.count / 3} for e in events]}
-    lines = [f"{args.stage}{f' rank {rank} of {world}' if world > 1 else ''}: {step_s * 1e3:.1f} ms a step ({tokens} tokens: {tokens / step_s:,.0f} tok/s)"
+    who = args.stage if world == 1 else f"{args.stage} rank {rank} of {world}"
+    lines = [f"{who}: {step_s * 1e3:.1f} ms a step ({tokens} tokens: {tokens / step_s:,.0f} tok/s)"
              + ("" if gpu_us is None else f", GPU busy {gpu_us / 1e3:.1f} ms of it"), "",
              "| op | ms a step | calls a step |", "|---|---|---|"]
     lines += [f"| {e['op'][:60]} | {e['ms_per_step']:.2f} | {e['calls_per_step']:.0f} |" for e in result["top"]]

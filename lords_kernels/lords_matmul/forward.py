@@ -18,9 +18,9 @@ import triton
 import triton.language as tl
 
 from .layout import T, KernelCodes, group_size
-from .small_m import ZGEMV_MAX_COLS, zgemv_columns
 from .primitives import (INTERPRET, _code_values, _dot, _field, _grouped_tile, _load_codes, _lut, _lut_prmt, _mm,
                          _row_tile, _split_range, _splitk_epilogue)
+from .small_m import ZGEMV_MAX_COLS, zgemv_columns
 from .tuning import TileConfig, default_config, pick_config, rank_pad
 
 

@@ -82,8 +82,8 @@ class PTQRefineModule(L.LightningModule):
             bias = None if linear.bias is None else linear.bias.detach()
             module = scale_method(leaf).build(refiner.weight, refiner.scale, leaf, refiner.grid, bias)
             reports.append(layer_report(name, refiner.weight, module))
-            model.set_submodule(name, module.to(linear.weight.device))  # not the refiner's: Lightning's teardown
-                                                                        # leaves the refiners on the CPU
+            # where the replaced linear lives, not where the refiner does (Lightning's teardown moves the refiners)
+            model.set_submodule(name, module.to(linear.weight.device))
         sq_err, sq_norm = sum(r.sq_error for r in reports), sum(r.sq_norm for r in reports)
         return {"weight_rel_error": (sq_err / max(sq_norm, 1e-30)) ** 0.5,
                 "float_params": sum(r.float_params for r in reports), "layers": len(reports)}

@@ -35,3 +35,19 @@ def test_two_jobs_on_two_gpus_merge_into_one_journal(tmp_path):
     rows = [json.loads(line) for line in (out / "mini.jsonl").read_text().splitlines()]
     assert sorted(r["method"] for r in rows) == ["fp", "int", "nf"]  # both jobs ran every row; one line each
     assert sorted(p.name for p in out.iterdir()) == ["mini.jsonl", "table_logs.tgz"]  # a device call returns ≤ 8 files
+
+
+def test_peft_jobs_needing_bitsandbytes_are_refused_before_any_job_starts(tmp_path):
+    hidden = tmp_path / "hide" / "bitsandbytes"  # a bitsandbytes that cannot be imported, first on the path
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('not installed here')\n")
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, GPUS="1", MODEL="unused", RUN_DIR=str(tmp_path / "runs"),
+               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=f"{hidden.parent}{os.pathsep}{ROOT}")
+    lords_only = subprocess.run(["bash", "tools/tables_on_gpus.sh", "peft:^nothing_lords_peft_"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=300)
+    assert "bitsandbytes" not in lords_only.stdout  # LoRDS alone needs no bitsandbytes
+    done = subprocess.run(["bash", "tools/tables_on_gpus.sh", "peft:^lords_roman_qlora_"], cwd=ROOT,
+                          env=env | {"RUN_DIR": str(tmp_path / "runs2")}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "need bitsandbytes" in done.stdout
+    assert not (tmp_path / "runs2").exists()  # refused before any job (or its log folder) started

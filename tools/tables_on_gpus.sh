@@ -23,6 +23,12 @@ if [ $# -eq 0 ]; then
     for method in lords_peft qlora loftq qpissa; do set -- "$@" "peft:^${task}_${method}_"; done
   done
 fi
+for spec in "$@"; do  # QLoRA, LoftQ and QPiSSA run on bitsandbytes: refuse before any job starts, not one by one
+  case $spec in peft:*lords_peft*) ;; peft:*)
+    python3 -c "import bitsandbytes" 2>/dev/null || { echo "tables_on_gpus.sh: '$spec' selects QLoRA / LoftQ / QPiSSA \
+runs, which need bitsandbytes, and python3 cannot import it here (docs/peft_table.md installs the wheel)"; exit 2; } ;;
+  esac
+done
 GPUS=${GPUS:-$(python3 -c "import torch; print(torch.cuda.device_count())")}  # GPUS=N forces N (a CPU dry run)
 [ "$GPUS" -ge 1 ] || { echo "tables_on_gpus.sh needs a CUDA GPU"; exit 2; }
 read -r -a USE <<< "${GPU_LIST:-$(seq -s ' ' 0 $((GPUS - 1)))}"  # GPU_LIST="1": leave GPU 0 to a benchmark

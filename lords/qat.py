@@ -110,7 +110,7 @@ class FakeQuantize(torch.autograd.Function):
     def backward(ctx, g):
         W, S, codes, grid = ctx.saved_tensors
         zero = S == 0
-        safe = torch.where(zero, torch.ones_like(S), S)
+        safe = safe_scale(S)
         gS = g * S
         dW = gS / safe if ctx.needs_input_grad[0] else None
         dS = None

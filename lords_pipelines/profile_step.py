@@ -45,15 +45,16 @@ def build(stage: str, hidden: int, layers: int, heads: int, kv_heads: int, inter
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["peft", "qat"], default="peft")
-    from .cost_model import DDP_1B  # scale_bench's model
+    from .cost_model import DDP_1B  # scale_bench's model and batch
+    from .scale_bench import BATCH, WINDOW
 
     p.add_argument("--hidden", type=int, default=DDP_1B.hidden)
     p.add_argument("--layers", type=int, default=DDP_1B.layers)
     p.add_argument("--heads", type=int, default=DDP_1B.heads)
     p.add_argument("--kv-heads", type=int, default=DDP_1B.kv_heads)
     p.add_argument("--intermediate", type=int, default=DDP_1B.intermediate)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--window", type=int, default=WINDOW)
     p.add_argument("--steps", type=int, default=12, help="timed steps after 3 warm-up steps; the last 3 profiled")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--out", default=None, help="folder for profile_<stage>.json (and a Chrome trace on CUDA)")

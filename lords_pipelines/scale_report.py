@@ -16,7 +16,8 @@ from .scale_bench import BATCH, WINDOW, WORKLOAD, pairs
 
 HBM_BYTES_S = {"H100": 3.35e12, "H200": 4.8e12}  # SXM memory bandwidth (vendor figures), by the machine of stream_8b
 H200_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak of the H200 (vendor figure), the machine of scale_train
-QAT_CONTEXT = 512  # scale_train's QAT windows
+QAT_CONTEXT = WINDOW  # scale_train's windows
+GPU_TOKENS = BATCH * WINDOW  # tokens per GPU a micro-batch in scale_train
 H200_GIB = 141e9 / 2**30  # an H200's memory (vendor figure: 141 GB)
 
 
@@ -71,11 +72,11 @@ def model(m: dict) -> dict:
             out["qat"].append({"model": shape.name, "gpus": gpus,
                                "tokens_per_s": cm.qat_tokens_per_s(shape, QAT_CONTEXT, H200_BF16_FLOPS, util, gpus,
                                                                    1.0 if gpus == 1 else scaling),
-                               "gib_per_gpu": cm.qat_memory_per_gpu(shape, gpus, 8 * QAT_CONTEXT, False)["total_gib"],
-                               "gib_per_gpu_checkpointed": cm.qat_memory_per_gpu(shape, gpus, 8 * QAT_CONTEXT,
+                               "gib_per_gpu": cm.qat_memory_per_gpu(shape, gpus, GPU_TOKENS, False)["total_gib"],
+                               "gib_per_gpu_checkpointed": cm.qat_memory_per_gpu(shape, gpus, GPU_TOKENS,
                                                                                  True)["total_gib"]})
             out["peft"].append({"model": shape.name, "gpus": gpus, "bits": 3, **{
-                f"{k}_gib": cm.peft_memory_per_gpu(shape, 3, gpus, 8 * QAT_CONTEXT, ck)["total_gib"]
+                f"{k}_gib": cm.peft_memory_per_gpu(shape, 3, gpus, GPU_TOKENS, ck)["total_gib"]
                 for k, ck in (("total", False), ("checkpointed", True))}})
     return out
 
@@ -88,7 +89,7 @@ def _pair(q: dict) -> str:
     return f"{q['speedup']:.2f} ({q['strategy'].upper()}, {q['run']}, {q['workload']})"
 
 
-def step_seconds_added(q: dict, tokens_per_gpu_step: int = BATCH * WINDOW) -> float:
+def step_seconds_added(q: dict, tokens_per_gpu_step: int = GPU_TOKENS) -> float:
     """Seconds a step gains on ``q['devices']`` GPUs over one, the per-GPU batch fixed (a pair of ``pairs``)."""
     return q["devices"] * tokens_per_gpu_step / q["tokens_per_s"] - tokens_per_gpu_step / q["tokens_per_s_1gpu"]
 
@@ -186,15 +187,14 @@ def render(m: dict, mod: dict) -> str:
     L += ["", "## Training memory: measured peak against the model", ""]
     peaks = [r for r in m["train_rows"] if r.get("peak_gpu_bytes")]
     if peaks:
-        L += ["The 1.1B Llama of `scale_train.md` (3 bits, block 64, 8 windows of 512 tokens per GPU, no activation "
+        L += [f"The 1.1B Llama of `scale_train.md` (3 bits, block 64, {BATCH} windows of {WINDOW} tokens per GPU, no activation "
               "checkpointing); rank 0's peak CUDA memory during fit against the model's GiB per GPU (DDP keeps the whole "
               "training state on every GPU: the model's one-GPU figure; FSDP shards it over the GPUs).", "",
               "| run | strategy | stage | GPUs | measured GiB | model GiB |", "|---|---|---|---|---|---|"]
         for r in peaks:
             shards = r["devices"] if r["strategy"] == "fsdp" else 1
-            tokens = 8 * QAT_CONTEXT
-            model_gib = (cm.qat_memory_per_gpu(cm.DDP_1B, shards, tokens, False) if r["stage"] == "qat" else
-                         cm.peft_memory_per_gpu(cm.DDP_1B, 3, shards, tokens, False))["total_gib"]
+            model_gib = (cm.qat_memory_per_gpu(cm.DDP_1B, shards, GPU_TOKENS, False) if r["stage"] == "qat" else
+                         cm.peft_memory_per_gpu(cm.DDP_1B, 3, shards, GPU_TOKENS, False))["total_gib"]
             L.append(f"| {r['run']} | {r['strategy']} | {r['stage']} | {r['devices']} | "
                      f"{r['peak_gpu_bytes'] / 2**30:.1f} | {model_gib:.1f} |")
     else:
@@ -204,7 +204,7 @@ def render(m: dict, mod: dict) -> str:
           f"QAT tokens/s at the utilisation measured on the 1.1B model ({c['qat_utilisation'] * 100:.1f}% of "
           f"{H200_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16; calibrated on the one GPU of the QAT pair above) and that pair's "
           f"2-GPU efficiency ({c['qat_2gpu_scaling']:.3f}) for every GPU count (an assumption beyond 2); windows of "
-          f"{QAT_CONTEXT} tokens, 8 per GPU. Memory per GPU under FSDP: the training state is sharded, but what QAT's "
+          f"{QAT_CONTEXT} tokens, {BATCH} per GPU. Memory per GPU under FSDP: the training state is sharded, but what QAT's "
           f"straight-through forward keeps for backward ({cm.QAT_SAVED_BYTES} bytes per weight) is not, every rank "
           "running whole blocks; activation checkpointing per block (`trainer.activation_checkpointing=true`, "
           "recomputing each block in backward: more time, not measured) keeps one block's worth.", "",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -52,8 +53,8 @@ def main(argv=None):
     rank, world = dist.get_rank(), dist.get_world_size()
     device = "cpu"
     if args.backend == "nccl":
-        torch.cuda.set_device(rank)
-        device = f"cuda:{rank}"
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        device = f"cuda:{torch.cuda.current_device()}"
     sizes = {f"{n} floats": n for n in args.floats} if args.floats else GRADIENT_FLOATS
     rows = []
     for name, n in sizes.items():

@@ -36,10 +36,11 @@ COMMON = ["trainer=gpu", "logger=none", "quant.bits=3", "quant.refine=null",
           "trainer.limit_val_batches=0"]
 BATCH, WINDOW = 8, 512  # windows per GPU a micro-batch, tokens a window
 WINDOWS = ["data.train_tokens=1048576", f"data.window={WINDOW}", f"data.batch_size={BATCH}"]
-# Both stages train on the same packed 512-token windows (PEFT as domain adaptation): the same tokens per step,
-# so the two speedups compare.
+# Both stages train on the same packed windows (PEFT as domain adaptation): the same tokens per step, so the two
+# speedups compare.
 STAGES = {"qat": WINDOWS, "peft": ["stage.data=calib", *WINDOWS]}
-WORKLOAD = "packed 512-token windows, 8 per GPU a step"
+_PER_GPU = f"packed {WINDOW}-token windows, {BATCH} per GPU"
+WORKLOAD = f"{_PER_GPU} a step"
 
 
 def gpu_link() -> str | None:
@@ -62,7 +63,7 @@ def link_of(topo: str) -> str | None:
 
 
 def workload(accumulate: int) -> str:
-    return WORKLOAD if accumulate == 1 else f"{WORKLOAD[:-len(' a step')]} a micro-batch, {accumulate} micro-batches a step"
+    return WORKLOAD if accumulate == 1 else f"{_PER_GPU} a micro-batch, {accumulate} micro-batches a step"
 
 
 def run_stage(stage: str, devices: int, steps: int, strategy: str = "ddp", accumulate: int = 1) -> dict:
@@ -85,13 +86,14 @@ def pairs(rows: list[dict]) -> list[dict]:
     """Each multi-GPU row with its one-GPU partner: the nearest earlier one-GPU row of the same (run, strategy, stage,
     workload), since a bench call measures 1 GPU and then N (an earlier, unpaired one-GPU row of the same label was
     cut from its own pair)."""
+    def key(x):
+        return x["run"], x["strategy"], x["stage"], x["workload"]
+
     out = []
     for i, r in enumerate(rows):
         if r["devices"] == 1:
             continue
-        same = (r["run"], r["strategy"], r["stage"], r["workload"])
-        one = next((x for x in reversed(rows[:i]) if (x["run"], x["strategy"], x["stage"], x["workload"]) == same
-                    and x["devices"] == 1), None)
+        one = next((x for x in reversed(rows[:i]) if key(x) == key(r) and x["devices"] == 1), None)
         if one is not None:
             out.append({"run": r["run"], "strategy": r["strategy"], "stage": r["stage"], "workload": r["workload"],
                         "devices": r["devices"], "link": r.get("link"), "speedup": r["tokens_per_s"] / one["tokens_per_s"],

@@ -17,7 +17,7 @@ import time
 
 from lords.lowrank import parity_rank
 
-from .bench import SHAPES, lords_bytes, lords_layers, n_copies, time_graph
+from .bench import lords_bytes, lords_layers, n_copies, time_graph
 
 
 def candidate_configs(M, N, K, bits, r):
@@ -110,7 +110,7 @@ def tune(args, torch, triton):
                 json.dump(log, fh)
 
     for block in args.blocks:
-        for N, K in SHAPES:
+        for N, K in args.shapes:  # not bench.SHAPES: under `python -m` the parsed --shapes live in __main__
             r = parity_rank(N, K, block)
             R = tuning.rank_pad(r)
             for bits in args.bits:

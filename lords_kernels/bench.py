@@ -12,7 +12,7 @@ of the block), and the 4-bit memory floor of each block size from a copy bandwid
 Rows (``kernels.json``): ``N, K, M, bits, impl, block_size, us, us_graph`` (+ ``us_graph_spread``, ``rounds``);
 ``impl`` is ``fp16`` (``block_size`` null), ``bnb_nf4``, ``gemlite_w4``, ``lords`` or ``floor``. LoRDS runs ``--bits``
 at the first block size and 4 bits at the others. LoRDS goes through ``lords_kernels.triton_forward``, the backend a
-``LoRDSLinear`` gets from ``use_triton``: its plan picks the table's tile, zgemv where the table says, and
+``LoRDSLinear`` gets from ``use_triton``: its plan picks the table's tile and
 dequantize + cuBLAS from the crossover (``tuning.dequant_min_m``).
 
 Timing: ``us_graph`` = the calls captured in one CUDA graph, replayed, over enough weight copies (≥ 150 MB) that every

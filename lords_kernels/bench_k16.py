@@ -1,4 +1,4 @@
-"""Issue 16's benchmark in one call: cuBLAS fp16, the fused kernels, dequantize + cuBLAS, the small-M ``zgemv`` and
+"""Issue 16's benchmark in one call: cuBLAS fp16, the fused kernels, dequantize + cuBLAS and
 the optional peers (bitsandbytes NF4, gemlite w4g64), forward and backward, plus the dequant pass against its memory
 floor and the per-shape crossover as a table section.
 
@@ -38,51 +38,11 @@ def make_layers(torch, N, K, copies, dtype, device):
     return lords_layers(torch, N, K, 4, copies, dtype, r=parity_rank(N, K, BLOCK), device=device)
 
 
-def zgemv_candidates(M, N, K, r, dtype_is_fp16):
-    """A few zgemv tiles per cell (the tile sweep, ``bench --tune``, searches wider)."""
-    from .lords_matmul.layout import group_size
-    from .lords_matmul.small_m import ZGEMV_MAX_COLS, zgemv_columns
-    from .lords_matmul.tuning import TileConfig, rank_pad
-
-    cols = zgemv_columns(M, rank_pad(r))
-    if cols > ZGEMV_MAX_COLS:
-        return []
-    n_groups = -(-K // group_size(4))
-    out = []
-    for bn in (64, 128):
-        split = max(1, min(n_groups, 16, 264 // -(-N // bn)))
-        for ones in ((False, True) if dtype_is_fp16 else (False,)):
-            out.append(TileConfig("zgemv", BN=bn, split_k=split, num_warps=8 if cols >= 128 or bn == 128 else 4,
-                                  num_stages=3, ONES=ones))
-    return out
-
-
 def fused_config(M, N, K, r):
     from .lords_matmul import tuning
 
     key = f"{tuning.m_bucket(M)},{N},{K},4,{tuning.rank_pad(r)}"
     return tuning._TABLE.get(key) or tuning.default_config(M, N, K, 4, r)
-
-
-def plan_with(layer, cfg, M, N, K, r, x):
-    """A call of a copy of ``layer`` whose plan bound ``cfg`` for M's bucket (the table entry is put back at once)."""
-    import types
-
-    import lords_kernels
-    from .lords_matmul import tuning
-
-    twin = types.SimpleNamespace(**{k: v for k, v in vars(layer).items() if k != "_lords_plan"})
-    key = f"{tuning.m_bucket(M)},{N},{K},4,{tuning.rank_pad(r)}"
-    old = tuning._TABLE.get(key)
-    tuning._TABLE[key] = cfg
-    try:
-        lords_kernels.triton_forward(twin, x)
-    finally:
-        if old is None:
-            tuning._TABLE.pop(key)
-        else:
-            tuning._TABLE[key] = old
-    return lambda: lords_kernels.triton_forward(twin, x)
 
 
 def alternate(clock, impls: dict, rounds: int):
@@ -172,9 +132,6 @@ def run(args):
                                            for c, L in zip(codes, layers)]
             if M in args.ms:
                 impls["fp16"] = [(lambda W=W: torch.nn.functional.linear(x, W)) for W in Ws]
-                for i, zc in enumerate(zgemv_candidates(M, N, K, r, dtype == torch.float16)):
-                    impls[f"zgemv#{i}"] = [(lambda c=c, L=L, zc=zc: tk.lords_matmul(x, c, L.grid, L.B, L.A, None, zc))
-                                           for c, L in zip(codes, layers)]
                 if bnb is not None:
                     impls["bnb_nf4"] = bnb
                 if gml is not None:
@@ -182,14 +139,8 @@ def run(args):
             med, errs = alternate(clock, impls, args.rounds)
             for k, e in errs.items():
                 out["errors"][f"{N}x{K} M={M} {k}"] = e
-            zs = {k: v for k, v in med.items() if k.startswith("zgemv#")}
-            if zs:
-                best = min(zs, key=zs.get)
-                zc = zgemv_candidates(M, N, K, r, dtype == torch.float16)[int(best[6:])]
-                add(N, K, M, "zgemv", zs[best], cfg=str(zc))
             for k, v in med.items():
-                if not k.startswith("zgemv#"):
-                    add(N, K, M, k, v, **({"cfg": str(fcfg)} if k == "fused" else {}))
+                add(N, K, M, k, v, **({"cfg": str(fcfg)} if k == "fused" else {}))
             if "fused" in med and "dequant_cublas" in med:
                 fused_vs_dequant[M] = (med["fused"], med["dequant_cublas"])
             if M in (1, 16) and M in args.ms:  # eager: the layer's plan (what a model calls), old functional path
@@ -197,8 +148,6 @@ def run(args):
                          "lords_plan": lambda: lords_kernels.triton_forward(layers[0], x),
                          "lords_functional": lambda: tk.lords_matmul(x, codes[0], layers[0].grid, layers[0].B,
                                                                      layers[0].A, None)}
-                if zs:  # the plan with the cell's best zgemv tile: one launch per call
-                    eager["lords_plan_zgemv"] = plan_with(layers[0], zc, M, N, K, r, x)
                 if bnb is not None:
                     eager["bnb_nf4"] = bnb[0]
                 if gml is not None:
@@ -257,7 +206,7 @@ def render(out) -> str:
     """The short table: one line per cell, µs (graph unless marked), × fp16."""
     rows = out["rows"]
     cells = sorted({(r["N"], r["K"], r["M"]) for r in rows}, key=lambda c: (c[0], c[1], c[2]))
-    fwd = ["fp16", "fused", "dequant_cublas", "zgemv", "bnb_nf4", "gemlite_w4g64"]
+    fwd = ["fp16", "fused", "dequant_cublas", "bnb_nf4", "gemlite_w4g64"]
     bwd = ["fp16_bwd", "lords_cublas_bwd", "lords_fused_bwd", "lords_cublas_peft", "lords_fused_peft"]
     lines = [f"# Issue 16 bench ({out['device']}, copy {out['bandwidth_TBps']:.2f} TB/s)", "",
              "Forward, graph, cold L2, µs (× fp16):", "",
@@ -283,7 +232,7 @@ def render(out) -> str:
         vals = [get(N, K, M, i) for i in bwd]
         if any(v is not None for v in vals):
             lines.append(f"| {N}×{K} | {M} | " + " | ".join("—" if v is None else f"{v:.1f}" for v in vals) + " |")
-    eager = ["fp16", "lords_plan", "lords_plan_zgemv", "lords_functional", "bnb_nf4", "gemlite_w4g64"]
+    eager = ["fp16", "lords_plan", "lords_functional", "bnb_nf4", "gemlite_w4g64"]
     lines += ["", "Eager (Python call included), µs:", "", "| N×K | M | " + " | ".join(eager) + " |",
               "|---|---|" + "---|" * len(eager)]
     for N, K, M in cells:

@@ -17,7 +17,7 @@ Variants (only the four linear layers of each block change):
 - ``gemlite_w4`` at block 64 and 128: ``GemLiteLinear(4, group_size=block)`` (gemlite's shipped H100 config).
 - ``lords4`` at block 64 and 128: ``lords.linear.LoRDSLinear`` (4 bits, NF grid, ``B``/``A`` fp16) switched by
   ``lords_kernels.use_triton``, the project's public path: each layer's plan picks the tile table's (or the
-  heuristic's) tile for the token count, zgemv where the table says, dequantize + cuBLAS from the crossover.
+  heuristic's) tile for the token count, dequantize + cuBLAS from the crossover.
 
 A LoRDS layer over the concatenated QKV (or gate/up) weight is one legitimate quantized layer with its own parity rank:
 ``parity_rank(6144, 4096, 64) = 38`` (separate q, k, v layers would take 32 + 12 + 12), ``parity_rank(28672, 4096, 64)

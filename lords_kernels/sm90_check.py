@@ -3,14 +3,13 @@ catches compile errors and reports shared memory, registers and spills (LDL/STL 
 spent. Pointers and ints get the runtime's ``tt.divisibility=16`` (as on the bench shapes): without it the numbers
 are wrong (every kernel seems to spill).
 
-    python -m lords_kernels.sm90_check [z] [z8] [d] [s] [ref]     # zgemv, zgemv 8 warps, dequant, dsred, references
+    python -m lords_kernels.sm90_check [d] [s] [ref]     # dequant, dsred, the forward kernels
 
 Run without TRITON_INTERPRET. Not a test: the numbers inform tile choices (NOTES.md, issue 16)."""
 import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from lords_kernels.lords_matmul.small_m import _zgemv_kernel
 from lords_kernels.lords_matmul.dequant import _dequant_kernel
 from lords_kernels.lords_matmul.backward import _dsred_kernel
 
@@ -52,20 +51,6 @@ def build(fn, ptrs, consts, num_warps, num_stages, label):
 
 def main(which):
     f16 = "*fp16"
-    zptr = dict(x_ptr=f16, A_ptr=f16, lo_ptr="*u8", hi_ptr="*u8", grid_ptr=f16, tab_ptr="*i32", B_ptr=f16, bias_ptr=f16,
-                y_ptr=f16, ws_ptr="*fp32", lock_ptr="*i32")
-    if "z" in which:
-        for (MP, R, BN, ONES, _) in [(1, 64, 128, False, 1), (1, 64, 64, True, 1), (1, 64, 128, True, 1), (1, 32, 128, False, 1),
-                                      (2, 64, 64, False, 16), (4, 32, 64, False, 16), (4, 16, 128, True, 16), (4, 16, 64, False, 16),
-                                      (8, 16, 64, False, 16), (4, 64, 64, False, 16), (16, 16, 64, False, 16)]:
-            consts = dict(HAS_BIAS=False, BITS=4, T=64, F=2, R=R, MP=MP, BN=BN, EVEN_N=True, PRMT=True, ONES=ONES, DOT_FP32=False)
-            build(_zgemv_kernel, zptr, consts, 4, 3, f"zgemv MP={MP} R={R} BN={BN} ONES={ONES}")
-        consts = dict(HAS_BIAS=True, BITS=3, T=64, F=4, R=32, MP=2, BN=64, EVEN_N=False, PRMT=True, ONES=False, DOT_FP32=False)
-        build(_zgemv_kernel, zptr, consts, 4, 3, "zgemv 3-bit MP=2 R=32 bias")
-    if "z8" in which:
-        for (MP, R, BN, nw) in [(2, 64, 64, 4), (2, 64, 64, 8), (8, 16, 64, 8), (4, 32, 128, 8), (4, 16, 64, 4), (4, 64, 64, 8)]:
-            consts = dict(HAS_BIAS=False, BITS=4, T=64, F=2, R=R, MP=MP, BN=BN, EVEN_N=True, PRMT=True, ONES=False, DOT_FP32=False)
-            build(_zgemv_kernel, zptr, consts, nw, 3, f"zgemv MP={MP} R={R} BN={BN} w{nw}")
     if "d" in which:
         dptr = dict(lo_ptr="*u8", hi_ptr="*u8", grid_ptr="*fp32", tab_ptr="*i32", B_ptr=f16, A_ptr=f16, w_ptr=f16)
         for BN, G, nw, ns, even in [(128, 4, 8, 2, True), (64, 8, 4, 3, True), (128, 1, 8, 2, False)]:
@@ -94,4 +79,4 @@ def main(which):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["z", "d", "s"])
+    main(sys.argv[1:] or ["d", "s", "ref"])

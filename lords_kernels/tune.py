@@ -24,12 +24,10 @@ def candidate_configs(M, N, K, bits, r):
     """The tiles timed for one cell: the current pick first, then the heuristic's, then the space. The spaces of
     earlier kernel generations are in NOTES.md, not here."""
     from lords_kernels.lords_matmul import tuning
-    from lords_kernels.lords_matmul.small_m import ZGEMV_MAX_COLS, zgemv_columns
     from lords_kernels.lords_matmul.layout import group_size
     from lords_kernels.lords_matmul.tuning import TileConfig
 
     n_groups = -(-K // group_size(bits))
-    R = tuning.rank_pad(r)
 
     def splits(tiles, lo=60, hi=1100, most=3):
         return sorted({s for s in (1, 2, 4, 8, 16) if s <= n_groups and lo <= tiles * s <= hi} or {1})[:most]
@@ -54,14 +52,6 @@ def candidate_configs(M, N, K, bits, r):
                 if bm <= 2 * M and s <= n_groups and (s == 1 or tiles < 132):
                     out.append(TileConfig("gemm_t", BM=bm, BN=128, split_k=s, num_warps=8, num_stages=3,
                                           S16=True))
-    cols = zgemv_columns(M, R)
-    if M <= 64 and cols <= ZGEMV_MAX_COLS:  # zgemv: one launch, A ⊙ x in the kernel
-        for bn, nw in ((64, 4), (64, 8), (128, 8)):
-            if nw == 4 and cols >= 256:
-                continue  # 4 warps spill at 256 columns (offline sm_90 compile, NOTES.md)
-            for s in splits(-(-N // bn), most=2):
-                for ones in (False, True):
-                    out.append(TileConfig("zgemv", BN=bn, split_k=s, num_warps=nw, num_stages=3, ONES=ones))
     seen, uniq = set(), []
     for c in out:
         if c not in seen:

@@ -101,13 +101,13 @@ def test_fp32_input_round_trips_through_bf16():
 
 
 def test_fp32_batch_1_runs_the_gemv_in_fp32_without_casts():
-    layer = FakeLayer().to(DEV).requires_grad_(False)
+    layer = FakeLayer(N=2048).to(DEV).requires_grad_(False)  # narrower layers take gemm_t at batch 1
     x = torch.randn(1, 1, 72, device=DEV)
     with torch.no_grad():
         y = lords_kernels.triton_forward(layer, x)
     run = lords_kernels.dispatch.plan_of(layer)._runners[(1, torch.bfloat16)]
     assert getattr(run, "fp32_io", False)  # the gemv read x and wrote y in fp32: no cast launches around it
-    assert y.dtype == torch.float32 and y.shape == (1, 1, 40)
+    assert y.dtype == torch.float32 and y.shape == (1, 1, 2048)
     assert rel(y, ref.lords_matmul(x, layer.qweight, layer.grid, layer.B, layer.A, layer.bias, 4)) < TOL
 
 
@@ -290,6 +290,37 @@ def test_launch_probe_launches_the_compiled_xa_kernel_directly_with_the_jit_laun
     direct = next(r for r in rows if r["impl"] == "xa_direct")
     assert "error" not in direct, direct["error"]
     assert direct["equal_to_jit"] and all(r["us_eager"] > 0 for r in rows)
+
+
+def test_a_launch_refuses_constexprs_left_unbound():
+    from lords_kernels.lords_matmul.forward import _xa_kernel
+    from lords_kernels.lords_matmul.launch import Launch
+
+    with pytest.raises(ValueError, match="constexpr"):
+        Launch(_xa_kernel, R=16)  # BK missing
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("M", [1, 4, 600])
+def test_direct_launches_give_the_jit_launchs_output_bit_for_bit(M):
+    """The first call of each specialisation goes through Triton's JIT; later ones launch the kept binary. Both
+    agree bit for bit, also for an x that is not 16-byte aligned and (batch 1) an fp32 x, which the JIT compiles
+    separately."""
+    layer = FakeLayer(N=1024, K=4096, r=12, dtype=torch.float16).cuda().requires_grad_(False)
+    plain = torch.randn(M, 4096, dtype=torch.float16, device="cuda")
+    offset = torch.randn(M * 4096 + 1, dtype=torch.float16, device="cuda")[1:].view(M, 4096)  # 2 bytes off
+    xs = [plain, offset] + ([plain.float()] if M == 1 else [])
+    with torch.no_grad():
+        for x in xs:
+            first = lords_kernels.triton_forward(layer, x)
+            again = lords_kernels.triton_forward(layer, x)
+            assert torch.equal(first, again) and rel(first, _want(layer, x.half())) < 2e-3
+    plan = lords_kernels.plan_of(layer)
+    binaries = [len(launch.binaries) for (_, dtype), run in plan._runners.items() if dtype == torch.float16
+                for launch in run.launches]
+    # the fused kernels: one binary for the aligned x, one for the other; the dequant pass never sees x: one
+    assert binaries and min(binaries) == (1 if M >= plan.crossover else 2)
 
 
 def test_peft_through_the_kernels_keeps_nothing_weight_sized_for_backward():

@@ -17,10 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import Launch, io_key
 from .layout import T, KernelCodes, group_size
 from .primitives import (INTERPRET, _code_values, _dot, _field, _grouped_tile, _load_codes, _lut, _lut_prmt, _mm,
                          _row_tile, _split_range, _splitk_epilogue)
-from .small_m import ZGEMV_MAX_COLS, zgemv_columns
 from .tuning import TileConfig, default_config, pick_config, rank_pad
 
 
@@ -191,7 +191,8 @@ def _xa_buffer(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Te
 Runner = Callable[[torch.Tensor, torch.Tensor], None]
 """``run(x2 (M, K) row-contiguous, y (M, N))``: one layer's launches for a tile choice, everything else bound.
 ``x2``/``y`` are in the dtype the runner was made for, or fp32 where the runner has ``fp32_io`` (the gemv: its
-``_xa`` pass reads x in fp32 and its epilogue stores in y's dtype, so an fp32 model pays no cast launches)."""
+``_xa`` pass reads x in fp32 and its epilogue stores in y's dtype, so an fp32 model pays no cast launches).
+``run.launches``: its kernels as :class:`~.launch.Launch` es (the binaries they launch directly after a first call)."""
 
 
 def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torch.Tensor, bias: torch.Tensor | None,
@@ -213,8 +214,6 @@ def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torc
     has_bias = bias is not None
     common = dict(HAS_BIAS=has_bias, BITS=bits, T=T, F=F, R=R, DOT_FP32=INTERPRET,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if cfg.kernel == "zgemv" and zgemv_columns(M, R) > ZGEMV_MAX_COLS:
-        cfg = default_config(M, N, K, bits, r)  # M·R too wide for one accumulator tile: the weight-side kernel
     if cfg.kernel == "gemv" and M != 1:
         cfg = default_config(M, N, K, bits, r)  # a gemv tile asked for M > 1: the heuristic's gemm_t tile
     fp16 = dtype == torch.float16
@@ -222,8 +221,8 @@ def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torc
     if cfg.kernel == "dequant":  # prefill: W_hat once into the shared buffer, then cuBLAS
         from .dequant import _dequant_kernel, dequant_launch, scratch
 
-        launch, n_g, meta = dequant_launch(codes, N, r, cfg)
-        dq = _dequant_kernel[launch]
+        dq_grid, n_g, meta = dequant_launch(codes, N, r, cfg)
+        dq = Launch(_dequant_kernel, **meta)
         tab = prmt_table(grid, dtype) if meta["PRMT"] else grid
         view = [None, None]  # (buffer, its (N, K) view): re-made only when the shared buffer is replaced
 
@@ -232,12 +231,13 @@ def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torc
             if view[0] is not buf:
                 view[:] = [buf, buf[: N * K].view(N, K)]
             w = view[1]
-            dq(lo, hi, grid, tab, B, A, w, N, K, r, n_g, lo.stride(0), hi.stride(0), B.stride(0), A.stride(0), K,
-               **meta)
+            dq(dq_grid, 0, lo, hi, grid, tab, B, A, w, N, K, r, n_g, lo.stride(0), hi.stride(0), B.stride(0),
+               A.stride(0), K)  # every argument but the scratch bound: one binary
             if has_bias:
                 torch.addmm(bias, x2, w.t(), out=y)
             else:
                 torch.mm(x2, w.t(), out=y)
+        run.launches = (dq,)
         return run
 
     prmt = (cfg.PRMT if cfg.PRMT is not None else (bits != 3 or cfg.kernel != "gemm_t")) and not INTERPRET
@@ -247,50 +247,37 @@ def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torc
     tiles_n = triton.cdiv(N, cfg.BN)
     assert tiles_n <= _LOCKS
 
-    if cfg.kernel == "zgemv":  # small M in one launch: A ⊙ x formed in the kernel (small_m.py)
-        from .small_m import _zgemv_kernel
-
-        kern = _zgemv_kernel[(tiles_n, split)]
-        meta = dict(MP=triton.next_power_of_2(M), BN=cfg.BN, EVEN_N=N % cfg.BN == 0, PRMT=prmt, ONES=cfg.ONES and not INTERPRET and fp16,
-                    **common)
-
-        def run(x2, y):
-            m = x2.shape[0]
-            ws, locks = _scratch(device, split * m * N if split > 1 else 1)
-            kern(x2, A, lo, hi, g_op, locks if tab is None else tab, B, bias if has_bias else y, y, ws, locks, m, N,
-                 K, r, n_groups, split, x2.stride(0), y.stride(0), lo.stride(0), hi.stride(0), B.stride(0),
-                 A.stride(0), **meta)
-        return run
-
     if cfg.kernel == "gemv":  # M = 1: (A ⊙ x)ᵀ by _xa_kernel, then the gemv
         xdt = torch.float32 if INTERPRET else dtype
-        xa_kern = _xa_kernel[(codes.k_pad // 64,)]
-        kern = _gemv_kernel[(tiles_n, split)]
-        meta = dict(BN=cfg.BN, Q_AS_B=cfg.Q_AS_B, EVEN_N=N % cfg.BN == 0, PRMT=prmt,
-                    ONES=cfg.ONES and not INTERPRET and fp16, **common)
+        xa_grid, gv_grid = (codes.k_pad // 64, 1, 1), (tiles_n, split, 1)
+        xa_kern = Launch(_xa_kernel, R=R, BK=64, num_warps=4)
+        kern = Launch(_gemv_kernel, BN=cfg.BN, Q_AS_B=cfg.Q_AS_B, EVEN_N=N % cfg.BN == 0, PRMT=prmt,
+                      ONES=cfg.ONES and not INTERPRET and fp16, **common)
 
         def run(x2, y):  # x2 and y may be fp32 here (run.fp32_io): _xa reads x in fp32, the epilogue stores y's dtype
+            key = io_key(x2, y)
             ws, locks = _scratch(device, split * N if split > 1 else 1)
             xa = _xa_buffer(device, xdt, codes.k_pad * R)
-            xa_kern(x2, A, xa, K, r, A.stride(0), R=R, BK=64, num_warps=4)
-            kern(xa, lo, hi, g_op, locks if tab is None else tab, B, bias if has_bias else y, y, ws, locks,
-                 N, r, n_groups, split, lo.stride(0), hi.stride(0), B.stride(0), **meta)
+            xa_kern(xa_grid, key, x2, A, xa, K, r, A.stride(0))
+            kern(gv_grid, key, xa, lo, hi, g_op, locks if tab is None else tab, B, bias if has_bias else y, y, ws,
+                 locks, N, r, n_groups, split, lo.stride(0), hi.stride(0), B.stride(0))
         run.fp32_io = True
+        run.launches = (xa_kern, kern)
         return run
 
     # gemm_t
     bm, bn = cfg.BM, cfg.BN
-    gm = _gemm_t_kernel
-    meta = dict(BM=bm, BN=bn, GROUP_M=cfg.GROUP_M, PRMT=prmt, S16=cfg.S16 and fp16, **common)
+    gm = Launch(_gemm_t_kernel, BM=bm, BN=bn, GROUP_M=cfg.GROUP_M, PRMT=prmt, S16=cfg.S16 and fp16, **common)
 
     def run(x2, y):
         m = x2.shape[0]
         tiles = triton.cdiv(m, bm) * tiles_n
         assert tiles <= _LOCKS
         ws, locks = _scratch(device, split * m * N if split > 1 else 1)
-        gm[(tiles, split)](x2, lo, hi, grid, locks if tab is None else tab, B, A, bias if has_bias else y, y, ws,
-                           locks, m, N, K, r, n_groups, split, x2.stride(0), y.stride(0), lo.stride(0), hi.stride(0),
-                           B.stride(0), A.stride(0), **meta)
+        gm((tiles, split, 1), io_key(x2, y), x2, lo, hi, grid, locks if tab is None else tab, B, A,
+           bias if has_bias else y, y, ws, locks, m, N, K, r, n_groups, split, x2.stride(0), y.stride(0),
+           lo.stride(0), hi.stride(0), B.stride(0), A.stride(0))
+    run.launches = (gm,)
     return run
 
 

@@ -14,7 +14,7 @@ import triton
 
 from .layout import group_size
 
-KERNELS = ("gemv", "gemm_t", "dequant", "zgemv")
+KERNELS = ("gemv", "gemm_t", "dequant")
 DEQUANT_MIN_M = 512
 """Default crossover: from this many tokens the forward dequantizes once and calls cuBLAS (lords_matmul.dequant).
 Measured on the H100 (session 13): at M = 256 the fused kernel won on the large shapes, from M = 512 the dequant
@@ -26,9 +26,7 @@ class TileConfig:
     """One launch choice of the forward kernels (the table's and the heuristic's unit)."""
 
     kernel: str
-    """'gemv' (M = 1, activation-side identity, ``A ⊙ x`` made by a second kernel), 'zgemv' (small M, the
-    activation-side identity for M tokens in one launch: ``Z = grid[Q] · (A ⊙ x_m)ᵀ`` for every token m side by side),
-    'gemm_t' (M ≥ 2, swap-AB weight-side form) or 'dequant' (W_hat into a shared buffer, then cuBLAS: prefill)."""
+    """'gemv' (M = 1, activation-side identity, ``A ⊙ x`` made by a second kernel), 'gemm_t' (M ≥ 2, swap-AB weight-side form) or 'dequant' (W_hat into a shared buffer, then cuBLAS: prefill)."""
     BN: int
     """Weight rows per program."""
     BM: int = 64
@@ -75,25 +73,30 @@ def swap_bm(M: int) -> int:
 
 
 def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) -> TileConfig:
-    """A tile choice with no tuning table: fill the SMs, split K when N alone cannot (what the H100 sweep
-    preferred, lords_kernels/lords_matmul/tuned_h100.json)."""
+    """A tile choice with no tuning table, fitted to the H200 sweep of the bench shapes (blocks 64 and 128,
+    ``outputs/reports/kernels_tune_log.json``; ``python -m lords_kernels.heuristic_check`` rates it per cell):
+    about two programs per SM from tiles times K splits while a split keeps enough K to amortise its partials."""
     n_groups = -(-K // group_size(bits))
-    if M == 1:
-        bn = 128 if N >= 8192 else 64
-        tiles = -(-N // bn)
-        split = max(1, min(n_groups, 16, (2 * sms) // tiles))
-        return TileConfig(kernel="gemv", BN=bn, split_k=split, num_warps=4, num_stages=3, Q_AS_B=N >= 8192)
+    if M == 1 and N >= 2048:  # below, too few row tiles for the gemv: the swap-AB kernel split 16 ways won
+        split = max(1, min(n_groups, 16, (2 * sms) // -(-N // 128)))
+        # code values routed through an MMA-made tile of ones, as the MMA's A operand: best or within 3% in every
+        # gemv cell of the sweep (ONES applies to fp16; the runner drops it for bf16)
+        return TileConfig(kernel="gemv", BN=128, split_k=split, num_warps=4, num_stages=3, PRMT=True, Q_AS_B=False,
+                          ONES=True)
     if M <= 64:  # the swap-AB kernel: weight rows on the MMA's wide side, the few tokens on its narrow side
         bm = swap_bm(M)
-        bn = 64
-        tiles = -(-N // bn) * -(-M // bm)
-        split = max(1, min(n_groups, 16, (2 * sms) // tiles))
-        return TileConfig(kernel="gemm_t", BM=bm, BN=bn, split_k=split, num_warps=4, num_stages=3, GROUP_M=8,
+        tiles = -(-N // 64) * -(-M // bm)
+        # from 32 tokens a split's fp32 partials (M·N each) cost enough to want 4+ code groups per split
+        split = max(1, min(n_groups // max(1, M // 16), 16, (2 * sms) // tiles))
+        return TileConfig(kernel="gemm_t", BM=bm, BN=64, split_k=split, num_warps=4, num_stages=3, GROUP_M=8,
                           S16=True)
     # two warpgroups of 64 weight rows each: one's LUT work overlaps the other's MMAs (H100 sweep: 1.9x faster
-    # than one warpgroup at M = 2048)
-    return TileConfig(kernel="gemm_t", BM=256 if M >= 512 else 128, BN=128, split_k=1, num_warps=8, num_stages=3,
-                      GROUP_M=8, S16=True)
+    # than one warpgroup at M = 2048); 256-token tiles unless that leaves fewer than 16 tiles, split K up to 4
+    # while the programs still fit one wave
+    bm = 256 if M >= 256 and -(-M // 256) * -(-N // 128) >= 16 else 128
+    tiles = -(-M // bm) * -(-N // 128)
+    split = max(s for s in (1, 2, 4) if s == 1 or (s <= n_groups and tiles * s <= sms))
+    return TileConfig(kernel="gemm_t", BM=bm, BN=128, split_k=split, num_warps=8, num_stages=3, GROUP_M=8, S16=True)
 
 
 _TABLE: dict[str, TileConfig] = {}

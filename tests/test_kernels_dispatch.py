@@ -315,7 +315,8 @@ def test_direct_launches_give_the_jit_launchs_output_bit_for_bit(M):
         for x in xs:
             first = lords_kernels.triton_forward(layer, x)
             again = lords_kernels.triton_forward(layer, x)
-            assert torch.equal(first, again) and rel(first, _want(layer, x.half())) < 2e-3
+            tol = 2e-3 if x.dtype == torch.float16 else TOL  # fp32 x is computed in bf16
+            assert torch.equal(first, again) and rel(first, _want(layer, x.half())) < tol
     plan = lords_kernels.plan_of(layer)
     binaries = [len(launch.binaries) for (_, dtype), run in plan._runners.items() if dtype == torch.float16
                 for launch in run.launches]

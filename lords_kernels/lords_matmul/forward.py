@@ -222,6 +222,7 @@ def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torc
         from .dequant import _dequant_kernel, dequant_launch, scratch
 
         dq_grid, n_g, meta = dequant_launch(codes, N, r, cfg)
+        dq_grid = (*dq_grid, 1)  # a compiled binary takes all three grid dimensions
         dq = Launch(_dequant_kernel, **meta)
         tab = prmt_table(grid, dtype) if meta["PRMT"] else grid
         view = [None, None]  # (buffer, its (N, K) view): re-made only when the shared buffer is replaced

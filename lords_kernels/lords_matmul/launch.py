@@ -16,7 +16,8 @@ from typing import Hashable
 
 
 class Launch:
-    """``launch(grid, key, *args)`` runs ``fn[grid](*args, **meta)``. ``args``: every runtime parameter of ``fn``
+    """``launch(grid, key, *args)`` runs ``fn[grid](*args, **meta)``; ``grid`` has all three dimensions (the binary
+    takes no shorter one). ``args``: every runtime parameter of ``fn``
     in signature order; ``meta``: its constexpr parameters (which follow them) and the compile options
     (``num_warps``, ``num_stages``)."""
 

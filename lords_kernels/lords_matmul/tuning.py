@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 import triton
@@ -72,6 +73,11 @@ def swap_bm(M: int) -> int:
     return max(16, triton.next_power_of_2(M))
 
 
+def _near_pow2(x: float) -> int:
+    """The power of two nearest to ``x`` in log scale (at least 1): K splits for about ``x`` programs per tile."""
+    return 1 << max(0, round(math.log2(x)))
+
+
 def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) -> TileConfig:
     """A tile choice with no tuning table, fitted to the H200 sweep of the bench shapes (blocks 64 and 128,
     ``outputs/reports/kernels_tune_log.json``; ``python -m lords_kernels.heuristic_check`` rates it per cell):
@@ -86,8 +92,9 @@ def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) ->
     if M <= 64:  # the swap-AB kernel: weight rows on the MMA's wide side, the few tokens on its narrow side
         bm = swap_bm(M)
         tiles = -(-N // 64) * -(-M // bm)
-        # from 32 tokens a split's fp32 partials (M·N each) cost enough to want 4+ code groups per split
-        split = max(1, min(n_groups // max(1, M // 16), 16, (2 * sms) // tiles))
+        # splits for about two programs per SM; from 32 tokens a split's fp32 partials
+        # (M·N each) cost enough to want 4+ code groups per split
+        split = max(1, min(n_groups // max(1, M // 16), 16, _near_pow2(2 * sms / tiles)))
         return TileConfig(kernel="gemm_t", BM=bm, BN=64, split_k=split, num_warps=4, num_stages=3, GROUP_M=8,
                           S16=True)
     # two warpgroups of 64 weight rows each: one's LUT work overlaps the other's MMAs (H100 sweep: 1.9x faster

@@ -3,7 +3,7 @@
 #   tests   GPU tests (pytest -m gpu)        tune     LoRDS tile sweep → $OUT/tuned.json
 #   bwd     forward+backward timings         bench    python -m lords_kernels.bench → $OUT/kernels.json
 #   decode  python -m lords_kernels.decode → $OUT/decode.json
-#   k16     issue 16 bench (fp16 / fused / dequant+cuBLAS / zgemv / peers, fwd+bwd) → $OUT/k16.{json,md}
+#   k16     issue 16 bench (fp16 / fused / dequant+cuBLAS / peers, fwd+bwd) → $OUT/k16.{json,md}
 #   tune16  tile sweep at the parity ranks of $TUNE_BLOCKS (default "64 128 256") → $OUT/tuned16.json; $TUNE_SHAPES
 #           (e.g. 6144x4096,28672x4096: the decode benchmark's fused QKV and gate/up) replaces the bench shapes
 #   tests16 the kernel GPU tests without -q's summary cut (pytest.log)

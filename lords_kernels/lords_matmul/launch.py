@@ -8,7 +8,8 @@ the JIT path once per ``key`` and keeps the binary it returns; later calls with 
 
 The key must hold everything of a call that the JIT specialises on and the caller does not keep fixed: the
 runners bind every integer and every pointer but ``x`` and ``y`` (the shared scratch buffers are fresh allocations,
-so 16-byte aligned like the ones they replace), so their key is :func:`io_key` of ``x`` and ``y``. Under the interpreter (``TRITON_INTERPRET=1``) there is no binary: every call takes the JIT path.
+so 16-byte aligned like the ones they replace), so their key is :func:`io_key` of ``x`` and ``y``. Under the
+interpreter (``TRITON_INTERPRET=1``) there is no binary: every call takes the JIT path.
 """
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ from typing import Hashable
 
 class Launch:
     """``launch(grid, key, *args)`` runs ``fn[grid](*args, **meta)``; ``grid`` has all three dimensions (the binary
-    takes no shorter one). ``args``: every runtime parameter of ``fn``
-    in signature order; ``meta``: its constexpr parameters (which follow them) and the compile options
-    (``num_warps``, ``num_stages``)."""
+    takes no shorter one). ``args``: every runtime parameter of ``fn`` in signature order; ``meta``: its constexpr
+    parameters (which follow them) and the compile options (``num_warps``, ``num_stages``)."""
 
     __slots__ = ("fn", "meta", "consts", "binaries")
 

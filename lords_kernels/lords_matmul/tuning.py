@@ -27,7 +27,8 @@ class TileConfig:
     """One launch choice of the forward kernels (the table's and the heuristic's unit)."""
 
     kernel: str
-    """'gemv' (M = 1, activation-side identity, ``A ⊙ x`` made by a second kernel), 'gemm_t' (M ≥ 2, swap-AB weight-side form) or 'dequant' (W_hat into a shared buffer, then cuBLAS: prefill)."""
+    """'gemv' (M = 1, activation-side identity, ``A ⊙ x`` made by a second kernel), 'gemm_t' (swap-AB weight-side
+    form) or 'dequant' (W_hat into a shared buffer, then cuBLAS: prefill)."""
     BN: int
     """Weight rows per program."""
     BM: int = 64
@@ -92,8 +93,8 @@ def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) ->
     if M <= 64:  # the swap-AB kernel: weight rows on the MMA's wide side, the few tokens on its narrow side
         bm = swap_bm(M)
         tiles = -(-N // 64) * -(-M // bm)
-        # splits for about two programs per SM; from 32 tokens a split's fp32 partials
-        # (M·N each) cost enough to want 4+ code groups per split
+        # splits for about two programs per SM; from 32 tokens a split's fp32 partials (M·N each) cost enough to
+        # want 4+ code groups per split
         split = max(1, min(n_groups // max(1, M // 16), 16, _near_pow2(2 * sms / tiles)))
         return TileConfig(kernel="gemm_t", BM=bm, BN=64, split_k=split, num_warps=4, num_stages=3, GROUP_M=8,
                           S16=True)

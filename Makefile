@@ -21,7 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)  ## create .venv and install the pinned dependencies (CPU torch)
 
 demo: $(STAMP)  ## the main job: PTQ of the embedded SmolLM2-135M, LoRDS vs NF at 3 and 4 bits (16 min on 2 cores) -> outputs/runs/ptq_report/<time>/
-	$(PY) -m lords_pipelines.ptq_report
+	$(PY) -m lords_pipelines.tables.ptq_report
 
 test: $(STAMP)  ## the test suite CI runs (skips `gpu` and `slow` markers)
 	$(PY) -m pytest
@@ -33,13 +33,13 @@ test-gpu: $(STAMP)  ## GPU tests (on a CUDA machine)
 	$(PY) -m pytest -m gpu
 
 reproduce-ptq: $(STAMP)  ## regenerate outputs/reports/ptq_smollm2.{md,json}
-	$(PY) -m lords_pipelines.ptq_report --out outputs/reports/ptq_smollm2
+	$(PY) -m lords_pipelines.tables.ptq_report --out outputs/reports/ptq_smollm2
 
 sweep-tiny: $(STAMP)  ## CI-sized Hydra sweep: tiny random Llama, bits 3, 4 x blocks 16, 32 -> outputs/sweeps/ptq/<time>/summary.md
-	$(PY) -m lords_pipelines.ptq --multirun experiment=sweep_tiny
+	$(PY) -m lords_pipelines.stages.ptq --multirun experiment=sweep_tiny
 
 reproduce-peft: $(STAMP)  ## regenerate outputs/reports/peft_smollm2.{md,json,png}: LoRDS PEFT vs QLoRA at matched trainable floats
-	$(PY) -m lords_pipelines.peft_report --out outputs/reports/peft_smollm2
+	$(PY) -m lords_pipelines.tables.peft_report --out outputs/reports/peft_smollm2
 
 reproduce-all: reproduce-ptq reproduce-peft  ## every CPU report (reproduce-kernels needs a GPU)
 
@@ -47,7 +47,7 @@ clean:  ## remove run outputs (keeps committed reports)
 	find outputs -mindepth 1 -maxdepth 1 ! -name reports -exec rm -rf {} +
 
 render-kernels: $(STAMP)  ## CPU: re-render outputs/reports/kernels.{md,png} and decode.md from their JSON
-	$(PY) -m lords_kernels.render --dir outputs/reports
+	$(PY) -m benchmarks.kernels.render --dir outputs/reports
 
 test-kernels: $(STAMP)  ## kernel tests through the Triton interpreter on CPU
 	TRITON_INTERPRET=1 $(PY) -m pytest tests/test_kernels_*.py -q
@@ -60,7 +60,7 @@ reproduce-tables:  ## GPU (hours on one H200, sequential; tools/tables_on_gpus.s
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables needs a CUDA GPU \
 	(about 120 PTQ runs of T = 500 with 1,500 zero-shot items each). On this machine: make reproduce-tables-cpu \
 	(4 and 3 bits, block 64, T = 50, under 30 min on 2 cores) or make reproduce-ptq (the main job).')"
-	$(GPU_PY) -m lords_pipelines.ptq_tables ptq_bits ptq_refine_ablation ptq_rank_ablation qat --model $(MODEL) \
+	$(GPU_PY) -m lords_pipelines.tables.ptq ptq_bits ptq_refine_ablation ptq_rank_ablation qat --model $(MODEL) \
 		--run-dir outputs/runs/ptq_tables/reproduce --out outputs/reports/tables
 	$(MAKE) reproduce-tables-peft
 
@@ -68,35 +68,35 @@ reproduce-tables:  ## GPU (hours on one H200, sequential; tools/tables_on_gpus.s
 reproduce-kernels:  ## GPU (two parts of ~8 min each on an H200, estimated): outputs/reports/kernels.{json,md,png}, kernels_backward.json, decode.{json,md}
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-kernels needs a CUDA GPU \
 	(it times CUDA graphs of the Triton kernels, cuBLAS, bitsandbytes and gemlite). On this machine: make render-kernels \
-	re-renders the md/png from the committed JSON, and TRITON_INTERPRET=1 python -m lords_kernels.bench --smoke \
-	(or lords_kernels.decode --smoke) runs the benchmark code on the CPU.')"
-	$(GPU_PY) -m lords_kernels.reproduce all --out-dir outputs/reports
+	re-renders the md/png from the committed JSON, and TRITON_INTERPRET=1 python -m benchmarks.kernels.bench --smoke \
+	(or benchmarks.kernels.decode --smoke) runs the benchmark code on the CPU.')"
+	$(GPU_PY) -m benchmarks.kernels.reproduce all --out-dir outputs/reports
 
 reproduce-tables-peft:  ## GPU (the serving benchmark alone, then 112 runs, resumable; tools/tables_on_gpus.sh runs them concurrently): outputs/reports/tables/peft{,_serving}.{md,json,png} (docs/peft_table.md)
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables-peft needs a CUDA GPU \
 	(112 PEFT runs of SmolLM2-135M: 4 methods x 4 tasks x (untrained, a 4-point lr grid, 2 more seeds)). On this machine the CPU-sized check is \
 	the smoke test: .venv/bin/python -m pytest tests/test_peft_tables.py')"
-	$(GPU_PY) -m lords_pipelines.peft_serving peft --model $(MODEL) --out outputs/reports/tables
-	$(GPU_PY) -m lords_pipelines.peft_tables peft --model $(MODEL) --run-dir outputs/runs/peft_tables/reproduce \
+	$(GPU_PY) -m benchmarks.serving.peft_serving peft --model $(MODEL) --out outputs/reports/tables
+	$(GPU_PY) -m lords_pipelines.tables.peft peft --model $(MODEL) --run-dir outputs/runs/peft_tables/reproduce \
 		--out outputs/reports/tables
 
-# Issue 18's measurements: the streamed 8B-shaped PTQ on one GPU, training throughput and peak memory on 1 and 2 GPUs
+# Scale-out measurements: the streamed 8B-shaped PTQ on one GPU, training throughput and peak memory on 1 and 2 GPUs
 # (DDP, FSDP), streamed PTQ over 2 GPUs; then scale.{md,json} sets them beside the cost model. Random weights throughout.
 reproduce-scale:  ## GPU, 2 of them (about 30 min on 2 H200s, estimated): outputs/reports/{stream_8b_*layers,scale_train,allreduce,scale_ptq_*}.json, scale.{md,json}
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.device_count() >= 2 else 'reproduce-scale needs 2 CUDA GPUs \
-	(1-vs-2-GPU throughput; the streamed PTQ rows need one). On this machine: python -m lords_pipelines.scale_report \
+	(1-vs-2-GPU throughput; the streamed PTQ rows need one). On this machine: python -m benchmarks.scale.report \
 	regenerates scale.{md,json} from the committed JSON, and the CPU tests check DDP, FSDP and streamed PTQ on gloo.')"
-	for n in 2 4; do $(GPU_PY) -m lords_pipelines.stream_bench --device cuda --hidden 4096 --intermediate 14336 \
+	for n in 2 4; do $(GPU_PY) -m benchmarks.scale.stream_bench --device cuda --hidden 4096 --intermediate 14336 \
 		--heads 32 --kv-heads 8 --vocab 128256 --tokens 2048 --steps 500 --variants streamed --dtype bfloat16 \
 		--layers $$n --out outputs/reports/stream_8b_$${n}layers || exit 1; done
-	$(GPU_PY) -m lords_pipelines.scale_bench --devices 1 2
-	$(GPU_PY) -m lords_pipelines.scale_bench --devices 1 2 --strategy fsdp
-	$(GPU_PY) -m lords_pipelines.scale_bench --devices 1 2 --accumulate 4 --steps 12
-	$(GPU_PY) -m torch.distributed.run --standalone --nproc-per-node 2 -m lords_pipelines.allreduce_bench \
+	$(GPU_PY) -m benchmarks.scale.scale_bench --devices 1 2
+	$(GPU_PY) -m benchmarks.scale.scale_bench --devices 1 2 --strategy fsdp
+	$(GPU_PY) -m benchmarks.scale.scale_bench --devices 1 2 --accumulate 4 --steps 12
+	$(GPU_PY) -m torch.distributed.run --standalone --nproc-per-node 2 -m benchmarks.scale.allreduce_bench \
 		--out outputs/reports/allreduce.json
-	$(GPU_PY) -m lords_pipelines.scale_ptq_bench --inputs float --layers 4
-	$(GPU_PY) -m lords_pipelines.scale_ptq_bench --inputs quantized --layers 4
-	$(GPU_PY) -m lords_pipelines.scale_report
+	$(GPU_PY) -m benchmarks.scale.stream_ptq_bench --inputs float --layers 4
+	$(GPU_PY) -m benchmarks.scale.stream_ptq_bench --inputs quantized --layers 4
+	$(GPU_PY) -m benchmarks.scale.report
 
 reproduce-tables-cpu: $(STAMP)  ## CPU subset of ptq_bits (4 and 3 bits, block 64, T = 50; under 30 min on 2 cores) -> outputs/reports/tables/ptq_bits_cpu.*
-	$(PY) -m lords_pipelines.ptq_tables ptq_bits_cpu --run-dir outputs/runs/ptq_tables/reproduce-cpu --out outputs/reports/tables
+	$(PY) -m lords_pipelines.tables.ptq ptq_bits_cpu --run-dir outputs/runs/ptq_tables/reproduce-cpu --out outputs/reports/tables

@@ -13,7 +13,6 @@ registration waits for transformers to load its quantizer registry, so ``import 
 
 __version__ = "0.1.0"
 
-from . import models, texts  # noqa: F401  (lords.models.load_model etc.)
 from .adapter import load_adapter, save_adapter
 from .checkpoint import load_quantized, save_quantized
 from .config import BlockwiseConfig, LordsConfig, QuantConfig, RefineConfig, ScaleConfig, config_from_dict

@@ -1,115 +1,284 @@
-"""Start-up of every Hydra entry point: the command line's overrides are composed and validated before Hydra makes a
-run folder and before any model is loaded. A bad override exits with status 2 and one line that names the key and
-the valid values or keys; nothing is written.
+"""The ``lords`` command: quantize a model to a folder, then eval, inspect or time that folder.
 
-    if __name__ == "__main__":
-        launch("ptq", run)   # checks the command line (exit 2 on a bad override), then Hydra runs run(settings)
+    lords quantize smollm2-135m --bits 3 --block-size 64 --out smollm2-lords-3bit
+    lords quantize smollm2-135m --bits 3 --calib pydoc --out smollm2-lords-3bit-cal   # calibrated Algorithm 1
+    lords info smollm2-lords-3bit
+    lords eval smollm2-lords-3bit --tasks lords_cloze --limit 20
+    lords bench smollm2-lords-3bit
+
+A lords folder is a transformers model folder: ``AutoModelForCausalLM.from_pretrained(folder)`` opens it after
+``import lords``. Bad input (a missing folder, a bad value, a corrupt checkpoint) exits with status 2 and one line.
+Heavy packages (transformers, lm-eval) are imported only by the subcommand that needs them.
 """
 from __future__ import annotations
 
-import re
+import argparse
 import sys
+import time
 from pathlib import Path
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
-_HYDRA_FLAGS = {"-m", "--multirun"}
+from lords.errors import LordsError
+
+EPILOG = """examples:
+  lords quantize smollm2-135m --bits 3 --block-size 64 --out smollm2-lords-3bit
+  lords quantize smollm2-135m --bits 3 --calib pydoc --out smollm2-lords-3bit-cal
+  lords info smollm2-lords-3bit
+  lords eval smollm2-lords-3bit --tasks lords_cloze --limit 20
+  lords bench smollm2-lords-3bit
+
+Each subcommand has its own --help. A lords folder opens in transformers after `import lords`."""
 
 
-def _variants(overrides: list[str]) -> list[list[str]]:
-    """Each sweep value of each ``key=a,b`` override once, the other overrides at their first value."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    first = [o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
-             for o in parsed]
-    variants = [first]
-    for i, o in enumerate(parsed):
-        if o.is_sweep_override():
-            for value in list(o.sweep_string_iterator())[1:]:
-                variants.append(first[:i] + [f"{o.get_key_element()}={value}"] + first[i + 1:])
-    return variants
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2 (argparse's own prints the whole usage first)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _one_line(error: Exception, overrides: list[str], config_name: str) -> str:
-    text = str(error)
-    missing = re.search(r"Could not find '([^']+)'", text)
-    if missing:
-        group, _, option = missing.group(1).rpartition("/")
-        options = sorted(p.stem for p in (CONF / group).glob("*.yaml")) if group else []
-        return f"{group}={option}: no such option (available: {', '.join(options)})"
-    key = re.search(r"Could not (?:override|append to config)[^']*'([^']+)'", text) or re.search(
-        r"Key '([^']+)' is not in struct", text)
-    if key:
-        name = key.group(1)
-        given = next((o for o in overrides if o.lstrip("+~").split("=")[0].endswith(name)), name)
-        return f"{given}: unknown key{_known_keys(config_name, name)}"
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+class BadInput(Exception):
+    """A command-line value the subcommand cannot use (reported in one line, exit status 2)."""
 
 
-def _known_keys(config_name: str, key: str) -> str:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+def table(rows: list[tuple[str, object]]) -> str:
+    """Two aligned columns."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
-    parent = key.rpartition(".")[0]
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _folder(path: str) -> Path:
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise BadInput(f"{path}: not a model folder (no config.json)")
+    return p
+
+
+def _calibration(arg: str | None) -> str | None:
+    if arg is None:
+        return None
+    if arg == "pydoc":
+        from lords_pipelines.data.texts import calibration_text
+
+        return calibration_text()
+    if not Path(arg).is_file():
+        raise BadInput(f"--calib {arg}: no such file (give a text file, or 'pydoc' for Python's own docs)")
+    return Path(arg).read_text()
+
+
+def cmd_quantize(a) -> dict:
+    import lords
+    from lords_pipelines.data.texts import tokenize
+    from lords_pipelines.models import load_model
+
+    steps = a.steps if a.steps is not None else (50 if a.calib else 0)
+    text = _calibration(a.calib)
+    refine = lords.RefineConfig(steps=steps, lr=a.lr, objective="act_diag" if text else "weight") if steps else None
+    kind = lords.LordsConfig if a.method == "lords" else lords.BlockwiseConfig
+    config = kind(bits=a.bits, block_size=a.block_size, refine=refine)
+    out = Path(a.out)
+    if out.exists() and any(out.iterdir()) and not a.overwrite:
+        raise BadInput(f"--out {a.out} exists and is not empty (add --overwrite to replace it)")
+    t0 = time.time()
+    model, tok = load_model(a.model)
+    calib_ids = tokenize(tok, text, config.calib_tokens) if text else None
+    report = lords.quantize_(model, config, calib_ids=calib_ids, progress=True)
+    lords.save_quantized(model, out, report.config)
+    tok.save_pretrained(out)
+    bits = lords.storage_bits(model)
+    return {"model": a.model, "method": a.method, "bits": a.bits, "block size": a.block_size,
+            "refinement": f"{refine.objective} x {refine.steps}" if refine else "none (data-free init)",
+            "layers quantized": len(report.layers), "weight rel. error": f"{report.rel_error:.4f}",
+            "scale floats": f"{report.float_params:,}", "bits per weight": f"{bits['bits_per_weight']:.3f}",
+            "folder": f"{out} ({_size(sum(f.stat().st_size for f in out.iterdir()))})",
+            "time": f"{time.time() - t0:.1f} s"}
+
+
+def cmd_info(a) -> dict:
+    from lords.checkpoint import expected_shapes, read_quantization_config
+    from lords.integrity import shapes, shard_files
+
+    path = _folder(a.dir)
+    qc = read_quantization_config(path)
+    files = shard_files(path)
+    stored = shapes(files)
+    modules = qc.get("modules") or {}
+    dtype_bits = {"float32": 32, "float16": 16, "bfloat16": 16}
+    weights = codes = scale_bits = scale_floats = 0
+    quantized_tensors = set()
+    for name, meta in modules.items():
+        n, m = meta["out_features"], meta["in_features"]
+        weights += n * m
+        codes += meta["bits"] * n * m
+        for suffix, shape in expected_shapes(meta).items():
+            quantized_tensors.add(f"{name}.{suffix}")
+            if suffix in ("A", "B", "scales"):
+                floats = shape[0] * shape[1]
+                scale_floats += floats
+                scale_bits += floats * dtype_bits[meta["dtype"]]
+    float_params = sum(_numel(s) for k, s in stored.items() if k not in quantized_tensors)
+    on_disk = sum(f.stat().st_size for f in files)
+    cfg = qc["config"]
+    return {"folder": str(path), "method": cfg.get("method"),
+            "config": ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("method", "version")),
+            "quantized modules": f"{len(modules)} ({', '.join(sorted({m['kind'] for m in modules.values()}))})",
+            "quantized weights": f"{weights:,}", "code bits": f"{codes / max(weights, 1):.3f}",
+            "bits per weight (with scales)": f"{(codes + scale_bits) / max(weights, 1):.3f}",
+            "scale floats": f"{scale_floats:,}", "float params (not quantized)": f"{float_params:,}",
+            "shards": f"{len(files)} ({_size(on_disk)})",
+            "float16 copy would be": _size(2 * (weights + float_params))}
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _load(folder: Path, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import lords  # noqa: F401  (registers quant_method "lords")
+
+    model = AutoModelForCausalLM.from_pretrained(folder, device_map=device)
     try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            node = OmegaConf.select(compose(config_name), parent) if parent else compose(config_name)
-        return f" (known: {', '.join(sorted(k for k in node.keys() if k != '_target_'))})"
-    except Exception:  # the hint is a courtesy: never let it hide the error itself
-        return ""
+        tok = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{folder}: no tokenizer beside the model (save one there; `lords quantize` does)") from e
+    return model.eval(), tok
 
 
-def check_overrides(config_name: str, overrides: list[str]) -> str | None:
-    """None when every variant of ``overrides`` composes and validates, else the one-line reason."""
-    from hydra import compose, initialize_config_dir
+def _device(arg: str | None) -> str:
+    import torch
 
-    from lords.errors import LordsError
+    return arg or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    from .settings import settings_from_cfg
 
-    overrides = [o for o in overrides if not o.startswith("hydra.")]
+def cmd_eval(a) -> dict:
+    import torch
+
+    from lords.linear import cached_weights
+    from lords_pipelines.evaluation.perplexity import perplexity
+    from lords_pipelines.data.texts import eval_text, tokenize
+
+    if a.text is not None and not Path(a.text).is_file():
+        raise BadInput(f"--text {a.text}: no such file")
+    model, tok = _load(_folder(a.dir), _device(a.device))
+    if a.adapter:
+        from lords_pipelines.adapters import load_adapter
+
+        model = load_adapter(model, a.adapter)
+    text = Path(a.text).read_text() if a.text else eval_text()
+    ids = tokenize(tok, text, a.tokens)
+    with torch.no_grad(), cached_weights(model):
+        ppl, n = perplexity(model, ids, a.window, progress="perplexity")
+    out = {"folder": a.dir, "text": a.text or "shipped licence texts", "tokens scored": n, "perplexity": f"{ppl:.3f}"}
+    if a.tasks:
+        from lords_pipelines.evaluation.scores import lm_eval_accuracy
+
+        out.update({k: f"{v:.4f}" for k, v in lm_eval_accuracy(model, tok, a.tasks, a.limit).items()})
+    return out
+
+
+def cmd_bench(a) -> dict:
+    import torch
+
+    from lords.linear import cached_weights
+
+    from lords_pipelines.stages.common import apply_backend
+
+    device = _device(a.device)
+    model, tok = _load(_folder(a.dir), device)
+    apply_backend(model, "auto")
+    prompt = torch.randint(0, model.config.vocab_size, (a.batch, a.prompt), generator=torch.Generator().manual_seed(0))
+    prompt = prompt.to(device)
+    kwargs = dict(max_new_tokens=a.tokens, min_new_tokens=a.tokens, do_sample=False, pad_token_id=0)
+
+    def timed(n):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(prompt, **{**kwargs, "max_new_tokens": n, "min_new_tokens": n})
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    with torch.no_grad(), cached_weights(model):
+        timed(2)  # warm-up
+        prefill = timed(1)
+        total = timed(a.tokens)
+    decode = max(total - prefill, 1e-9)
+    steps_per_s = (a.tokens - 1) / decode
+    stored = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return {"folder": a.dir, "device": device, "torch threads": torch.get_num_threads(), "batch": a.batch,
+            "prompt tokens": a.prompt, "prefill": f"{prefill * 1e3:.1f} ms", "new tokens": a.tokens,
+            "decode tokens/s": f"{a.batch * steps_per_s:.1f}",
+            # every decode step reads the stored model once (the dequantized-weight cache aside on the CPU path)
+            "stored model": _size(stored), "stored bytes read/s": f"{stored * steps_per_s / 1e9:.2f} GB/s"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lords", description="LoRDS quantization: W ≈ Q ⊙ (B·A). Quantize a causal LM to a folder "
+                                        "that transformers opens, then evaluate, inspect or time it.", epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{quantize,eval,info,bench}", parser_class=_Parser)
+    q = sub.add_parser("quantize", help="quantize a model and save it as a lords folder",
+                       description="Quantize MODEL (an embedded alias such as smollm2-135m, a local folder, a .gguf "
+                                   "file or a hub id) and save it with its tokenizer to --out.")
+    q.add_argument("model", help="smollm2-135m, a model folder, a .gguf path or a hub id")
+    q.add_argument("--bits", type=int, default=4, choices=(2, 3, 4), help="bits per weight code (default 4)")
+    q.add_argument("--block-size", type=int, default=64, help="block size; for LoRDS it sets the float budget (64)")
+    q.add_argument("--method", choices=("lords", "nf"), default="lords", help="low-rank scales (lords) or block-wise NF")
+    q.add_argument("--calib", metavar="TEXT", help="calibration text file, or 'pydoc': refine on its activations")
+    q.add_argument("--steps", type=int, help="Algorithm 1 steps (default 50 with --calib, else 0: data-free init)")
+    q.add_argument("--lr", type=float, default=1e-2, help="refinement learning rate (default 1e-2)")
+    q.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    q.set_defaults(fn=cmd_quantize)
+    e = sub.add_parser("eval", help="perplexity and lm-eval tasks of a lords folder",
+                       description="Perplexity on a text (default: the shipped licence texts) and, with --tasks, "
+                                   "lm-eval accuracy (shipped offline tasks: lords_cloze, lords_unicode; standard "
+                                   "names such as arc_easy need the hub).")
+    e.add_argument("dir", help="a lords folder")
+    e.add_argument("--tasks", nargs="+", default=[], help="lm-eval task names")
+    e.add_argument("--limit", type=int, help="items per task (default: all)")
+    e.add_argument("--adapter", metavar="DIR", help="an adapter folder trained on this base (LoRDS B, A or LoRA)")
+    e.add_argument("--text", metavar="FILE", help="text file for perplexity")
+    e.add_argument("--tokens", type=int, default=2048, help="tokens of the text to score (default 2048)")
+    e.add_argument("--window", type=int, default=None, help="perplexity window (default: min(2048, context))")
+    e.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    e.set_defaults(fn=cmd_eval)
+    i = sub.add_parser("info", help="config, bits per weight, float params and sizes of a lords folder",
+                       description="Reads config.json and the shard headers only: no model is built.")
+    i.add_argument("dir", help="a lords folder")
+    i.set_defaults(fn=cmd_info)
+    b = sub.add_parser("bench", help="greedy decode tokens/s of a lords folder on this device")
+    b.add_argument("dir", help="a lords folder")
+    b.add_argument("--tokens", type=int, default=32, help="new tokens per timed run (default 32)")
+    b.add_argument("--prompt", type=int, default=16, help="prompt tokens (default 16)")
+    b.add_argument("--batch", type=int, default=1, help="sequences per batch (default 1)")
+    b.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
-        variants = _variants(overrides)
-    except Exception as e:  # the override grammar itself
-        return _one_line(e, overrides, config_name)
-    for variant in variants:
-        if not any(o.startswith("out_dir=") for o in variant):
-            variant = [*variant, "out_dir=unused"]  # Hydra's run folder does not exist yet
-        try:
-            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-                cfg = compose(config_name, overrides=variant)
-            settings_from_cfg(cfg)
-        except LordsError as e:
-            return str(e)
-        except Exception as e:  # Hydra's and OmegaConf's composition errors
-            return _one_line(e, variant, config_name)
-    return None
+        result = args.fn(args)
+    except (BadInput, LordsError, OSError, ValueError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"lords {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    print(table(list(result.items())))
+    return 0
 
 
-def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
-    """Exit 2 with ``config error: <one line>`` when the command line's overrides do not validate."""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a.startswith("-") and a not in _HYDRA_FLAGS for a in argv):
-        return  # --help, --cfg, --info ...: Hydra's own
-    reason = check_overrides(config_name, [a for a in argv if a not in _HYDRA_FLAGS])
-    if reason is not None:
-        print(f"config error: {reason}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def launch(config_name: str, run) -> None:
-    """The entry point of a stage: check the command line, then let Hydra compose ``conf/<config_name>.yaml`` (runs,
-    sweeps, callbacks) and call ``run`` with the validated settings of each job."""
-    import hydra
-
-    from .settings import settings_or_exit
-
-    check_command_line(config_name)
-    if not any(a.startswith("hydra.job.name=") for a in sys.argv):
-        sys.argv.append(f"hydra.job.name={config_name}")  # the job log is <run dir>/<stage>.log
-
-    @hydra.main(version_base="1.3", config_path=str(CONF), config_name=config_name)
-    def main(cfg) -> None:
-        run(settings_or_exit(cfg))
-
-    main()
+if __name__ == "__main__":
+    sys.exit(main())

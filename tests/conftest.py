@@ -14,7 +14,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture
 def tiny_model():
     """A 2-layer random Llama (hidden 128), seeded: every linear is 128- or 256-wide."""
-    from lords.models import tiny_llama
+    from lords_pipelines.models import tiny_llama
 
     return tiny_llama(seed=0)
 

@@ -12,7 +12,7 @@ from lords import BlockwiseConfig, LordsConfig, load_adapter, mark_only_scales_t
 from lords.adapter import CONFIG, WEIGHTS  # noqa: E402
 from lords.errors import CheckpointError  # noqa: E402
 from lords.integrity import shard_files  # noqa: E402
-from lords.models import tiny_llama  # noqa: E402
+from lords_pipelines.models import tiny_llama  # noqa: E402
 
 
 def _logits(model, tokens):
@@ -114,7 +114,7 @@ def test_a_qlora_lora_adapter_loads_onto_its_block_wise_base_for_evaluation(tmp_
 
 @pytest.mark.slow
 def test_the_embedded_models_adapter_is_under_5_percent_of_its_checkpoint(tmp_path):
-    from lords.models import load_model
+    from lords_pipelines.models import load_model
 
     model, tok = load_model("smollm2-135m")
     quantize_(model, LordsConfig(bits=4, block_size=64), progress=False)

@@ -8,7 +8,7 @@ import torch
 import lords
 from lords.allocate import allocate_bits, layer_gains
 from lords.calibration import collect_stats
-from lords.models import tiny_llama
+from lords_pipelines.models import tiny_llama
 
 BASE = lords.BlockwiseConfig(block_size=16, calib_tokens=128)
 
@@ -53,7 +53,7 @@ def test_sensitivity_rule_spends_exactly_what_loftqs_rounded_rule_spends():
     """2.5 bits over 6 layers: LoftQ's rule rounds 1.5 to 2 layers at 4 bits; the sensitivity rule takes 2 too
     (at most 2.5 bits it could afford only 1)."""
     from lords import BlockwiseConfig, MixedPrecisionConfig
-    from lords.models import tiny_llama
+    from lords_pipelines.models import tiny_llama
 
     model = tiny_llama(seed=0, layers=6)
     ids = torch.randint(0, 512, (1, 64), generator=torch.Generator().manual_seed(0))

@@ -1,4 +1,4 @@
-"""Every refusal is a LordsError whose message names what is wrong (the table of issue 6)."""
+"""Every refusal is a LordsError whose message names what is wrong (one row per refusal: what the user gave, the error it raises)."""
 import pytest
 import torch
 from torch import nn
@@ -6,7 +6,7 @@ from torch import nn
 from lords import BlockwiseConfig, LordsConfig, RefineConfig, quantize_
 from lords.config import config_from_dict
 from lords.errors import LordsError
-from lords.models import tiny_llama
+from lords_pipelines.models import tiny_llama
 
 
 def _quantized_layer():

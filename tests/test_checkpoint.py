@@ -9,7 +9,7 @@ from lords import BlockwiseConfig, LordsConfig, RefineConfig, load_quantized, qu
 from lords.checkpoint import read_quantization_config
 from lords.errors import CheckpointError
 from lords.integrity import MANIFEST_KEY, shard_files
-from lords.models import tiny_llama
+from lords_pipelines.models import tiny_llama
 
 
 def _logits(model, tokens):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lords_pipelines.command import main
+from lords_pipelines.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("quantize", "eval", "info", "bench")
@@ -16,8 +16,8 @@ SUBCOMMANDS = ("quantize", "eval", "info", "bench")
 @pytest.fixture(scope="module")
 def float_dir(tmp_path_factory):
     """A tiny random Llama saved with the offline BPE tokenizer, as a user's float model folder."""
-    from lords.models import tiny_llama
-    from lords_pipelines.common import bpe_tokenizer
+    from lords_pipelines.models import tiny_llama
+    from lords_pipelines.stages.common import bpe_tokenizer
 
     path = tmp_path_factory.mktemp("float")
     tok = bpe_tokenizer(512)
@@ -36,11 +36,11 @@ def lords_dir(float_dir, tmp_path_factory):
 def test_pyproject_declares_the_lords_command():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["lords"] == "lords_pipelines.command:main"
+    assert scripts["lords"] == "lords_pipelines.cli:main"
 
 
 def test_help_lists_every_subcommand():
-    done = subprocess.run([sys.executable, "-m", "lords_pipelines.command", "--help"], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "lords_pipelines.cli", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and all(s in done.stdout for s in SUBCOMMANDS)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import lords
-from lords.models import tiny_llama
-from lords_pipelines import cost_model as cm
+from lords_pipelines.models import tiny_llama
+from benchmarks.scale import cost_model as cm
 
 TINY = cm.Shape("tiny", hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256, vocab=512)
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import lords
-from lords.models import tiny_llama
-from lords_pipelines.distributed import shard, strategy_for, structure_of
+from lords_pipelines.models import tiny_llama
+from lords_pipelines.stages.distributed import shard, strategy_for, structure_of
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny-llama", "logger=csv", "quant.block_size=16", "quant.refine=null", "data.train_tokens=512",
@@ -84,7 +84,7 @@ def test_qat_and_peft_ddp_syncs_the_frozen_code_buffers_once_not_every_step():
 
 def _run(stage: str, out: Path, *overrides: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", f"lords_pipelines.{stage}", *TINY, *overrides, f"out_dir={out}", f"hydra.run.dir={out}"]
+    cmd = [sys.executable, "-m", f"lords_pipelines.stages.{stage}", *TINY, *overrides, f"out_dir={out}", f"hydra.run.dir={out}"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -130,7 +130,7 @@ def test_ddp_and_fsdp_on_two_processes_follow_one_process_loss_curve_through_a_r
 
 
 def test_activation_checkpointing_recomputes_each_block_and_keeps_qat_gradients():
-    from lords_pipelines.lit_train import QATModule
+    from lords_pipelines.stages.lit_train import QATModule
 
     ids = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lords.models import tiny_llama
-from lords.perplexity import perplexity
-from lords.texts import bos_id, corpus_text, kjv_train_text, kjv_verses, KJV_EVAL_BOOKS, KJV_PEFT_BOOKS, KJV_TASK_BOOKS
-from lords_pipelines import make_data
-from lords_pipelines.common import bpe_tokenizer
-from lords_pipelines.multiple_choice import TASKS_DIR, ZERO_SHOT, choice_loglikelihoods, load_items, score_task
+from lords_pipelines.models import tiny_llama
+from lords_pipelines.evaluation.perplexity import perplexity
+from lords_pipelines.data.texts import bos_id, corpus_text, kjv_train_text, kjv_verses, KJV_EVAL_BOOKS, KJV_PEFT_BOOKS, KJV_TASK_BOOKS
+from lords_pipelines.data import make as make_data
+from lords_pipelines.stages.common import bpe_tokenizer
+from lords_pipelines.evaluation.multiple_choice import TASKS_DIR, ZERO_SHOT, choice_loglikelihoods, load_items, score_task
 
 
 def test_bos_is_found_only_where_the_tokenizer_adds_it():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lords import LordsConfig, RefineConfig, load_quantized, quantize_, save_quantized
-from lords.models import tiny_llama
+from lords_pipelines.models import tiny_llama
 
 pytestmark = pytest.mark.gpu
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

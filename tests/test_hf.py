@@ -17,7 +17,7 @@ from lords import BlockwiseConfig, LordsConfig, LordsQuantConfig, quantize_  # n
 from lords.errors import CheckpointError, ConfigError, UnsupportedModuleError  # noqa: E402
 from lords.integrity import shard_files  # noqa: E402
 from lords.linear import BlockLinear, LoRDSLinear  # noqa: E402
-from lords.models import tiny_llama  # noqa: E402
+from lords_pipelines.models import tiny_llama  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -206,7 +206,7 @@ def test_import_lords_registers_the_quantizer_whichever_is_imported_first(order)
 
 @pytest.mark.slow
 def test_the_embedded_model_round_trips_through_save_pretrained_with_tied_embeddings(tmp_path):
-    from lords.models import load_model
+    from lords_pipelines.models import load_model
 
     model, tok = load_model("smollm2-135m")
     assert model.config.tie_word_embeddings

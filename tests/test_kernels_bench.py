@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available() or not tk.INTERPRET,
 
 
 def test_bench_k16_smoke_writes_every_section(tmp_path):
-    from lords_kernels import bench_k16
+    from benchmarks.kernels import bench_k16
 
     bench_k16.main(["--smoke", "--out-dir", str(tmp_path)])
     out = json.loads((tmp_path / "k16.json").read_text())
@@ -36,7 +36,7 @@ def test_every_tile_the_sweep_times_computes_the_reference(M):
     from lords_kernels.lords_matmul import reference as ref
     from lords_kernels.lords_matmul.dequant import dequantize
     from lords_kernels.lords_matmul.layout import repack
-    from lords_kernels.tune import candidate_configs, dequant_candidates
+    from benchmarks.kernels.tune import candidate_configs, dequant_candidates
 
     N, K, r = 160, 384, 12
     g = torch.Generator().manual_seed(M)
@@ -61,7 +61,7 @@ def test_every_tile_the_sweep_times_computes_the_reference(M):
 def test_heuristic_check_rates_the_default_tile_against_the_best_the_sweep_timed():
     import dataclasses
 
-    from lords_kernels.heuristic_check import check, render
+    from benchmarks.kernels.heuristic_check import check, render
     from lords_kernels.lords_matmul.tuning import TileConfig, default_config
 
     cell = dict(N=11008, K=4096, bits=4, r=40)

@@ -283,8 +283,8 @@ def test_codes_on_host_serve_from_the_plan_alone_and_still_save():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_launch_probe_launches_the_compiled_xa_kernel_directly_with_the_jit_launchs_output():
-    from lords_kernels.launch_probe import probe_shape
-    from lords_kernels.peers import Peers
+    from benchmarks.kernels.launch_probe import probe_shape
+    from benchmarks.kernels.peers import Peers
 
     rows = probe_shape(torch, 192, 576, Peers("cuda"), calls=5, rounds=1)
     direct = next(r for r in rows if r["impl"] == "xa_direct")
@@ -328,7 +328,7 @@ def test_peft_through_the_kernels_keeps_nothing_weight_sized_for_backward():
     """Measured with autograd's saved-tensor hooks: what a LoRDS layer's forward keeps for backward when only B, A
     train (PEFT) on the Triton path, its own parameters, buffers and repacked codes excluded. The cost model's
     PEFT_SAVED_BYTES is this figure."""
-    from lords_pipelines.cost_model import PEFT_SAVED_BYTES
+    from benchmarks.scale.cost_model import PEFT_SAVED_BYTES
 
     layer = FakeLayer(N=64, K=128, r=6, bias=False).to(DEV)
     plan = lords_kernels.dispatch.plan_of(layer)

@@ -23,7 +23,7 @@ interpreter_only = pytest.mark.skipif(torch.cuda.is_available() or not tk.INTERP
 
 @interpreter_only
 def test_kernel_rows_keep_their_keys_and_carry_block_size(tmp_path):
-    from lords_kernels import bench
+    from benchmarks.kernels import bench
 
     out = bench.main(["--smoke", "--json", str(tmp_path / "kernels.json"), "--out-dir", str(tmp_path)])
     rows = json.loads((tmp_path / "kernels.json").read_text())["rows"]
@@ -36,7 +36,7 @@ def test_kernel_rows_keep_their_keys_and_carry_block_size(tmp_path):
 
 @interpreter_only
 def test_backward_rows_carry_block_size(tmp_path):
-    from lords_kernels import bench
+    from benchmarks.kernels import bench
 
     out = bench.main(["--smoke", "--backward", str(tmp_path / "kernels_backward.json")])
     rows = json.loads((tmp_path / "kernels_backward.json").read_text())["rows"]
@@ -51,7 +51,7 @@ def _row(N, K, M, impl, bits, block, us):
 
 
 def test_render_writes_one_table_per_block_size(tmp_path):
-    from lords_kernels.render import render
+    from benchmarks.kernels.render import render
 
     rows = [_row(64, 128, M, impl, bits, blk, us) for M in (1, 16)
             for impl, bits, blk, us in (("fp16", 16, None, 10.0), ("bnb_nf4", 4, 64, 12.0), ("bnb_nf4", 4, 128, 11.0),
@@ -70,7 +70,7 @@ def test_render_writes_one_table_per_block_size(tmp_path):
 
 
 def test_render_reads_rows_written_before_block_size(tmp_path):
-    from lords_kernels.render import render
+    from benchmarks.kernels.render import render
 
     rows = [dict(N=64, K=128, M=1, impl=i, bits=b, us=4.0, us_graph=2.0)
             for i, b in (("fp16", 16), ("gemlite_w4g64", 4), ("lords", 4))]
@@ -82,8 +82,8 @@ def test_render_reads_rows_written_before_block_size(tmp_path):
 
 
 def test_decode_fuses_qkv_and_gate_up_at_their_own_parity_rank():
-    from lords_kernels.decode import LLAMA3_8B
-    from lords_kernels.peers import lords_rank
+    from benchmarks.kernels.decode import LLAMA3_8B
+    from benchmarks.kernels.peers import lords_rank
 
     lin = LLAMA3_8B.fused_linears()
     assert lin == {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
@@ -92,7 +92,7 @@ def test_decode_fuses_qkv_and_gate_up_at_their_own_parity_rank():
 
 
 def test_decode_byte_accounting():
-    from lords_kernels.decode import LLAMA3_8B, step_bytes
+    from benchmarks.kernels.decode import LLAMA3_8B, step_bytes
 
     params = 6144 * 4096 + 4096 * 4096 + 28672 * 4096 + 4096 * 14336  # per block
     head = 2 * 128256 * 4096
@@ -109,7 +109,7 @@ def test_decode_byte_accounting():
 
 def test_weight_bytes_match_the_tensors_a_call_reads():
     from lords_kernels import kernel_codes
-    from lords_kernels.peers import Peers, make_module, weight_bytes
+    from benchmarks.kernels.peers import Peers, make_module, weight_bytes
 
     peers = Peers("cpu")
     N, K = 192, 256
@@ -125,7 +125,7 @@ def test_weight_bytes_match_the_tensors_a_call_reads():
 
 @interpreter_only
 def test_decode_smoke_rows(tmp_path):
-    from lords_kernels import decode
+    from benchmarks.kernels import decode
 
     out = decode.main(["--smoke", "--out-dir", str(tmp_path)])
     rows = json.loads((tmp_path / "decode.json").read_text())["rows"]
@@ -138,8 +138,8 @@ def test_decode_smoke_rows(tmp_path):
 
 
 def test_decode_lords_variant_runs_the_triton_backend():
-    from lords_kernels.decode import TINY, Model
-    from lords_kernels.peers import Peers
+    from benchmarks.kernels.decode import TINY, Model
+    from benchmarks.kernels.peers import Peers
 
     model = Model(TINY, "lords4", 128, 1, Peers("cpu"), max_batch=1, ctx=4, prefill=4)
     assert {m.backend for m in model.modules() if hasattr(m, "backend")} == {"triton"}
@@ -151,4 +151,4 @@ def test_make_reproduce_kernels_refuses_without_cuda():
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert "reproduce-kernels needs a CUDA GPU" in res.stderr
-    assert "lords_kernels.reproduce" not in res.stdout + res.stderr
+    assert "benchmarks.kernels.reproduce" not in res.stdout + res.stderr

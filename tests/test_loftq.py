@@ -8,6 +8,7 @@ from lords import BlockwiseConfig, LoftQConfig, LoftQLinear, MixedPrecisionConfi
 from lords.blockwise import block_absmax, dequantize, expand_blocks, quantize_with_scale
 from lords.errors import ConfigError
 from lords.grids import make_grid
+from lords_pipelines.models import tiny_llama
 
 
 def _linear(n=96, m=128, seed=0):
@@ -49,7 +50,7 @@ def test_layer_output_and_float_count():
 
 
 def test_mixed_widths_and_refusals():
-    model = lords.models.tiny_llama(seed=0)
+    model = tiny_llama(seed=0)
     quantize_(model, MixedPrecisionConfig(LoftQConfig(bits=2, block_size=32, rank=4), bits=3.0), progress=False)
     widths = {m.bits for m in model.modules() if isinstance(m, LoftQLinear)}
     assert widths == {2, 4}

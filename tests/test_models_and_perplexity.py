@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from lords.errors import ConfigError
-from lords.models import load_model
-from lords.perplexity import perplexity
-from lords.texts import calibration_text, eval_text
+from lords_pipelines.models import load_model
+from lords_pipelines.evaluation.perplexity import perplexity
+from lords_pipelines.data.texts import calibration_text, eval_text
 
 
 def test_perplexity_is_exp_of_mean_nll_over_non_overlapping_windows(tiny_model, tokens):
@@ -49,7 +49,7 @@ def test_a_local_folder_loads_with_its_tokenizer(tmp_path, tiny_model, tokens):
 
 @pytest.mark.slow
 def test_a_gguf_file_path_loads():
-    from lords.models import embedded_gguf
+    from lords_pipelines.models import embedded_gguf
 
     model, _ = load_model(str(embedded_gguf("smollm2-135m")))
     assert model.config.num_hidden_layers == 30

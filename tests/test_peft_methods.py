@@ -8,12 +8,12 @@ pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 
 from lords.lowrank import parity_rank  # noqa: E402
-from lords.models import tiny_llama  # noqa: E402
-from lords_pipelines.common import bpe_tokenizer  # noqa: E402
-from lords_pipelines.decode_latency import decode_ms_per_token  # noqa: E402
-from lords_pipelines.peft_methods import (METHODS, load_trained, merged, prepare, save_trained,  # noqa: E402
+from lords_pipelines.models import tiny_llama  # noqa: E402
+from lords_pipelines.stages.common import bpe_tokenizer  # noqa: E402
+from lords_pipelines.evaluation.latency import decode_ms_per_token  # noqa: E402
+from lords_pipelines.tables.peft_methods import (METHODS, load_trained, merged, prepare, save_trained,  # noqa: E402
                                           target_ranks)
-from lords_pipelines.peft_train import codes_of, train  # noqa: E402
+from lords_pipelines.tables.peft_train import codes_of, train  # noqa: E402
 
 BLOCK = 32
 
@@ -29,8 +29,8 @@ def tok():
 
 
 def _items(tok, n=8):
-    from lords_pipelines.datamodule import encode_pair
-    from lords_pipelines.peft_data import roman
+    from lords_pipelines.stages.datamodule import encode_pair
+    from lords_pipelines.data.peft_splits import roman
 
     return [encode_pair(tok, f"Roman numeral of {k}:", " " + roman(k), 32) for k in range(1, n + 1)]
 

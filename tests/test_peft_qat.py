@@ -77,7 +77,7 @@ def test_qat_from_a_calibrated_config_starts_at_the_ptq_model(make, stacked, tok
     """Prepare then convert, with no training between, gives exactly what PTQ with the same config gives, with
     Algorithm 1 run layer by layer or stacked over same-shape layers (the GPU default) alike."""
     from lords import RefineConfig
-    from lords.models import tiny_llama
+    from lords_pipelines.models import tiny_llama
 
     cfg = make(RefineConfig(steps=5, lr=1e-2, objective="act_diag"))
     ptq, qat = tiny_llama(seed=0), tiny_llama(seed=0)
@@ -133,7 +133,7 @@ def test_lords_qat_keeps_five_bytes_per_weight_for_backward_under_bf16_autocast(
     """Measured with autograd's saved-tensor hooks, under the GPU stages' precision (bf16 autocast, here on the CPU):
     the weight-sized tensors a LoRDS QATLinear keeps for backward, its parameters and buffers excluded: S = B·A in
     bf16 (2), the codes (1), the bf16 weight F.linear keeps for ∂x (2). The cost model's QAT_SAVED_BYTES is this."""
-    from lords_pipelines.cost_model import QAT_SAVED_BYTES
+    from benchmarks.scale.cost_model import QAT_SAVED_BYTES
 
     model = torch.nn.Sequential(torch.nn.Linear(128, 64, bias=False))
     quantize_(model, QATConfig(LordsConfig(bits=3, block_size=16), "prepare"), progress=False)

@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 
-from lords_pipelines import peft_serving  # noqa: E402
+from benchmarks.serving import peft_serving  # noqa: E402
 
 SPEC = """model: {model}
 bits: 4
@@ -25,8 +25,8 @@ serving: {{task: lords_roman, train_steps: 1, batch_size: 2, lr: 1.0e-3, prompt_
 def test_every_variant_is_timed_in_every_round_and_reported_once(tmp_path):
     import json
 
-    from lords.models import tiny_llama
-    from lords_pipelines.common import bpe_tokenizer
+    from lords_pipelines.models import tiny_llama
+    from lords_pipelines.stages.common import bpe_tokenizer
 
     model_dir = tmp_path / "model"
     tiny_llama(seed=0).save_pretrained(model_dir)

@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 
-from lords_pipelines.peft_methods import METHODS  # noqa: E402
-from lords_pipelines.peft_tables import Run, choose_lr, grid_runs, load_spec, main, seed_runs  # noqa: E402
+from lords_pipelines.tables.peft_methods import METHODS  # noqa: E402
+from lords_pipelines.tables.peft import Run, choose_lr, grid_runs, load_spec, main, seed_runs  # noqa: E402
 
 SMOKE = """model: {model}
 bits: 4
@@ -50,8 +50,8 @@ def test_lr_is_the_best_validation_score_with_the_smaller_lr_on_a_tie_for_every_
 
 
 def test_runner_pairs_methods_at_equal_floats_journals_every_run_and_resumes(tmp_path, capsys):
-    from lords.models import tiny_llama
-    from lords_pipelines.common import bpe_tokenizer
+    from lords_pipelines.models import tiny_llama
+    from lords_pipelines.stages.common import bpe_tokenizer
 
     model_dir = tmp_path / "model"
     tiny_llama(seed=0).save_pretrained(model_dir)

@@ -7,10 +7,10 @@ import torch
 
 import pytest
 
-from lords.texts import KJV_PEFT_BOOKS, KJV_TASK_BOOKS, KJV_EVAL_BOOKS, kjv_verses
-from lords_pipelines.multiple_choice import TASKS_DIR, load_items
-from lords_pipelines.peft_data import prophet_splits, roman, roman_splits, unicode_name_splits
-from lords_pipelines.peft_tasks import DATA_DIR
+from lords_pipelines.data.texts import KJV_PEFT_BOOKS, KJV_TASK_BOOKS, KJV_EVAL_BOOKS, kjv_verses
+from lords_pipelines.evaluation.multiple_choice import TASKS_DIR, load_items
+from lords_pipelines.data.peft_splits import prophet_splits, roman, roman_splits, unicode_name_splits
+from lords_pipelines.tables.peft_tasks import DATA_DIR
 
 
 def _shipped(name):
@@ -75,9 +75,9 @@ def test_prophet_books_are_neither_evaluated_nor_used_by_the_zero_shot_tasks():
 def test_each_task_trains_on_answers_or_text_and_scores_validation_and_test(name):
     from omegaconf import OmegaConf
 
-    from lords.models import tiny_llama
-    from lords_pipelines.common import bpe_tokenizer
-    from lords_pipelines.peft_tasks import held_out_scores, load_task, validation_score
+    from lords_pipelines.models import tiny_llama
+    from lords_pipelines.stages.common import bpe_tokenizer
+    from lords_pipelines.tables.peft_tasks import held_out_scores, load_task, validation_score
 
     tok, model = bpe_tokenizer(512), tiny_llama(seed=0)
     spec = OmegaConf.create({"max_length": 96, "window": 32, "train_tokens": 96, "val_tokens": 64, "val_limit": 3,
@@ -102,9 +102,9 @@ def test_the_prophets_test_split_runs_in_lm_eval_and_scores_as_the_batched_score
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from lords.models import tiny_llama
-    from lords_pipelines.common import bpe_tokenizer
-    from lords_pipelines.multiple_choice import score_task
+    from lords_pipelines.models import tiny_llama
+    from lords_pipelines.stages.common import bpe_tokenizer
+    from lords_pipelines.evaluation.multiple_choice import score_task
 
     model, tok = tiny_llama(seed=0), bpe_tokenizer(512)
     out = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu"),

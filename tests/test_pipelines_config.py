@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from lords import BlockwiseConfig, LordsConfig, MixedPrecisionConfig
 from lords.errors import ConfigError
-from lords_pipelines.settings import settings_from_cfg
+from lords_pipelines.stages.settings import settings_from_cfg
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 STAGES = ["ptq", "ptq_refine", "qat", "peft", "eval"]
@@ -87,7 +87,7 @@ def test_unknown_key_is_refused_by_hydra_struct_mode():
 
 def test_mixed_precision_plan_is_loftq_convention():
     from lords import plan
-    from lords.models import tiny_llama
+    from lords_pipelines.models import tiny_llama
 
     s = settings("ptq", "model=tiny-llama", "quant=lords_mixed", "quant.bits=2.5", "quant.base.block_size=16")
     chosen = plan(tiny_llama(layers=4), s.quant)
@@ -98,14 +98,14 @@ def test_mixed_precision_plan_is_loftq_convention():
 
 
 def test_entry_point_exits_with_the_key_named(tmp_path):
-    """``python -m lords_pipelines.ptq quant.bits=7`` stops at start: exit status 2, one line naming the key."""
+    """``python -m lords_pipelines.stages.ptq quant.bits=7`` stops at start: exit status 2, one line naming the key."""
     import os
     import subprocess
     import sys
 
     root = Path(CONF).parent
     run_dir = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "lords_pipelines.ptq", "quant.bits=7", f"hydra.run.dir={run_dir}"],
+    done = subprocess.run([sys.executable, "-m", "lords_pipelines.stages.ptq", "quant.bits=7", f"hydra.run.dir={run_dir}"],
                           cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2
@@ -122,7 +122,7 @@ def test_entry_point_exits_with_the_key_named(tmp_path):
     (["model=tiny-llama", "quant.bits=3,5"], "quant.bits=5 is not one of"),  # every sweep value is checked
 ], ids=["unknown-key", "unknown-option", "bad-value", "bad-sweep-value"])
 def test_command_line_is_checked_before_anything_runs(overrides, message):
-    from lords_pipelines.cli import check_overrides
+    from lords_pipelines.stages.launch import check_overrides
 
     assert check_overrides("ptq", overrides).startswith(message)
     assert check_overrides("ptq", ["model=tiny-llama", "quant.bits=3,4"]) is None

@@ -13,7 +13,7 @@ GPU = ["trainer=gpu", "trainer.precision=32-true", "trainer.fast_dev_run=true"]
 
 
 def test_ptq_refine_on_gpu(tmp_path):
-    from lords_pipelines import ptq_refine
+    from lords_pipelines.stages import ptq_refine
 
     metrics, objs = ptq_refine.run(tiny_settings("ptq_refine", tmp_path, *GPU, "quant.refine.steps=2"))
     layer = objs["model"].model.layers[0].mlp.down_proj
@@ -22,7 +22,7 @@ def test_ptq_refine_on_gpu(tmp_path):
 
 @pytest.mark.parametrize("method", ["lords", "qlora"])
 def test_peft_on_gpu(tmp_path, method):
-    from lords_pipelines import peft
+    from lords_pipelines.stages import peft
 
     extra = ["quant=nf", "quant.bits=4", "stage.method=qlora"] if method == "qlora" else ["quant.refine=null"]
     metrics, objs = peft.run(tiny_settings("peft", tmp_path, *GPU, *extra, "eval.tasks=[]"))  # no lm-eval on the GPU
@@ -31,7 +31,7 @@ def test_peft_on_gpu(tmp_path, method):
 
 
 def test_qat_on_gpu(tmp_path):
-    from lords_pipelines import qat
+    from lords_pipelines.stages import qat
 
     metrics, objs = qat.run(tiny_settings("qat", tmp_path, *GPU, "quant.bits=3"))
     assert metrics["code_bits"] == 3 and next(objs["model"].parameters()).is_cuda
@@ -40,9 +40,9 @@ def test_qat_on_gpu(tmp_path):
 def test_peft_table_training_leaves_the_model_on_the_gpu():
     """``peft_train.train`` (the PEFT table's loop) returns the model on the device it trained on."""
     from lords import LordsConfig, mark_only_scales_trainable, quantize_
-    from lords.models import tiny_llama
-    from lords_pipelines.common import bpe_tokenizer
-    from lords_pipelines.peft_train import train
+    from lords_pipelines.models import tiny_llama
+    from lords_pipelines.stages.common import bpe_tokenizer
+    from lords_pipelines.tables.peft_train import train
 
     model = tiny_llama(seed=0).cuda()
     quantize_(model, LordsConfig(bits=4, block_size=16), progress=False)

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from lords.checkpoint import load_quantized
 from lords.linear import BlockLinear, LoRDSLinear
-from lords_pipelines.settings import settings_from_cfg
+from lords_pipelines.stages.settings import settings_from_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -34,7 +34,7 @@ def read_metrics(tmp_path: Path) -> dict:
 
 
 def test_ptq_refine_stage_fast_dev_run(tmp_path):
-    from lords_pipelines import ptq_refine
+    from lords_pipelines.stages import ptq_refine
 
     metrics, objs = ptq_refine.run(tiny_settings("ptq_refine", tmp_path, "quant.refine.steps=2"))
     assert metrics["refine_steps"] == 1 and metrics["layers"] == 14 and metrics["ppl"] > 1
@@ -45,7 +45,7 @@ def test_ptq_refine_stage_fast_dev_run(tmp_path):
 
 @pytest.mark.parametrize("data", ["calib", "finetune"])
 def test_qat_stage_fast_dev_run(tmp_path, data):
-    from lords_pipelines import qat
+    from lords_pipelines.stages import qat
 
     metrics, objs = qat.run(tiny_settings("qat", tmp_path, "quant.bits=2", f"stage.data={data}",
                                           "quant.scale_dtype=bfloat16"))
@@ -58,7 +58,7 @@ def test_qat_stage_fast_dev_run(tmp_path, data):
 
 @pytest.mark.parametrize("method", ["lords", "qlora"])
 def test_peft_stage_fast_dev_run_at_matched_floats(tmp_path, method):
-    from lords_pipelines import peft
+    from lords_pipelines.stages import peft
 
     extra = ["quant=nf", "quant.bits=4", "stage.method=qlora"] if method == "qlora" else ["quant.refine=null"]
     metrics, objs = peft.run(tiny_settings("peft", tmp_path, *extra))
@@ -75,7 +75,7 @@ def test_peft_stage_fast_dev_run_at_matched_floats(tmp_path, method):
 def test_peft_stage_trains_b_and_a_on_text_windows(tmp_path):
     """``stage.data=calib``: PEFT as domain adaptation on packed windows of the calibration source (no answers to
     score), the workload the scaling benchmark gives both QAT and PEFT."""
-    from lords_pipelines import peft
+    from lords_pipelines.stages import peft
 
     metrics, _ = peft.run(tiny_settings("peft", tmp_path, "quant.refine=null", "stage.data=calib"))
     assert metrics["train_steps"] == 1 and metrics["trainable_floats"] == 17152
@@ -86,7 +86,7 @@ def test_peft_stage_trains_b_and_a_on_text_windows(tmp_path):
 def test_ptq_stage_mixed_precision_saves_and_reloads(tmp_path):
     from lords import MixedPrecisionConfig
     from lords.checkpoint import read_quantization_config
-    from lords_pipelines import ptq
+    from lords_pipelines.stages import ptq
 
     mixed = ["quant=lords_mixed", "quant.bits=2.5", "model.tiny.layers=4", "quant.base.block_size=16",
              "quant.base.refine.objective=weight", "quant.base.refine.steps=2"]
@@ -111,7 +111,7 @@ def test_backend_choice_is_per_model(tmp_path):
     import importlib.util
 
     from lords.errors import ConfigError
-    from lords_pipelines import eval as eval_stage
+    from lords_pipelines.stages import eval as eval_stage
 
     metrics, objs = eval_stage.run(tiny_settings("eval", tmp_path, "quant.refine=null", "trainer.backend=torch",
                                                  "eval.perplexity_tokens=64"))
@@ -128,7 +128,7 @@ def test_lightning_refine_equals_library_refine():
     from torch.utils.data import DataLoader
 
     from lords import LordsConfig, RefineConfig, quantize_
-    from lords_pipelines.lit_refine import PTQRefineModule, StepDataset
+    from lords_pipelines.stages.lit_refine import PTQRefineModule, StepDataset
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(96, 64))
@@ -150,7 +150,8 @@ def test_lightning_refine_equals_library_refine():
 
 def test_ptq_refine_stage_matches_library_quantize_with_calibration(tmp_path):
     """End to end: the Lightning stage and ``lords.quantize_`` (ptq stage) give the same model (act_diag, 3 steps)."""
-    from lords_pipelines import ptq, ptq_refine
+    from lords_pipelines.stages import ptq
+    from lords_pipelines.stages import ptq_refine
 
     common = ["trainer.fast_dev_run=false", "quant.refine.steps=3", "quant.refine.objective=act_diag",
               "eval.perplexity_tokens=128", "stage.save=false"]
@@ -164,7 +165,7 @@ def test_ptq_refine_stage_matches_library_quantize_with_calibration(tmp_path):
 
 
 def test_ptq_refine_resumes_from_lightning_checkpoint(tmp_path):
-    from lords_pipelines import ptq_refine
+    from lords_pipelines.stages import ptq_refine
 
     common = ["trainer.fast_dev_run=false", "quant.refine.objective=weight", "trainer.checkpoint_every_n_steps=2",
               "eval.perplexity_tokens=0", "stage.save=false", "trainer.log_every_n_steps=1"]
@@ -178,7 +179,7 @@ def test_ptq_refine_resumes_from_lightning_checkpoint(tmp_path):
 
 
 def test_eval_stage_lm_eval_local_task(tmp_path):
-    from lords_pipelines import eval as eval_stage
+    from lords_pipelines.stages import eval as eval_stage
 
     metrics, _ = eval_stage.run(tiny_settings("eval", tmp_path, "quant=nf", "quant.bits=4",
                                               "eval.tasks=[lords_cloze,lords_unicode]", "eval.task_limit=6"))
@@ -187,11 +188,11 @@ def test_eval_stage_lm_eval_local_task(tmp_path):
 
 
 def test_multirun_sweep_bits_by_block_size_aggregates_one_table(tmp_path):
-    """A real ``python -m lords_pipelines.ptq --multirun`` (one process), wandb offline logger included."""
+    """A real ``python -m lords_pipelines.stages.ptq --multirun`` (one process), wandb offline logger included."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_DIR=str(tmp_path), WANDB_CACHE_DIR=str(tmp_path / "wc"),
                WANDB_CONFIG_DIR=str(tmp_path / "wcfg"), WANDB_DATA_DIR=str(tmp_path / "wd"))
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "lords_pipelines.ptq", "--multirun", "experiment=sweep_tiny", "logger=wandb",
+    cmd = [sys.executable, "-m", "lords_pipelines.stages.ptq", "--multirun", "experiment=sweep_tiny", "logger=wandb",
            "eval.perplexity_tokens=128", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -203,7 +204,7 @@ def test_multirun_sweep_bits_by_block_size_aggregates_one_table(tmp_path):
     got = {(r["bits"], r["block_size"]) for r in json.loads((sweep / "summary.json").read_text())}
     assert got == {(3, 16), (3, 32), (4, 16), (4, 32)}
     # wandb offline: one run per job, grouped by sweep, with the validated config and the final metrics.
-    from lords_pipelines.wandb_offline import read_offline_run
+    from lords_pipelines.stages.wandb_offline import read_offline_run
 
     assert len(list(sweep.glob("*/wandb/offline-run-*"))) == 4
     run = read_offline_run(sweep / "0" / "wandb")
@@ -213,8 +214,8 @@ def test_multirun_sweep_bits_by_block_size_aggregates_one_table(tmp_path):
 
 
 def test_datamodule_packs_windows_and_masks_prompts(tmp_path):
-    from lords_pipelines.common import load_model
-    from lords_pipelines.datamodule import IGNORE, LordsDataModule
+    from lords_pipelines.stages.common import load_model
+    from lords_pipelines.stages.datamodule import IGNORE, LordsDataModule
 
     s = tiny_settings("peft", tmp_path)
     _, tok = load_model(s.model)
@@ -238,7 +239,7 @@ def test_datamodule_packs_windows_and_masks_prompts(tmp_path):
 def test_ddp_on_two_cpu_processes_trains_and_rank_zero_alone_writes(tmp_path):
     """``trainer.strategy=ddp trainer.devices=2`` (gloo on the CPU): both ranks train, one evaluates and saves."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "lords_pipelines.peft", *TINY, "trainer.fast_dev_run=false", "trainer.max_steps=2",
+    cmd = [sys.executable, "-m", "lords_pipelines.stages.peft", *TINY, "trainer.fast_dev_run=false", "trainer.max_steps=2",
            "trainer.devices=2", "trainer.strategy=ddp", "quant.refine=null", f"out_dir={tmp_path}",
            f"hydra.run.dir={tmp_path}"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -249,8 +250,9 @@ def test_ddp_on_two_cpu_processes_trains_and_rank_zero_alone_writes(tmp_path):
 
 
 def test_peft_on_a_base_folder_saves_an_adapter_that_the_eval_stage_reloads(tmp_path):
-    from lords_pipelines import eval as eval_stage
-    from lords_pipelines import peft, ptq
+    from lords_pipelines.stages import eval as eval_stage
+    from lords_pipelines.stages import peft
+    from lords_pipelines.stages import ptq
 
     ptq.run(tiny_settings("ptq", tmp_path / "ptq", "quant.refine=null"))
     base = tmp_path / "ptq" / "quantized"

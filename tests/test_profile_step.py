@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lords_pipelines.profile_step import main
+from benchmarks.scale.profile_step import main
 
 
 @pytest.mark.parametrize("stage", ["peft", "qat"])
@@ -19,7 +19,7 @@ def test_under_torchrun_each_rank_trains_through_ddp_and_writes_its_own_profile(
     import sys
 
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-                           "lords_pipelines.profile_step", "--stage", "peft", "--smoke", "--out", str(tmp_path)],
+                           "benchmarks.scale.profile_step", "--stage", "peft", "--smoke", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     ranks = [json.loads((tmp_path / f"profile_peft_rank{r}.json").read_text()) for r in (0, 1)]

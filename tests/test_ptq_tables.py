@@ -7,15 +7,15 @@ import torch
 import pytest
 
 from lords import BlockwiseConfig, LoftQConfig, LordsConfig, MixedPrecisionConfig
-from lords_pipelines.ptq_tables import main, quant_config
-from lords_pipelines.table_rows import load_spec, table_rows
+from lords_pipelines.tables.ptq import main, quant_config
+from lords_pipelines.tables.rows import load_spec, table_rows
 
 
 @pytest.fixture
 def model_dir(tmp_path):
     """A tiny random Llama saved as a model folder with its offline tokenizer."""
-    from lords.models import tiny_llama
-    from lords_pipelines.common import bpe_tokenizer
+    from lords_pipelines.models import tiny_llama
+    from lords_pipelines.stages.common import bpe_tokenizer
 
     path = tmp_path / "model"
     tiny_llama(seed=0).save_pretrained(path)
@@ -110,7 +110,7 @@ def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_p
 
 def test_rows_name_the_gpu_by_cuda_s_own_name(monkeypatch):
     """On a CUDA machine each row records ``torch.cuda.get_device_name()`` (the GPU path runs here on a stub)."""
-    from lords_pipelines.ptq_tables import device_name
+    from lords_pipelines.tables.ptq import device_name
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
@@ -119,7 +119,7 @@ def test_rows_name_the_gpu_by_cuda_s_own_name(monkeypatch):
 
 def test_an_only_that_selects_nothing_stops_before_any_work(tmp_path):
     """A mistyped ``--only`` names what it could have matched instead of running nothing."""
-    from lords_pipelines.peft_tables import main as peft_main
+    from lords_pipelines.tables.peft import main as peft_main
 
     with pytest.raises(SystemExit, match="selects no rows.*lords_init_b3"):
         main(["qat", "--only", "lords_qatx", "--run-dir", str(tmp_path)])

@@ -98,6 +98,7 @@ def test_the_readme_api_is_reachable_from_the_package_with_torch_alone():
     import subprocess
     import sys
 
-    code = ("import sys, lords; lords.models.load_model; lords.texts.tokenize; lords.QATConfig; "
+    code = ("import sys, lords; from lords_pipelines.models import load_model; "
+            "from lords_pipelines.data.texts import tokenize; lords.QATConfig; "
             "assert 'transformers' not in sys.modules and 'lightning' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -28,19 +28,19 @@ def _commands() -> list[list[str]]:
 
 
 def _argv(words: list[str]) -> list[str]:
-    """``lords ...`` is the installed script of ``lords_pipelines.command``; ``python`` is this interpreter."""
-    head = {"lords": [sys.executable, "-m", "lords_pipelines.command"], "python": [sys.executable]}[words[0]]
+    """``lords ...`` is the installed script of ``lords_pipelines.cli``; ``python`` is this interpreter."""
+    head = {"lords": [sys.executable, "-m", "lords_pipelines.cli"], "python": [sys.executable]}[words[0]]
     return head + words[1:]
 
 
 def test_the_section_has_the_commands_and_the_python_example():
     assert [c[1] if c[0] == "lords" else c[2] for c in _commands()] == [
-        "quantize", "info", "eval", "bench", "lords_pipelines.lm_eval_cli"]
+        "quantize", "info", "eval", "bench", "lords_pipelines.evaluation.lm_eval_cli"]
     assert len(_blocks("python")) == 1 and "from_pretrained" in _blocks("python")[0]
 
 
 def test_every_lords_command_of_the_section_parses():
-    from lords_pipelines.command import parser
+    from lords_pipelines.cli import parser
 
     for words in _commands():
         if words[0] == "lords":

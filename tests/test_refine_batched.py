@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lords import BlockwiseConfig, LordsConfig, RefineConfig, quantize_
-from lords.models import tiny_llama
+from lords_pipelines.models import tiny_llama
 
 
 @pytest.mark.parametrize("config", [

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import lords.quantize as q
 from lords import LordsConfig, RefineConfig, quantize_, save_quantized
 from lords.errors import CheckpointError
-from lords.models import tiny_llama
+from lords_pipelines.models import tiny_llama
 
 CFG = LordsConfig(bits=3, block_size=16, refine=RefineConfig(steps=5, lr=1e-2))
 
@@ -63,7 +63,7 @@ def test_a_process_killed_mid_write_loses_no_finished_layer(tmp_path):
         sys.path.insert(0, {os.getcwd()!r})
         import lords.checkpoint as ckpt
         from lords import LordsConfig, RefineConfig, quantize_
-        from lords.models import tiny_llama
+        from lords_pipelines.models import tiny_llama
         writes, real_replace = [], os.replace
         def replace(src, dst):
             writes.append(dst)

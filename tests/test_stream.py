@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lords
-from lords.models import tiny_llama
+from lords_pipelines.models import tiny_llama
 from lords.stream import load_streamed, quantize_streamed
 
 CFG = lords.LordsConfig(bits=3, block_size=16, calib_tokens=256, sample_tokens=32,

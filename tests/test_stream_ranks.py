@@ -13,7 +13,7 @@ import torch
 import lords
 from lords.distribute import Ranks, assign_linears, block_range
 from lords.errors import ConfigError
-from lords.models import tiny_llama
+from lords_pipelines.models import tiny_llama
 from lords.stream import load_streamed, quantize_streamed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,10 +74,10 @@ def test_quantized_inputs_on_ranks_without_a_process_group_are_refused(saved, tm
 @pytest.mark.slow
 @pytest.mark.parametrize("inputs", ["float", "quantized"])
 def test_two_gloo_processes_under_torchrun_give_one_process_checkpoint_bit_for_bit(saved, tmp_path, inputs):
-    """``torchrun --nproc-per-node 2 -m lords_pipelines.stream_ptq`` (gloo on the CPU) against one process."""
+    """``torchrun --nproc-per-node 2 -m lords_pipelines.stages.stream_ptq`` (gloo on the CPU) against one process."""
     folder, _ = saved
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    common = ["-m", "lords_pipelines.stream_ptq", str(folder), "--bits", "3", "--block-size", "16", "--steps", "3",
+    common = ["-m", "lords_pipelines.stages.stream_ptq", str(folder), "--bits", "3", "--block-size", "16", "--steps", "3",
               "--calib-tokens", "256", "--random-calib", "--inputs", inputs, "--device", "cpu", "--threads", "1"]
     outs = {}
     for n in (1, 2):

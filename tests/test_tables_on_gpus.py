@@ -12,8 +12,8 @@ SPEC = "defaults: [common]\nbits: [3]\nblock_sizes: [32]\nmethods: [nf, int]\nru
 
 
 def test_two_jobs_on_two_gpus_merge_into_one_journal(tmp_path):
-    from lords.models import tiny_llama
-    from lords_pipelines.common import bpe_tokenizer
+    from lords_pipelines.models import tiny_llama
+    from lords_pipelines.stages.common import bpe_tokenizer
 
     model = tmp_path / "model"
     tiny_llama(seed=0).save_pretrained(model)

@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("wandb")
 
-from lords_pipelines.wandb_offline import read_offline_run  # noqa: E402
-from lords_pipelines.wandb_replay import history, main  # noqa: E402
+from lords_pipelines.stages.wandb_offline import read_offline_run  # noqa: E402
+from lords_pipelines.tables.wandb_replay import history, main  # noqa: E402
 
 
 def test_train_and_val_losses_of_one_step_land_together_in_step_order():

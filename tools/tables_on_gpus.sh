@@ -44,9 +44,9 @@ n=0
 for spec in "$@"; do
   kind=${spec%%:*} arg=${spec#*:} dir="$RUN_DIR/$n-$kind" gpu=${USE[$((n % ${#USE[@]}))]}
   case $kind in
-    ptq) seed "$dir" $arg; cmd=(python3 -m lords_pipelines.ptq_tables $arg --model "$MODEL" --run-dir "$dir") ;;
-    qat) seed "$dir" qat; cmd=(python3 -m lords_pipelines.ptq_tables qat --model "$MODEL" --run-dir "$dir" --only "$arg") ;;
-    peft) seed "$dir" peft; cmd=(python3 -m lords_pipelines.peft_tables peft --model "$MODEL" --run-dir "$dir" --only "$arg") ;;
+    ptq) seed "$dir" $arg; cmd=(python3 -m lords_pipelines.tables.ptq $arg --model "$MODEL" --run-dir "$dir") ;;
+    qat) seed "$dir" qat; cmd=(python3 -m lords_pipelines.tables.ptq qat --model "$MODEL" --run-dir "$dir" --only "$arg") ;;
+    peft) seed "$dir" peft; cmd=(python3 -m lords_pipelines.tables.peft peft --model "$MODEL" --run-dir "$dir" --only "$arg") ;;
     *) echo "unknown job kind in '$spec' (ptq:, qat:, peft:)"; exit 2 ;;
   esac
   if [ "$LIMIT" -gt 0 ]; then cmd=(timeout "$LIMIT" "${cmd[@]}"); fi

@@ -3,7 +3,7 @@ call: what an eager batch-1 call saves by skipping the JIT's binder and cache ke
 
 ``kernel[grid](*args, **meta)`` (Triton's JIT path) re-derives the specialisation of every argument, hashes it and
 looks the binary up on every call: ~21 µs a launch on the H200 host against ~11 µs for the compiled kernel's own
-launcher (``python -m lords_kernels.launch_probe``, ``outputs/reports/launch_probe.json``). A :class:`Launch` takes
+launcher (``python -m benchmarks.kernels.launch_probe``, ``outputs/reports/launch_probe.json``). A :class:`Launch` takes
 the JIT path once per ``key`` and keeps the binary it returns; later calls with the same key launch that binary.
 
 The key must hold everything of a call that the JIT specialises on and the caller does not keep fixed: the

@@ -3,7 +3,7 @@
 
 The same table may carry a ``"crossover"`` section, ``{"N,K,bits": M}``: from that many tokens a layer of that shape
 dequantizes once and calls cuBLAS (forward, and ``dx`` / ``dyᵀx`` in the backward) instead of the fused kernels;
-shapes not in it use :data:`DEQUANT_MIN_M` (``python -m lords_kernels.bench_k16`` measures the crossover)."""
+shapes not in it use :data:`DEQUANT_MIN_M` (``python -m benchmarks.kernels.bench_k16`` measures the crossover)."""
 from __future__ import annotations
 
 import dataclasses
@@ -81,7 +81,7 @@ def _near_pow2(x: float) -> int:
 
 def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) -> TileConfig:
     """A tile choice with no tuning table, fitted to the H200 sweep of the bench shapes (blocks 64 and 128,
-    ``outputs/reports/kernels_tune_log.json``; ``python -m lords_kernels.heuristic_check`` rates it per cell):
+    ``outputs/reports/kernels_tune_log.json``; ``python -m benchmarks.kernels.heuristic_check`` rates it per cell):
     about two programs per SM from tiles times K splits while a split keeps enough K to amortise its partials."""
     n_groups = -(-K // group_size(bits))
     if M == 1 and N >= 2048:  # below, too few row tiles for the gemv: the swap-AB kernel split 16 ways won

@@ -1,0 +1,1 @@
+"""One-off GPU probes behind figures in docs/kernels.md."""

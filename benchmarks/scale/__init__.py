@@ -1,0 +1,1 @@
+"""Scale-out: multi-GPU training and streamed PTQ throughput, the cost model, profiles."""

@@ -1,0 +1,1 @@
+"""Serving speed of fine-tuned models (decode and prefill)."""

@@ -1,0 +1,121 @@
+"""The rows of a PTQ table (``conf/tables/<table>.yaml``): which methods at which bits, block sizes, steps and
+rank multiples, and the Hydra overrides of the ``quant`` group that build each row's library config.
+
+A row whose config reads calibration text (an ``act_diag`` objective, or the sensitivity rule of mixed precision)
+runs once per disjoint calibration sample; every other row runs once.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lords_pipelines import CONF
+from lords.errors import ConfigError
+
+TABLES = CONF / "tables"
+CALIBRATED = ("act_diag", "act")
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    bits: float | None = None
+    block_size: int | None = None
+    rule: str | None = None
+    """Mixed precision's rule (loftq or sensitivity) at a fractional width; None at an integer width."""
+    steps: int = 0
+    rank_scale: float = 1.0
+    sample: int | None = None
+    """Calibration sample index (tokens ``[k·T, (k+1)·T)`` of the calibration text), None for data-free rows."""
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe identity: the run folder name and the resume key."""
+        parts = [self.method, f"b{self.bits}", f"bs{self.block_size}", self.rule or "", f"T{self.steps}",
+                 f"r{self.rank_scale:g}", "" if self.sample is None else f"s{self.sample}"]
+        return "_".join(p for p in parts if p)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_spec(table: str) -> DictConfig:
+    """A table's spec (a name in ``conf/tables`` or a YAML path) merged over its ``defaults`` (names in
+    ``conf/tables``, themselves with defaults), and the method definitions."""
+    path = Path(table) if table.endswith(".yaml") else TABLES / f"{table}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in TABLES.glob("*.yaml") if p.stem not in ("common", "methods"))
+        raise ConfigError(f"table={table!r}: no conf/tables/{table}.yaml (tables: {known})")
+    merged = _with_defaults(path)
+    merged.method_defs = OmegaConf.load(TABLES / "methods.yaml")
+    return merged
+
+
+def _with_defaults(path: Path) -> DictConfig:
+    spec = OmegaConf.load(path)
+    merged = OmegaConf.create()
+    for name in spec.pop("defaults", []):
+        merged = OmegaConf.merge(merged, _with_defaults(TABLES / f"{name}.yaml"))
+    return OmegaConf.merge(merged, spec)
+
+
+def _needs_calibration(spec, method: str, rule: str | None) -> bool:
+    return spec.method_defs[method].objective in CALIBRATED or rule == "sensitivity"
+
+
+def table_rows(spec: DictConfig) -> list[Row]:
+    """Every row of the table, the float model first."""
+    rows = [Row("fp")]
+    for part in [spec] + [OmegaConf.merge(spec, extra) for extra in spec.get("extra", [])]:
+        rows += _part_rows(part)
+    return rows
+
+
+def _part_rows(spec: DictConfig) -> list[Row]:
+    rows = []
+    steps_list = list(spec.get("steps", [spec.refine.steps]))
+    for block in spec.block_sizes:
+        for bits in spec.bits:
+            integer = float(bits).is_integer()
+            groups = [(None, spec.methods)] if integer else list(spec.rules.items())
+            for rule, methods in groups:
+                for method in methods:
+                    for steps in steps_list:
+                        for scale in spec.get("rank_scales", [1.0]):
+                            rows += _expand(spec, method, bits, block, rule, steps, scale)
+    return rows
+
+
+def _expand(spec, method, bits, block, rule, steps, scale) -> list[Row]:
+    if method not in spec.method_defs:
+        raise ConfigError(f"method {method!r} is not defined in conf/tables/methods.yaml "
+                          f"(defined: {sorted(spec.method_defs)})")
+    refined = spec.method_defs[method].objective is not None
+    lords = spec.method_defs[method].quant == "lords"
+    if not lords and scale != 1.0:  # block scales spend the same floats as rank × scale at block / scale
+        block, scale = int(round(block / scale)), 1.0
+    bits = int(bits) if float(bits).is_integer() else float(bits)
+    samples = range(spec.calib.samples) if _needs_calibration(spec, method, rule) else [None]
+    return [Row(method, bits, block, rule, steps if refined else 0, scale, k) for k in samples]
+
+
+def overrides(spec: DictConfig, row: Row) -> list[str]:
+    """Hydra overrides of the ``ptq`` config that build ``row``'s quant config."""
+    d = spec.method_defs[row.method]
+    if d.quant == "none":
+        return ["quant=none"]
+    mixed = row.rule is not None
+    at = "quant.base." if mixed else "quant."
+    out = [f"quant={d.quant}_mixed" if mixed else f"quant={d.quant}", f"quant.bits={row.bits}",
+           f"{at}block_size={row.block_size}", f"{at}calib_tokens={spec.calib.tokens}", f"seed={spec.seed}"]
+    if mixed:
+        out.append(f"quant.rule={row.rule}")
+    if d.quant == "lords":
+        out.append(f"{at}rank_scale={row.rank_scale}")
+    if d.quant != "loftq":
+        out.append(f"{at}refine=null" if d.objective is None else
+                   f"{at}refine={{_target_: lords.RefineConfig, steps: {row.steps}, lr: {spec.refine.lr}, "
+                   f"objective: {d.objective}}}")
+    return out

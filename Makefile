@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test test-all test-gpu test-kernels sweep-tiny reproduce-ptq reproduce-peft reproduce-kernels render-kernels reproduce-all reproduce-tables reproduce-tables-cpu reproduce-tables-peft reproduce-scale clean
+.PHONY: help setup demo test test-all test-gpu test-kernels sweep-tiny reproduce-ptq reproduce-peft reproduce-kernels reproduce-kernels-detail render-kernels reproduce-all reproduce-tables reproduce-tables-cpu reproduce-tables-peft reproduce-scale clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -71,6 +71,10 @@ reproduce-kernels:  ## GPU (two parts of ~8 min each on an H200, estimated): out
 	re-renders the md/png from the committed JSON, and TRITON_INTERPRET=1 python -m benchmarks.kernels.bench --smoke \
 	(or benchmarks.kernels.decode --smoke) runs the benchmark code on the CPU.')"
 	$(GPU_PY) -m benchmarks.kernels.reproduce all --out-dir outputs/reports
+
+reproduce-kernels-detail:  ## GPU (about 7 min): outputs/reports/kernels_k16.{json,md}: fused vs dequantize + cuBLAS per M, the dequant pass against its floor, the measured crossover
+	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-kernels-detail needs a CUDA GPU')"
+	$(GPU_PY) -m benchmarks.kernels.bench_k16 --out-dir outputs/reports --budget-s 380
 
 reproduce-tables-peft:  ## GPU (the serving benchmark alone, then 112 runs, resumable; tools/tables_on_gpus.sh runs them concurrently): outputs/reports/tables/peft{,_serving}.{md,json,png} (docs/peft_table.md)
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables-peft needs a CUDA GPU \

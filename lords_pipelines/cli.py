@@ -5,6 +5,7 @@
     lords info smollm2-lords-3bit
     lords eval smollm2-lords-3bit --tasks lords_cloze --limit 20
     lords bench smollm2-lords-3bit
+    lords lm-eval run --model hf --model_args pretrained=smollm2-lords-3bit --tasks lords_cloze   # lm-eval's own CLI
 
 A lords folder is a transformers model folder: ``AutoModelForCausalLM.from_pretrained(folder)`` opens it after
 ``import lords``. Bad input (a missing folder, a bad value, a corrupt checkpoint) exits with status 2 and one line.
@@ -227,7 +228,8 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lords", description="LoRDS quantization: W ≈ Q ⊙ (B·A). Quantize a causal LM to a folder "
                                         "that transformers opens, then evaluate, inspect or time it.", epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{quantize,eval,info,bench}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{quantize,eval,info,bench,lm-eval}",
+                           parser_class=_Parser)
     q = sub.add_parser("quantize", help="quantize a model and save it as a lords folder",
                        description="Quantize MODEL (an embedded alias such as smollm2-135m, a local folder, a .gguf "
                                    "file or a hub id) and save it with its tokenizer to --out.")
@@ -265,10 +267,18 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=1, help="sequences per batch (default 1)")
     b.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     b.set_defaults(fn=cmd_bench)
+    sub.add_parser("lm-eval", help="lm-eval's own command line on lords folders, the shipped offline tasks on its path",
+                   add_help=False).add_argument("args", nargs=argparse.REMAINDER)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lm-eval"]:  # every lm-eval option as lm-eval documents it, so no parsing here
+        from lords_pipelines.evaluation.lm_eval_cli import main as lm_eval_main
+
+        lm_eval_main(argv[1:])
+        return 0
     args = parser().parse_args(argv)
     try:
         result = args.fn(args)

@@ -21,11 +21,11 @@ def test_bench_k16_smoke_writes_every_section(tmp_path):
     from benchmarks.kernels import bench_k16
 
     bench_k16.main(["--smoke", "--out-dir", str(tmp_path)])
-    out = json.loads((tmp_path / "k16.json").read_text())
+    out = json.loads((tmp_path / "kernels_k16.json").read_text())
     impls = {r["impl"] for r in out["rows"]}
     assert {"fp16", "fused", "dequant_cublas", "lords_cublas_bwd", "lords_fused_peft", "lords_plan"} <= impls
     assert out["errors"] == {} and out["dequant"] and out["crossover"]
-    assert "| N×K | M |" in (tmp_path / "k16.md").read_text()
+    assert "| N×K | M |" in (tmp_path / "kernels_k16.md").read_text()
 
 
 @pytest.mark.parametrize("M", [1, 4, 64])

@@ -35,7 +35,7 @@ def _argv(words: list[str]) -> list[str]:
 
 def test_the_section_has_the_commands_and_the_python_example():
     assert [c[1] if c[0] == "lords" else c[2] for c in _commands()] == [
-        "quantize", "info", "eval", "bench", "lords_pipelines.evaluation.lm_eval_cli"]
+        "quantize", "info", "eval", "bench", "lm-eval"]
     assert len(_blocks("python")) == 1 and "from_pretrained" in _blocks("python")[0]
 
 

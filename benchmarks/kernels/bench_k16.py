@@ -11,7 +11,7 @@ rounds and the median is kept (the GPU's clock moves fp16 timings by ~10%). ``ea
 the Python call (launch overhead included). On the CPU (``--smoke``) the "timings" are wall-clock of one call and mean
 nothing: the mode exists so the script cannot crash on the GPU for a reason the CPU could have shown.
 
-Writes ``k16.json`` (every row, the crossover section, the dequant floors) and ``k16.md`` (the table printed last).
+Writes ``kernels_k16.json`` (every row, the crossover section, the dequant floors) and ``kernels_k16.md`` (the table printed last).
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def run(args):
     os.makedirs(args.out_dir, exist_ok=True)
 
     def save():
-        with open(os.path.join(args.out_dir, "k16.json"), "w") as fh:
+        with open(os.path.join(args.out_dir, "kernels_k16.json"), "w") as fh:
             json.dump(out, fh, indent=1)
 
     def add(N, K, M, impl, us, kind="graph", **extra):
@@ -197,7 +197,7 @@ def run(args):
     out["wall_s"] = time.time() - t_start
     save()
     table = render(out)
-    with open(os.path.join(args.out_dir, "k16.md"), "w") as fh:
+    with open(os.path.join(args.out_dir, "kernels_k16.md"), "w") as fh:
         fh.write(table + "\n")
     print(table)
     return out

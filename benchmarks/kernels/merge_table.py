@@ -1,5 +1,5 @@
 """Merge a sweep's table (``python -m benchmarks.kernels.bench --tune``) or a benchmark's measured crossover
-(``python -m benchmarks.kernels.bench_k16``: ``k16.json``) into the committed one:
+(``python -m benchmarks.kernels.bench_k16``: ``kernels_k16.json``) into the committed one:
 ``python -m benchmarks.kernels.merge_table NEW.json [TABLE.json]``. Tile entries of NEW replace those of TABLE (a sweep
 includes the current pick among its candidates, so its winner is never slower than what it replaces); a
 ``"crossover"`` section replaces the shapes it names."""

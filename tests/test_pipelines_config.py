@@ -48,8 +48,6 @@ def test_mixed_precision_group_builds_the_library_config():
                                                for p in (Path(CONF) / "experiment").rglob("*.yaml")))
 def test_every_experiment_composes(experiment):
     stage = max((st for st in STAGES if experiment.startswith(st + "_")), key=len, default="ptq")  # its entry point
-    if experiment.startswith("ptq_table/"):
-        stage = "ptq"
     assert settings(stage, f"experiment={experiment}").stage.name == stage
 
 

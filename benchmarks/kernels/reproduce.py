@@ -1,5 +1,5 @@
-"""``make reproduce-kernels``: the kernel report regenerated on one CUDA GPU, in two parts that each fit one 10-minute
-device call (``lords_kernels/device_run.sh repro-bench`` and ``repro-decode`` run them one per call).
+"""``make reproduce-kernels``: the kernel report regenerated on one CUDA GPU, in two parts (each under ten minutes on an
+H200), so that a machine lent for short calls can run one part per call.
 
     python -m benchmarks.kernels.reproduce all    [--out-dir outputs/reports]   # what make reproduce-kernels runs
     python -m benchmarks.kernels.reproduce bench  [--out-dir DIR]               # part 1: kernels.{json,md,png}

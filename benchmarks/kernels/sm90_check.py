@@ -5,7 +5,7 @@ are wrong (every kernel seems to spill).
 
     python -m benchmarks.kernels.sm90_check [d] [s] [ref]     # dequant, dsred, the forward kernels
 
-Run without TRITON_INTERPRET. Not a test: the numbers inform tile choices (NOTES.md, issue 16)."""
+Run without TRITON_INTERPRET. Not a test: the numbers inform tile choices (docs/kernels.md)."""
 import sys
 import triton
 from triton.backends.compiler import GPUTarget

@@ -23,7 +23,7 @@ from benchmarks.kernels.timing import n_copies, time_graph
 
 def candidate_configs(M, N, K, bits, r):
     """The tiles timed for one cell: the current pick first, then the heuristic's, then the space. The spaces of
-    earlier kernel generations are in NOTES.md, not here."""
+    earlier kernel generations are in docs/kernels.md, not here."""
     from lords_kernels.lords_matmul import tuning
     from lords_kernels.lords_matmul.layout import group_size
     from lords_kernels.lords_matmul.tuning import TileConfig

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test test-all test-gpu test-kernels sweep-tiny reproduce-ptq reproduce-peft reproduce-kernels reproduce-kernels-detail render-kernels reproduce-all reproduce-tables reproduce-tables-cpu reproduce-tables-peft reproduce-scale clean
+.PHONY: help setup demo test test-all test-gpu test-kernels sweep-tiny reproduce-ptq reproduce-peft reproduce-kernels reproduce-kernels-detail render-kernels reproduce-all reproduce-tables reproduce-tables-cpu reproduce-tables-peft reproduce-scale results clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ reproduce-peft: $(STAMP)  ## regenerate outputs/reports/peft_smollm2.{md,json,pn
 	$(PY) -m lords_pipelines.tables.peft_report --out outputs/reports/peft_smollm2
 
 reproduce-all: reproduce-ptq reproduce-peft  ## every CPU report (reproduce-kernels needs a GPU)
+
+results: $(STAMP)  ## regenerate docs/results.md from outputs/reports/*.json
+	$(PY) tools/results.py
 
 clean:  ## remove run outputs (keeps committed reports)
 	find outputs -mindepth 1 -maxdepth 1 ! -name reports -exec rm -rf {} +

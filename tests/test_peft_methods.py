@@ -11,7 +11,7 @@ from lords.lowrank import parity_rank  # noqa: E402
 from lords_pipelines.models import tiny_llama  # noqa: E402
 from lords_pipelines.stages.common import bpe_tokenizer  # noqa: E402
 from lords_pipelines.evaluation.latency import decode_ms_per_token  # noqa: E402
-from lords_pipelines.tables.peft_methods import (METHODS, load_trained, merged, prepare, save_trained,  # noqa: E402
+from lords_pipelines.peft_methods import (METHODS, load_trained, merged, prepare, save_trained,  # noqa: E402
                                           target_ranks)
 from lords_pipelines.tables.peft_train import codes_of, train  # noqa: E402
 

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 
-from lords_pipelines.tables.peft_methods import METHODS  # noqa: E402
+from lords_pipelines.peft_methods import METHODS  # noqa: E402
 from lords_pipelines.tables.peft import Run, choose_lr, grid_runs, load_spec, main, seed_runs  # noqa: E402
 
 SMOKE = """model: {model}

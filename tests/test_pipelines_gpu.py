@@ -20,7 +20,7 @@ def test_ptq_refine_on_gpu(tmp_path):
     assert isinstance(layer, LoRDSLinear) and layer.B.is_cuda and metrics["ppl"] > 1
 
 
-@pytest.mark.parametrize("method", ["lords", "qlora"])
+@pytest.mark.parametrize("method", ["lords_peft", "qlora"])
 def test_peft_on_gpu(tmp_path, method):
     from lords_pipelines.stages import peft
 

@@ -56,20 +56,34 @@ def test_qat_stage_fast_dev_run(tmp_path, data):
     assert model.model.layers[1].self_attn.o_proj.B.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("method", ["lords", "qlora"])
-def test_peft_stage_fast_dev_run_at_matched_floats(tmp_path, method):
+@pytest.mark.parametrize("method,bits,block", [("lords_peft", 4, 16), ("qlora", 4, 32), ("loftq", 3, 16)])
+def test_peft_stage_runs_the_tables_methods_at_matched_floats(tmp_path, method, bits, block):
+    """The stage's methods are the PEFT table's (one registry, one meaning each): QLoRA is bitsandbytes' NF4
+    Linear4bit plus peft's LoRA at 4 bits (bitsandbytes' blocks start at 32); at 3 bits the LoRA methods' base is
+    the project's block-wise NF."""
+    from lords_pipelines.models import tiny_llama
+    from lords_pipelines.peft_methods import target_ranks
     from lords_pipelines.stages import peft
 
-    extra = ["quant=nf", "quant.bits=4", "stage.method=qlora"] if method == "qlora" else ["quant.refine=null"]
-    metrics, objs = peft.run(tiny_settings("peft", tmp_path, *extra))
-    # Parity rank at block 16 on the tiny model: the same trainable floats for LoRDS's B, A and for LoRA.
-    assert metrics["trainable_floats"] == 17152
+    extra = (["quant.refine=null"] if method == "lords_peft" else
+             ["quant=nf", f"quant.bits={bits}", f"stage.method={method}"])
+    metrics, objs = peft.run(tiny_settings("peft", tmp_path, *extra, f"quant.block_size={block}"))
+    # LoRDS's parity rank per layer at the block size: the same trainable floats for its B, A and for LoRA.
+    fresh = tiny_llama(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256, vocab=512)  # conf/model/tiny-llama
+    matched = sum(r * sum(fresh.get_submodule(n).weight.shape) for n, r in target_ranks(fresh, block).items())
+    assert metrics["trainable_floats"] == matched == {16: 17152, 32: 7424}[block]
     assert metrics["train_steps"] == 1 and 0 <= metrics["answer_exact"] <= 1 and metrics["answer_nll"] > 0
-    if method == "lords":
+    if method == "lords_peft":
         assert (tmp_path / "quantized" / "config.json").is_file()
+        return
+    base = objs["model"].base_model.model.model.layers[0].mlp.up_proj.base_layer
+    if bits == 4:
+        import bitsandbytes as bnb
+
+        assert isinstance(base, bnb.nn.Linear4bit)
     else:
-        base = objs["model"].base_model.model.model.layers[0].mlp.up_proj.base_layer
-        assert isinstance(base, BlockLinear)
+        assert isinstance(base, BlockLinear) and base.bits == 3
+    assert (tmp_path / f"{method}_adapter" / "adapter_config.json").is_file()
 
 
 def test_peft_stage_trains_b_and_a_on_text_windows(tmp_path):

@@ -55,7 +55,7 @@ def prefill_seconds(model: nn.Module, ids: torch.Tensor) -> float:
 def build_variants(float_model: nn.Module, tok, spec) -> dict[str, nn.Module]:
     """``{variant: model}`` in the order the report lists them (see the module docstring)."""
     from lords_pipelines.stages.common import apply_backend
-    from lords_pipelines.tables.peft_methods import merged, prepare
+    from lords_pipelines.peft_methods import merged, prepare
     from lords_pipelines.tables.peft_tasks import load_task
     from lords_pipelines.tables.peft_train import train
 

@@ -17,6 +17,8 @@ from typing import Any, Union
 from lords.config import QuantConfig, RefineConfig
 from lords.errors import ConfigError
 
+from lords_pipelines.peft_methods import METHODS as PEFT_METHODS
+
 STAGES = ("ptq", "ptq_refine", "qat", "peft", "eval")
 
 
@@ -157,21 +159,22 @@ class QATStage:
 @dataclass(frozen=True)
 class PEFTStage:
     name: str
-    method: str = "lords"
+    method: str = "lords_peft"
     data: str = "finetune"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    lora_rank: int | None = None
     lora_alpha_ratio: float = 2.0
     init_checkpoint: str | None = None
     save: bool = True
 
     def check(self, key):
-        _choice(f"{key}.method", self.method, ("lords", "qlora"))
+        _choice(f"{key}.method", self.method, PEFT_METHODS)
         _choice(f"{key}.data", self.data, ("finetune", "calib"))
         _positive(f"{key}.lr", self.lr)
-        if self.lora_rank is not None:
-            _positive(f"{key}.lora_rank", self.lora_rank)
+        _positive(f"{key}.lora_alpha_ratio", self.lora_alpha_ratio)
+        if self.init_checkpoint and self.method != "lords_peft":
+            raise ConfigError(f"{key}.init_checkpoint: only lords_peft starts from a checkpoint (the LoRA methods "
+                              "rebuild their base from the float model)")
 
 
 @dataclass(frozen=True)

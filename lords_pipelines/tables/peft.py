@@ -38,7 +38,7 @@ def load_spec(table: str) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"table={table!r}: no {path}")
     spec = OmegaConf.load(path)
-    from lords_pipelines.tables.peft_methods import METHODS
+    from lords_pipelines.peft_methods import METHODS
     from lords_pipelines.tables.peft_tasks import KINDS
 
     for m in spec.methods:
@@ -91,7 +91,7 @@ def run_one(ctx: Context, run: Run) -> dict:
     from lords_pipelines.stages.common import apply_backend
     from lords_pipelines.evaluation.latency import decode_ms_per_token
     from lords_pipelines.evaluation.scores import corpus_perplexity
-    from lords_pipelines.tables.peft_methods import merged, prepare
+    from lords_pipelines.peft_methods import merged, prepare
     from lords_pipelines.tables.peft_tasks import held_out_scores, validation_score
     from lords_pipelines.tables.peft_train import train
 

@@ -37,6 +37,8 @@ from lords_pipelines.adapters import add_lora
 
 METHODS = ("lords_peft", "qlora", "loftq", "qpissa")
 LORA_METHODS = ("qlora", "loftq", "qpissa")
+BNB_BLOCKS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+"""The block sizes bitsandbytes' 4-bit quantizer accepts (the 4-bit LoRA methods' base)."""
 
 
 @dataclass
@@ -100,6 +102,8 @@ def lora_base(model: nn.Module, method: str, ranks: dict[str, int], bits: int = 
     same float model (``load_trained``)."""
     if bits not in (2, 3, 4):
         raise ConfigError(f"method={method!r}: bits={bits} is not one of (2, 3, 4)")
+    if bits == 4 and block_size not in BNB_BLOCKS:
+        raise ConfigError(f"method={method!r}: bitsandbytes' NF4 takes block_size in {BNB_BLOCKS}, not {block_size}")
     start, init = None, "peft default (A Kaiming, B zero)"
     if method == "qpissa":
         start, init = peft_init(model, ranks, "pissa", alpha_ratio), "peft pissa (SVD of W)"

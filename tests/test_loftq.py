@@ -99,3 +99,20 @@ def test_a_loftq_folder_opens_with_from_pretrained(loftq_llama, tmp_path):
     assert type(loaded.model.layers[0].self_attn.q_proj) is LoftQLinear and _same_state(loaded, model)
     with torch.no_grad():
         assert torch.equal(loaded(tokens).logits, logits)
+
+
+def test_a_loftq_run_resumes_from_its_journal_without_redoing_a_layer(tmp_path, monkeypatch):
+    import lords.handlers as handlers
+
+    cfg = LoftQConfig(bits=3, block_size=32, rank=4, iters=1)
+    first = lords.models.tiny_llama(seed=0)
+    quantize_(first, cfg, progress=False, resume_dir=tmp_path / "journal")
+
+    def redo(name, *args):
+        raise AssertionError(f"{name} was quantized again instead of read from the journal")
+
+    monkeypatch.setitem(handlers._HANDLERS, LoftQConfig, handlers._Registered(redo, handlers._is_plain_linear))
+    resumed = lords.models.tiny_llama(seed=0)
+    report = quantize_(resumed, cfg, progress=False, resume_dir=tmp_path / "journal")
+    assert len(report.layers) == 14 and type(resumed.model.layers[1].mlp.up_proj) is LoftQLinear
+    assert _same_state(resumed, first)

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from torch import nn
 
-from . import __version__
 from .errors import CheckpointError
+from .folder import read_quantization_config
 from .integrity import atomic_write_bytes, manifest_json, tensor_digest, text_digest
 from .linear import LoRDSLinear
+from .version import __version__
 
 PEFT_TYPE = "LORDS"
 CONFIG = "adapter_config.json"
@@ -47,11 +48,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base: str | os.PathL
     """Save the ``B, A`` of every LoRDS layer of ``model`` and the base checkpoint's hash to the folder ``path``.
 
     ``base``: the base lords folder (default: the checkpoint ``model`` was loaded from)."""
-    from safetensors.torch import save
+    from safetensors.torch import save  # optional dependency: only saving an adapter needs it
 
     if base is not None:
-        from .checkpoint import read_quantization_config
-
         digest = read_quantization_config(base).get("manifest_sha256")
     else:
         digest = base_digest(model)
@@ -96,7 +95,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if have != cfg.get("base_manifest_sha256"):
         raise CheckpointError(f"{path}: the adapter was trained on base {str(cfg.get('base_manifest_sha256'))[:12]}…, "
                               f"this model is base {str(have)[:12]}…: wrong base checkpoint")
-    from safetensors import safe_open
+    from safetensors import safe_open  # optional dependency: only loading an adapter needs it
 
     weights = Path(path) / WEIGHTS
     try:

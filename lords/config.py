@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import ConfigError
+from .grids import GRIDS, SUPPORTED_BITS
+from .lowrank import parity_rank
 
 CONFIG_VERSION = 1
 OBJECTIVES = ("weight", "act_diag", "act")
@@ -168,8 +170,6 @@ class ScaleConfig(QuantConfig):
     """Format version of this config, checked on load."""
 
     def __post_init__(self):
-        from .grids import GRIDS, SUPPORTED_BITS
-
         if self.bits not in SUPPORTED_BITS:
             raise ConfigError(f"bits={self.bits!r} is not one of {SUPPORTED_BITS}; mixed precision 2.25, 2.5 or 3.0 "
                               f"averages: MixedPrecisionConfig (Hydra: quant=lords_mixed or nf_mixed)")
@@ -237,8 +237,6 @@ class LordsConfig(ScaleConfig):
 
     def rank_for(self, out_features: int, in_features: int) -> int:
         """The rank of a layer ``(out, in)``: ``rank``, else ``round(rank_scale · parity rank)`` (0 is refused later)."""
-        from .lowrank import parity_rank
-
         if self.rank is not None:
             return self.rank
         return round(self.rank_scale * parity_rank(out_features, in_features, self.block_size))

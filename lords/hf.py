@@ -8,29 +8,36 @@ Importing this module registers the config and the quantizer with transformers (
     model = AutoModelForCausalLM.from_pretrained(float_dir, quantization_config=LordsQuantConfig(LordsConfig(bits=4)))
     model.save_pretrained(out_dir)
 
-A pre-quantized folder is checked first (every shard's hashes, every module's shapes; ``lords.integrity``), then
-the quantizer replaces the listed ``nn.Linear`` modules by empty ``LoRDSLinear`` / ``BlockLinear`` on the meta
-device and transformers loads the stored tensors into them: no float weight of a quantized layer is ever built.
+A pre-quantized folder is checked first (every shard's hashes, every module's shapes and dtypes; ``lords.integrity``,
+``lords.layouts``), then the quantizer replaces the listed ``nn.Linear`` modules by empty modules of their registered
+layouts (``LoRDSLinear``, ``BlockLinear``, ``LoftQLinear``, ...) on the meta device and transformers loads the stored
+tensors into them: no float weight of a quantized layer is ever built.
 A float folder with a ``LordsQuantConfig`` is quantized layer by layer as its weights load (``LordsQuantize``: the
 same handler, seed and result as ``quantize_``, one float linear in memory at a time). Data-free configs only: a
 calibrated refinement needs the whole float model's activations, so ``quantize_`` with calibration tokens.
+
+Importing this module also hooks ``quantize_`` (``lords.quantize.after_quantize``): a transformers model quantized in
+memory gets the lords quantizer attached, so its ``save_pretrained`` writes a lords folder.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers.core_model_loading import ConversionOps
 from transformers.quantizers import HfQuantizer, register_quantizer
 from transformers.quantizers.auto import register_quantization_config
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from . import __version__
-from .checkpoint import FORMAT_VERSION, QUANT_METHOD, check_layout, install_layout, layout
 from .config import QuantConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, LordsError, UnsupportedModuleError
-from .integrity import MANIFEST_KEY, manifest_json, shapes, text_digest, verify
+from .folder import FORMAT_VERSION, QUANT_METHOD, check_layout, install_layout, layout
+from .handlers import handler_for
+from .integrity import MANIFEST_KEY, manifest_json, tensor_specs, text_digest, verify
 from .linear import QuantizedLinear
+from .quantize import after_quantize, fused_params_left_in_float, plan
+from .version import __version__
 
 
 class LordsQuantConfig(QuantizationConfigMixin):
@@ -91,8 +98,6 @@ class LordsHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         if not self.pre_quantized:
-            from .quantize import fused_params_left_in_float, plan
-
             config = self.quantization_config.lords_config
             chosen = plan(model, config)  # on the meta model: module types and names only
             fused = fused_params_left_in_float(model, config, chosen)
@@ -106,8 +111,9 @@ class LordsHfQuantizer(HfQuantizer):
         if not files or any(f.suffix != ".safetensors" for f in files):
             raise CheckpointError(f"a lords checkpoint is safetensors shards, got {[f.name for f in files]}")
         verify(files, qc.manifest_sha256)
-        check_layout(qc.modules, shapes(files))
-        install_layout(model, qc.modules)
+        specs = tensor_specs(files)
+        check_layout(qc.modules, specs)
+        install_layout(model, qc.modules, specs)
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
@@ -124,6 +130,8 @@ class LordsHfQuantizer(HfQuantizer):
     def get_state_dict_and_metadata(self, model):
         """The tensors to save (tied duplicates removed as transformers does) and, in every shard's header, their
         manifest; the layout and the manifest's SHA-256 go into ``config.json``."""
+        # Not at the top: this module loads while transformers imports its quantizer registry, which its
+        # modeling_utils does halfway through its own import (lords.hf_registration).
         from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
         state = remove_tied_weights_from_state_dict(model.state_dict(), model)
@@ -163,10 +171,6 @@ class LordsQuantize(ConversionOps):
         self.hf_quantizer = hf_quantizer
 
     def convert(self, input_dict, model=None, full_layer_name=None, missing_keys=None, **kwargs):
-        import torch
-
-        from .quantize import handler_for
-
         value = next(iter(input_dict.values()))
         value = value[0] if isinstance(value, list) else value
         name = full_layer_name.rpartition(".")[0]
@@ -202,6 +206,17 @@ def attach(model: nn.Module, config: QuantConfig, extra: dict | None = None, man
     model.config.quantization_config = qc
     model.quantization_method = QUANT_METHOD
     return model
+
+
+@after_quantize
+def _attach_after_quantize(model: nn.Module, config: QuantConfig) -> None:
+    """After ``quantize_``: ``model.save_pretrained(dir)`` now writes a lords folder (transformers models only)."""
+    if not hasattr(model, "save_pretrained"):
+        return
+    try:
+        attach(model, config)
+    except CheckpointError:
+        pass  # a module class with no registered layout: quantized all the same; save_quantized names it
 
 
 register_quantization_config(QUANT_METHOD)(LordsQuantConfig)

@@ -10,6 +10,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+import warnings
 
 REGISTRY = "transformers.quantizers"
 
@@ -18,10 +19,8 @@ def _register() -> None:
     """Import ``lords.hf`` (its import registers the config and the quantizer). Inside transformers' own import a
     failure (a transformers without the quantizer hooks lords.hf uses) must not break transformers: warn instead."""
     try:
-        from . import hf  # noqa: F401
+        import lords.hf  # noqa: F401  (imports transformers: deferred until transformers itself is loading)
     except Exception as e:  # noqa: BLE001  (any failure here would surface as transformers failing to import)
-        import warnings
-
         warnings.warn(f"lords: quant_method 'lords' not registered with this transformers ({type(e).__name__}: {e}); "
                       "lords folders will not open with from_pretrained", RuntimeWarning, stacklevel=2)
 

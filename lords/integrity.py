@@ -19,6 +19,11 @@ import torch
 from .errors import CheckpointError
 
 MANIFEST_KEY = "lords_manifest"
+SAFETENSORS_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+                      "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+                      "F64": torch.float64}
+"""The dtype names of safetensors headers that lords tensors can have; any other reads as None (refused where a
+layout expects a tensor)."""
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -69,7 +74,7 @@ def shard_files(folder: Path) -> list[Path]:
 
 
 def _open(path: Path):
-    from safetensors import safe_open
+    from safetensors import safe_open  # optional dependency: only reading a checkpoint needs it
 
     if not path.is_file():
         raise CheckpointError(f"shard {path.name} not found in {path.parent}")
@@ -79,13 +84,20 @@ def _open(path: Path):
         raise CheckpointError(f"shard {path.name} cannot be read as safetensors ({e}): truncated or corrupt") from e
 
 
-def shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    """``{tensor name: shape}`` over the shards, from their headers only."""
+def tensor_specs(files: list[Path]) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
+    """``{tensor name: (shape, dtype)}`` over the shards, from their headers only."""
     out = {}
     for path in files:
         with _open(path) as f:
-            out.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+            for name in f.keys():
+                tensor = f.get_slice(name)
+                out[name] = (tuple(tensor.get_shape()), SAFETENSORS_DTYPES.get(tensor.get_dtype()))
     return out
+
+
+def shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """``{tensor name: shape}`` over the shards, from their headers only."""
+    return {name: shape for name, (shape, _) in tensor_specs(files).items()}
 
 
 def verify(files: list[Path], manifest_sha256: str | None) -> dict[str, str]:

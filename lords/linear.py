@@ -1,20 +1,24 @@
 """Quantized linear modules: ``LoRDSLinear`` (codes ⊙ B·A) and ``BlockLinear`` (codes ⊙ block scales).
 
-Both hold packed codes, never the float weight. ``LoRDSLinear`` computes its forward through a
+Both hold packed codes, never the float weight, and each owns its checkpoint layout (``lords.layouts``): registered
+under the kind ``"lords"`` / ``"blockwise"``, described by :meth:`QuantizedLinear.layout_meta`, rebuilt empty by
+:meth:`QuantizedLinear.from_meta`. ``LoRDSLinear`` computes its forward through a
 backend set per module by an explicit call: the torch reference below (the default, any device) or a
 function handed over by ``set_backend`` (``lords_kernels.use_triton(model)`` does it for a whole model).
 Nothing is registered process-wide and importing a package switches nothing.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .blockwise import dequantize, double_dequantize, double_quantize, expand_blocks, quantize_with_scale
-from .errors import ConfigError, ShapeError
+from .errors import CheckpointError, ConfigError, ShapeError
+from .grids import SUPPORTED_BITS
+from .layouts import register_layout
 from .packing import pack_codes, packed_width, unpack_codes
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -24,7 +28,11 @@ Backend = Callable[["LoRDSLinear", torch.Tensor], torch.Tensor]
 
 
 class QuantizedLinear(nn.Module):
-    """What both layers share: packed codes, the grid, an optional bias."""
+    """What quantized layers share: packed codes ``qweight (out, packed)`` uint8, the ``grid (2^bits,)``, an optional
+    ``bias (out,)``, and the checkpoint layout of a subclass registered with ``lords.layouts.register_layout``."""
+
+    layout_fields: ClassVar[tuple[str, ...]] = ()
+    """Positive-integer constructor arguments a checkpoint records besides the sizes and bits (``("rank",)``)."""
 
     def __init__(self, in_features: int, out_features: int, bits: int, grid: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -74,9 +82,45 @@ class QuantizedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, bias={self.bias is not None}"
 
+    def layout_meta(self) -> dict[str, Any]:
+        """The JSON fields a checkpoint records to rebuild this module empty: sizes, bits, bias, the scales' dtype
+        and ``layout_fields`` (``lords.layouts.module_meta`` adds the registered kind)."""
+        meta = dict(in_features=self.in_features, out_features=self.out_features, bits=self.bits,
+                    bias=self.bias is not None, dtype=str(self.scale_dtype).removeprefix("torch."))
+        meta.update({field: getattr(self, field) for field in self.layout_fields})
+        return meta
 
+    @classmethod
+    def check_meta(cls, meta: dict[str, Any]) -> None:
+        """Refuse, naming the field, a layout entry this class cannot be built from (``CheckpointError``)."""
+        for key in ("in_features", "out_features", *cls.layout_fields):
+            value = meta.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CheckpointError(f"{key}={value!r} is not a positive integer")
+        if meta.get("bits") not in SUPPORTED_BITS:
+            raise CheckpointError(f"bits={meta.get('bits')!r} is not one of {SUPPORTED_BITS}")
+        if meta.get("dtype") not in DTYPES:
+            raise CheckpointError(f"dtype={meta.get('dtype')!r} is not one of {tuple(DTYPES)}")
+        if not isinstance(meta.get("bias"), bool):
+            raise CheckpointError(f"bias={meta.get('bias')!r} is not true or false")
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "QuantizedLinear":
+        """An empty module (zeros) of the layout ``meta`` describes (checked by :meth:`check_meta`), on the current
+        default device: ``cls(in_features=, out_features=, bits=, grid=, bias=, dtype=, **layout_fields)``. A subclass
+        whose constructor takes other arguments overrides this."""
+        dtype = DTYPES[meta["dtype"]]
+        bias = torch.zeros(meta["out_features"], dtype=dtype) if meta["bias"] else None
+        return cls(in_features=meta["in_features"], out_features=meta["out_features"], bits=meta["bits"],
+                   grid=torch.zeros(2 ** meta["bits"]), bias=bias, dtype=dtype,
+                   **{field: meta[field] for field in cls.layout_fields})
+
+
+@register_layout("lords")
 class LoRDSLinear(QuantizedLinear):
     """``y = x · (grid[Q] ⊙ (B·A))ᵀ + bias``; ``qweight (out, packed)``, ``B (out, r)``, ``A (r, in)``."""
+
+    layout_fields = ("rank",)
 
     def __init__(self, in_features: int, out_features: int, rank: int, bits: int, grid: torch.Tensor,
                  bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32):
@@ -147,8 +191,11 @@ def lords_forward_reference(layer: LoRDSLinear, x: torch.Tensor) -> torch.Tensor
 
 
 
+@register_layout("blockwise")
 class BlockLinear(QuantizedLinear):
     """Block-wise baseline: ``y = x · (grid[Q] ⊙ expand(scales))ᵀ + bias``; ``scales (out, ceil(in/block))``."""
+
+    layout_fields = ("block_size",)
 
     def __init__(self, in_features: int, out_features: int, block_size: int, bits: int, grid: torch.Tensor,
                  bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32):

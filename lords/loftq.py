@@ -5,6 +5,8 @@ peft's ``loftq_init`` runs this alternation for NF4 only, through bitsandbytes o
 project's own grids at every width (2, 3, 4 bits; mixed widths through ``MixedPrecisionConfig``) on any device:
 ``res = W``; repeat ``iters`` times: ``Q = quantize(res)``, ``L·R = SVD_r(W − deq(Q))``, ``res = W − L·R``. The
 correction costs ``rank·(n + m)`` floats per layer on top of the block scales: more than LoRDS at parity.
+``LoftQLinear`` registers its checkpoint layout (kind ``"loftq"``: the block-wise fields plus ``rank``), so LoftQ
+models save, resume and open with ``from_pretrained`` like LoRDS ones.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from .blockwise import check_weight
 from .config import BlockwiseConfig, check_int
 from .errors import ConfigError
 from .grids import make_grid
+from .handlers import layer_report, register_handler
+from .layouts import register_layout
 from .linear import BlockLinear
-from .quantize import layer_report, register_handler
 from .scales import BlockScale
 
 
@@ -43,8 +46,12 @@ class LoftQConfig(BlockwiseConfig):
             raise ConfigError("loftq: refine must be None (LoftQ fits its correction by alternation, not Algorithm 1)")
 
 
+@register_layout("loftq")
 class LoftQLinear(BlockLinear):
-    """``y = x · (grid[Q] ⊙ expand(scales))ᵀ + (x · Rᵀ) · Lᵀ + bias``; ``lora_L (out, r)``, ``lora_R (r, in)``."""
+    """``y = x · (grid[Q] ⊙ expand(scales))ᵀ + (x · Rᵀ) · Lᵀ + bias``; ``scales (out, ceil(in/block))``,
+    ``lora_L (out, r)``, ``lora_R (r, in)`` in the scales' dtype."""
+
+    layout_fields = ("block_size", "rank")
 
     def __init__(self, in_features: int, out_features: int, block_size: int, rank: int, bits: int,
                  grid: torch.Tensor, bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32):

@@ -22,7 +22,7 @@ from .blockwise import safe_scale
 from .config import QuantConfig, ScaleConfig, check_choice
 from .errors import ConfigError
 from .grids import nearest_code
-from .quantize import ScaleMethod, layer_report, register_handler, scale_method
+from .handlers import ScaleMethod, layer_report, register_handler, scale_method
 
 STEPS = ("prepare", "convert")
 

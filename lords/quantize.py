@@ -1,128 +1,44 @@
 """``quantize_(model, config)``: swap every selected layer for its quantized module, in place.
 
-The config's type picks the handler through a registry (``register_handler``): ``LordsConfig`` → LoRDS,
+The config's type picks the handler through a registry (``lords.handlers.register_handler``): ``LordsConfig`` → LoRDS,
 ``BlockwiseConfig`` → block scales, ``QATConfig`` → QAT's prepare/convert. Composite configs
-(``LayerwiseConfig``, ``MixedPrecisionConfig``) hand each layer its own leaf config. A new method is one
-config class and one handler; a method whose layer is ``codes ⊙ S(θ)`` registers a :class:`ScaleMethod` and
-gets Algorithm 1, QAT and the Lightning refine stage with it.
+(``LayerwiseConfig``, ``MixedPrecisionConfig``) hand each layer its own leaf config.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
-import sys
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .blockwise import check_weight
 from .calibration import collect_stats
-from .config import BlockwiseConfig, LordsConfig, QuantConfig
-from .errors import CheckpointError, ConfigError, NumericsError, UnsupportedModuleError
-from .grids import make_grid
+from .config import QuantConfig
+from .errors import ConfigError, UnsupportedModuleError
+# Re-exported: callers import the registry's names from lords.quantize too.
+from .handlers import ScaleMethod, handler_for, layer_report, register_handler, registered, scale_method  # noqa: F401
 from .layerwise import decoder_layer_index, num_decoder_layers
-from .linear import BlockLinear, LoRDSLinear
-from .refine import LayerStats, RefineResult, refine
+from .refine import LayerStats
 from .refine_batched import OBJECTIVES, batchable, refine_batched
 from .report import LayerReport, QuantizeReport
 from .resume import LayerJournal
-from .scales import BlockScale, LowRankScale
 
-Handler = Callable[[str, nn.Module, QuantConfig, "LayerStats | None"], "tuple[nn.Module, LayerReport]"]
-
-
-@dataclass(frozen=True)
-class _Registered:
-    handler: Handler
-    accepts: Callable[[nn.Module, QuantConfig], bool]
+AfterQuantize = Callable[[nn.Module, QuantConfig], None]
+_AFTER_QUANTIZE: list[AfterQuantize] = []
 
 
-_HANDLERS: dict[type, _Registered] = {}
+def after_quantize(fn: AfterQuantize) -> AfterQuantize:
+    """Register ``fn(model, stored config)`` to run at the end of every :func:`quantize_`; returns ``fn``.
 
-
-def _is_plain_linear(module: nn.Module, config: QuantConfig) -> bool:
-    return type(module) is nn.Linear
-
-
-def register_handler(config_type: type, accepts: Callable[[nn.Module, QuantConfig], bool] = _is_plain_linear):
-    """Decorator: ``fn(name, module, config, stats) -> (new_module, LayerReport)`` quantizes the modules
-    that ``accepts(module, config)`` (default: plain ``nn.Linear``) for configs of type ``config_type``."""
-
-    def wrap(fn: Handler) -> Handler:
-        _HANDLERS[config_type] = _Registered(fn, accepts)
-        return fn
-
-    return wrap
-
-
-def handler_for(config: QuantConfig) -> Handler:
-    """The handler registered for ``type(config)``, refused with the registered types named."""
-    entry = _HANDLERS.get(type(config))
-    if entry is None:
-        raise ConfigError(f"no quantizer registered for config type {type(config).__name__} "
-                          f"(registered: {sorted(t.__name__ for t in _HANDLERS)})")
-    return entry.handler
-
-
-def layer_report(name: str, weight: torch.Tensor, module: nn.Module, result: RefineResult | None = None) -> LayerReport:
-    """Errors of ``module.dequantized_weight()`` against ``weight``, floats stored, the refinement curve."""
-    w = weight.detach().float()
-    err = (w - module.dequantized_weight().to(w.device)).pow(2).sum()
-    return LayerReport(name, tuple(w.shape), float(err), float(w.pow(2).sum()), module.float_params(),
-                       getattr(module, "rank", None), [] if result is None else result.losses,
-                       getattr(module, "bits", None))
-
-
-@dataclass(frozen=True)
-class ScaleMethod:
-    """A quantizer whose layer is ``grid[Q] ⊙ S(θ)``: how to start the scale module from a weight, and how to
-    build the layer from a weight and a scale. As a handler: init, Algorithm 1 when ``config.refine`` is set,
-    build, report."""
-
-    init_scale: Callable[[torch.Tensor, QuantConfig, str], nn.Module]
-    """``(weight (n, m), config, layer name) -> scale module`` (see ``lords.scales``)."""
-    build: Callable[[torch.Tensor, nn.Module, QuantConfig, torch.Tensor, "torch.Tensor | None"], nn.Module]
-    """``(weight, scale, config, grid, bias) -> quantized module``."""
-
-    def start(self, name: str, linear: nn.Linear, config):
-        """``(weight, grid, initial scale)`` of a layer."""
-        weight = linear.weight.detach()
-        check_weight(weight, f"{name}.weight")
-        grid = make_grid(config.grid, config.bits).to(weight.device)
-        return weight, grid, self.init_scale(weight, config, name)
-
-    def __call__(self, name: str, linear: nn.Linear, config, stats: LayerStats | None):
-        weight, grid, scale = self.start(name, linear, config)
-        result = None
-        if config.refine is not None and config.refine.steps > 0:
-            result = refine(weight, scale, grid, config.refine, stats)
-        return self.complete(name, linear, config, weight, grid, scale, result)
-
-    def complete(self, name, linear, config, weight, grid, scale, result: RefineResult | None):
-        """The quantized layer from a (refined) scale, and its report."""
-        if not all(torch.isfinite(p).all() for p in scale.parameters()):
-            raise NumericsError(f"{name}: scales became non-finite (lower refine.lr?)")
-        bias = None if linear.bias is None else linear.bias.detach()
-        module = self.build(weight, scale, config, grid, bias)
-        return module, layer_report(name, weight, module, result)
-
-
-def scale_method(config: QuantConfig) -> ScaleMethod:
-    """The :class:`ScaleMethod` of a leaf config (refused for methods that have no trainable scale)."""
-    handler = handler_for(config)
-    if not isinstance(handler, ScaleMethod):
-        raise ConfigError(f"{type(config).__name__} is not a codes-times-scales method: it cannot be refined or trained")
-    return handler
-
-
-register_handler(LordsConfig)(ScaleMethod(
-    init_scale=lambda w, c, name: LowRankScale.from_weight(w, c.block_size, c.rank_for(*w.shape), where=name),
-    build=LoRDSLinear.from_scale))
-register_handler(BlockwiseConfig)(ScaleMethod(
-    init_scale=lambda w, c, name: BlockScale.from_weight(w, c.block_size),
-    build=BlockLinear.from_scale))
+    ``lords.hf`` registers the one that makes a transformers model savable with ``save_pretrained``, so this module
+    knows nothing of transformers. That hook is always in place before a transformers model can exist: ``import lords``
+    imports ``lords.hf`` as soon as transformers' quantizer registry loads (``lords.hf_registration``), and
+    transformers' modeling code loads that registry on import. What ``quantize_`` does thus depends on the model,
+    never on which packages happen to be imported."""
+    if fn not in _AFTER_QUANTIZE:
+        _AFTER_QUANTIZE.append(fn)
+    return fn
 
 
 def plan(model: nn.Module, config: QuantConfig, filter_fn=None) -> dict[str, tuple[nn.Module, QuantConfig]]:
@@ -137,10 +53,7 @@ def plan(model: nn.Module, config: QuantConfig, filter_fn=None) -> dict[str, tup
         leaf = config.config_for(name, decoder_layer_index(name), num_layers)
         if leaf is None:
             continue
-        entry = _HANDLERS.get(type(leaf))
-        if entry is None:
-            handler_for(leaf)  # raises, naming the registered types
-        if entry.accepts(module, leaf):
+        if registered(leaf).accepts(module, leaf):
             chosen[name] = (module, leaf)
     return chosen
 
@@ -173,7 +86,7 @@ def calibration_stats(model: nn.Module, config: QuantConfig, calib_ids: torch.Te
 
 def _progress(items, desc: str, enabled: bool):
     if enabled and importlib.util.find_spec("tqdm") is not None:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # optional dependency: a bar where it is installed
 
         return tqdm(items, desc=desc, unit="layer")
     return items
@@ -193,7 +106,7 @@ def _refine_in_batches(chosen: dict, stats) -> dict[str, tuple[nn.Module, LayerR
     and config, built and reported: ``{name: (module, report)}``."""
     groups: dict[tuple, list] = {}
     for name, (module, leaf) in chosen.items():
-        handler = _HANDLERS[type(leaf)].handler
+        handler = handler_for(leaf)
         refine_ = getattr(leaf, "refine", None)
         # Checked before the init: a layer the stacked loop cannot take would have its init computed twice.
         if not (isinstance(handler, ScaleMethod) and refine_ and refine_.steps > 0 and refine_.objective in OBJECTIVES):
@@ -273,11 +186,6 @@ def quantize_(
         report.layers.append(layer_rep)
     report.config = config.stored_config
     model.lords_config = report.config  # what save_quantized records when no config is handed to it
-    if hasattr(model, "save_pretrained") and "transformers" in sys.modules:
-        from .hf import attach
-
-        try:
-            attach(model, report.config)  # model.save_pretrained(dir) now writes a lords checkpoint
-        except CheckpointError:
-            pass  # a registered method's own module: save_quantized says the format cannot hold it
+    for hook in _AFTER_QUANTIZE:
+        hook(model, report.config)
     return report

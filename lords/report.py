@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .linear import QuantizedLinear
+
 
 @dataclass
 class LayerReport:
@@ -48,8 +50,6 @@ def storage_bits(model: nn.Module) -> dict[str, float] | None:
     """Over the quantized modules of ``model``: ``code_bits`` (average bits per weight code) and
     ``bits_per_weight`` (codes plus the stored scale floats at their own dtype, bias excluded), weighted by
     weight count; None when nothing is quantized."""
-    from .linear import QuantizedLinear
-
     layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     weights = sum(m.in_features * m.out_features for m in layers)
     if not weights:

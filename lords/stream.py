@@ -22,6 +22,7 @@ import copy
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -31,7 +32,8 @@ from .calibration import stats_over
 from .config import QuantConfig
 from .distribute import Ranks, assign_linears, block_range
 from .errors import CheckpointError, ConfigError
-from .quantize import handler_for, plan
+from .handlers import handler_for
+from .quantize import plan
 from .report import QuantizeReport
 from .resume import LayerJournal
 
@@ -63,7 +65,7 @@ class ShardReader:
         if index.is_file():
             self.where = dict(json.loads(index.read_text())["weight_map"])
         elif (self.folder / "model.safetensors").is_file():
-            from safetensors import safe_open
+            from safetensors import safe_open  # optional dependency, as for every reader of shards
 
             with safe_open(str(self.folder / "model.safetensors"), framework="pt") as f:
                 self.where = {k: "model.safetensors" for k in f.keys()}
@@ -75,7 +77,7 @@ class ShardReader:
 
     def read(self, names: list[str], strip: str = "") -> dict[str, torch.Tensor]:
         """``{name without the prefix strip: tensor}``, each shard opened once."""
-        from safetensors import safe_open
+        from safetensors import safe_open  # optional dependency, as for every reader of shards
 
         by_file: dict[str, list[str]] = {}
         for n in names:
@@ -103,7 +105,7 @@ def _layers_prefix(names: list[str]) -> tuple[str, int]:
 
 def _shell(hf_config, prefix: str, reader: ShardReader, dtype: torch.dtype):
     """The model with ONE decoder block (a stand-in), every tensor outside the decoder stack loaded."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # transformers: kept out of import lords
 
     cfg = copy.deepcopy(hf_config)
     cfg.num_hidden_layers = 1
@@ -127,7 +129,7 @@ def _no_init_weights():
     """transformers' switch that skips random initialisation (buffers computed at construction stay right); a
     no-op where this transformers lacks it. Saves ~12 s of a Llama-3-8B shell (its 128k vocabulary) on 2 cores."""
     try:
-        from transformers.initialization import no_init_weights
+        from transformers.initialization import no_init_weights  # transformers: kept out of import lords
     except ImportError:
         return contextlib.nullcontext()
     return no_init_weights()
@@ -203,9 +205,7 @@ def quantize_streamed(
     quantizes on its own ``device``. Under ``inputs="float"`` ranks given by hand need no process group (the
     report then lists the layers finished so far); ``inputs="quantized"`` needs one (a barrier per block).
     """
-    import time
-
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # transformers: kept out of import lords
 
     t0 = time.perf_counter()
     if inputs not in ("quantized", "float"):
@@ -243,7 +243,7 @@ def quantize_streamed(
     order: list[str] = []
     bar = range(num_layers)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # optional dependency: only a progress bar needs it
 
         rank = f" rank {ranks.rank}/{ranks.world}" if ranks.world > 1 else ""
         bar = tqdm(bar, desc=f"streamed {config.method}{rank}", unit="block")
@@ -318,7 +318,7 @@ def load_streamed(model_dir: str | os.PathLike, config: QuantConfig, journal_dir
                   dtype: torch.dtype = torch.float32) -> nn.Module:
     """The quantized model of a finished :func:`quantize_streamed`: float tensors from ``model_dir``, quantized
     linears from the journal; no float copy of a quantized weight is kept."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # transformers: kept out of import lords
 
     hf_config = AutoConfig.from_pretrained(model_dir)
     with torch.device("meta"):

@@ -194,12 +194,16 @@ def test_from_pretrained_peak_memory_stays_below_a_float_copy(tmp_path):
 
 
 @pytest.mark.parametrize("order", ["lords-first", "transformers-first"])
-def test_import_lords_registers_the_quantizer_whichever_is_imported_first(order):
-    imports = ["import lords", "from transformers import AutoModelForCausalLM"]
+def test_import_lords_registers_the_quantizer_and_quantize_attaches_it_whichever_is_imported_first(order):
+    imports = ["import lords", "from transformers import AutoModelForCausalLM, LlamaConfig"]
     code = "; ".join([*(imports if order == "lords-first" else imports[::-1]),
                       "from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING as M, "
                       "AUTO_QUANTIZATION_CONFIG_MAPPING as C",
-                      "assert M['lords'].__name__ == 'LordsHfQuantizer' and C['lords'].__name__ == 'LordsQuantConfig'"])
+                      "assert M['lords'].__name__ == 'LordsHfQuantizer' and C['lords'].__name__ == 'LordsQuantConfig'",
+                      "model = AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=32, intermediate_size=64, "
+                      "num_hidden_layers=1, num_attention_heads=2, vocab_size=64))",
+                      "lords.quantize_(model, lords.BlockwiseConfig(block_size=16), progress=False)",
+                      "assert type(model.hf_quantizer).__name__ == 'LordsHfQuantizer'"])  # save_pretrained: a lords folder
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 

@@ -35,8 +35,8 @@ def _modules(root: Path = ROOT) -> dict[str, Path]:
 
 def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
     """The tree's modules that ``name`` imports anywhere in its file, function-local imports included: a deferred
-    import hides a cycle from the interpreter, not from a reader. ``from pkg import x`` counts ``pkg.x`` when it is a
-    module, else ``pkg`` (whose ``__init__`` runs)."""
+    import hides a cycle from the interpreter, not from a reader. ``from pkg import x`` counts ``pkg`` (whose
+    ``__init__`` runs: ``from . import x`` in a submodule imports its package) and ``pkg.x`` when it is a module."""
     base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -45,7 +45,7 @@ def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             pkg = ".".join(base[: len(base) - node.level + 1] + [node.module or ""]).strip(".") if node.level \
                 else node.module
-            targets = [f"{pkg}.{a.name}" if f"{pkg}.{a.name}" in mods else pkg for a in node.names]
+            targets = [pkg, *(f"{pkg}.{a.name}" for a in node.names if f"{pkg}.{a.name}" in mods)]
         else:
             continue
         for t in targets:
@@ -95,10 +95,14 @@ def test_the_cycle_check_finds_a_deferred_cycle(tmp_path):
     (tmp_path / "lords" / "__init__.py").write_text("")
     (tmp_path / "lords" / "a.py").write_text("from .b import f\n")
     (tmp_path / "lords" / "b.py").write_text("def f():\n    from lords import a\n")
+    (tmp_path / "lords" / "c.py").write_text("from . import errors\n")
+    (tmp_path / "lords" / "errors.py").write_text("")
     for pkg in (*PACKAGES[1:], "benchmarks"):
         (tmp_path / pkg).mkdir()
+    (tmp_path / "lords" / "__init__.py").write_text("from .c import *\n")  # c imports its package: a cycle
     mods = _modules(tmp_path)
-    assert _cycles({m: _imports(m, p, mods) for m, p in mods.items()}) == [["lords.a", "lords.b"]]
+    assert sorted(_cycles({m: _imports(m, p, mods) for m, p in mods.items()})) == [["lords", "lords.c"],
+                                                                                    ["lords.a", "lords.b"]]
 
 
 def test_pipelines_top_level_holds_at_most_twelve_modules():

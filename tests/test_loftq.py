@@ -60,11 +60,60 @@ def test_mixed_widths_and_refusals():
         LoftQConfig(rank=0)
 
 
-def test_a_checkpoint_refuses_loftq_layers_rather_than_dropping_their_correction(tmp_path):
-    from lords.checkpoint import module_meta
-    from lords.errors import CheckpointError
+@pytest.fixture
+def loftq_llama():
+    """A tiny Llama under LoftQ (biased q_proj, so the bias round trip is tested too) and its logits on 32 tokens."""
+    model = tiny_llama(seed=0)
+    q_proj = model.model.layers[0].self_attn.q_proj
+    q_proj.bias = nn.Parameter(torch.randn(q_proj.out_features) * 0.1)
+    quantize_(model, LoftQConfig(bits=2, block_size=32, rank=4, iters=2), progress=False)
+    tokens = torch.arange(32)[None] * 7 % 512
+    with torch.no_grad():
+        logits = model(tokens).logits
+    return model, tokens, logits
 
-    model = _linear()
-    quantize_(model, LoftQConfig(bits=3, block_size=32, rank=4, exclude=()), progress=False)
-    with pytest.raises(CheckpointError, match="LoftQLinear"):
-        module_meta(model[0])
+
+def _same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_loftq_checkpoint_keeps_the_correction_and_reloads_bit_for_bit(loftq_llama, tmp_path):
+    model, tokens, logits = loftq_llama
+    lords.save_quantized(model, tmp_path / "q")
+    qc = lords.checkpoint.read_quantization_config(tmp_path / "q")
+    assert qc["modules"]["model.layers.0.mlp.up_proj"] == dict(kind="loftq", in_features=128, out_features=256, bits=2,
+                                                                bias=False, dtype="float32", block_size=32, rank=4)
+    for loaded in (lords.load_quantized(tmp_path / "q")[0],
+                   lords.load_quantized(tmp_path / "q", model=tiny_llama(seed=1))[0]):
+        assert type(loaded.model.layers[1].mlp.down_proj) is LoftQLinear and _same_state(loaded, model)
+        with torch.no_grad():
+            assert torch.equal(loaded(tokens).logits, logits)
+
+
+def test_a_loftq_folder_opens_with_from_pretrained(loftq_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tokens, logits = loftq_llama
+    model.save_pretrained(tmp_path / "q")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+    assert type(loaded.model.layers[0].self_attn.q_proj) is LoftQLinear and _same_state(loaded, model)
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens).logits, logits)
+
+
+def test_a_loftq_run_resumes_from_its_journal_without_redoing_a_layer(tmp_path, monkeypatch):
+    import lords.handlers as handlers
+
+    cfg = LoftQConfig(bits=3, block_size=32, rank=4, iters=1)
+    first = tiny_llama(seed=0)
+    quantize_(first, cfg, progress=False, resume_dir=tmp_path / "journal")
+
+    def redo(name, *args):
+        raise AssertionError(f"{name} was quantized again instead of read from the journal")
+
+    monkeypatch.setitem(handlers._HANDLERS, LoftQConfig, handlers._Registered(redo, handlers._is_plain_linear))
+    resumed = tiny_llama(seed=0)
+    report = quantize_(resumed, cfg, progress=False, resume_dir=tmp_path / "journal")
+    assert len(report.layers) == 14 and type(resumed.model.layers[1].mlp.up_proj) is LoftQLinear
+    assert _same_state(resumed, first)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import lords.quantize as q
+import lords.handlers as handlers
 from lords import LordsConfig, RefineConfig, quantize_, save_quantized
 from lords.errors import CheckpointError
 from lords_pipelines.models import tiny_llama
@@ -26,7 +26,7 @@ def test_a_crash_mid_ptq_resumes_after_the_last_finished_layer(tmp_path, monkeyp
     quantize_(reference, CFG, progress=False)
 
     calls = []
-    real = q.handler_for(CFG)
+    real = handlers.handler_for(CFG)
 
     def crashing(name, *args):
         calls.append(name)
@@ -34,14 +34,14 @@ def test_a_crash_mid_ptq_resumes_after_the_last_finished_layer(tmp_path, monkeyp
             raise KeyboardInterrupt("simulated kill")
         return real(name, *args)
 
-    monkeypatch.setitem(q._HANDLERS, LordsConfig, q._Registered(crashing, q._is_plain_linear))
+    monkeypatch.setitem(handlers._HANDLERS, LordsConfig, handlers._Registered(crashing, handlers._is_plain_linear))
     with pytest.raises(KeyboardInterrupt):
         quantize_(tiny_llama(seed=0), CFG, progress=False, resume_dir=tmp_path / "journal")
     assert len(list((tmp_path / "journal" / "layers").iterdir())) == 5
 
     calls.clear()
-    monkeypatch.setitem(q._HANDLERS, LordsConfig,
-                        q._Registered(lambda name, *a: (calls.append(name), real(name, *a))[1], q._is_plain_linear))
+    monkeypatch.setitem(handlers._HANDLERS, LordsConfig,
+                        handlers._Registered(lambda name, *a: (calls.append(name), real(name, *a))[1], handlers._is_plain_linear))
     resumed = tiny_llama(seed=0)
     report = quantize_(resumed, CFG, progress=False, resume_dir=tmp_path / "journal")
     assert len(calls) == 14 - 5 and len(report.layers) == 14  # only the unfinished layers were redone

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -202,7 +202,7 @@ def _context(spec: DictConfig) -> Context:
     return Context(spec, model.to(device).eval(), tok)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     from lords_pipelines.tables.peft_render import write_table
 
     args = table_cli(__doc__, "peft_tables", "regex over '<task>_<method>_': run only those",

@@ -12,18 +12,19 @@ tasks. Each finished row is appended to ``<run-dir>/<table>/rows.jsonl`` at once
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from lords_pipelines import CONF
-from lords import QuantizedLinear, quantize_
+from lords import QuantConfig, QuantizedLinear, quantize_
 from lords_pipelines.data.texts import corpus_text, tokenize
 
 from lords_pipelines.evaluation.scores import corpus_ids, corpus_perplexity
@@ -32,9 +33,12 @@ from lords_pipelines.tables.render import write_table
 from lords_pipelines.tables.runner import check_only, device_name, run_dir_of, table_cli  # noqa: F401 (re-exported)
 from lords_pipelines.tables.rows import Row, load_spec, overrides, table_rows
 
+if TYPE_CHECKING:  # annotations only: transformers loads with the model
+    from transformers import PreTrainedTokenizerBase
 
 
-def quant_config(spec, row: Row):
+
+def quant_config(spec: DictConfig, row: Row) -> QuantConfig:
     """The library config of ``row``: the ``ptq`` config composed with the row's ``quant`` overrides."""
     from hydra import compose, initialize_config_dir
 
@@ -45,7 +49,7 @@ def quant_config(spec, row: Row):
     return build_quant(OmegaConf.to_container(cfg.quant, resolve=True))
 
 
-def calibration_sample(tok, spec, k: int, cache: dict) -> torch.Tensor:
+def calibration_sample(tok: PreTrainedTokenizerBase, spec: DictConfig, k: int, cache: dict) -> torch.Tensor:
     """Tokens ``[k·T, (k+1)·T)`` of the calibration text (``T = calib.tokens``): samples never overlap."""
     if "ids" not in cache:
         cache["ids"] = tokenize(tok, corpus_text(spec.calib.source), spec.calib.tokens * spec.calib.samples)
@@ -55,7 +59,8 @@ def calibration_sample(tok, spec, k: int, cache: dict) -> torch.Tensor:
     return ids
 
 
-def evaluate_row(model, tok, spec, cache: dict) -> dict:
+def evaluate_row(model: nn.Module, tok: PreTrainedTokenizerBase, spec: DictConfig, cache: dict) -> dict:
+    """Perplexity on each of the spec's texts and zero-shot accuracy on its tasks."""
     ppl, tokens = {}, {}
     for text in spec.eval.texts:
         if text not in cache:
@@ -65,7 +70,9 @@ def evaluate_row(model, tok, spec, cache: dict) -> dict:
     return {"ppl": ppl, "ppl_tokens": tokens, **acc}
 
 
-def run_row(float_model, tok, spec, row: Row, cache: dict, out: Path) -> dict:
+def run_row(float_model: nn.Module, tok: PreTrainedTokenizerBase, spec: DictConfig, row: Row, cache: dict,
+            out: Path) -> dict:
+    """One row's record: a fresh copy of ``float_model`` quantized (or QAT-trained) as the row says, scored."""
     from lords_pipelines.stages.common import storage_metrics
 
     t = time.time()
@@ -148,7 +155,7 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
     return [done[r.key] for r in rows], []
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = table_cli(__doc__, "ptq_tables", "regex over row keys: run only those (the fp row always runs)",
                      dict(names=["tables"], nargs="+", help="conf/tables/<table>.yaml names, e.g. ptq_bits "
                           "ptq_refine_ablation")).parse_args(argv)

@@ -26,12 +26,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lords_pipelines import CONF
 from lords_pipelines.tables.runner import commit, cpu_name
+
+if TYPE_CHECKING:  # annotations only: the settings module imports Hydra-side validation
+    from lords_pipelines.stages.settings import RunSettings
 
 GGUF_NOTE = ("weights come from a Q4_1 GGUF (4-bit, block 32) dequantized to float: 3-bit results are fair, "
              "4-bit ones are biased towards grids that contain the original 4-bit points")
@@ -69,7 +73,7 @@ def row_overrides(spec: DictConfig, method: str, bits: int | None, objective: st
     return out
 
 
-def compose_row(overrides: list[str], out: Path):
+def compose_row(overrides: list[str], out: Path) -> RunSettings:
     from hydra import compose, initialize_config_dir
 
     from lords_pipelines.stages.settings import settings_from_cfg
@@ -221,7 +225,7 @@ def write_reports(rows: list[dict], meta: dict, out: Path) -> None:
     out.with_suffix(".md").write_text(markdown(rows, meta))
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", default="ptq_smollm2", help="conf/tables/<spec>.yaml or a YAML path (ptq_smollm2)")
     p.add_argument("--bits", type=int, nargs="+", choices=(2, 3, 4), default=None,

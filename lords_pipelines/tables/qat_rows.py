@@ -8,6 +8,8 @@ import csv
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
+from torch import nn
 
 from lords_pipelines import CONF
 from lords_pipelines.tables.rows import Row, overrides
@@ -45,7 +47,7 @@ def curves(out: Path) -> dict[str, list[tuple[int, float]]]:
     return found
 
 
-def run_qat(spec, row: Row, out: Path):
+def run_qat(spec: DictConfig, row: Row, out: Path) -> tuple[nn.Module, dict]:
     """``(converted model, record fields)`` of one QAT row."""
     from hydra import compose, initialize_config_dir
 

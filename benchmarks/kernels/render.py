@@ -133,9 +133,13 @@ def plot(data: dict, path: str) -> None:
     rows, cell, shapes, ms, blocks = _grid(data)
     fig, axes = plt.subplots(len(blocks), len(shapes), figsize=(4.2 * len(shapes), 3.4 * len(blocks)),
                              sharey=True, squeeze=False)
+    def label_of(impl, b):
+        return f"lords {b}-bit" if impl == "lords" else ("4-bit memory floor" if impl == "floor" else impl)
+
+    order = sorted({(r["impl"], r["bits"]) for r in rows}, key=lambda s: (s[0] == "floor", s[0], -s[1]))
+    colours = {label_of(*s): "k" if s[0] == "floor" else f"C{i}" for i, s in enumerate(order)}  # one per series
     for i, blk in enumerate(blocks):
-        series = sorted({(r["impl"], r["bits"]) for r in rows if r["block_size"] == blk},
-                        key=lambda s: (s[0] == "floor", s[0], -s[1]))
+        series = [s for s in order if any(r["block_size"] == blk and (r["impl"], r["bits"]) == s for r in rows)]
         for ax, (N, K) in zip(axes[i], shapes):
             for impl, b in series:
                 pts = []
@@ -144,9 +148,9 @@ def plot(data: dict, path: str) -> None:
                     if f16 and r and f16["us_graph"] and r["us_graph"] and (impl != "floor" or M <= 64):
                         pts.append((M, f16["us_graph"] / r["us_graph"]))  # the floor bounds decode, not prefill
                 if pts:
-                    label = f"lords {b}-bit" if impl == "lords" else ("4-bit memory floor" if impl == "floor"
-                                                                       else impl)
-                    ax.plot(*zip(*pts), marker="o", label=label, linestyle="--" if impl == "floor" else "-")
+                    label = label_of(impl, b)
+                    ax.plot(*zip(*pts), marker="o", label=label, color=colours[label],
+                            linestyle="--" if impl == "floor" else "-")
             ax.axhline(1.0, color="gray", lw=0.8)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log", base=2)

@@ -203,7 +203,7 @@ def _context(spec: DictConfig) -> Context:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lords_pipelines.tables.peft_render import write_table
+    from lords_pipelines.tables.render import write_table
 
     args = table_cli(__doc__, "peft_tables", "regex over '<task>_<method>_': run only those",
                      dict(names=["table"], nargs="?", default="peft",

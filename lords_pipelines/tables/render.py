@@ -1,57 +1,45 @@
-"""PTQ tables as people read them: rows aggregated over calibration samples (mean ± std), a markdown table with
-the float model and each method's baseline side by side, the JSON of the aggregated rows, and a plot."""
+"""The paper's tables as people read them: one ``write_table`` for every table runner (PTQ, QAT and PEFT) writes
+``<dest>/<table>.{json,md,png}``: the aggregated rows as JSON, a markdown table with each method's baseline beside
+it, and the plots."""
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 
-GROUP = ("method", "bits", "block_size", "rule", "steps", "rank_scale")
+from lords_pipelines.tables.aggregate import add_serving, aggregate, aggregate_peft
+from lords_pipelines.tables.peft_tasks import KINDS
+from lords_pipelines.tables.plots import plot_curves, plot_peft, plot_ptq
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-QAT_FIELDS = ("trainable_floats", "train_steps", "train_tokens", "train_source", "train_distinct_tokens",
-              "lr_weight", "lr_scale", "train_seconds", "train_tokens_per_s")
-
-
-def aggregate(records: list[dict]) -> list[dict]:
-    """One row per method setting; calibrated rows carry the mean and std over their samples and the runs."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault(tuple(r[k] for k in GROUP), []).append(r)
-    rows = []
-    for runs in groups.values():
-        first = runs[0]
-        texts = list(first["ppl"])
-        tasks = [k[: -len("/acc")] for k in first if k.endswith("/acc")]
-        row = {k: first[k] for k in ("model", *GROUP, "rank", "float_params", "bits_per_weight", "code_bits")}
-        row["objective"] = (((first.get("config") or {}).get("refine") or
-                             ((first.get("config") or {}).get("base") or {}).get("refine") or {}).get("objective"))
-        row["seed"] = first.get("seed", 0)
-        row["samples"] = len(runs) if first["sample"] is not None else 0
-        ppl = {t: _mean_std([r["ppl"][t] for r in runs]) for t in texts}
-        row["ppl"] = {t: m for t, (m, _) in ppl.items()}
-        row["ppl_std"] = {t: s for t, (_, s) in ppl.items()}
-        row["ppl_tokens"] = first["ppl_tokens"]
-        for key in ("weight_rel_error", "zero_shot_mean", "quant_seconds"):
-            if key in first:
-                row[key], row[f"{key}_std"] = _mean_std([r[key] for r in runs])
-        row["seconds"] = sum(r["seconds"] for r in runs)
-        row["zero_shot_ci95"] = first.get("zero_shot_ci95")
-        for task in tasks:
-            row[f"{task}/acc"] = statistics.fmean(r[f"{task}/acc"] for r in runs)
-            row[f"{task}/items"] = first[f"{task}/items"]
-        # `steps`/`tokens`: what the row trained (0 for PTQ rows); `refine_steps`: Algorithm 1's T before it
-        row["refine_steps"], row["steps"], row["tokens"] = row["steps"], first.get("train_steps", 0), 0
-        if "train_steps" in first:  # a QAT row: what it trained, at what budget
-            row.update({k: first.get(k) for k in QAT_FIELDS}, tokens=first.get("train_tokens"))
-        row["runs"] = [{"sample": r["sample"], "ppl": r["ppl"], "zero_shot_mean": r.get("zero_shot_mean")}
-                       for r in runs]
-        rows.append(row)
-    return rows
+def write_table(table: str, records: list[dict], meta: dict, dest: Path) -> str:
+    """``<dest>/<table>.{json,md,png}`` (and ``<table>_curves.png`` for trained rows); returns the markdown. A PEFT
+    table (its spec has ``tasks``) takes its decode times from ``<dest>/<table>_serving.{json,md}`` when present."""
+    dest.mkdir(parents=True, exist_ok=True)
+    peft = "tasks" in meta["spec"]
+    if peft:
+        rows = aggregate_peft(records, meta["spec"])
+        serving = dest / f"{table}_serving.json"
+        if serving.is_file():
+            add_serving(rows, json.loads(serving.read_text()))
+        md = peft_markdown(table, rows, meta) + not_run_note(table, meta.get("missing") or [], "runs",
+                                                              " A row's ± is over the seeds it has.")
+        if serving.is_file():
+            md += "\n" + serving.with_suffix(".md").read_text().replace("# Serving", "## Serving", 1)
+    else:
+        rows = aggregate(records)
+        md = ptq_markdown(table, rows, meta) + not_run_note(table, meta.get("missing") or [], "rows")
+    (dest / f"{table}.json").write_text(json.dumps(rows, indent=1))
+    try:
+        if peft:
+            plot_peft(rows, meta["spec"], dest / f"{table}.png")
+        else:
+            plot_ptq(table, rows, dest / f"{table}.png")
+            if plot_curves(records, dest / f"{table}_curves.png"):
+                md += f"\nTraining curves: `{table}_curves.png`.\n"
+    except ImportError:  # the GPU machine has no matplotlib: `--render` redraws from the rows journal
+        print(f"matplotlib missing: no {table}.png (rerun the table's runner with --render where it is installed)")
+    (dest / f"{table}.md").write_text(md)
+    return md
 
 
 def not_run_note(table: str, missing: list[str], unit: str, after: str = "", shown: int = 12) -> str:
@@ -67,7 +55,7 @@ def _pm(mean: float, std: float, samples: int, fmt: str = ".2f") -> str:
     return f"{mean:{fmt}} ± {std:{fmt}}" if samples > 1 else f"{mean:{fmt}}"
 
 
-def markdown(table: str, rows: list[dict], meta: dict) -> str:
+def ptq_markdown(table: str, rows: list[dict], meta: dict) -> str:
     spec = meta["spec"]
     texts = list(rows[0]["ppl"])
     tasks = [k[: -len("/acc")] for k in rows[0] if k.endswith("/acc")]
@@ -101,97 +89,56 @@ def markdown(table: str, rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-PLOTTED = ("nf", "loftq", "nf_calibrated", "lords_refined", "lords_calibrated", "blockwise_refined")
+def _pm_or_dash(mean: float | None, std: float, n: int, fmt: str) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:{fmt}} ± {std:{fmt}}" if n > 1 else f"{mean:{fmt}}"
 
 
-def _series(table: str, rows: list[dict], text: str) -> dict[str, list]:
-    series: dict[str, list] = {}
-    for r in rows:
-        if r["method"] == "fp" or (table.startswith("ptq_bits") and r["method"] not in PLOTTED):
+def _ms(v) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
+def peft_markdown(table: str, rows: list[dict], meta: dict) -> str:
+    spec = meta["spec"]
+    texts = list(spec["eval"]["texts"])
+    lines = [f"# `{table}`: PEFT on {rows[0]['model']} at {spec['bits']} bits, block {spec['block_size']}", "",
+             "Methods at matched trainable floats: every LoRA rank is LoRDS's parity rank of its layer, so each "
+             "method trains the floats shown. `lords_peft` trains only B, A (codes unchanged, nothing merged); "
+             "`qlora` is bitsandbytes NF4 `Linear4bit` + peft LoRA; `loftq` and `qpissa` start the LoRA from LoftQ's "
+             "alternation and from PiSSA's principal directions (base = the quantized residual). Learning rate: the "
+             f"grid {spec['lrs']} at seed {spec['seeds'][0]}, chosen on the validation split by the same rule for "
+             f"every method; scores are mean ± std over seeds {spec['seeds']} at that lr. `before`: the quantized "
+             "base untrained. Decode: batch-1 greedy ms per token after training, the model as served (LoRDS "
+             "through its kernels on CUDA, nothing merged; LoRA unmerged, and merged where peft allows). "
+             f"Perplexity on {spec['eval']['tokens']:,} tokens of each text. Device: {meta['device']} "
+             f"(torch {meta['torch']}).", ""]
+    for task in spec["tasks"]:
+        mine = [r for r in rows if r["task"] == task]
+        if not mine:
             continue
-        if table.startswith("ptq_bits"):
-            label = f"{r['method']} b{r['block_size']}" + (" sensitivity" if r["rule"] == "sensitivity" else "")
-            x = r["bits_per_weight"]
-        else:
-            label, x = r["method"], r["refine_steps"] if "refine" in table else r["float_params"]
-        series.setdefault(label, []).append((x, r["ppl"][text], r["ppl_std"][text]))
-    return series
-
-
-def plot(table: str, rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    texts = list(rows[0]["ppl"])
-    fp = next(r for r in rows if r["method"] == "fp")
-    colours = {m: f"C{i}" for i, m in enumerate(PLOTTED)}
-    fig, axes = plt.subplots(1, len(texts), figsize=(6.5 * len(texts), 4.5))
-    for ax, text in zip(axes, texts):
-        for label, pts in sorted(_series(table, rows, text).items()):
-            pts.sort()
-            x, y, e = ([p[i] for p in pts] for i in range(3))
-            low = [min(err, 0.5 * val) for val, err in zip(y, e)]  # log axis: keep the bar above zero
-            ax.errorbar(x, y, yerr=[low, e], marker="s" if "sensitivity" in label else "o", ms=4, capsize=2,
-                        label=label, color=colours.get(label.split()[0]), ls="--" if "b128" in label else "-")
-        ax.axhline(fp["ppl"][text], color="k", lw=0.8, ls=":", label="float")
-        ax.set_yscale("log")
-        ax.set_ylim(fp["ppl"][text] / 1.3, min(ax.get_ylim()[1], 1e5))
-        ax.set_title(f"perplexity on {text} (clipped at 1e5)")
-        ax.set_xlabel("Algorithm 1 steps T" if "refine" in table else "float parameters" if "rank" in table
-                      else "bits per weight (codes + scales)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_curves(records: list[dict], path: Path) -> bool:
-    """Training (lines) and validation (markers) loss of every QAT run against steps, one panel per bit width,
-    block-wise runs dashed; False when no run has curves."""
-    runs = [r for r in records if r.get("curves") and r["curves"]["train/loss"]]
-    if not runs:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    widths = sorted({r["bits"] for r in runs}, reverse=True)
-    fig, axes = plt.subplots(1, len(widths), figsize=(5.5 * len(widths), 4.5), squeeze=False)
-    for ax, bits in zip(axes[0], widths):
-        mine = [r for r in runs if r["bits"] == bits]
-        for i, r in enumerate(mine):
-            label = r["method"] + (f" ({r['rule']})" if r["rule"] else "")
-            style = "--" if not r["method"].startswith("lords") else "-"
-            train, val = r["curves"]["train/loss"], r["curves"]["val/loss"]
-            ax.plot([s for s, _ in train], [v for _, v in train], style, lw=0.9, color=f"C{i}", label=label)
-            if val:
-                ax.plot([s for s, _ in val], [v for _, v in val], "o", ms=4, color=f"C{i}")
-        ax.set_title(f"{bits} bits")
-        ax.set_xlabel("training step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("next-token loss (lines: train, dots: validation)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
-def write_table(table: str, records: list[dict], meta: dict, dest: Path) -> str:
-    """``<dest>/<table>.{json,md,png}``; returns the markdown."""
-    dest.mkdir(parents=True, exist_ok=True)
-    rows = aggregate(records)
-    md = markdown(table, rows, meta) + not_run_note(table, meta.get("missing") or [], "rows")
-    (dest / f"{table}.json").write_text(json.dumps(rows, indent=1))
-    (dest / f"{table}.md").write_text(md)
-    try:
-        plot(table, rows, dest / f"{table}.png")
-        if plot_curves(records, dest / f"{table}_curves.png"):
-            (dest / f"{table}.md").write_text(md + f"\nTraining curves: `{table}_curves.png`.\n")
-    except ImportError:  # the GPU machine has no matplotlib: `--render` redraws from the rows journal
-        print(f"matplotlib missing: no {table}.png (python -m lords_pipelines.tables.ptq {table} --render ...)")
-    return md
+        kind = KINDS[task]
+        score = "test acc" if kind != "text" else f"ppl {texts[0]} (test)"
+        shown = texts[1:] if kind == "text" else texts  # a text task's test is already the first perplexity
+        floats = sorted({r["trainable_floats"] for r in mine})
+        lines += [f"## `{task}` ({kind}; {mine[0]['steps']} steps, {mine[0]['tokens']:,} tokens per run; "
+                  f"trainable floats {', '.join(f'{f:,}' for f in floats)})", "",
+                  f"| method | rank | init | lr | {score} | before | " + " | ".join(f"ppl {t}" for t in shown)
+                  + " | ms/token | merged ms/token | before ms/token |", "|" + "---|" * (9 + len(shown))]
+        for r in mine:
+            n = len(r["seed"])
+            acc = f"{task}/acc"
+            if kind == "text":
+                main, before = _pm_or_dash(r["ppl"][texts[0]], r["ppl_std"][texts[0]], n, ".2f"), r["before"]["ppl"][texts[0]]
+                before = f"{before:.2f}"
+            else:
+                main, before = _pm_or_dash(r[acc], r[f"{acc}_std"], n, ".3f"), f"{r['before'][acc]:.3f}"
+            ppl = " | ".join(_pm_or_dash(r["ppl"][t], r["ppl_std"][t], n, ".2f") for t in shown)
+            lines.append(f"| {r['method']} | {r['rank']:g} | {r['init']} | {r['lr']:g} | {main} | {before} | {ppl} | "
+                         f"{_ms(r['decode_ms_per_token'])} | {_ms(r['decode_ms_per_token_merged'])} | "
+                         f"{_ms(r['before']['decode_ms_per_token'])} |")
+        lines.append("")
+    compute = sum(run["seconds"] for r in rows for run in r["runs"])
+    lines.append(f"{sum(len(r['runs']) for r in rows)} runs, {compute / 60:.1f} min of training and evaluation summed "
+                 "over runs (model loading excluded; per-run seconds in the JSON).")
+    return "\n".join(lines) + "\n"

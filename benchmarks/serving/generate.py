@@ -167,16 +167,15 @@ def run(args) -> dict:
         m = variants[k]["model"]
         try:
             try:
-                _timed(m, prompts[b], args.long, c, fullgraph[k], dtype)
+                _t, out = _timed(m, prompts[b], args.long, c, fullgraph[k], dtype)
             except Exception as e:  # noqa: BLE001
                 if not c or not fullgraph[k]:
                     raise
                 notes[k] = f"fullgraph=True failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); fullgraph=False"
                 fullgraph[k] = False
                 torch._dynamo.reset()
-                _timed(m, prompts[b], args.long, c, fullgraph[k], dtype)
-            _t, out = _timed(m, prompts[b], args.short, c, fullgraph[k], dtype)
-            _t, out = _timed(m, prompts[b], args.long, c, fullgraph[k], dtype)
+                _t, out = _timed(m, prompts[b], args.long, c, fullgraph[k], dtype)
+            _timed(m, prompts[b], args.short, c, fullgraph[k], dtype)
             outs[(k, b, c)] = out.cpu()
         except Exception as e:  # noqa: BLE001
             errors[(k, b, c)] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
@@ -191,12 +190,20 @@ def run(args) -> dict:
             tl, _ = _timed(m, prompts[b], args.long, c, fullgraph[k], dtype)
             times[cell].append((tl - ts) / (args.long - args.short) * 1000)
         print(f"round {rnd + 1} {time.perf_counter() - start:.0f}s", flush=True)
+        if args.save is not None:  # a partial report after every round: a call cut short keeps what it had
+            args.save(_report(args, model_name, load_s, variants, cells, times, outs, fullgraph, notes, errors))
         if rnd + 1 >= args.min_rounds and time.perf_counter() - start > args.budget_s:
             break
+    return _report(args, model_name, load_s, variants, cells, times, outs, fullgraph, notes, errors)
+
+
+def _report(args, model_name, load_s, variants, cells, times, outs, fullgraph, notes, errors) -> dict:
     rows = []
     for cell in cells:
         k, b, c = cell
         v = times[cell]
+        if not v:
+            continue
         same = None
         if (k, b, False) in outs and (k, b, True) in outs:
             same = bool(torch.equal(outs[(k, b, False)], outs[(k, b, True)]))
@@ -278,13 +285,17 @@ def main(argv=None):
         args.batches = [b for b in args.batches if b <= 2] or [1]
     elif args.model is None:
         p.error("--model is required (or --smoke)")
-    report = run(args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    md = render(report)
-    (out / f"{args.name}.md").write_text(md)
-    print(md)
+
+    def save(report):
+        (out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
+        md = render(report)
+        (out / f"{args.name}.md").write_text(md)
+        return md
+
+    args.save = save
+    print(save(run(args)))
 
 
 if __name__ == "__main__":

@@ -151,3 +151,30 @@ def test_fp32_scales_give_the_cast_scales_result_bit_for_bit(M, dtype):
     got = tk.lords_matmul(x, codes, grid, B, A, None)
     want = tk.lords_matmul(x, codes, grid, B.to(dtype), A.to(dtype), None)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kernel", ["gemv", "gemm_t", "dequant"])
+def test_fp32_scales_match_cast_scales_on_every_forward_kernel(kernel):
+    """The kernels take fp32 ``B``, ``A`` beside bf16 activations (what the compiled op now passes): the result is
+    the cast scales' within bf16 rounding (the interpreter truncates its casts; the GPU test checks bit equality)."""
+    from lords.grids import make_grid
+    from lords_kernels.lords_matmul.layout import repack_codes
+    from lords_kernels.lords_matmul.tuning import TileConfig
+
+    g = torch.Generator().manual_seed(7)
+    N, K, r = 96, 200, 5
+    codes = repack_codes(torch.randint(0, 16, (N, K), generator=g), 4)
+    codes = type(codes)(codes.lo.to(DEV), codes.hi.to(DEV), 4, K)
+    grid = make_grid("nf", 4).to(DEV)
+    B = (torch.randn(N, r, generator=g) / r**0.5).to(DEV)
+    A = (torch.rand(r, K, generator=g) + 0.5).to(DEV)
+    M = 1 if kernel == "gemv" else 3
+    x = torch.randn(M, K, generator=g).to(DEV, torch.bfloat16)
+    cfg = {"gemv": TileConfig("gemv", BN=32, split_k=2), "gemm_t": TileConfig("gemm_t", BN=32, BM=16),
+           "dequant": TileConfig("dequant", BN=32, GROUPS=1)}[kernel]
+    got = tk.lords_matmul(x, codes, grid, B, A, None, config=cfg)
+    want = tk.lords_matmul(x, codes, grid, B.to(torch.bfloat16), A.to(torch.bfloat16), None, config=cfg)
+    rel = ((got.double() - want.double()).norm() / want.double().norm()).item()
+    assert rel < 1e-2
+    if CUDA:
+        assert torch.equal(got, want)

@@ -38,6 +38,8 @@ class LayerPlan:
         self.qweight, self.qversion = q, q._version
         # On the scales' device: codes kept in host memory (use_triton(codes_on_host=True)) repack to the GPU.
         self.codes = repack(q.to(layer.B.device), layer.bits, layer.in_features)
+        for t in (self.codes.lo, self.codes.hi):  # cudagraph trees: fixed addresses, never copied on a replay
+            torch._dynamo.mark_static_address(t)
         self.grid = layer.grid
         self.N, self.r = layer.B.shape
         self.K, self.bits = layer.in_features, layer.bits
@@ -113,7 +115,9 @@ def kernel_codes(layer) -> KernelCodes:
 @torch.library.custom_op("lords::matmul", mutates_args=())
 def _matmul_op(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, grid: torch.Tensor, B: torch.Tensor,
                A: torch.Tensor, bias: Optional[torch.Tensor], bits: int, K: int) -> torch.Tensor:
-    return tk.lords_matmul(x, KernelCodes(lo, hi, bits, K), grid, B.to(x.dtype), A.to(x.dtype),
+    # B and A go in as stored: the kernels round them to x's dtype as they load them, so a compiled model's CUDA
+    # graph holds no cast kernels for fp32 scales (two per layer and token otherwise)
+    return tk.lords_matmul(x, KernelCodes(lo, hi, bits, K), grid, B, A,
                            None if bias is None else bias.to(x.dtype))
 
 
@@ -223,6 +227,23 @@ def _lords_layers(model: nn.Module):
     return [m for m in model.modules() if isinstance(m, LoRDSLinear)]
 
 
+def _prepare_for_graphs(plan: LayerPlan, layer) -> None:
+    """What a CUDA graph of a compiled model reads, made now in eager mode rather than during capture (where a
+    cache miss would record its fill kernels into every replay and allocate in the graph's private pool): the
+    code-value tables in both half dtypes and the shared scratch buffers."""
+    from .lords_matmul.forward import _scratch, _xa_buffer, grid_as, prmt_table
+    from .lords_matmul.tuning import rank_pad
+
+    device = layer.B.device
+    if device.type != "cuda":
+        return
+    _scratch(device, 1)
+    for dt in (torch.float16, torch.bfloat16):
+        grid_as(layer.grid, dt)
+        prmt_table(layer.grid, dt)
+        _xa_buffer(device, dt, plan.codes.k_pad * rank_pad(plan.r))
+
+
 def use_triton(model: nn.Module, cpu_fallback: bool = False, codes_on_host: bool = False) -> nn.Module:
     """Run every LoRDSLinear of ``model`` through the Triton kernels (repacking its codes now); returns model.
 
@@ -231,11 +252,15 @@ def use_triton(model: nn.Module, cpu_fallback: bool = False, codes_on_host: bool
     (what ``state_dict`` saves and the torch reference reads) moves to host memory: the GPU holds the codes once,
     not twice (4 bits at 8B: ~3.5 GB less). Saving still works; a later ``model.to(device)`` brings ``qweight``
     back and rebuilds the plans (two copies again); the reference path and ``dequantized_weight`` then need the
-    model on one device."""
+    model on one device.
+
+    Compiling: call this before ``torch.compile`` (or ``generate(cache_implementation="static")``) and after any
+    device move; a compiled model uses the plans made here (see :func:`_prepare_for_graphs`)."""
     fn = _triton_or_reference if cpu_fallback else triton_forward
     for m in _lords_layers(model):
         m.set_backend(fn)
         plan = plan_of(m)
+        _prepare_for_graphs(plan, m)
         if codes_on_host:
             m.qweight = m.qweight.to("cpu", copy=True)  # a new tensor also on the CPU: one code path, tested there
             plan.qweight, plan.qversion = m.qweight, m.qweight._version  # the plan still holds these codes

@@ -25,15 +25,28 @@ from .tuning import TileConfig, default_config, pick_config, rank_pad
 
 
 @triton.jit
-def _xa_kernel(x_ptr, A_ptr, xa_ptr, K, r, stride_ar, R: tl.constexpr, BK: tl.constexpr):
+def _round_scale(t, SCALE_RND: tl.constexpr):
+    """``t`` rounded to the runner's compute dtype (1: fp16, 2: bf16, 0: as loaded), then fp32: scales stored in
+    fp32 (``LordsConfig.scale_dtype``'s default) give what a cast to the activation dtype before the launch gives,
+    with no cast launch (what a CUDA graph of a compiled model replays)."""
+    if SCALE_RND == 1:
+        t = t.to(tl.float16)
+    elif SCALE_RND == 2:
+        t = t.to(tl.bfloat16)
+    return t.to(tl.float32)
+
+
+@triton.jit
+def _xa_kernel(x_ptr, A_ptr, xa_ptr, K, r, stride_ar, R: tl.constexpr, BK: tl.constexpr,
+               SCALE_RND: tl.constexpr = 0):
     """``xaᵀ (K_pad, R) = (A ⊙ x)ᵀ``, zero beyond ``r`` and ``K``: the gemv's second operand, made once per call
-    instead of once per N-block."""
+    instead of once per N-block. ``A`` in any float dtype, rounded as :func:`_round_scale` says."""
     k = tl.program_id(0) * BK + tl.arange(0, BK)
     j = tl.arange(0, R)
     km = k < K
     a = tl.load(A_ptr + j[None, :] * stride_ar + k[:, None], mask=(j[None, :] < r) & km[:, None], other=0.0)
     xk = tl.load(x_ptr + k, mask=km, other=0.0)
-    xa = a.to(tl.float32) * xk.to(tl.float32)[:, None]
+    xa = _round_scale(a, SCALE_RND) * xk.to(tl.float32)[:, None]
     tl.store(xa_ptr + k[:, None] * R + j[None, :], xa.to(xa_ptr.dtype.element_ty))
 
 
@@ -42,7 +55,7 @@ def _gemv_kernel(xa_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_ptr, y_p
                  N, r, n_groups, split_k, stride_lo, stride_hi, stride_bn,
                  HAS_BIAS: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, F: tl.constexpr, R: tl.constexpr,
                  BN: tl.constexpr, Q_AS_B: tl.constexpr, EVEN_N: tl.constexpr, PRMT: tl.constexpr,
-                 ONES: tl.constexpr, DOT_FP32: tl.constexpr):
+                 ONES: tl.constexpr, DOT_FP32: tl.constexpr, SCALE_RND: tl.constexpr = 0):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     cdt = xa_ptr.dtype.element_ty
@@ -79,12 +92,12 @@ def _gemv_kernel(xa_ptr, lo_ptr, hi_ptr, grid_ptr, tab_ptr, B_ptr, bias_ptr, y_p
                 xa = tl.load(xa_ptr + k[:, None] * R + offs_r[None, :])  # (T, R)
                 z = _dot(q, xa, z, DOT_FP32)
     if Q_AS_B:
-        bt = tl.load(B_ptr + offs_n[None, :] * stride_bn + offs_r[:, None], mask=n_mask[None, :] & r_mask[:, None],
-                     other=0.0).to(tl.float32)
+        bt = _round_scale(tl.load(B_ptr + offs_n[None, :] * stride_bn + offs_r[:, None],
+                                  mask=n_mask[None, :] & r_mask[:, None], other=0.0), SCALE_RND)
         y = tl.sum(z * bt, axis=0)
     else:
-        b = tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
-                    other=0.0).to(tl.float32)
+        b = _round_scale(tl.load(B_ptr + offs_n[:, None] * stride_bn + offs_r[None, :],
+                                 mask=n_mask[:, None] & r_mask[None, :], other=0.0), SCALE_RND)
         y = tl.sum(z * b, axis=1)
     offs_m = tl.zeros((1,), dtype=tl.int32)
     _splitk_epilogue(y[None, :], offs_m, offs_n, 1, N, y_ptr, 0, bias_ptr, ws_ptr, lock_ptr, pid_n, pid_k,
@@ -195,11 +208,18 @@ Runner = Callable[[torch.Tensor, torch.Tensor], None]
 ``run.launches``: its kernels as :class:`~.launch.Launch` es (the binaries they launch directly after a first call)."""
 
 
+def scale_rounding(dtype: torch.dtype) -> int:
+    """``SCALE_RND`` of the gemv kernels for a runner computing in ``dtype`` (see :func:`_round_scale`)."""
+    return {torch.float16: 1, torch.bfloat16: 2}.get(dtype, 0)
+
+
 def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torch.Tensor, bias: torch.Tensor | None,
                 M: int, dtype: torch.dtype, cfg: TileConfig) -> Runner:
     """Bind every launch argument that does not depend on the call's ``x``/``y`` (tile constants, strides, LUT
     tables, code tensors) for token counts that share ``M``'s tile choice; what a layer's plan caches.
-    ``B (N, r)``, ``A (r, K)``, ``bias (N,)`` already in ``dtype``."""
+    ``bias (N,)`` in ``dtype``; ``B (N, r)``, ``A (r, K)`` in ``dtype`` or any float dtype: every kernel rounds the
+    scales it loads to ``dtype`` (on the GPU; the interpreter's fp32 operands skip that in gemm_t and dequant), so
+    fp32 scales give the same result as scales cast before the call, with no cast launch."""
     K, bits = codes.K, codes.bits
     N, r = B.shape
     R = rank_pad(r)
@@ -251,9 +271,10 @@ def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torc
     if cfg.kernel == "gemv":  # M = 1: (A ⊙ x)ᵀ by _xa_kernel, then the gemv
         xdt = torch.float32 if INTERPRET else dtype
         xa_grid, gv_grid = (codes.k_pad // 64, 1, 1), (tiles_n, split, 1)
-        xa_kern = Launch(_xa_kernel, R=R, BK=64, num_warps=4)
+        rnd = scale_rounding(dtype)
+        xa_kern = Launch(_xa_kernel, R=R, BK=64, SCALE_RND=rnd, num_warps=4)
         kern = Launch(_gemv_kernel, BN=cfg.BN, Q_AS_B=cfg.Q_AS_B, EVEN_N=N % cfg.BN == 0, PRMT=prmt,
-                      ONES=cfg.ONES and not INTERPRET and fp16, **common)
+                      ONES=cfg.ONES and not INTERPRET and fp16, SCALE_RND=rnd, **common)
 
         def run(x2, y):  # x2 and y may be fp32 here (run.fp32_io): _xa reads x in fp32, the epilogue stores y's dtype
             key = io_key(x2, y)
@@ -284,8 +305,8 @@ def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torc
 
 def lords_matmul(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torch.Tensor,
                  bias: torch.Tensor | None, config: TileConfig | dict | None = None) -> torch.Tensor:
-    """``y (..., N) = x @ W_hat.T + bias`` in ``x.dtype``; ``x (..., K)`` fp16/bf16, ``B (N, r)``, ``A (r, K)``,
-    ``bias (N,)`` in ``x.dtype``. ``config``: a tile choice, else the table's or the heuristic's."""
+    """``y (..., N) = x @ W_hat.T + bias`` in ``x.dtype``; ``x (..., K)`` fp16/bf16, ``bias (N,)`` in ``x.dtype``,
+    ``B (N, r)``, ``A (r, K)`` in ``x.dtype`` or fp32 (rounded to ``x.dtype`` in the kernels: :func:`make_runner`). ``config``: a tile choice, else the table's or the heuristic's."""
     K = codes.K
     N, r = B.shape
     lead = x.shape[:-1]

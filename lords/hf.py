@@ -81,6 +81,12 @@ class LordsHfQuantizer(HfQuantizer):
     requires_calibration = False
     quantization_config: LordsQuantConfig
 
+    @property
+    def is_compileable(self) -> bool:
+        """True: the LoRDS layers trace without graph breaks (the Triton forward is a custom op with a fake kernel),
+        so ``generate(cache_implementation="static")`` compiles a LoRDS model as it would a float one."""
+        return True
+
     def validate_environment(self, *args, **kwargs):
         config = self.quantization_config.lords_config
         if not self.pre_quantized and config.needs_calibration:

@@ -143,12 +143,12 @@ def run(args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
     if args.smoke:
-        from lords.models import tiny_llama
+        from lords_pipelines.models import tiny_llama
 
         float_model = tiny_llama(seed=0, hidden=256, intermediate=512).to(device=device, dtype=dtype)
         vocab, model_name = 512, "tiny_llama(hidden=256)"
     else:
-        from lords.models import load_model
+        from lords_pipelines.models import load_model
 
         float_model, _tok = load_model(args.model, dtype=dtype, device=device)
         vocab, model_name = float_model.config.vocab_size, Path(args.model).name
@@ -264,7 +264,7 @@ def render(report: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="a GGUF path, local folder or hub id (lords.models.load_model)")
+    p.add_argument("--model", default=None, help="a GGUF path, local folder or hub id (lords_pipelines.models.load_model)")
     p.add_argument("--out-dir", default="outputs/reports")
     p.add_argument("--name", default="serving")
     p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])

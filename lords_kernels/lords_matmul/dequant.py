@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .code_tables import prmt_table
 from .layout import KernelCodes, group_size
 from .primitives import INTERPRET, _code_values, _load_codes, _mm, _row_tile
 from .tuning import DEQUANT_CONFIG, TileConfig, rank_pad
@@ -97,8 +98,6 @@ def dequantize(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torch
                out: torch.Tensor | None = None, cfg: TileConfig | None = None) -> torch.Tensor:
     """``W_hat (N, K)`` in ``dtype``: into ``out`` (``N·K`` elements) or the shared scratch buffer.
     ``B (N, r)``, ``A (r, K)`` in ``dtype`` (fp16/bf16); ``grid`` float32."""
-    from .forward import prmt_table
-
     N, r = B.shape
     K = codes.K
     w = (out if out is not None else scratch(B.device, dtype, N * K))[: N * K].view(N, K)

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .code_tables import grid_as, prmt_table  # noqa: F401 (re-exported: dispatch and the tests read them here)
+from .dequant import _dequant_kernel, dequant_launch, scratch
 from .launch import Launch, io_key
 from .layout import T, KernelCodes, group_size
 from .primitives import (INTERPRET, _code_values, _dot, _field, _grouped_tile, _load_codes, _lut, _lut_prmt, _mm,
@@ -165,33 +167,6 @@ def _scratch(device: torch.device, numel: int) -> tuple[torch.Tensor, torch.Tens
     return ws, locks
 
 
-_GRIDS: dict = {}
-
-
-def grid_as(grid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``grid`` in ``dtype``, cast once and cached (the cache holds the source, so its address stays unique)."""
-    if grid.dtype == dtype:
-        return grid
-    key = (grid.data_ptr(), grid._version, dtype)
-    hit = _GRIDS.get(key)
-    if hit is None:
-        hit = _GRIDS[key] = (grid, grid.to(dtype))
-    return hit[1]
-
-
-def prmt_table(grid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The 8 int32 words ``_prmt_asm`` reads: low bytes then high bytes of the grid in ``dtype``, padded to 16."""
-    key = ("prmt", grid.data_ptr(), grid._version, dtype)
-    hit = _GRIDS.get(key)
-    if hit is None:
-        g16 = torch.zeros(16, dtype=dtype, device=grid.device)
-        g16[: grid.numel()] = grid.to(dtype)
-        by = g16.view(torch.uint8)
-        tab = torch.cat([by[0::2].contiguous().view(torch.int32), by[1::2].contiguous().view(torch.int32)])
-        hit = _GRIDS[key] = (grid, tab)
-    return hit[1]
-
-
 def _xa_buffer(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tensor:
     """The gemv's ``(A ⊙ x)ᵀ`` buffer, one per device and dtype, shared by every layer (grown on demand)."""
     key = ("xa", device.type, device.index, dtype)
@@ -239,8 +214,6 @@ def make_runner(codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torc
     fp16 = dtype == torch.float16
 
     if cfg.kernel == "dequant":  # prefill: W_hat once into the shared buffer, then cuBLAS
-        from .dequant import _dequant_kernel, dequant_launch, scratch
-
         dq_grid, n_g, meta = dequant_launch(codes, N, r, cfg)
         dq_grid = (*dq_grid, 1)  # a compiled binary takes all three grid dimensions
         dq = Launch(_dequant_kernel, **meta)

@@ -27,6 +27,7 @@ from .refine import LayerStats, Refiner, RefineAdam, refine
 from .report import LayerReport, QuantizeReport, storage_bits
 from .scales import BlockScale, LowRankScale
 from .stream import load_streamed, quantize_streamed
+from .gptq import BlockwiseGPTQConfig, LordsGPTQConfig  # registers lords_gptq, blockwise_gptq
 
 __all__ = [
     "BlockLinear", "BlockScale", "BlockwiseConfig", "LayerReport", "LayerStats", "LayerwiseConfig", "LoftQConfig", "LoftQLinear", "LoRDSLinear",

@@ -30,7 +30,7 @@ from lords_pipelines.evaluation.scores import corpus_ids, corpus_perplexity
 from lords_pipelines.evaluation.multiple_choice import zero_shot
 from lords_pipelines.tables.render import write_table
 from lords_pipelines.tables.runner import check_only, device_name, run_dir_of, table_cli  # noqa: F401 (re-exported)
-from lords_pipelines.tables.rows import Row, load_spec, overrides, table_rows
+from lords_pipelines.tables.rows import Row, load_spec, overrides, peer_of, table_rows
 
 
 
@@ -73,6 +73,14 @@ def run_row(float_model, tok, spec, row: Row, cache: dict, out: Path) -> dict:
     if row.method == "fp":
         model = float_model
         record.update(float_params=0, bits_per_weight=16.0, code_bits=None, weight_rel_error=0.0, rank=None)
+    elif peer_of(spec, row.method):
+        from lords_pipelines.tables.peers import quantize_peer
+
+        calib = calibration_sample(tok, spec, row.sample, cache) if row.sample is not None else None
+        peer = quantize_peer(float_model, peer_of(spec, row.method), row.bits, row.block_size, calib, tok)
+        model = peer.model
+        record.update(float_params=peer.float_params, bits_per_weight=peer.bits_per_weight, code_bits=peer.code_bits,
+                      weight_rel_error=peer.weight_rel_error, rank=None, library=peer.library)
     elif spec.method_defs[row.method].get("qat"):
         from lords_pipelines.tables.qat_rows import run_qat
 
@@ -128,6 +136,15 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
                   flush=True)
         return [done[r.key] for r in rows if r.key in done], [r.key for r in todo]
     print(f"{table}: {len(rows)} rows, {len(rows) - len(todo)} already in {journal}", flush=True)
+    skipped = []
+    for row in [r for r in todo if peer_of(spec, r.method)]:
+        from lords_pipelines.tables.peers import unavailable
+
+        reason = unavailable(peer_of(spec, row.method))
+        if reason:  # kept in the report as not run, with the reason
+            print(f"  {row.key}: not run: {reason}", flush=True)
+            skipped.append(f"{row.key} ({reason})")
+            todo.remove(row)
     if todo and spec.model not in loaded:
         from lords_pipelines.models import load_model
 
@@ -145,7 +162,7 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
         done[row.key] = record
         print(f"  {row.key}: ppl " + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
               + f"; zero-shot {record.get('zero_shot_mean', float('nan')):.3f}; {record['seconds']:.0f} s", flush=True)
-    return [done[r.key] for r in rows], []
+    return [done[r.key] for r in rows if r.key in done], skipped
 
 
 def main(argv=None):

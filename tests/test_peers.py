@@ -101,3 +101,15 @@ def test_peer_and_gptq_rows_run_through_the_table_runner(tmp_path):
     md = (tmp_path / "out" / "peers_mini.md").read_text()
     for method in {"gptq", "hqq"} - expected:
         assert "Not run yet" in md and unavailable(method)[:20] in md
+
+
+@needs("gptq")
+def test_llmcompressor_groups_that_do_not_divide_the_inputs_are_refused_with_the_reason():
+    """SmolLM2's 576-wide inputs at block 128: llmcompressor refuses such groups, so those rows are not run."""
+    from lords_pipelines.models import tiny_llama
+
+    model = tiny_llama(seed=0, hidden=192, intermediate=320)
+    assert "refuses group_size=128" in unavailable("gptq", model, 128) and "192" in unavailable("awq", model, 128)
+    assert unavailable("gptq", model, 64) is None
+    with pytest.raises(RuntimeError, match="columns % group_size"):
+        quantize_peer(model, "gptq", 4, 128, torch.zeros(1, 8, dtype=torch.long), tokenizer=object())

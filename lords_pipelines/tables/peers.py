@@ -51,8 +51,9 @@ class PeerResult:
     """``name==version`` of the library that produced the codes."""
 
 
-def unavailable(method: str) -> str | None:
-    """Why ``method`` cannot run in this environment (None when it can)."""
+def unavailable(method: str, model: nn.Module | None = None, group_size: int | None = None) -> str | None:
+    """Why ``method`` cannot run in this environment (None when it can); with ``model`` and ``group_size``, also
+    why it cannot run on that model (llmcompressor refuses groups that do not divide a layer's inputs)."""
     if method not in PEERS:
         return f"{method!r} is not a peer ({PEERS})"
     try:
@@ -63,6 +64,11 @@ def unavailable(method: str) -> str | None:
             importlib.import_module("hqq.core.quantize")
     except Exception as e:  # an import error, or a library that fails at import beside these pins
         return f"{LIBRARY[method]} does not import here ({type(e).__name__}: {e}); see docs/peers.md"
+    if model is not None and group_size and LIBRARY[method] == "llmcompressor":
+        widths = sorted({m.in_features for m in _quantized_linears(model).values() if m.in_features % group_size})
+        if widths:
+            return (f"llmcompressor refuses group_size={group_size} on inputs of width {widths} "
+                    "(group quantization needs columns % group_size == 0)")
     return None
 
 
@@ -74,7 +80,7 @@ def quantize_peer(float_model: nn.Module, method: str, bits: int, group_size: in
     calibrated rows see); ``tokenizer``: llmcompressor insists on one when a dataset is given (it is not used
     to re-tokenize: the ids go in as they are).
     """
-    reason = unavailable(method)
+    reason = unavailable(method, float_model, group_size)
     if reason:
         raise RuntimeError(reason)
     if method == "hqq":

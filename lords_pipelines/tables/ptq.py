@@ -136,15 +136,6 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
                   flush=True)
         return [done[r.key] for r in rows if r.key in done], [r.key for r in todo]
     print(f"{table}: {len(rows)} rows, {len(rows) - len(todo)} already in {journal}", flush=True)
-    skipped = []
-    for row in [r for r in todo if peer_of(spec, r.method)]:
-        from lords_pipelines.tables.peers import unavailable
-
-        reason = unavailable(peer_of(spec, row.method))
-        if reason:  # kept in the report as not run, with the reason
-            print(f"  {row.key}: not run: {reason}", flush=True)
-            skipped.append(f"{row.key} ({reason})")
-            todo.remove(row)
     if todo and spec.model not in loaded:
         from lords_pipelines.models import load_model
 
@@ -152,6 +143,15 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
         model, tok = load_model(spec.model)
         loaded[spec.model] = (model.to(device).eval(), tok)
     cache: dict = {}
+    skipped = []
+    for row in [r for r in todo if peer_of(spec, r.method)]:
+        from lords_pipelines.tables.peers import unavailable
+
+        reason = unavailable(peer_of(spec, row.method), loaded[spec.model][0], row.block_size)
+        if reason:  # kept in the report as not run, with the reason
+            print(f"  {row.key}: not run: {reason}", flush=True)
+            skipped.append(f"{row.key} ({reason})")
+            todo.remove(row)
     bar = tqdm(todo, desc=table, unit="row")
     for row in bar:
         bar.set_postfix_str(row.key)

@@ -28,10 +28,11 @@ from .refine import LayerStats, Refiner, RefineAdam, refine
 from .report import LayerReport, QuantizeReport, storage_bits
 from .scales import BlockScale, LowRankScale
 from .stream import load_streamed, quantize_streamed
+from .gptq import BlockwiseGPTQConfig, LordsGPTQConfig  # registers lords_gptq, blockwise_gptq
 from .version import __version__  # noqa: F401  (lords.__version__)
 
 __all__ = [
-    "BlockLinear", "BlockScale", "BlockwiseConfig", "LayerReport", "LayerStats", "LayerwiseConfig", "LoftQConfig", "LoftQLinear", "LoRDSLinear",
+    "BlockLinear", "BlockScale", "BlockwiseConfig", "BlockwiseGPTQConfig", "LayerReport", "LayerStats", "LayerwiseConfig", "LoftQConfig", "LoftQLinear", "LoRDSLinear", "LordsGPTQConfig",
     "LordsConfig", "LordsError", "LowRankScale", "MixedPrecisionConfig", "QATConfig", "QATLinear", "QuantConfig",
     "QuantizeReport", "QuantizedLinear", "RefineAdam", "RefineConfig", "Refiner", "ScaleConfig", "ScaleMethod",
     "cached_weights", "calibration_stats", "config_from_dict", "handler_for", "layer_report", "load_adapter", "load_quantized",

@@ -31,7 +31,7 @@ from lords_pipelines.evaluation.scores import corpus_ids, corpus_perplexity
 from lords_pipelines.evaluation.multiple_choice import zero_shot
 from lords_pipelines.tables.render import write_table
 from lords_pipelines.tables.runner import check_only, device_name, run_dir_of, table_cli  # noqa: F401 (re-exported)
-from lords_pipelines.tables.rows import Row, load_spec, overrides, table_rows
+from lords_pipelines.tables.rows import Row, load_spec, overrides, peer_of, table_rows
 
 if TYPE_CHECKING:  # annotations only: transformers loads with the model
     from transformers import PreTrainedTokenizerBase
@@ -80,6 +80,14 @@ def run_row(float_model: nn.Module, tok: PreTrainedTokenizerBase, spec: DictConf
     if row.method == "fp":
         model = float_model
         record.update(float_params=0, bits_per_weight=16.0, code_bits=None, weight_rel_error=0.0, rank=None)
+    elif peer_of(spec, row.method):
+        from lords_pipelines.tables.peers import quantize_peer
+
+        calib = calibration_sample(tok, spec, row.sample, cache) if row.sample is not None else None
+        peer = quantize_peer(float_model, peer_of(spec, row.method), row.bits, row.block_size, calib, tok)
+        model = peer.model
+        record.update(float_params=peer.float_params, bits_per_weight=peer.bits_per_weight, code_bits=peer.code_bits,
+                      weight_rel_error=peer.weight_rel_error, rank=None, library=peer.library)
     elif spec.method_defs[row.method].get("qat"):
         from lords_pipelines.tables.qat_rows import run_qat
 
@@ -142,6 +150,15 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
         model, tok = load_model(spec.model)
         loaded[spec.model] = (model.to(device).eval(), tok)
     cache: dict = {}
+    skipped = []
+    for row in [r for r in todo if peer_of(spec, r.method)]:
+        from lords_pipelines.tables.peers import unavailable
+
+        reason = unavailable(peer_of(spec, row.method), loaded[spec.model][0], row.block_size)
+        if reason:  # kept in the report as not run, with the reason
+            print(f"  {row.key}: not run: {reason}", flush=True)
+            skipped.append(f"{row.key} ({reason})")
+            todo.remove(row)
     bar = tqdm(todo, desc=table, unit="row")
     for row in bar:
         bar.set_postfix_str(row.key)
@@ -152,7 +169,7 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
         done[row.key] = record
         print(f"  {row.key}: ppl " + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
               + f"; zero-shot {record.get('zero_shot_mean', float('nan')):.3f}; {record['seconds']:.0f} s", flush=True)
-    return [done[r.key] for r in rows], []
+    return [done[r.key] for r in rows if r.key in done], skipped
 
 
 def main(argv: list[str] | None = None) -> None:

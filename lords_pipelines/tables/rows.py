@@ -62,7 +62,14 @@ def _with_defaults(path: Path) -> DictConfig:
 
 
 def _needs_calibration(spec, method: str, rule: str | None) -> bool:
-    return spec.method_defs[method].objective in CALIBRATED or rule == "sensitivity"
+    d = spec.method_defs[method]
+    return d.objective in CALIBRATED or rule == "sensitivity" or bool(d.get("calibrated"))
+
+
+def peer_of(spec: DictConfig, method: str) -> str | None:
+    """The peer library method a row runs (``quant: peer`` in methods.yaml), None for the library's own."""
+    d = spec.method_defs[method]
+    return d.get("peer") if d.quant == "peer" else None
 
 
 def table_rows(spec: DictConfig) -> list[Row]:
@@ -97,6 +104,8 @@ def _expand(spec, method, bits, block, rule, steps, scale) -> list[Row]:
     if not lords and scale != 1.0:  # block scales spend the same floats as rank × scale at block / scale
         block, scale = int(round(block / scale)), 1.0
     bits = int(bits) if float(bits).is_integer() else float(bits)
+    if spec.method_defs[method].quant == "peer" and not isinstance(bits, int):
+        raise ConfigError(f"method {method!r} (a peer library) runs integer widths only, not bits={bits}")
     samples = range(spec.calib.samples) if _needs_calibration(spec, method, rule) else [None]
     return [Row(method, bits, block, rule, steps if refined else 0, scale, k) for k in samples]
 
@@ -106,12 +115,17 @@ def overrides(spec: DictConfig, row: Row) -> list[str]:
     d = spec.method_defs[row.method]
     if d.quant == "none":
         return ["quant=none"]
+    if d.quant == "peer":
+        raise ConfigError(f"method {row.method!r} is run by its own library (lords_pipelines.tables.peers), "
+                          "not by a quant config")
     mixed = row.rule is not None
     at = "quant.base." if mixed else "quant."
     out = [f"quant={d.quant}_mixed" if mixed else f"quant={d.quant}", f"quant.bits={row.bits}",
            f"{at}block_size={row.block_size}", f"{at}calib_tokens={spec.calib.tokens}", f"seed={spec.seed}"]
     if mixed:
         out.append(f"quant.rule={row.rule}")
+    if d.get("target"):  # a subclass of the group's config; GPTQ's Hessian reads every calibration token
+        out += [f"{at}_target_={d.target}", f"{at}sample_tokens={spec.calib.tokens}"]
     if d.quant == "lords":
         out.append(f"{at}rank_scale={row.rank_scale}")
     if d.quant != "loftq":

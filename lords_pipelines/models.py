@@ -92,11 +92,50 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, gguf_file: str | N
             model = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf_file, dtype=dtype)
             tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf_file)
     else:
+        if not Path(name).exists():
+            check_hub_reachable(str(name))  # before importing transformers: a wrong name fails in a second
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(name)
     return model.to(device).eval(), tok
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_resolves(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the hub's name resolves within ``timeout`` s (a name lookup only: no connection is opened)."""
+    import socket
+    import threading
+
+    found: list[bool] = []
+
+    def lookup():
+        try:
+            socket.getaddrinfo(host, 443)
+            found.append(True)
+        except OSError:
+            found.append(False)
+
+    worker = threading.Thread(target=lookup, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(found and found[0])
+
+
+def check_hub_reachable(name: str) -> None:
+    """Fail at once, naming the embedded models, when ``name`` is neither embedded nor a local path and no hub can
+    answer (offline mode, or the hub's name does not resolve): transformers would otherwise retry for a minute."""
+    import difflib
+
+    if not _offline() and _hub_resolves():
+        return
+    close = difflib.get_close_matches(name, list(EMBEDDED), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"model {name!r}: not an embedded model{hint} nor a local folder or file, and no model hub is "
+                      f"reachable from here; embedded models: {', '.join(sorted(EMBEDDED))}")
 
 
 def tiny_llama(seed: int = 0, hidden: int = 128, layers: int = 2, heads: int = 4, kv_heads: int = 2,

@@ -109,6 +109,25 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys):
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("offline_by", ["env", "no-dns"])
+def test_an_unknown_model_name_fails_at_once_naming_the_embedded_models(monkeypatch, tmp_path, capsys, offline_by):
+    """A typo of an embedded name is neither a folder nor reachable on a hub here: one line, exit 2, before any
+    model library loads and without a network retry (offline mode, or the hub's name not resolving)."""
+    from lords_pipelines import models
+
+    if offline_by == "env":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setattr(models, "_hub_resolves", lambda *a, **k: False)
+    code = main(["quantize", "smollm2-135", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "did you mean 'smollm2-135m'" in err[0] and "embedded models: smollm2-135m" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
 def test_info_refuses_a_float_folder_in_one_line(float_dir, capsys):
     assert main(["info", str(float_dir)]) == 2
     assert "not quant_method 'lords'" in capsys.readouterr().err

@@ -119,7 +119,21 @@ def apply_backend(model: nn.Module, backend: str) -> nn.Module:
 def storage_metrics(model: nn.Module) -> dict[str, float | None]:
     """``code_bits`` (average bits of a weight code) and ``bits_per_weight`` (codes plus stored scale floats)."""
     bits = storage_bits(model)
-    return bits or {"code_bits": None, "bits_per_weight": None}
+    return bits or _bnb_storage_bits(model) or {"code_bits": None, "bits_per_weight": None}
+
+
+def _bnb_storage_bits(model: nn.Module) -> dict[str, float] | None:
+    """The same figures for bitsandbytes 4-bit layers (the QLoRA base): 4-bit codes plus one absmax float per
+    block, at the dtype bitsandbytes stores it (fp32 without double quantization); None when there are none."""
+    weights = stored = 0.0
+    for m in model.modules():
+        state = getattr(getattr(m, "weight", None), "quant_state", None)
+        if type(m).__name__ != "Linear4bit" or state is None:
+            continue
+        n = m.in_features * m.out_features
+        absmax_bits = 8 * state.absmax.element_size() if not state.nested else 8 + 32 / 256  # nested: 8-bit + fp32/256
+        weights, stored = weights + n, stored + n * (4 + absmax_bits / state.blocksize)
+    return {"code_bits": 4.0, "bits_per_weight": stored / weights} if weights else None
 
 
 def save_checkpoint(model: nn.Module, s: RunSettings, out_dir: Path) -> Path | None:

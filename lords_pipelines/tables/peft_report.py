@@ -29,8 +29,8 @@ def note(rows: list[dict], seconds: float, settings: dict) -> str:
     return (
         f"Both start from `{settings['model']['name']}` at {q['bits']} bits, block {q['block_size']}, every decoder "
         "linear quantized (lm_head kept in float): LoRDS from its SVD init (no PTQ refinement), QLoRA from "
-        "block-wise NF4. LoRDS trains only B, A (the model stays Q ⊙ BA, nothing merged); QLoRA trains an additive "
-        "LoRA (peft `lora.Linear` registered for `BlockLinear`) whose rank per layer is LoRDS's parity rank, so both train "
+        "bitsandbytes NF4 (`Linear4bit`, fp32 absmax). LoRDS trains only B, A (the model stays Q ⊙ BA, nothing merged); "
+        "QLoRA trains an additive LoRA (peft's 4-bit LoRA layer) whose rank per layer is LoRDS's parity rank, so both train "
         f"{', '.join(f'{f:,}' for f in floats)} floats. Task: the Unicode name of a Latin letter "
         f"(`{d['finetune_source']}`, {pairs - d['val_items']} training pairs, {d['val_items']} held out), loss on "
         f"answers only; AdamW, {t['max_steps']} steps of batch {d['batch_size']}, lr {settings['stage']['lr']}. "

@@ -62,7 +62,8 @@ def lm_eval_accuracy(model: nn.Module, tokenizer, tasks, limit: int | None = Non
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    # Its warnings here are all about what we do on purpose (an initialised model object, no task metadata).
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     local = {p.stem for p in LOCAL_TASKS.glob("*.yaml")}
     only_local = all(t in local for t in tasks)
     manager = TaskManager(include_path=str(LOCAL_TASKS), include_defaults=not only_local)

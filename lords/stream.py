@@ -35,7 +35,7 @@ from .errors import CheckpointError, ConfigError
 from .handlers import handler_for
 from .quantize import plan
 from .report import QuantizeReport
-from .resume import LayerJournal
+from .resume import LayerJournal, tensor_fingerprint, tokens_digest
 
 _LAYER = re.compile(r"^(.*\.(?:layers|h|blocks))\.(\d+)\.(.+)$")
 
@@ -74,6 +74,29 @@ class ShardReader:
 
     def names(self) -> list[str]:
         return list(self.where)
+
+    def fingerprint(self) -> str:
+        """A cheap digest of the checkpoint's weights: every tensor's name, dtype, shape and first and last rows
+        (read through the shards' slices, not whole): what a journal of this model is bound to."""
+        import hashlib
+
+        from safetensors import safe_open  # optional dependency, as for every reader of shards
+
+        h = hashlib.sha256()
+        by_file: dict[str, list[str]] = {}
+        for n in sorted(self.where):
+            by_file.setdefault(self.where[n], []).append(n)
+        for file in sorted(by_file):
+            with safe_open(str(self.folder / file), framework="pt") as f:
+                for n in by_file[file]:
+                    sl = f.get_slice(n)
+                    rows = sl.get_shape()[0] if sl.get_shape() else 0
+                    h.update(n.encode())
+                    if rows:
+                        h.update(tensor_fingerprint(sl[0:1]).encode())
+                        h.update(tensor_fingerprint(sl[rows - 1:rows]).encode())
+                    h.update(f"{sl.get_dtype()}|{sl.get_shape()}".encode())
+        return h.hexdigest()
 
     def read(self, names: list[str], strip: str = "") -> dict[str, torch.Tensor]:
         """``{name without the prefix strip: tensor}``, each shard opened once."""
@@ -191,6 +214,7 @@ def quantize_streamed(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     ranks: Ranks | None = None,
+    restart: bool = False,
 ) -> QuantizeReport:
     """Quantize the causal LM saved in ``model_dir`` (transformers config + safetensors) block by block.
 
@@ -202,7 +226,9 @@ def quantize_streamed(
     ``ranks``: this process's share of the work (default: the initialized ``torch.distributed`` group, else all
     of it); every rank passes the same arguments and a journal on a shared disk, and the journal equals the one
     process's bit for bit (``lords.distribute`` says how the work is split for each ``inputs``). Each rank
-    quantizes on its own ``device``. Under ``inputs="float"`` ranks given by hand need no process group (the
+    quantizes on its own ``device``. The journal is bound to the config, the checkpoint's weights, the calibration
+    tokens, ``inputs``, ``window``, the device type and ``dtype``: one made for others is refused by name, or emptied
+    with ``restart=True``. Under ``inputs="float"`` ranks given by hand need no process group (the
     report then lists the layers finished so far); ``inputs="quantized"`` needs one (a barrier per block).
     """
     from transformers import AutoConfig  # transformers: kept out of import lords
@@ -234,7 +260,8 @@ def quantize_streamed(
     lengths = [c[0].shape[1] for c in calls]
     hf_config._attn_implementation = shell.config._attn_implementation  # what the blocks were called with
     del shell, stack, catcher
-    journal = LayerJournal(journal_dir, config)
+    journal = LayerJournal(journal_dir, config, _inputs(reader, calib_ids, inputs, window, device, dtype),
+                           restart=restart and ranks.rank == 0)
     setup = time.perf_counter() - t0
     holder = nn.Module()  # gives the block its full module names (model.layers.7.mlp.up_proj) for the plan
     holder.config = hf_config
@@ -293,6 +320,13 @@ def quantize_streamed(
     return report
 
 
+def _inputs(reader: ShardReader, calib_ids: torch.Tensor, inputs: str, window: int, device, dtype) -> dict:
+    """What a streamed journal's layers depend on besides the config (``lords.resume.LayerJournal``)."""
+    return {"model_weights": reader.fingerprint(), "calibration_tokens": tokens_digest(calib_ids),
+            "block_inputs": inputs, "calibration_window": window, "device_type": torch.device(device).type,
+            "dtype": str(dtype)}
+
+
 def _journaled(journal: LayerJournal, name: str, module: nn.Module):
     done = journal.load(name, module)
     if done is None:
@@ -323,13 +357,13 @@ def load_streamed(model_dir: str | os.PathLike, config: QuantConfig, journal_dir
     hf_config = AutoConfig.from_pretrained(model_dir)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    journal = LayerJournal(journal_dir, config)
+    reader = ShardReader(model_dir)
+    journal = LayerJournal(journal_dir, config, {"model_weights": reader.fingerprint()})
     for name, (module, _) in plan(model, config).items():
         done = journal.load(name, module)
         if done is None:
             raise CheckpointError(f"{journal_dir}: layer {name} was not quantized yet (rerun quantize_streamed)")
         model.set_submodule(name, done[0])
-    reader = ShardReader(model_dir)
     quantized = {n for n, m in model.named_modules() if hasattr(m, "qweight")}
     wanted = [n for n in reader.names() if n.rpartition(".")[0] not in quantized]
     state = reader.read(wanted)

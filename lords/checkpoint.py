@@ -18,8 +18,8 @@ from torch import nn
 from .config import config_from_dict
 from .errors import CheckpointError, LordsError
 # Re-exported: callers import the format's pieces from here.
-from .folder import (FORMAT_VERSION, QUANT_METHOD, check_layout, install_layout, layout,  # noqa: F401
-                     read_quantization_config, verify_folder)
+from .folder import (FORMAT_VERSION, QUANT_METHOD, check_layout, check_model_fits, check_quantization_config,  # noqa: F401
+                     install_layout, layout, read_quantization_config, verify_folder)
 from .integrity import shard_files
 from .layouts import expected_shapes, module_from_meta, module_meta  # noqa: F401
 from .linear import QuantizedLinear
@@ -60,7 +60,7 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, devi
 
     Without ``model``: ``AutoModelForCausalLM.from_pretrained(path)`` (the quantizer builds the quantized modules
     on the meta device). With ``model`` (an instance of the saved architecture): its linears are replaced by the
-    saved layout and the shards are loaded into it.
+    saved layout and the shards are loaded into it, after every check: a refused load leaves ``model`` untouched.
     """
     qc = read_quantization_config(path)
     try:
@@ -75,12 +75,16 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, devi
         model = AutoModelForCausalLM.from_pretrained(path, device_map=device)
         return model.eval(), config
     specs = verify_folder(path, qc)
-    install_layout(model, qc["modules"], specs)
+    check_model_fits(model, qc["modules"], specs)
     from safetensors.torch import load_file  # optional dependency: only reading a checkpoint needs it
 
     state = {}
     for file in shard_files(Path(path)):
-        state.update(load_file(str(file)))
+        try:
+            state.update(load_file(str(file)))
+        except Exception as e:  # changed since it was verified
+            raise CheckpointError(f"shard {file.name} cannot be read ({e})") from e
+    install_layout(model, qc["modules"], specs)
     result = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     missing = [k for k in result.missing_keys if k not in tied]

@@ -21,6 +21,7 @@ memory gets the lords quantizer attached, so its ``save_pretrained`` writes a lo
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -32,7 +33,8 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import QuantConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, LordsError, UnsupportedModuleError
-from .folder import FORMAT_VERSION, QUANT_METHOD, check_layout, install_layout, layout
+from .folder import (FIELDS, FORMAT_VERSION, QUANT_METHOD, check_layout, check_model_fits, check_quantization_config,
+                     install_layout, layout)
 from .handlers import handler_for
 from .integrity import MANIFEST_KEY, manifest_json, tensor_specs, text_digest, verify
 from .linear import QuantizedLinear
@@ -107,12 +109,18 @@ class LordsHfQuantizer(HfQuantizer):
             self.plan, self.errors = {name: leaf for name, (_, leaf) in chosen.items()}, {}
             return model
         qc = self.quantization_config
+        check_quantization_config({k: getattr(qc, k, None) for k in FIELDS}, "config.json")
         files = [Path(f) for f in checkpoint_files or ()]
         if not files or any(f.suffix != ".safetensors" for f in files):
             raise CheckpointError(f"a lords checkpoint is safetensors shards, got {[f.name for f in files]}")
+        folders = {Path(os.path.normpath(os.path.abspath(f))).parent for f in files}
+        local = Path(getattr(model, "name_or_path", "") or "")
+        if len(folders) > 1 or (local.is_dir() and folders != {Path(os.path.normpath(os.path.abspath(local)))}):
+            raise CheckpointError(f"the shard index names files outside the checkpoint folder ({sorted(map(str, folders))})")
         verify(files, qc.manifest_sha256)
         specs = tensor_specs(files)
         check_layout(qc.modules, specs)
+        check_model_fits(model, qc.modules, specs, strict=False)
         install_layout(model, qc.modules, specs)
         return model
 

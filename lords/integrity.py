@@ -64,9 +64,14 @@ def shard_files(folder: Path) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a safetensors index ({e})") from e
-        return [folder / name for name in sorted(set(weight_map.values()))]
+            names = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from e
+        for name in names:
+            if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+                raise CheckpointError(f"{index}: shard {name!r} is not a file of this folder (an index may name "
+                                      "files beside it only)")
+        return [folder / name for name in names]
     single = folder / "model.safetensors"
     if not single.is_file():
         raise CheckpointError(f"{folder}: neither model.safetensors nor model.safetensors.index.json found")
@@ -126,6 +131,9 @@ def verify(files: list[Path], manifest_sha256: str | None) -> dict[str, str]:
                 if tensor_digest(tensor) != manifest[name]:
                     raise CheckpointError(f"shard {path.name}: tensor {name!r} does not match its SHA-256 in the "
                                           "manifest (tampered or corrupt)")
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise CheckpointError(f"shard {path.name}: tensor {name!r} holds NaN or Inf values; a model "
+                                          "loaded from it would compute NaN")
                 seen.add(name)
     missing = sorted(set(manifest or {}) - seen)
     if missing:

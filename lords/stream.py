@@ -63,6 +63,9 @@ class ShardReader:
         self.folder = Path(folder)
         index = self.folder / "model.safetensors.index.json"
         if index.is_file():
+            from .integrity import shard_files  # refuses an index naming files outside the folder
+
+            shard_files(self.folder)
             self.where = dict(json.loads(index.read_text())["weight_map"])
         elif (self.folder / "model.safetensors").is_file():
             from safetensors import safe_open  # optional dependency, as for every reader of shards

@@ -101,14 +101,16 @@ def cmd_quantize(a) -> dict:
 
 
 def cmd_info(a) -> dict:
-    from lords.checkpoint import expected_shapes, read_quantization_config
-    from lords.integrity import shapes, shard_files
+    from lords.checkpoint import check_layout, expected_shapes, read_quantization_config
+    from lords.integrity import shard_files, tensor_specs
 
     path = _folder(a.dir)
-    qc = read_quantization_config(path)
+    qc = read_quantization_config(path)  # the whole quantization_config, as every loader checks it
     files = shard_files(path)
-    stored = shapes(files)
-    modules = qc.get("modules") or {}
+    specs = tensor_specs(files)
+    check_layout(qc["modules"], specs)
+    stored = {name: shape for name, (shape, _) in specs.items()}
+    modules = qc["modules"]
     dtype_bits = {"float32": 32, "float16": 16, "bfloat16": 16}
     weights = codes = scale_bits = scale_floats = 0
     quantized_tensors = set()
@@ -119,7 +121,7 @@ def cmd_info(a) -> dict:
         for suffix, shape in expected_shapes(meta).items():
             quantized_tensors.add(f"{name}.{suffix}")
             if suffix in ("A", "B", "scales"):
-                floats = shape[0] * shape[1]
+                floats = _numel(shape)
                 scale_floats += floats
                 scale_bits += floats * dtype_bits[meta["dtype"]]
     float_params = sum(_numel(s) for k, s in stored.items() if k not in quantized_tensors)

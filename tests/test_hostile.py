@@ -103,3 +103,159 @@ def test_ptq_stage_journal_changes_with_the_calibration_source(tmp_path):
     assert a == journal_dir(tmp_path, settings())
     assert a != journal_dir(tmp_path, settings("data.calib_source=genesis"))
     assert a != journal_dir(tmp_path, settings("model.tiny.hidden=32"))
+
+
+# --- config.json's quantization metadata, checked whole by every front door ---------------------------------------
+
+def craft(src: Path, dst: Path, qc_edit=None, state_edit=None) -> Path:
+    """A copy of the lords folder ``src`` with its quantization_config and tensors edited, every hash recomputed:
+    what an attacker (or a careless script) can write, which no hash can tell from the real thing."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lords.integrity import MANIFEST_KEY, manifest_json, text_digest
+
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    if state_edit is not None:
+        state = load_file(str(dst / "model.safetensors"))
+        state_edit(state)
+        manifest = manifest_json(state)
+        save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt", MANIFEST_KEY: manifest})
+        config["quantization_config"]["manifest_sha256"] = text_digest(manifest)
+    if qc_edit is not None:
+        qc_edit(config["quantization_config"])
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def first_module(qc) -> str:
+    return sorted(qc["modules"])[0]
+
+
+def nan_B(state):
+    key = next(k for k in sorted(state) if k.endswith(".B"))
+    state[key][0, 0] = float("nan")
+
+
+CRAFTED = {
+    "missing-module-entry": (lambda qc: qc["modules"].pop(first_module(qc)), None, "no entry"),
+    "format-version": (lambda qc: qc.update(format_version=3), None, "format_version"),
+    "dtype-float16-over-float32": (lambda qc: qc["modules"][first_module(qc)].update(dtype="float16"), None,
+                                   "layout dtype"),
+    "top-level-bits": (lambda qc: qc["config"].update(bits=3), None, "contradicts quantization_config.config"),
+    "nan-in-B": (None, nan_B, "NaN or Inf"),
+}
+
+
+def front_door(door: str, path: Path):
+    """Open ``path`` through one front door; a refusal is raised as the error the library raises."""
+    if door == "from_pretrained":
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path)
+    if door == "load_quantized":
+        return lords.load_quantized(path, model=tiny())
+    from lords_pipelines.cli import cmd_info, parser
+
+    return cmd_info(parser().parse_args(["info", str(path)]))
+
+
+@pytest.mark.parametrize("door", ["from_pretrained", "load_quantized", "info"])
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_crafted_quantization_metadata_is_refused_by_every_front_door(saved, tmp_path, case, door):
+    qc_edit, state_edit, message = CRAFTED[case]
+    path = craft(saved, tmp_path / "crafted", qc_edit, state_edit)
+    if door == "info" and case == "nan-in-B":
+        pytest.skip("lords info reads headers only; the NaN is in the tensor bytes")
+    with pytest.raises(CheckpointError, match=message):
+        front_door(door, path)
+
+
+@pytest.mark.parametrize("door", ["from_pretrained", "load_quantized"])
+def test_a_shard_index_pointing_outside_the_folder_is_refused(saved, tmp_path, door):
+    import shutil
+
+    shutil.copytree(saved, tmp_path / "other")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    shutil.copy(saved / "config.json", victim / "config.json")
+    (victim / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"lm_head.weight": "../other/model.safetensors"}}))
+    with pytest.raises(CheckpointError, match="outside|not a file of this folder"):
+        front_door(door, victim)
+
+
+def test_the_shipped_v2_checkpoint_still_passes_the_whole_check():
+    from lords.folder import read_quantization_config, verify_folder
+
+    verify_folder(ROOT / "tests/fixtures/checkpoint_v2", read_quantization_config(ROOT / "tests/fixtures/checkpoint_v2"))
+
+
+# --- a refused load changes nothing ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("attack", ["architecture", "vocabulary", "extra-tensor", "missing-layout-entry"])
+def test_a_refused_load_into_a_model_leaves_it_untouched(saved, tmp_path, attack):
+    path, model = saved, tiny()
+    if attack == "architecture":
+        model = tiny_llama(seed=0, **{**TINY, "intermediate": 64})
+    elif attack == "vocabulary":
+        model = tiny_llama(seed=0, **{**TINY, "vocab": 256})
+    elif attack == "extra-tensor":
+        path = craft(saved, tmp_path / "c", state_edit=lambda st: st.update(stowaway=torch.zeros(3)))
+    else:
+        path = craft(saved, tmp_path / "c", qc_edit=lambda qc: qc["modules"].pop(sorted(qc["modules"])[-1]))
+    before = layer_state(model)
+    with pytest.raises(CheckpointError):
+        lords.load_quantized(path, model=model)
+    assert same_state(layer_state(model), before)
+    assert not any(isinstance(m, lords.QuantizedLinear) for m in model.modules())
+
+
+@pytest.fixture
+def adapter(saved, tmp_path):
+    """``(base model, adapter folder)``: an adapter of the saved base with every B, A changed."""
+    model, _ = lords.load_quantized(saved)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, lords.LoRDSLinear):
+                m.B.add_(1.0)
+    lords.save_adapter(model, tmp_path / "adapter")
+    base, _ = lords.load_quantized(saved)
+    return base, tmp_path / "adapter"
+
+
+def _rewrite_adapter(folder: Path, edit) -> None:
+    """Rewrite an adapter's tensors with ``edit(state)``, keeping the old manifest (a corrupt or truncated file)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    edit(state)
+    save_file(state, str(folder / "adapter_model.safetensors"), metadata=meta)
+
+
+@pytest.mark.parametrize("attack", ["corrupt-last-tensor", "missing-tensor"])
+def test_a_refused_adapter_changes_no_tensor(adapter, attack):
+    base, folder = adapter
+    if attack == "corrupt-last-tensor":
+        _rewrite_adapter(folder, lambda st: st[sorted(st)[-1]].mul_(2))
+    else:
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        from lords.integrity import manifest_json, text_digest
+
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        state.pop(sorted(state)[0])  # a consistent adapter, one tensor short
+        manifest = manifest_json(state)
+        save_file(state, str(folder / "adapter_model.safetensors"), metadata={"lords_manifest": manifest})
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**cfg, "adapter_sha256": text_digest(manifest)}))
+    before = layer_state(base)
+    with pytest.raises(CheckpointError):
+        lords.load_adapter(base, folder)
+    assert same_state(layer_state(base), before)

@@ -26,10 +26,11 @@ from .linear import QuantizedLinear
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike, config=None, extra: dict | None = None,
-                   max_shard_size: int | str = "2GB") -> Path:
+                   max_shard_size: int | str = "2GB", tokenizer=None) -> Path:
     """Write a quantized transformers model to the folder ``path`` (``save_pretrained`` through the lords
-    quantizer); returns it. The folder is written beside and swapped in whole: a failed save leaves the
-    previous one intact. ``config``: the lords config (default: what ``quantize_`` recorded on the model)."""
+    quantizer); returns it. ``tokenizer``: saved in the same folder, before it appears. The folder is written
+    beside and swapped in whole (:func:`swap_in`): a failed or killed save leaves the previous one or the new one
+    at ``path``, never a part. ``config``: the lords config (default: what ``quantize_`` recorded on the model)."""
     if not any(isinstance(m, QuantizedLinear) for m in model.modules()):
         raise CheckpointError("the model holds no quantized module: call quantize_ before save_quantized")
     if not hasattr(model, "save_pretrained"):
@@ -41,17 +42,74 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, config=None, extra
     if config is None:
         raise CheckpointError("no lords config: pass config= (the model was not quantized by quantize_)")
     attach(model, config, extra)
-    path = Path(path)
-    tmp, old = path.with_name(f".{path.name}.tmp{os.getpid()}"), path.with_name(f".{path.name}.old{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+
+    def write(tmp: Path) -> None:
+        type(model).save_pretrained(model, tmp, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    return swap_in(Path(path), write)
+
+
+def _alive(pid: int) -> bool:
     try:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _siblings(path: Path, kind: str) -> list[Path]:
+    """``.<name>.<kind><pid>`` folders beside ``path`` (``tmp``: being written, ``new``: written whole, ``old``:
+    the previous folder during the swap), newest first."""
+    found = [p for p in path.parent.glob(f".{path.name}.{kind}*") if p.name[len(path.name) + 2 + len(kind):].isdigit()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def recover(path: str | os.PathLike) -> Path:
+    """Finish a swap that a killed :func:`swap_in` left half done: when ``path`` is missing, the newest folder
+    written whole (``.<name>.new<pid>``) takes its place, else the previous one (``.<name>.old<pid>``). Leftovers
+    of dead writers are removed; a live writer's are left alone. Called by every save and load; returns ``path``."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return path
+    for kind in ("new", "old"):
+        if path.exists():
+            break
+        for candidate in _siblings(path, kind):
+            if not _alive(int(candidate.name.rpartition(kind)[2])):
+                try:
+                    os.replace(candidate, path)
+                    break
+                except OSError:  # another process recovered first
+                    continue
+    for kind in ("tmp", "new", "old"):
+        for leftover in _siblings(path, kind):
+            if not _alive(int(leftover.name.rpartition(kind)[2])):
+                shutil.rmtree(leftover, ignore_errors=True)
+    return path
+
+
+def swap_in(path: Path, write) -> Path:
+    """``write(folder)`` into a temporary folder beside ``path``, mark it whole by renaming it ``.<name>.new<pid>``,
+    then swap it in for ``path``. At every instant ``path`` or a whole folder that :func:`recover` puts back is on
+    disk; a failed ``write`` leaves ``path`` as it was."""
+    recover(path)
+    pid = os.getpid()
+    tmp, new, old = (path.with_name(f".{path.name}.{kind}{pid}") for kind in ("tmp", "new", "old"))
+    for leftover in (tmp, new, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        write(tmp)
+        os.replace(tmp, new)  # written whole: from here on, recover() prefers it to the old folder
         if path.exists():
             os.replace(path, old)
-        os.replace(tmp, path)
+        os.replace(new, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        for leftover in (tmp, new, old):
+            shutil.rmtree(leftover, ignore_errors=True)
     return path
 
 
@@ -62,6 +120,7 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, devi
     on the meta device). With ``model`` (an instance of the saved architecture): its linears are replaced by the
     saved layout and the shards are loaded into it, after every check: a refused load leaves ``model`` untouched.
     """
+    recover(path)
     qc = read_quantization_config(path)
     try:
         config = config_from_dict(qc.get("config") or {})

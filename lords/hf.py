@@ -22,6 +22,7 @@ memory gets the lords quantizer attached, so its ``save_pretrained`` writes a lo
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 
 import torch
@@ -128,6 +129,7 @@ class LordsHfQuantizer(HfQuantizer):
         config = self.quantization_config.lords_config
         if self.pre_quantized:
             model.lords_config = config
+            model.save_pretrained = types.MethodType(_save_pretrained_swapped, model)
             return model
         if self.errors:
             raise next(iter(self.errors.values()))  # lords errors name the layer
@@ -213,7 +215,33 @@ def attach(model: nn.Module, config: QuantConfig, extra: dict | None = None, man
     model.hf_quantizer = LordsHfQuantizer(qc, pre_quantized=True)
     model.config.quantization_config = qc
     model.quantization_method = QUANT_METHOD
+    model.save_pretrained = types.MethodType(_save_pretrained_swapped, model)
     return model
+
+
+def _save_pretrained_swapped(self, save_directory, *args, **kwargs):
+    """``save_pretrained`` of a lords model: over an existing model folder, the new one is written beside and swapped in
+    whole (``lords.checkpoint.swap_in``), so a kill never leaves a half-written checkpoint where a whole one was;
+    the old folder's other files (a tokenizer) are kept, as an in-place save keeps them."""
+    import shutil
+
+    from .checkpoint import swap_in
+
+    path = Path(os.path.abspath(save_directory))
+    if kwargs.get("push_to_hub") or not (path / "config.json").is_file() or path == Path.cwd():
+        return type(self).save_pretrained(self, save_directory, *args, **kwargs)  # nothing whole to keep
+
+    def write(tmp: Path) -> None:
+        type(self).save_pretrained(self, tmp, *args, **kwargs)
+        for entry in path.iterdir():
+            weights = entry.name.startswith(("model.safetensors", "model-", "pytorch_model"))
+            if not weights and not (tmp / entry.name).exists():
+                (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
+
+    swap_in(path, write)
+
+
+_save_pretrained_swapped.__name__ = "save_pretrained"  # a pickled model finds its class's method by this name
 
 
 @after_quantize

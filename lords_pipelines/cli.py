@@ -54,7 +54,9 @@ def _size(n: float) -> str:
 
 
 def _folder(path: str) -> Path:
-    p = Path(path)
+    from lords.checkpoint import recover  # a save killed mid-swap: its whole folder is put back first
+
+    p = recover(Path(path))
     if not (p / "config.json").is_file():
         raise BadInput(f"{path}: not a model folder (no config.json)")
     return p
@@ -89,8 +91,7 @@ def cmd_quantize(a) -> dict:
     model, tok = load_model(a.model)
     calib_ids = tokenize(tok, text, config.calib_tokens) if text else None
     report = lords.quantize_(model, config, calib_ids=calib_ids, progress=True)
-    lords.save_quantized(model, out, report.config)
-    tok.save_pretrained(out)
+    lords.save_quantized(model, out, report.config, tokenizer=tok)  # the folder appears whole, tokenizer included
     bits = lords.storage_bits(model)
     return {"model": a.model, "method": a.method, "bits": a.bits, "block size": a.block_size,
             "refinement": f"{refine.objective} x {refine.steps}" if refine else "none (data-free init)",

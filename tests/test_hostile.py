@@ -362,3 +362,23 @@ def test_concurrent_metrics_writers_never_share_a_temp_file(tmp_path):
     assert errors == []
     assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["j"] == 39
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+# --- the Lightning refine stage runs past its callbacks' warm-up --------------------------------------------------
+
+def test_the_lightning_refine_stage_runs_more_steps_than_any_warmup(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from lords_pipelines.stages import ptq_refine
+    from lords_pipelines.stages.settings import settings_from_cfg
+    from lords_pipelines.stages.training import Throughput
+
+    steps = Throughput().warmup + 3
+    overrides = [f"out_dir={tmp_path}", "model=tiny-llama", "logger=none", "model.tiny.hidden=64",
+                 "model.tiny.intermediate=128", "model.tiny.layers=1", "quant.block_size=16", "quant.calib_tokens=128",
+                 "quant.sample_tokens=32", "eval.perplexity_tokens=64", f"quant.refine.steps={steps}",
+                 "stage.save=false"]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        s = settings_from_cfg(compose(config_name="ptq_refine", overrides=overrides))
+    metrics, _ = ptq_refine.run(s)
+    assert metrics["refine_steps"] == steps

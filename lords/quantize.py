@@ -80,8 +80,24 @@ def calibration_stats(model: nn.Module, config: QuantConfig, calib_ids: torch.Te
         return None
     if calib_ids is None:
         raise ConfigError("a refinement objective needs calibration activations: pass calib_ids (calibration tokens)")
+    check_token_ids(calib_ids, model)
     calib_tokens, sample_tokens, seed = config.calibration
     return collect_stats(model, calib_ids[:, :calib_tokens], calibrated, sample_tokens, seed=seed)
+
+
+def check_token_ids(ids, model: nn.Module | None = None, vocab: int | None = None, name: str = "calib_ids") -> None:
+    """``ids`` is a non-empty ``(1, T)`` integer tensor of ids below the model's vocabulary (its input embedding's
+    rows, or ``vocab``); anything else is a ``ConfigError`` before a forward pass indexes past the table."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.numel() == 0 or ids.is_floating_point() \
+            or ids.dtype == torch.bool:
+        raise ConfigError(f"{name} must be a non-empty (batch, tokens) integer tensor, got "
+                          f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+    if vocab is None and model is not None and hasattr(model, "get_input_embeddings"):
+        vocab = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (vocab is not None and high >= vocab):
+        raise ConfigError(f"{name} holds ids in [{low}, {high}], outside the vocabulary [0, {vocab}): "
+                          "another tokenizer's tokens?")
 
 
 def _progress(items, desc: str, enabled: bool):

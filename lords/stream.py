@@ -33,7 +33,7 @@ from .config import QuantConfig
 from .distribute import Ranks, assign_linears, block_range
 from .errors import CheckpointError, ConfigError
 from .handlers import handler_for
-from .quantize import plan
+from .quantize import check_token_ids, plan
 from .report import QuantizeReport
 from .resume import LayerJournal, tensor_fingerprint, tokens_digest
 
@@ -248,6 +248,7 @@ def quantize_streamed(
     prefix, num_layers = _layers_prefix(reader.names())
     if num_layers != hf_config.num_hidden_layers:
         raise CheckpointError(f"{model_dir}: {num_layers} blocks in the shards, config says {hf_config.num_hidden_layers}")
+    check_token_ids(calib_ids, vocab=getattr(hf_config, "vocab_size", None))
     calib_ids = calib_ids[:, : config.calibration[0]]
     shell = _shell(hf_config, prefix, reader, dtype).to(device)
     stack = shell.get_submodule(prefix)

@@ -9,7 +9,6 @@ registered layout (``lords.layouts``), so any method whose module class register
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from .config import config_from_dict
 from .errors import CheckpointError, LordsError
 # Re-exported: callers import the format's pieces from here.
 from .folder import (FORMAT_VERSION, QUANT_METHOD, check_layout, check_model_fits, check_quantization_config,  # noqa: F401
-                     install_layout, layout, read_quantization_config, verify_folder)
+                     install_layout, layout, read_quantization_config, recover, swap_in, verify_folder)
 from .integrity import shard_files
 from .layouts import expected_shapes, module_from_meta, module_meta  # noqa: F401
 from .linear import QuantizedLinear
@@ -49,68 +48,6 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, config=None, extra
             tokenizer.save_pretrained(tmp)
 
     return swap_in(Path(path), write)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _siblings(path: Path, kind: str) -> list[Path]:
-    """``.<name>.<kind><pid>`` folders beside ``path`` (``tmp``: being written, ``new``: written whole, ``old``:
-    the previous folder during the swap), newest first."""
-    found = [p for p in path.parent.glob(f".{path.name}.{kind}*") if p.name[len(path.name) + 2 + len(kind):].isdigit()]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def recover(path: str | os.PathLike) -> Path:
-    """Finish a swap that a killed :func:`swap_in` left half done: when ``path`` is missing, the newest folder
-    written whole (``.<name>.new<pid>``) takes its place, else the previous one (``.<name>.old<pid>``). Leftovers
-    of dead writers are removed; a live writer's are left alone. Called by every save and load; returns ``path``."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        return path
-    for kind in ("new", "old"):
-        if path.exists():
-            break
-        for candidate in _siblings(path, kind):
-            if not _alive(int(candidate.name.rpartition(kind)[2])):
-                try:
-                    os.replace(candidate, path)
-                    break
-                except OSError:  # another process recovered first
-                    continue
-    for kind in ("tmp", "new", "old"):
-        for leftover in _siblings(path, kind):
-            if not _alive(int(leftover.name.rpartition(kind)[2])):
-                shutil.rmtree(leftover, ignore_errors=True)
-    return path
-
-
-def swap_in(path: Path, write) -> Path:
-    """``write(folder)`` into a temporary folder beside ``path``, mark it whole by renaming it ``.<name>.new<pid>``,
-    then swap it in for ``path``. At every instant ``path`` or a whole folder that :func:`recover` puts back is on
-    disk; a failed ``write`` leaves ``path`` as it was."""
-    recover(path)
-    pid = os.getpid()
-    tmp, new, old = (path.with_name(f".{path.name}.{kind}{pid}") for kind in ("tmp", "new", "old"))
-    for leftover in (tmp, new, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    try:
-        write(tmp)
-        os.replace(tmp, new)  # written whole: from here on, recover() prefers it to the old folder
-        if path.exists():
-            os.replace(path, old)
-        os.replace(new, path)
-    finally:
-        for leftover in (tmp, new, old):
-            shutil.rmtree(leftover, ignore_errors=True)
-    return path
 
 
 def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, device="cpu") -> tuple[nn.Module, Any]:

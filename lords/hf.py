@@ -35,7 +35,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from .config import QuantConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, LordsError, UnsupportedModuleError
 from .folder import (FIELDS, FORMAT_VERSION, QUANT_METHOD, check_layout, check_model_fits, check_quantization_config,
-                     install_layout, layout)
+                     install_layout, layout, swap_in)
 from .handlers import handler_for
 from .integrity import MANIFEST_KEY, manifest_json, tensor_specs, text_digest, verify
 from .linear import QuantizedLinear
@@ -224,8 +224,6 @@ def _save_pretrained_swapped(self, save_directory, *args, **kwargs):
     whole (``lords.checkpoint.swap_in``), so a kill never leaves a half-written checkpoint where a whole one was;
     the old folder's other files (a tokenizer) are kept, as an in-place save keeps them."""
     import shutil
-
-    from .checkpoint import swap_in
 
     path = Path(os.path.abspath(save_directory))
     if kwargs.get("push_to_hub") or not (path / "config.json").is_file() or path == Path.cwd():

@@ -188,14 +188,25 @@ def read_quantization_config(path: str | os.PathLike) -> dict[str, Any]:
     return check_quantization_config(qc, str(cfg_path))
 
 
+def metadata_digest(qc: dict[str, Any]) -> str:
+    """SHA-256 of the quantization metadata that decides how tensors are read (method, format version, config,
+    layouts, extra), as canonical JSON; every shard's header carries it (``lords.integrity.QUANTIZATION_KEY``)."""
+    import hashlib
+
+    covered = {k: qc.get(k) for k in ("quant_method", "format_version", "config", "modules", "extra")}
+    covered["extra"] = covered["extra"] or {}
+    text = json.dumps(json.loads(json.dumps(covered, default=str)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def verify_folder(path: str | os.PathLike, qc: dict[str, Any] | None = None) -> Specs:
     """Check a lords folder's shards (hashes) and layout (shapes, dtypes) without building a model; returns the
     stored tensors' specs."""
     qc = read_quantization_config(path) if qc is None else check_quantization_config(qc, str(path))
     files = shard_files(Path(path))
-    verify(files, qc.get("manifest_sha256"))
-    specs = tensor_specs(files)
+    specs = tensor_specs(files)  # the headers first: a layout that contradicts them is named before any hashing
     check_layout(qc.get("modules"), specs)
+    verify(files, qc.get("manifest_sha256"), metadata_digest(qc))
     return specs
 
 

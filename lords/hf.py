@@ -35,9 +35,9 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from .config import QuantConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, LordsError, UnsupportedModuleError
 from .folder import (FIELDS, FORMAT_VERSION, QUANT_METHOD, check_layout, check_model_fits, check_quantization_config,
-                     install_layout, layout, swap_in)
+                     install_layout, layout, metadata_digest, swap_in)
 from .handlers import handler_for
-from .integrity import MANIFEST_KEY, manifest_json, tensor_specs, text_digest, verify
+from .integrity import MANIFEST_KEY, QUANTIZATION_KEY, manifest_json, tensor_specs, text_digest, verify
 from .linear import QuantizedLinear
 from .quantize import after_quantize, fused_params_left_in_float, plan
 from .version import __version__
@@ -110,7 +110,7 @@ class LordsHfQuantizer(HfQuantizer):
             self.plan, self.errors = {name: leaf for name, (_, leaf) in chosen.items()}, {}
             return model
         qc = self.quantization_config
-        check_quantization_config({k: getattr(qc, k, None) for k in FIELDS}, "config.json")
+        stored = check_quantization_config({k: getattr(qc, k, None) for k in FIELDS}, "config.json")
         files = [Path(f) for f in checkpoint_files or ()]
         if not files or any(f.suffix != ".safetensors" for f in files):
             raise CheckpointError(f"a lords checkpoint is safetensors shards, got {[f.name for f in files]}")
@@ -118,9 +118,9 @@ class LordsHfQuantizer(HfQuantizer):
         local = Path(getattr(model, "name_or_path", "") or "")
         if len(folders) > 1 or (local.is_dir() and folders != {Path(os.path.normpath(os.path.abspath(local)))}):
             raise CheckpointError(f"the shard index names files outside the checkpoint folder ({sorted(map(str, folders))})")
-        verify(files, qc.manifest_sha256)
-        specs = tensor_specs(files)
+        specs = tensor_specs(files)  # the headers first: a layout that contradicts them is named before any hashing
         check_layout(qc.modules, specs)
+        verify(files, qc.manifest_sha256, metadata_digest(stored))
         check_model_fits(model, qc.modules, specs, strict=False)
         install_layout(model, qc.modules, specs)
         return model
@@ -146,9 +146,10 @@ class LordsHfQuantizer(HfQuantizer):
 
         state = remove_tied_weights_from_state_dict(model.state_dict(), model)
         manifest = manifest_json(state)
-        self.quantization_config.modules = layout(model)
-        self.quantization_config.manifest_sha256 = text_digest(manifest)
-        return state, {MANIFEST_KEY: manifest}
+        qc = self.quantization_config
+        qc.modules = layout(model)
+        qc.manifest_sha256 = text_digest(manifest)
+        return state, {MANIFEST_KEY: manifest, QUANTIZATION_KEY: metadata_digest({k: getattr(qc, k, None) for k in FIELDS})}
 
     def _dequantize(self, model, dtype=None):
         """``model.dequantize()``: every quantized module back to an ``nn.Linear`` holding ``grid[Q] ⊙ S``."""

@@ -115,18 +115,21 @@ def craft(src: Path, dst: Path, qc_edit=None, state_edit=None) -> Path:
 
     from safetensors.torch import load_file, save_file
 
-    from lords.integrity import MANIFEST_KEY, manifest_json, text_digest
+    from lords.folder import metadata_digest
+    from lords.integrity import MANIFEST_KEY, QUANTIZATION_KEY, manifest_json, text_digest
 
     shutil.copytree(src, dst)
     config = json.loads((dst / "config.json").read_text())
+    qc = config["quantization_config"]
+    state = load_file(str(dst / "model.safetensors"))
     if state_edit is not None:
-        state = load_file(str(dst / "model.safetensors"))
         state_edit(state)
-        manifest = manifest_json(state)
-        save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt", MANIFEST_KEY: manifest})
-        config["quantization_config"]["manifest_sha256"] = text_digest(manifest)
     if qc_edit is not None:
-        qc_edit(config["quantization_config"])
+        qc_edit(qc)
+    manifest = manifest_json(state)
+    qc["manifest_sha256"] = text_digest(manifest)
+    save_file(state, str(dst / "model.safetensors"),
+              metadata={"format": "pt", MANIFEST_KEY: manifest, QUANTIZATION_KEY: metadata_digest(qc)})
     (dst / "config.json").write_text(json.dumps(config))
     return dst
 
@@ -186,6 +189,18 @@ def test_a_shard_index_pointing_outside_the_folder_is_refused(saved, tmp_path, d
         {"metadata": {}, "weight_map": {"lm_head.weight": "../other/model.safetensors"}}))
     with pytest.raises(CheckpointError, match="outside|not a file of this folder"):
         front_door(door, victim)
+
+
+@pytest.mark.parametrize("door", ["from_pretrained", "load_quantized"])
+def test_quantization_metadata_edited_by_hand_is_refused_by_its_hash(saved, tmp_path, door):
+    import shutil
+
+    shutil.copytree(saved, tmp_path / "edited")
+    config = json.loads((tmp_path / "edited" / "config.json").read_text())
+    config["quantization_config"]["config"]["grid"] = "int"  # well formed, loads, computes another model
+    (tmp_path / "edited" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="not the one this checkpoint was saved with"):
+        front_door(door, tmp_path / "edited")
 
 
 def test_the_shipped_v2_checkpoint_still_passes_the_whole_check():

@@ -223,15 +223,15 @@ def quantize_streamed(
 
     ``calib_ids (1, T)``: calibration tokens (windows of ``window``), used for the blocks' inputs whatever the
     objective. Each finished linear lands in ``journal_dir`` (``lords.resume.LayerJournal``); a rerun with the same
-    config resumes there. :func:`load_streamed` builds the quantized model from it. Peak memory: the model's
+    config and inputs resumes there. The journal is bound to the config, the checkpoint's weights, the calibration
+    tokens, ``inputs``, ``window``, the device type and ``dtype``: one made for others is refused by name, or emptied
+    with ``restart=True``. :func:`load_streamed` builds the quantized model from it. Peak memory: the model's
     non-block tensors, one float block, and ``T × hidden`` activations twice (inputs and outputs of a block).
 
     ``ranks``: this process's share of the work (default: the initialized ``torch.distributed`` group, else all
     of it); every rank passes the same arguments and a journal on a shared disk, and the journal equals the one
     process's bit for bit (``lords.distribute`` says how the work is split for each ``inputs``). Each rank
-    quantizes on its own ``device``. The journal is bound to the config, the checkpoint's weights, the calibration
-    tokens, ``inputs``, ``window``, the device type and ``dtype``: one made for others is refused by name, or emptied
-    with ``restart=True``. Under ``inputs="float"`` ranks given by hand need no process group (the
+    quantizes on its own ``device``. Under ``inputs="float"`` ranks given by hand need no process group (the
     report then lists the layers finished so far); ``inputs="quantized"`` needs one (a barrier per block).
     """
     from transformers import AutoConfig  # transformers: kept out of import lords

@@ -150,6 +150,8 @@ CRAFTED = {
                                    "layout dtype"),
     "top-level-bits": (lambda qc: qc["config"].update(bits=3), None, "contradicts quantization_config.config"),
     "nan-in-B": (None, nan_B, "NaN or Inf"),
+    "layout-without-dtype": (lambda qc: qc["modules"][first_module(qc)].pop("dtype"), None, "dtype=None"),
+    "layout-not-a-mapping": (lambda qc: qc["modules"].update({first_module(qc): [4]}), None, "not a mapping"),
 }
 
 

@@ -69,6 +69,13 @@ def test_weights_near_the_float32_range_report_a_finite_error():
     assert 0 < report.rel_error < 1
 
 
+def _nested(depth: int) -> dict:
+    d = {"method": "lords"}
+    for _ in range(depth):
+        d = {"method": "layerwise", "default": d}
+    return d
+
+
 @pytest.mark.parametrize("make", [
     lambda: lords.RefineConfig(lr=float("nan")),
     lambda: lords.RefineConfig(lr=float("inf")),
@@ -80,8 +87,10 @@ def test_weights_near_the_float32_range_report_a_finite_error():
     lambda: lords.config_from_dict({"method": "lords", "bits": [4]}),
     lambda: lords.config_from_dict(["lords"]),
     lambda: lords.config_from_dict({"method": ["lords"]}),
+    lambda: lords.config_from_dict({"method": "layerwise", "rules": [["a"]]}),
+    lambda: lords.config_from_dict(_nested(5000)),
 ], ids=["lr-nan", "lr-inf", "bits-float", "include-int", "regex-overflow", "rules-int", "refine-unknown",
-        "bits-list", "not-a-mapping", "method-list"])
+        "bits-list", "not-a-mapping", "method-list", "rule-unpacking", "nested-too-deep"])
 def test_malformed_config_fields_are_config_errors(make):
     with pytest.raises(ConfigError):
         make()

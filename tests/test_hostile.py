@@ -244,14 +244,22 @@ def adapter(saved, tmp_path):
     return base, tmp_path / "adapter"
 
 
-def _rewrite_adapter(folder: Path, edit) -> None:
-    """Rewrite an adapter's tensors with ``edit(state)``, keeping the old manifest (a corrupt or truncated file)."""
+def _rewrite_adapter(folder: Path, edit, rehash: bool) -> None:
+    """Rewrite an adapter's tensors with ``edit(state)``: keeping the old manifest (a corrupt file), or with the
+    manifest and the config's hash recomputed (a consistent adapter that is wrong all the same)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
+
+    from lords.integrity import manifest_json, text_digest
 
     with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as f:
         meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     edit(state)
+    if rehash:
+        meta = {**meta, "lords_manifest": manifest_json(state)}
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        cfg["adapter_sha256"] = text_digest(meta["lords_manifest"])
+        (folder / "adapter_config.json").write_text(json.dumps(cfg))
     save_file(state, str(folder / "adapter_model.safetensors"), metadata=meta)
 
 
@@ -259,20 +267,9 @@ def _rewrite_adapter(folder: Path, edit) -> None:
 def test_a_refused_adapter_changes_no_tensor(adapter, attack):
     base, folder = adapter
     if attack == "corrupt-last-tensor":
-        _rewrite_adapter(folder, lambda st: st[sorted(st)[-1]].mul_(2))
+        _rewrite_adapter(folder, lambda st: st[sorted(st)[-1]].mul_(2), rehash=False)
     else:
-        from safetensors import safe_open
-        from safetensors.torch import save_file
-
-        from lords.integrity import manifest_json, text_digest
-
-        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        state.pop(sorted(state)[0])  # a consistent adapter, one tensor short
-        manifest = manifest_json(state)
-        save_file(state, str(folder / "adapter_model.safetensors"), metadata={"lords_manifest": manifest})
-        cfg = json.loads((folder / "adapter_config.json").read_text())
-        (folder / "adapter_config.json").write_text(json.dumps({**cfg, "adapter_sha256": text_digest(manifest)}))
+        _rewrite_adapter(folder, lambda st: st.pop(sorted(st)[0]), rehash=True)
     before = layer_state(base)
     with pytest.raises(CheckpointError):
         lords.load_adapter(base, folder)

@@ -115,8 +115,9 @@ class LordsHfQuantizer(HfQuantizer):
         if not files or any(f.suffix != ".safetensors" for f in files):
             raise CheckpointError(f"a lords checkpoint is safetensors shards, got {[f.name for f in files]}")
         folders = {Path(os.path.normpath(os.path.abspath(f))).parent for f in files}
-        local = Path(getattr(model, "name_or_path", "") or "")
-        if len(folders) > 1 or (local.is_dir() and folders != {Path(os.path.normpath(os.path.abspath(local)))}):
+        local = getattr(model, "name_or_path", None)  # a local folder, or a hub id whose snapshot holds the files
+        local = Path(os.path.normpath(os.path.abspath(local))) if local and Path(local).is_dir() else None
+        if len(folders) > 1 or (local is not None and folders != {local}):
             raise CheckpointError(f"the shard index names files outside the checkpoint folder ({sorted(map(str, folders))})")
         specs = tensor_specs(files)  # the headers first: a layout that contradicts them is named before any hashing
         check_layout(qc.modules, specs)

@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .errors import CheckpointError
@@ -77,16 +78,23 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path} not found: {path} is not an adapter folder")
     try:
-        return json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from e
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path} is {type(cfg).__name__}, not a JSON object")
+    for key in ("base_manifest_sha256", "adapter_sha256"):
+        if key in cfg and not isinstance(cfg[key], str):
+            raise CheckpointError(f"{cfg_path}: {key} is {type(cfg[key]).__name__}, not a SHA-256 string")
+    return cfg
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Copy a LoRDS adapter's ``B, A`` into ``model`` (the base it was trained on); returns ``model``.
 
     Refused (``CheckpointError``) when the model's base hash differs from the adapter's, when the adapter's
-    tensors do not match their hashes, or when a module or shape does not fit."""
+    tensors do not match their hashes, do not cover every LoRDS layer, or a module or shape does not fit; all is
+    checked before the first tensor is copied, so a refused adapter leaves ``model`` as it was."""
     cfg = read_adapter_config(path)
     if cfg.get("peft_type") != PEFT_TYPE:
         raise CheckpointError(f"{path}: peft_type {cfg.get('peft_type')!r} is not {PEFT_TYPE!r} "
@@ -106,9 +114,18 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise CheckpointError(f"{weights} cannot be read as safetensors ({e})") from e
     if text_digest(text) != cfg.get("adapter_sha256"):
         raise CheckpointError(f"{weights}: its manifest is not the one {CONFIG} names")
-    manifest = json.loads(text)
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{weights}: its manifest is not JSON ({type(e).__name__})") from e
     layers = _layers(model)
-    for key, tensor in state.items():
+    wanted = {f"{PREFIX}{name}.{which}" for name in layers for which in ("B", "A")}
+    lacking = sorted(wanted - set(state))
+    if lacking or not isinstance(manifest, dict) or set(manifest) != set(state):
+        raise CheckpointError(f"{weights}: the adapter lacks {lacking[:4] or 'tensors its manifest lists'} of this "
+                              f"model's {len(layers)} LoRDS layers: it does not cover the base")
+    targets = {}
+    for key, tensor in state.items():  # every tensor checked before the first is copied: a refusal changes nothing
         if manifest.get(key) != tensor_digest(tensor):
             raise CheckpointError(f"{weights}: tensor {key!r} does not match its SHA-256 (tampered or corrupt)")
         name, _, which = key.removeprefix(PREFIX).rpartition(".")
@@ -118,5 +135,10 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         if target.shape != tensor.shape:
             raise CheckpointError(f"{weights}: {key!r} is {tuple(tensor.shape)}, module {name!r} holds "
                                   f"{tuple(target.shape)}")
-        target.data.copy_(tensor.to(target.dtype))
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{weights}: {key!r} is not finite floats")
+        targets[key] = (target, tensor)
+    with torch.no_grad():
+        for target, tensor in targets.values():
+            target.data.copy_(tensor.to(target.dtype))
     return model

@@ -31,6 +31,7 @@ def block_absmax(weight: torch.Tensor, block_size: int) -> torch.Tensor:
     if block_size < 1:
         raise ConfigError(f"block_size={block_size} must be a positive integer")
     n, m = weight.shape
+    block_size = min(block_size, m)  # a block past the row's end is the row: same scales, no huge padding
     nb = num_blocks(m, block_size)
     padded = weight.new_zeros(n, nb * block_size, dtype=torch.float32)
     padded[:, :m] = weight.float()
@@ -39,7 +40,7 @@ def block_absmax(weight: torch.Tensor, block_size: int) -> torch.Tensor:
 
 def expand_blocks(scales: torch.Tensor, in_features: int, block_size: int) -> torch.Tensor:
     """Block scales ``(n, nb)`` → the full piecewise-constant scale matrix ``S (n, in_features)``."""
-    return scales.repeat_interleave(block_size, dim=1)[:, :in_features]
+    return scales.repeat_interleave(min(block_size, in_features), dim=1)[:, :in_features]
 
 
 def safe_scale(scale: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ registered layout (``lords.layouts``), so any method whose module class register
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,19 @@ from torch import nn
 from .config import config_from_dict
 from .errors import CheckpointError, LordsError
 # Re-exported: callers import the format's pieces from here.
-from .folder import (FORMAT_VERSION, QUANT_METHOD, check_layout, install_layout, layout,  # noqa: F401
-                     read_quantization_config, verify_folder)
+from .folder import (FORMAT_VERSION, QUANT_METHOD, check_layout, check_model_fits, check_quantization_config,  # noqa: F401
+                     install_layout, layout, read_quantization_config, recover, swap_in, verify_folder)
 from .integrity import shard_files
 from .layouts import expected_shapes, module_from_meta, module_meta  # noqa: F401
 from .linear import QuantizedLinear
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike, config=None, extra: dict | None = None,
-                   max_shard_size: int | str = "2GB") -> Path:
+                   max_shard_size: int | str = "2GB", tokenizer=None) -> Path:
     """Write a quantized transformers model to the folder ``path`` (``save_pretrained`` through the lords
-    quantizer); returns it. The folder is written beside and swapped in whole: a failed save leaves the
-    previous one intact. ``config``: the lords config (default: what ``quantize_`` recorded on the model)."""
+    quantizer); returns it. ``tokenizer``: saved in the same folder, before it appears. The folder is written
+    beside and swapped in whole (:func:`swap_in`): a failed or killed save leaves the previous one or the new one
+    at ``path``, never a part. ``config``: the lords config (default: what ``quantize_`` recorded on the model)."""
     if not any(isinstance(m, QuantizedLinear) for m in model.modules()):
         raise CheckpointError("the model holds no quantized module: call quantize_ before save_quantized")
     if not hasattr(model, "save_pretrained"):
@@ -41,18 +41,13 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, config=None, extra
     if config is None:
         raise CheckpointError("no lords config: pass config= (the model was not quantized by quantize_)")
     attach(model, config, extra)
-    path = Path(path)
-    tmp, old = path.with_name(f".{path.name}.tmp{os.getpid()}"), path.with_name(f".{path.name}.old{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return path
+
+    def write(tmp: Path) -> None:
+        type(model).save_pretrained(model, tmp, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    return swap_in(Path(path), write)
 
 
 def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, device="cpu") -> tuple[nn.Module, Any]:
@@ -60,8 +55,9 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, devi
 
     Without ``model``: ``AutoModelForCausalLM.from_pretrained(path)`` (the quantizer builds the quantized modules
     on the meta device). With ``model`` (an instance of the saved architecture): its linears are replaced by the
-    saved layout and the shards are loaded into it.
+    saved layout and the shards are loaded into it, after every check: a refused load leaves ``model`` untouched.
     """
+    recover(path)
     qc = read_quantization_config(path)
     try:
         config = config_from_dict(qc.get("config") or {})
@@ -75,12 +71,16 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, devi
         model = AutoModelForCausalLM.from_pretrained(path, device_map=device)
         return model.eval(), config
     specs = verify_folder(path, qc)
-    install_layout(model, qc["modules"], specs)
+    check_model_fits(model, qc["modules"], specs)
     from safetensors.torch import load_file  # optional dependency: only reading a checkpoint needs it
 
     state = {}
     for file in shard_files(Path(path)):
-        state.update(load_file(str(file)))
+        try:
+            state.update(load_file(str(file)))
+        except Exception as e:  # changed since it was verified
+            raise CheckpointError(f"shard {file.name} cannot be read ({e})") from e
+    install_layout(model, qc["modules"], specs)
     result = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     missing = [k for k in result.missing_keys if k not in tied]

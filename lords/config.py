@@ -9,6 +9,7 @@ delegating to the leaves they hold.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,9 +28,9 @@ def check_choice(name: str, value, choices) -> None:
 
 
 def check_positive(name: str, value, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name}={value!r} must be a {'non-negative' if allow_zero else 'positive'} number")
+        raise ConfigError(f"{name}={value!r} must be a finite {'non-negative' if allow_zero else 'positive'} number")
 
 
 def check_int(name: str, value, minimum: int = 1) -> None:
@@ -137,11 +138,19 @@ def _from_plain(v):
 
 
 def config_from_dict(d: dict[str, Any]) -> QuantConfig:
-    """Rebuild a saved config by its ``method``."""
+    """Rebuild a saved config by its ``method``. Anything malformed (a field of the wrong type, a list where a
+    mapping belongs, nesting too deep) is a ``ConfigError``, never a raw ``TypeError``."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config is a mapping with a 'method', got {type(d).__name__}")
     method = d.get("method")
-    if method not in _CONFIG_TYPES:
+    if not isinstance(method, str) or method not in _CONFIG_TYPES:
         raise ConfigError(f"method={method!r} is not one of {tuple(_CONFIG_TYPES)}")
-    return _CONFIG_TYPES[method].from_dict(d)
+    try:
+        return _CONFIG_TYPES[method].from_dict(d)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError, OverflowError) as e:
+        raise ConfigError(f"{method} config is malformed: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 @dataclass(frozen=True)
@@ -170,7 +179,7 @@ class ScaleConfig(QuantConfig):
     """Format version of this config, checked on load."""
 
     def __post_init__(self):
-        if self.bits not in SUPPORTED_BITS:
+        if type(self.bits) is not int or self.bits not in SUPPORTED_BITS:  # 4.0 would pass `in` and fail later
             raise ConfigError(f"bits={self.bits!r} is not one of {SUPPORTED_BITS}; mixed precision 2.25, 2.5 or 3.0 "
                               f"averages: MixedPrecisionConfig (Hydra: quant=lords_mixed or nf_mixed)")
         check_int("block_size", self.block_size)
@@ -184,7 +193,10 @@ class ScaleConfig(QuantConfig):
             raise ConfigError(f"refine={self.refine!r} must be a RefineConfig or None")
         for name in ("include", "exclude"):
             value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+            value = (value,) if isinstance(value, str) else value
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a string or a list of strings")
+            object.__setattr__(self, name, tuple(value))
         check_int("calib_tokens", self.calib_tokens)
         check_int("sample_tokens", self.sample_tokens, minimum=0)
         check_int("seed", self.seed, minimum=0)

@@ -67,8 +67,12 @@ def handler_for(config: QuantConfig) -> Handler:
 
 def layer_report(name: str, weight: torch.Tensor, module: nn.Module, result: RefineResult | None = None) -> LayerReport:
     """Errors of ``module.dequantized_weight()`` against ``weight``, floats stored, the refinement curve."""
-    w = weight.detach().float()
-    err = (w - module.dequantized_weight().to(w.device)).pow(2).sum()
+    # float64: a float32 weight near its range (1e38) squares past float32's, which would report inf / nan
+    w = weight.detach().double()
+    w_hat = module.dequantized_weight().to(w.device, torch.float64)
+    if not torch.isfinite(w_hat).all():
+        raise NumericsError(f"{name}: the quantized weight is not finite (weights beyond what its scales can hold)")
+    err = (w - w_hat).pow(2).sum()
     return LayerReport(name, tuple(w.shape), float(err), float(w.pow(2).sum()), module.float_params(),
                        getattr(module, "rank", None), [] if result is None else result.losses,
                        getattr(module, "bits", None))

@@ -21,6 +21,8 @@ memory gets the lords quantizer attached, so its ``save_pretrained`` writes a lo
 """
 from __future__ import annotations
 
+import os
+import types
 from pathlib import Path
 
 import torch
@@ -32,9 +34,10 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import QuantConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, LordsError, UnsupportedModuleError
-from .folder import FORMAT_VERSION, QUANT_METHOD, check_layout, install_layout, layout
+from .folder import (FIELDS, FORMAT_VERSION, QUANT_METHOD, check_layout, check_model_fits, check_quantization_config,
+                     install_layout, layout, metadata_digest, swap_in)
 from .handlers import handler_for
-from .integrity import MANIFEST_KEY, manifest_json, tensor_specs, text_digest, verify
+from .integrity import MANIFEST_KEY, QUANTIZATION_KEY, manifest_json, tensor_specs, text_digest, verify
 from .linear import QuantizedLinear
 from .quantize import after_quantize, fused_params_left_in_float, plan
 from .version import __version__
@@ -113,12 +116,19 @@ class LordsHfQuantizer(HfQuantizer):
             self.plan, self.errors = {name: leaf for name, (_, leaf) in chosen.items()}, {}
             return model
         qc = self.quantization_config
+        stored = check_quantization_config({k: getattr(qc, k, None) for k in FIELDS}, "config.json")
         files = [Path(f) for f in checkpoint_files or ()]
         if not files or any(f.suffix != ".safetensors" for f in files):
             raise CheckpointError(f"a lords checkpoint is safetensors shards, got {[f.name for f in files]}")
-        verify(files, qc.manifest_sha256)
-        specs = tensor_specs(files)
+        folders = {Path(os.path.normpath(os.path.abspath(f))).parent for f in files}
+        local = getattr(model, "name_or_path", None)  # a local folder, or a hub id whose snapshot holds the files
+        local = Path(os.path.normpath(os.path.abspath(local))) if local and Path(local).is_dir() else None
+        if len(folders) > 1 or (local is not None and folders != {local}):
+            raise CheckpointError(f"the shard index names files outside the checkpoint folder ({sorted(map(str, folders))})")
+        specs = tensor_specs(files)  # the headers first: a layout that contradicts them is named before any hashing
         check_layout(qc.modules, specs)
+        verify(files, qc.manifest_sha256, metadata_digest(stored))
+        check_model_fits(model, qc.modules, specs, strict=False)
         install_layout(model, qc.modules, specs)
         return model
 
@@ -126,6 +136,7 @@ class LordsHfQuantizer(HfQuantizer):
         config = self.quantization_config.lords_config
         if self.pre_quantized:
             model.lords_config = config
+            model.save_pretrained = types.MethodType(_save_pretrained_swapped, model)
             return model
         if self.errors:
             raise next(iter(self.errors.values()))  # lords errors name the layer
@@ -142,9 +153,10 @@ class LordsHfQuantizer(HfQuantizer):
 
         state = remove_tied_weights_from_state_dict(model.state_dict(), model)
         manifest = manifest_json(state)
-        self.quantization_config.modules = layout(model)
-        self.quantization_config.manifest_sha256 = text_digest(manifest)
-        return state, {MANIFEST_KEY: manifest}
+        qc = self.quantization_config
+        qc.modules = layout(model)
+        qc.manifest_sha256 = text_digest(manifest)
+        return state, {MANIFEST_KEY: manifest, QUANTIZATION_KEY: metadata_digest({k: getattr(qc, k, None) for k in FIELDS})}
 
     def _dequantize(self, model, dtype=None):
         """``model.dequantize()``: every quantized module back to an ``nn.Linear`` holding ``grid[Q] ⊙ S``."""
@@ -211,7 +223,31 @@ def attach(model: nn.Module, config: QuantConfig, extra: dict | None = None, man
     model.hf_quantizer = LordsHfQuantizer(qc, pre_quantized=True)
     model.config.quantization_config = qc
     model.quantization_method = QUANT_METHOD
+    model.save_pretrained = types.MethodType(_save_pretrained_swapped, model)
     return model
+
+
+def _save_pretrained_swapped(self, save_directory, *args, **kwargs):
+    """``save_pretrained`` of a lords model: over an existing model folder, the new one is written beside and swapped in
+    whole (``lords.checkpoint.swap_in``), so a kill never leaves a half-written checkpoint where a whole one was;
+    the old folder's other files (a tokenizer) are kept, as an in-place save keeps them."""
+    import shutil
+
+    path = Path(os.path.abspath(save_directory))
+    if kwargs.get("push_to_hub") or not (path / "config.json").is_file() or path == Path.cwd():
+        return type(self).save_pretrained(self, save_directory, *args, **kwargs)  # nothing whole to keep
+
+    def write(tmp: Path) -> None:
+        type(self).save_pretrained(self, tmp, *args, **kwargs)
+        for entry in path.iterdir():
+            weights = entry.name.startswith(("model.safetensors", "model-", "pytorch_model"))
+            if not weights and not (tmp / entry.name).exists():
+                (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
+
+    swap_in(path, write)
+
+
+_save_pretrained_swapped.__name__ = "save_pretrained"  # a pickled model finds its class's method by this name
 
 
 @after_quantize

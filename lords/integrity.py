@@ -19,6 +19,10 @@ import torch
 from .errors import CheckpointError
 
 MANIFEST_KEY = "lords_manifest"
+QUANTIZATION_KEY = "lords_quantization_sha256"
+"""Header key of every shard written since: the SHA-256 of ``config.json``'s quantization metadata
+(``lords.folder.metadata_digest``), so an edit of that metadata is refused like an edit of a tensor. Checkpoints
+without it (written before) load as they did; readers that do not know it ignore it."""
 SAFETENSORS_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
                       "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
                       "F64": torch.float64}
@@ -64,9 +68,14 @@ def shard_files(folder: Path) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a safetensors index ({e})") from e
-        return [folder / name for name in sorted(set(weight_map.values()))]
+            names = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from e
+        for name in names:
+            if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+                raise CheckpointError(f"{index}: shard {name!r} is not a file of this folder (an index may name "
+                                      "files beside it only)")
+        return [folder / name for name in names]
     single = folder / "model.safetensors"
     if not single.is_file():
         raise CheckpointError(f"{folder}: neither model.safetensors nor model.safetensors.index.json found")
@@ -100,8 +109,10 @@ def shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     return {name: shape for name, (shape, _) in tensor_specs(files).items()}
 
 
-def verify(files: list[Path], manifest_sha256: str | None) -> dict[str, str]:
+def verify(files: list[Path], manifest_sha256: str | None, quantization_sha256: str | None = None) -> dict[str, str]:
     """Check every shard against the manifest whose SHA-256 ``config.json`` records; returns the manifest.
+    ``quantization_sha256``: the digest of ``config.json``'s quantization metadata, checked against the one the
+    shards' headers carry (:data:`QUANTIZATION_KEY`) where they carry one.
 
     Reads one tensor at a time (peak memory: the largest tensor, not the checkpoint)."""
     if not manifest_sha256:
@@ -114,6 +125,10 @@ def verify(files: list[Path], manifest_sha256: str | None) -> dict[str, str]:
             if text is None or text_digest(text) != manifest_sha256:
                 raise CheckpointError(f"shard {path.name}: its manifest is {'missing' if text is None else 'not'} "
                                       "the one config.json names (a shard of another checkpoint, or edited)")
+            stored = (f.metadata() or {}).get(QUANTIZATION_KEY)
+            if stored is not None and quantization_sha256 is not None and stored != quantization_sha256:
+                raise CheckpointError(f"shard {path.name}: config.json's quantization_config is not the one this "
+                                      "checkpoint was saved with (edited by hand, or another checkpoint's)")
             manifest = manifest or json.loads(text)
             for name in f.keys():
                 if name not in manifest:
@@ -126,6 +141,9 @@ def verify(files: list[Path], manifest_sha256: str | None) -> dict[str, str]:
                 if tensor_digest(tensor) != manifest[name]:
                     raise CheckpointError(f"shard {path.name}: tensor {name!r} does not match its SHA-256 in the "
                                           "manifest (tampered or corrupt)")
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise CheckpointError(f"shard {path.name}: tensor {name!r} holds NaN or Inf values; a model "
+                                          "loaded from it would compute NaN")
                 seen.add(name)
     missing = sorted(set(manifest or {}) - seen)
     if missing:

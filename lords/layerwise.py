@@ -45,12 +45,14 @@ class LayerwiseConfig(QuantConfig):
 
     def __post_init__(self):
         rules = []
+        if isinstance(self.rules, (str, bytes)) or not hasattr(self.rules, "__iter__"):
+            raise ConfigError(f"rules={self.rules!r} is not a list of (pattern, config) pairs")
         for rule in self.rules:
-            if len(rule) != 2 or not isinstance(rule[0], str):
+            if not isinstance(rule, (list, tuple)) or len(rule) != 2 or not isinstance(rule[0], str):
                 raise ConfigError(f"rules: {rule!r} is not a (pattern, config) pair")
             try:
                 re.compile(rule[0])
-            except re.error as e:
+            except (re.error, OverflowError, RecursionError) as e:
                 raise ConfigError(f"rules: pattern {rule[0]!r} is not a regular expression ({e})") from None
             if rule[1] is not None and not isinstance(rule[1], QuantConfig):
                 raise ConfigError(f"rules: {rule[1]!r} is not a quantization config or None")

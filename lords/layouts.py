@@ -116,10 +116,15 @@ def adopt_stored_dtypes(module: nn.Module, dtypes: dict[str, torch.dtype]) -> nn
     return module
 
 
+def _layout_dtype(meta: dict[str, Any]) -> torch.dtype | None:
+    return getattr(torch, meta.get("dtype", ""), None) if isinstance(meta.get("dtype"), str) else None
+
+
 def check_tensors(meta: Any, name: str, stored: dict[str, tuple[tuple[int, ...], torch.dtype | None]]) -> None:
     """The stored tensors of module ``name`` (``{full tensor name: (shape, dtype)}``) are the ones its layout expects:
-    each present, of the expected shape, integer tensors of the expected dtype and float tensors of a float dtype
-    (loaded as stored, :func:`adopt_stored_dtypes`). A ``bits`` or ``rank`` that contradicts the tensors is refused
+    each present, of the expected shape, integer tensors of the expected dtype, the tensors held in the layout's
+    ``dtype`` (the scales) in exactly that dtype, other float tensors (a bias) of a float dtype (loaded as stored,
+    :func:`adopt_stored_dtypes`). A ``bits`` or ``rank`` that contradicts the tensors is refused
     here, naming the module, before anything loads."""
     for suffix, (shape, dtype) in expected_tensors(meta, name).items():
         key = f"{name}.{suffix}"
@@ -130,6 +135,9 @@ def check_tensors(meta: Any, name: str, stored: dict[str, tuple[tuple[int, ...],
             raise CheckpointError(f"checkpoint module {name!r}: layout {meta} expects {suffix} of shape {shape}, "
                                   f"the shard holds {have_shape} (bits, rank or sizes contradict the tensors)")
         fits = have_dtype is not None and (have_dtype == dtype or (dtype.is_floating_point and have_dtype.is_floating_point))
+        if fits and suffix != "bias" and dtype == _layout_dtype(meta) and have_dtype != dtype:
+            raise CheckpointError(f"checkpoint module {name!r}: layout dtype={meta.get('dtype')!r} but {suffix} is "
+                                  f"stored as {have_dtype} (the layout would round it)")
         if not fits:
             raise CheckpointError(f"checkpoint module {name!r}: layout {meta} expects {suffix} stored as "
                                   f"{'a float dtype' if dtype.is_floating_point else dtype}, the shard holds {have_dtype}")

@@ -97,7 +97,7 @@ class QuantizedLinear(nn.Module):
             value = meta.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise CheckpointError(f"{key}={value!r} is not a positive integer")
-        if meta.get("bits") not in SUPPORTED_BITS:
+        if type(meta.get("bits")) is not int or meta.get("bits") not in SUPPORTED_BITS:
             raise CheckpointError(f"bits={meta.get('bits')!r} is not one of {SUPPORTED_BITS}")
         if meta.get("dtype") not in DTYPES:
             raise CheckpointError(f"dtype={meta.get('dtype')!r} is not one of {tuple(DTYPES)}")

@@ -22,7 +22,7 @@ from .layerwise import decoder_layer_index, num_decoder_layers
 from .refine import LayerStats
 from .refine_batched import OBJECTIVES, batchable, refine_batched
 from .report import LayerReport, QuantizeReport
-from .resume import LayerJournal
+from .resume import LayerJournal, model_fingerprint, stats_digest, tokens_digest
 
 AfterQuantize = Callable[[nn.Module, QuantConfig], None]
 _AFTER_QUANTIZE: list[AfterQuantize] = []
@@ -80,8 +80,24 @@ def calibration_stats(model: nn.Module, config: QuantConfig, calib_ids: torch.Te
         return None
     if calib_ids is None:
         raise ConfigError("a refinement objective needs calibration activations: pass calib_ids (calibration tokens)")
+    check_token_ids(calib_ids, model)
     calib_tokens, sample_tokens, seed = config.calibration
     return collect_stats(model, calib_ids[:, :calib_tokens], calibrated, sample_tokens, seed=seed)
+
+
+def check_token_ids(ids, model: nn.Module | None = None, vocab: int | None = None, name: str = "calib_ids") -> None:
+    """``ids`` is a non-empty ``(1, T)`` integer tensor of ids below the model's vocabulary (its input embedding's
+    rows, or ``vocab``); anything else is a ``ConfigError`` before a forward pass indexes past the table."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.numel() == 0 or ids.is_floating_point() \
+            or ids.dtype == torch.bool:
+        raise ConfigError(f"{name} must be a non-empty (batch, tokens) integer tensor, got "
+                          f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+    if vocab is None and model is not None and hasattr(model, "get_input_embeddings"):
+        vocab = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (vocab is not None and high >= vocab):
+        raise ConfigError(f"{name} holds ids in [{low}, {high}], outside the vocabulary [0, {vocab}): "
+                          "another tokenizer's tokens?")
 
 
 def _progress(items, desc: str, enabled: bool):
@@ -136,12 +152,15 @@ def quantize_(
     progress: bool | str = True,
     resume_dir: str | os.PathLike | None = None,
     batch_refine: bool | None = None,
+    restart: bool = False,
 ) -> QuantizeReport:
     """Quantize ``model`` in place with ``config``; returns per-layer errors and float counts.
 
     ``calib_ids (1, T)`` is required when a refinement objective needs activations (statistics are collected
     from the float model before any layer is replaced), unless ``stats`` are given. ``resume_dir``: each
-    finished layer is saved there, and a rerun picks up after the last one. ``progress``: a bar (True, or a
+    finished layer is saved there, and a rerun picks up after the last one; the journal is bound to the config, the
+    model's weights and the calibration tokens (or ``stats``), and one made for others is refused
+    (``CheckpointError`` naming what differs) unless ``restart=True`` empties it. ``progress``: a bar (True, or a
     string that labels it). ``batch_refine``: run Algorithm 1 on all layers of one shape at once
     (``lords.refine_batched``; default: when the weights are on a GPU and no ``resume_dir`` is given).
     """
@@ -162,9 +181,15 @@ def quantize_(
             f"{len(fused)} fused expert parameter(s) are not nn.Linear and would stay in float: {fused[:4]}"
             f"{' ...' if len(fused) > 4 else ''}; lords quantizes nn.Linear only. Exclude them to keep them in float "
             "knowingly (e.g. exclude=('lm_head', 'experts'))")
+    journal = None
+    if resume_dir is not None:  # bound before any layer changes: the float weights are what it fingerprints
+        calibrated = config.needs_calibration and stats is None and calib_ids is not None
+        inputs = {"model_weights": model_fingerprint(model),
+                  "calibration_tokens": tokens_digest(calib_ids[:, :config.calibration[0]]) if calibrated else None,
+                  "calibration_statistics": stats_digest(stats)}
+        journal = LayerJournal(resume_dir, config, inputs, restart=restart)
     if stats is None:
         stats = calibration_stats(model, config, calib_ids, chosen)
-    journal = LayerJournal(resume_dir, config) if resume_dir is not None else None
     if batch_refine is None:  # stacked refinement pays on a GPU; the journal wants layers one at a time
         first = getattr(next(iter(chosen.values()))[0], "weight", None)
         batch_refine = journal is None and first is not None and first.is_cuda

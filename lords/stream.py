@@ -33,9 +33,9 @@ from .config import QuantConfig
 from .distribute import Ranks, assign_linears, block_range
 from .errors import CheckpointError, ConfigError
 from .handlers import handler_for
-from .quantize import plan
+from .quantize import check_token_ids, plan
 from .report import QuantizeReport
-from .resume import LayerJournal
+from .resume import LayerJournal, tensor_fingerprint, tokens_digest
 
 _LAYER = re.compile(r"^(.*\.(?:layers|h|blocks))\.(\d+)\.(.+)$")
 
@@ -63,6 +63,9 @@ class ShardReader:
         self.folder = Path(folder)
         index = self.folder / "model.safetensors.index.json"
         if index.is_file():
+            from .integrity import shard_files  # refuses an index naming files outside the folder
+
+            shard_files(self.folder)
             self.where = dict(json.loads(index.read_text())["weight_map"])
         elif (self.folder / "model.safetensors").is_file():
             from safetensors import safe_open  # optional dependency, as for every reader of shards
@@ -74,6 +77,29 @@ class ShardReader:
 
     def names(self) -> list[str]:
         return list(self.where)
+
+    def fingerprint(self) -> str:
+        """A cheap digest of the checkpoint's weights: every tensor's name, dtype, shape and first and last rows
+        (read through the shards' slices, not whole): what a journal of this model is bound to."""
+        import hashlib
+
+        from safetensors import safe_open  # optional dependency, as for every reader of shards
+
+        h = hashlib.sha256()
+        by_file: dict[str, list[str]] = {}
+        for n in sorted(self.where):
+            by_file.setdefault(self.where[n], []).append(n)
+        for file in sorted(by_file):
+            with safe_open(str(self.folder / file), framework="pt") as f:
+                for n in by_file[file]:
+                    sl = f.get_slice(n)
+                    rows = sl.get_shape()[0] if sl.get_shape() else 0
+                    h.update(n.encode())
+                    if rows:
+                        h.update(tensor_fingerprint(sl[0:1]).encode())
+                        h.update(tensor_fingerprint(sl[rows - 1:rows]).encode())
+                    h.update(f"{sl.get_dtype()}|{sl.get_shape()}".encode())
+        return h.hexdigest()
 
     def read(self, names: list[str], strip: str = "") -> dict[str, torch.Tensor]:
         """``{name without the prefix strip: tensor}``, each shard opened once."""
@@ -191,12 +217,15 @@ def quantize_streamed(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     ranks: Ranks | None = None,
+    restart: bool = False,
 ) -> QuantizeReport:
     """Quantize the causal LM saved in ``model_dir`` (transformers config + safetensors) block by block.
 
     ``calib_ids (1, T)``: calibration tokens (windows of ``window``), used for the blocks' inputs whatever the
     objective. Each finished linear lands in ``journal_dir`` (``lords.resume.LayerJournal``); a rerun with the same
-    config resumes there. :func:`load_streamed` builds the quantized model from it. Peak memory: the model's
+    config and inputs resumes there. The journal is bound to the config, the checkpoint's weights, the calibration
+    tokens, ``inputs``, ``window``, the device type and ``dtype``: one made for others is refused by name, or emptied
+    with ``restart=True``. :func:`load_streamed` builds the quantized model from it. Peak memory: the model's
     non-block tensors, one float block, and ``T × hidden`` activations twice (inputs and outputs of a block).
 
     ``ranks``: this process's share of the work (default: the initialized ``torch.distributed`` group, else all
@@ -219,6 +248,7 @@ def quantize_streamed(
     prefix, num_layers = _layers_prefix(reader.names())
     if num_layers != hf_config.num_hidden_layers:
         raise CheckpointError(f"{model_dir}: {num_layers} blocks in the shards, config says {hf_config.num_hidden_layers}")
+    check_token_ids(calib_ids, vocab=getattr(hf_config, "vocab_size", None))
     calib_ids = calib_ids[:, : config.calibration[0]]
     shell = _shell(hf_config, prefix, reader, dtype).to(device)
     stack = shell.get_submodule(prefix)
@@ -234,7 +264,8 @@ def quantize_streamed(
     lengths = [c[0].shape[1] for c in calls]
     hf_config._attn_implementation = shell.config._attn_implementation  # what the blocks were called with
     del shell, stack, catcher
-    journal = LayerJournal(journal_dir, config)
+    journal = LayerJournal(journal_dir, config, _inputs(reader, calib_ids, inputs, window, device, dtype),
+                           restart=restart and ranks.rank == 0)
     setup = time.perf_counter() - t0
     holder = nn.Module()  # gives the block its full module names (model.layers.7.mlp.up_proj) for the plan
     holder.config = hf_config
@@ -293,6 +324,13 @@ def quantize_streamed(
     return report
 
 
+def _inputs(reader: ShardReader, calib_ids: torch.Tensor, inputs: str, window: int, device, dtype) -> dict:
+    """What a streamed journal's layers depend on besides the config (``lords.resume.LayerJournal``)."""
+    return {"model_weights": reader.fingerprint(), "calibration_tokens": tokens_digest(calib_ids),
+            "block_inputs": inputs, "calibration_window": window, "device_type": torch.device(device).type,
+            "dtype": str(dtype)}
+
+
 def _journaled(journal: LayerJournal, name: str, module: nn.Module):
     done = journal.load(name, module)
     if done is None:
@@ -323,13 +361,13 @@ def load_streamed(model_dir: str | os.PathLike, config: QuantConfig, journal_dir
     hf_config = AutoConfig.from_pretrained(model_dir)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    journal = LayerJournal(journal_dir, config)
+    reader = ShardReader(model_dir)
+    journal = LayerJournal(journal_dir, config, {"model_weights": reader.fingerprint()})
     for name, (module, _) in plan(model, config).items():
         done = journal.load(name, module)
         if done is None:
             raise CheckpointError(f"{journal_dir}: layer {name} was not quantized yet (rerun quantize_streamed)")
         model.set_submodule(name, done[0])
-    reader = ShardReader(model_dir)
     quantized = {n for n, m in model.named_modules() if hasattr(m, "qweight")}
     wanted = [n for n in reader.names() if n.rpartition(".")[0] not in quantized]
     state = reader.read(wanted)

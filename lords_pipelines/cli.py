@@ -14,6 +14,7 @@ Heavy packages (transformers, lm-eval) are imported only by the subcommand that 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,9 @@ def _size(n: float) -> str:
 
 
 def _folder(path: str) -> Path:
-    p = Path(path)
+    from lords.checkpoint import recover  # a save killed mid-swap: its whole folder is put back first
+
+    p = recover(Path(path))
     if not (p / "config.json").is_file():
         raise BadInput(f"{path}: not a model folder (no config.json)")
     return p
@@ -69,7 +72,29 @@ def _calibration(arg: str | None) -> str | None:
         return calibration_text()
     if not Path(arg).is_file():
         raise BadInput(f"--calib {arg}: no such file (give a text file, or 'pydoc' for Python's own docs)")
-    return Path(arg).read_text()
+    try:
+        text = Path(arg).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"--calib {arg}: not UTF-8 text (byte {e.start}); give a UTF-8 text file") from None
+    if not text.strip():
+        raise BadInput(f"--calib {arg}: the file holds no text (an empty calibration would be a data-free run)")
+    return text
+
+
+def _positive(flag: str, value, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise BadInput(f"{flag} {value}: must be at least {minimum}")
+
+
+def _writable(out: Path) -> None:
+    """``--out`` can be created and written: found before the model loads, not after the quantization."""
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out}: exists and is not a folder")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInput(f"--out {out}: cannot write there ({parent} is not a writable folder)")
 
 
 def cmd_quantize(a) -> dict:
@@ -77,20 +102,21 @@ def cmd_quantize(a) -> dict:
     from lords_pipelines.data.texts import tokenize
     from lords_pipelines.models import load_model
 
+    _positive("--steps", a.steps, minimum=0)
     steps = a.steps if a.steps is not None else (50 if a.calib else 0)
     text = _calibration(a.calib)
     refine = lords.RefineConfig(steps=steps, lr=a.lr, objective="act_diag" if text else "weight") if steps else None
     kind = lords.LordsConfig if a.method == "lords" else lords.BlockwiseConfig
     config = kind(bits=a.bits, block_size=a.block_size, refine=refine)
     out = Path(a.out)
-    if out.exists() and any(out.iterdir()) and not a.overwrite:
+    if out.is_dir() and any(out.iterdir()) and not a.overwrite:
         raise BadInput(f"--out {a.out} exists and is not empty (add --overwrite to replace it)")
+    _writable(out)
     t0 = time.time()
     model, tok = load_model(a.model)
     calib_ids = tokenize(tok, text, config.calib_tokens) if text else None
     report = lords.quantize_(model, config, calib_ids=calib_ids, progress=True)
-    lords.save_quantized(model, out, report.config)
-    tok.save_pretrained(out)
+    lords.save_quantized(model, out, report.config, tokenizer=tok)  # the folder appears whole, tokenizer included
     bits = lords.storage_bits(model)
     return {"model": a.model, "method": a.method, "bits": a.bits, "block size": a.block_size,
             "refinement": f"{refine.objective} x {refine.steps}" if refine else "none (data-free init)",
@@ -101,14 +127,16 @@ def cmd_quantize(a) -> dict:
 
 
 def cmd_info(a) -> dict:
-    from lords.checkpoint import expected_shapes, read_quantization_config
-    from lords.integrity import shapes, shard_files
+    from lords.checkpoint import check_layout, expected_shapes, read_quantization_config
+    from lords.integrity import shard_files, tensor_specs
 
     path = _folder(a.dir)
-    qc = read_quantization_config(path)
+    qc = read_quantization_config(path)  # the whole quantization_config, as every loader checks it
     files = shard_files(path)
-    stored = shapes(files)
-    modules = qc.get("modules") or {}
+    specs = tensor_specs(files)
+    check_layout(qc["modules"], specs)
+    stored = {name: shape for name, (shape, _) in specs.items()}
+    modules = qc["modules"]
     dtype_bits = {"float32": 32, "float16": 16, "bfloat16": 16}
     weights = codes = scale_bits = scale_floats = 0
     quantized_tensors = set()
@@ -119,7 +147,7 @@ def cmd_info(a) -> dict:
         for suffix, shape in expected_shapes(meta).items():
             quantized_tensors.add(f"{name}.{suffix}")
             if suffix in ("A", "B", "scales"):
-                floats = shape[0] * shape[1]
+                floats = _numel(shape)
                 scale_floats += floats
                 scale_bits += floats * dtype_bits[meta["dtype"]]
     float_params = sum(_numel(s) for k, s in stored.items() if k not in quantized_tensors)
@@ -158,7 +186,29 @@ def _load(folder: Path, device: str):
 def _device(arg: str | None) -> str:
     import torch
 
-    return arg or ("cuda" if torch.cuda.is_available() else "cpu")
+    if arg is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(arg)
+    except (RuntimeError, ValueError):
+        raise BadInput(f"--device {arg}: not a device (cpu, cuda, cuda:1 ...)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise BadInput(f"--device {arg}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise BadInput(f"--device {arg}: not supported (cpu or cuda)")
+    return arg
+
+
+def _context(folder: Path) -> int | None:
+    """The model's context length from its config.json (read before any weight loads), None when it names none."""
+    import json
+
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (ValueError, RecursionError) as e:
+        raise BadInput(f"{folder}/config.json is not JSON ({type(e).__name__})") from None
+    value = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def cmd_eval(a) -> dict:
@@ -170,13 +220,22 @@ def cmd_eval(a) -> dict:
 
     if a.text is not None and not Path(a.text).is_file():
         raise BadInput(f"--text {a.text}: no such file")
-    model, tok = _load(_folder(a.dir), _device(a.device))
+    _positive("--tokens", a.tokens, minimum=2)  # perplexity scores tokens after the first; 0 would mean "all"
+    _positive("--window", a.window, minimum=2)
+    _positive("--limit", a.limit)
+    folder, device = _folder(a.dir), _device(a.device)
+    try:
+        text = Path(a.text).read_text(encoding="utf-8") if a.text else None
+    except UnicodeDecodeError as e:
+        raise BadInput(f"--text {a.text}: not UTF-8 text (byte {e.start})") from None
+    if text is not None and not text.strip():
+        raise BadInput(f"--text {a.text}: the file holds no text")
+    model, tok = _load(folder, device)
     if a.adapter:
         from lords_pipelines.adapters import load_adapter
 
         model = load_adapter(model, a.adapter)
-    text = Path(a.text).read_text() if a.text else eval_text()
-    ids = tokenize(tok, text, a.tokens)
+    ids = tokenize(tok, text if text is not None else eval_text(), a.tokens)
     with torch.no_grad(), cached_weights(model):
         ppl, n = perplexity(model, ids, a.window, progress="perplexity")
     out = {"folder": a.dir, "text": a.text or "shipped licence texts", "tokens scored": n, "perplexity": f"{ppl:.3f}"}
@@ -194,8 +253,14 @@ def cmd_bench(a) -> dict:
 
     from lords_pipelines.stages.common import apply_backend
 
-    device = _device(a.device)
-    model, tok = _load(_folder(a.dir), device)
+    _positive("--tokens", a.tokens, minimum=2)  # decode speed is timed over the tokens after the first
+    _positive("--prompt", a.prompt)
+    _positive("--batch", a.batch)
+    folder, device = _folder(a.dir), _device(a.device)
+    context = _context(folder)
+    if context is not None and a.prompt + a.tokens > context:
+        raise BadInput(f"--prompt {a.prompt} + --tokens {a.tokens} exceed the model's context of {context} positions")
+    model, tok = _load(folder, device)
     apply_backend(model, "auto")
     prompt = torch.randint(0, model.config.vocab_size, (a.batch, a.prompt), generator=torch.Generator().manual_seed(0))
     prompt = prompt.to(device)
@@ -252,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="items per task (default: all)")
     e.add_argument("--adapter", metavar="DIR", help="an adapter folder trained on this base (LoRDS B, A or LoRA)")
     e.add_argument("--text", metavar="FILE", help="text file for perplexity")
-    e.add_argument("--tokens", type=int, default=2048, help="tokens of the text to score (default 2048)")
+    e.add_argument("--tokens", type=int, default=2048, help="tokens of the text to score, at least 2 (default 2048)")
     e.add_argument("--window", type=int, default=None, help="perplexity window (default: min(2048, context))")
     e.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     e.set_defaults(fn=cmd_eval)
@@ -262,7 +327,7 @@ def parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=cmd_info)
     b = sub.add_parser("bench", help="greedy decode tokens/s of a lords folder on this device")
     b.add_argument("dir", help="a lords folder")
-    b.add_argument("--tokens", type=int, default=32, help="new tokens per timed run (default 32)")
+    b.add_argument("--tokens", type=int, default=32, help="new tokens per timed run, at least 2 (default 32)")
     b.add_argument("--prompt", type=int, default=16, help="prompt tokens (default 16)")
     b.add_argument("--batch", type=int, default=1, help="sequences per batch (default 1)")
     b.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")

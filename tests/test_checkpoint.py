@@ -105,7 +105,7 @@ def test_the_wrong_architecture_is_refused(saved):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(dtype="float33"), "dtype='float33' is not one of"),
-    (lambda m: m.update(bits=4), "expects qweight of shape"),
+    (lambda m: m.update(bits=4), "bits=4 contradicts quantization_config.config"),
     (lambda m: m.update(rank=7), "expects B of shape"),
     (lambda m: m.update(rank="five"), "rank='five' is not a positive integer"),
     (lambda m: m.update(kind="gptq"), "kind 'gptq'"),

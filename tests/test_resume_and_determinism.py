@@ -56,7 +56,7 @@ def test_a_journal_from_another_config_is_refused(tmp_path):
 
 
 def test_a_process_killed_mid_write_loses_no_finished_layer(tmp_path):
-    # The child SIGKILLs itself inside its 4th journal write, after the temp file is written and
+    # The child SIGKILLs itself inside its 4th layer's journal write, after the temp file is written and
     # before the rename: the worst moment for a crash. Deterministic, whatever the machine's load.
     script = textwrap.dedent(f"""
         import os, signal, sys
@@ -67,7 +67,7 @@ def test_a_process_killed_mid_write_loses_no_finished_layer(tmp_path):
         writes, real_replace = [], os.replace
         def replace(src, dst):
             writes.append(dst)
-            if len(writes) == 5:  # the 1st write is the journal's config.json
+            if len(writes) == 6:  # the 1st and 2nd writes are the journal's config.json and inputs.json
                 os.kill(os.getpid(), signal.SIGKILL)
             real_replace(src, dst)
         ckpt.os.replace = replace

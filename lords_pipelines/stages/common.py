@@ -136,15 +136,17 @@ def _bnb_storage_bits(model: nn.Module) -> dict[str, float] | None:
     return {"code_bits": 4.0, "bits_per_weight": stored / weights} if weights else None
 
 
-def save_checkpoint(model: nn.Module, s: RunSettings, out_dir: Path) -> Path | None:
-    """The library's quantized checkpoint in ``<out_dir>/quantized`` (uniform bits; config JSON beside it)."""
+def save_checkpoint(model: nn.Module, s: RunSettings, out_dir: Path, tokenizer=None) -> Path | None:
+    """The library's quantized checkpoint in ``<out_dir>/quantized`` (uniform bits; config JSON beside it), with
+    ``tokenizer`` in it: the folder appears whole."""
     from lords.checkpoint import save_quantized
 
     if s.quant is None:
         return None
     path = out_dir / "quantized"
     # The config as applied (resolved rules, e.g. the sensitivity allocation), else the run's.
-    save_quantized(model, path, getattr(model, "lords_config", s.quant), extra={"pipeline_settings": s.to_dict()})
+    save_quantized(model, path, getattr(model, "lords_config", s.quant), extra={"pipeline_settings": s.to_dict()},
+                   tokenizer=tokenizer)
     return path
 
 
@@ -153,9 +155,9 @@ def write_metrics(out_dir: Path, s: RunSettings, metrics: dict[str, Any]) -> Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "metrics.json"
     record = {"metrics": metrics, "settings": s.to_dict(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    tmp.replace(path)
+    from lords.integrity import atomic_write_bytes  # a temp file of its own: concurrent writers never share one
+
+    atomic_write_bytes(path, json.dumps(record, indent=1, default=str).encode())
     return path
 
 
@@ -273,9 +275,8 @@ def finish_run(model: nn.Module, tok, s: RunSettings, out: Path, logger, metrics
         return metrics
     metrics.update(evaluate(model, tok, s.eval))
     if checkpoint:
-        ckpt = (save or (lambda: save_checkpoint(model, s, out)))() if s.stage.save else None
-        if save is None and ckpt is not None:
-            tok.save_pretrained(ckpt)  # the folder is a whole model: from_pretrained, lm-eval, `lords eval`
+        # the folder is a whole model with its tokenizer: from_pretrained, lm-eval, `lords eval`
+        ckpt = (save or (lambda: save_checkpoint(model, s, out, tok)))() if s.stage.save else None
         metrics["checkpoint"] = None if ckpt is None else str(ckpt)
     write_metrics(out, s, metrics)
     log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}))

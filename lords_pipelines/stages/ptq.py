@@ -22,12 +22,15 @@ def quant_metrics(report, model, seconds: float) -> dict[str, Any]:
             "quant_seconds": seconds, "layers": len(report.layers)}
 
 
-def journal_dir(out, config):
-    """``<out>/journal/<config digest>``: a rerun with the same config resumes there; another config starts anew."""
+def journal_dir(out, s: RunSettings):
+    """``<out>/journal/<digest>``: a rerun with the same quant config, model, data and seed resumes there; any other
+    starts anew (the library's journal also checks the weights and calibration tokens it is handed)."""
     import hashlib
     import json
 
-    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    d = s.to_dict()
+    bound = {"quant": s.quant.to_dict(), "model": d.get("model"), "data": d.get("data"), "seed": s.seed}
+    digest = hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return out / "journal" / digest
 
 
@@ -65,7 +68,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     report = QuantizeReport()
     if s.quant is not None:
         report = quantize_model(model, s.quant, calibration_for(s, tok), progress=s.stage.progress,
-                                journal=journal_dir(out, s.quant) if s.stage.journal else None)
+                                journal=journal_dir(out, s) if s.stage.journal else None)
     metrics = quant_metrics(report, model, time.time() - t) | reference
     metrics.update(heldout_calibration_ppl(model, tok, s))
     apply_backend(model, s.trainer.backend)

@@ -66,13 +66,25 @@ class ModelSettings:
 
 
 def _locate(path: str, key: str):
-    import importlib
+    """The class ``path`` names, found without importing anything: a lords config class (``lords.LordsConfig`` or
+    its defining module's name) or one in a module already imported (a registered extension). Checking a name
+    never runs a module's code."""
+    import sys
 
+    import lords
+    from lords.config import _CONFIG_TYPES
+
+    if not isinstance(path, str):
+        raise ConfigError(f"{key}._target_={path!r} is not a dotted class name")
+    known = {f"{c.__module__}.{c.__qualname__}": c for c in (*_CONFIG_TYPES.values(), RefineConfig)}
+    known.update({f"lords.{n}": getattr(lords, n) for n in dir(lords) if isinstance(getattr(lords, n), type)})
+    if path in known:
+        return known[path]
     module, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ConfigError(f"{key}._target_={path!r}: no such class") from None
+    if module in sys.modules and hasattr(sys.modules[module], name):
+        return getattr(sys.modules[module], name)
+    raise ConfigError(f"{key}._target_={path!r}: not a lords config class (lords.LordsConfig, lords.BlockwiseConfig, "
+                      "...; a class of another module is looked up only once that module is imported)")
 
 
 def build_quant(d, key: str = "quant"):
@@ -93,7 +105,12 @@ def build_quant(d, key: str = "quant"):
     kwargs = {k: build_quant(v, f"{key}.{k}") if isinstance(v, dict) and "_target_" in v else v
               for k, v in d.items() if k != "_target_"}
     try:
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{key}: malformed value ({type(e).__name__}: {str(e)[:200]})") from None
     except ConfigError as e:
         msg, (head, _, last) = str(e), key.rpartition(".")
         if msg.startswith(last + "."):  # the class named itself ("refine.lr=..."): keep the path above it

@@ -90,7 +90,9 @@ def run(args) -> dict | None:
                   "seconds": max(r["seconds"] for r in every), "blocks_seconds": max(r["blocks_seconds"] for r in every),
                   "peak_bytes": max(r["peak_bytes"] for r in every),
                   "per_rank": every, "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"}
-        (out / "timing.json").write_text(json.dumps(record, indent=1))
+        from lords.integrity import atomic_write_bytes
+
+        atomic_write_bytes(out / "timing.json", json.dumps(record, indent=1).encode())
         print(json.dumps(record), flush=True)
     if ranks.world > 1:
         dist.barrier()

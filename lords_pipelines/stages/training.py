@@ -25,6 +25,17 @@ def resume_path(s: RunSettings, out: Path) -> str | None:
     return r
 
 
+def batch_tokens(batch) -> int | None:
+    """Tokens in a training batch: its attention mask's ones, else its ``input_ids``; None for batches that are not
+    token dicts (the refine stage's 1-D step indices)."""
+    if not isinstance(batch, dict):
+        return None
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    ids = batch.get("input_ids")
+    return None if ids is None else int(ids.numel())
+
+
 class Throughput(L.Callback):
     """Steady-state training speed: tokens (attention-masked, all ranks) per second after ``warmup`` steps, the
     first ones (compilation, allocator growth) left out; ``tokens_per_s`` is None when too few steps ran.
@@ -57,7 +68,11 @@ class Throughput(L.Callback):
                 torch.cuda.synchronize()
             self.start, self.tokens = time.perf_counter(), 0
         elif step > self.warmup and self.start is not None:
-            self.tokens += int(batch["attention_mask"].sum()) * trainer.world_size
+            tokens = batch_tokens(batch)
+            if tokens is None:  # not token batches (the refine stage's step indices): no tokens/s to report
+                self.start = None
+                return
+            self.tokens += tokens * trainer.world_size
             if step == trainer.max_steps:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()

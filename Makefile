@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test test-all test-gpu test-kernels sweep-tiny reproduce-ptq reproduce-peft reproduce-kernels reproduce-kernels-detail render-kernels reproduce-all reproduce-tables reproduce-tables-cpu reproduce-tables-peft reproduce-scale results clean
+.PHONY: help setup demo test test-all test-gpu test-kernels sweep-tiny reproduce-ptq reproduce-peft reproduce-kernels reproduce-kernels-detail render-kernels reproduce-all reproduce-tables reproduce-tables-cpu reproduce-tables-peft reproduce-scale results lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -23,7 +23,9 @@ setup: $(STAMP)  ## create .venv and install the pinned dependencies (CPU torch)
 demo: $(STAMP)  ## the main job: PTQ of the embedded SmolLM2-135M, LoRDS vs NF at 3 and 4 bits (16 min on 2 cores) -> outputs/runs/ptq_report/<time>/
 	$(PY) -m lords_pipelines.tables.ptq_report
 
-test: $(STAMP)  ## the test suite CI runs (skips `gpu` and `slow` markers)
+test: $(STAMP)  ## what CI runs: ruff (lint + format check), then the test suite (skips `gpu` and `slow` markers)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 test-all: $(STAMP)  ## every CPU test, `slow` included
@@ -45,6 +47,10 @@ reproduce-all: reproduce-ptq reproduce-peft  ## every CPU report (reproduce-kern
 
 results: $(STAMP)  ## regenerate docs/results.md from outputs/reports/*.json
 	$(PY) tools/results.py
+
+lint: $(STAMP)  ## ruff: fix what it can (imports, syntax upgrades), then format
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 clean:  ## remove run outputs (keeps committed reports)
 	find outputs -mindepth 1 -maxdepth 1 ! -name reports -exec rm -rf {} +

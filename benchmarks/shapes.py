@@ -2,6 +2,7 @@
 
 Used by the cost model (``benchmarks.scale.cost_model``: storage, PTQ and training cost) and by the kernels' decode
 benchmark (``benchmarks.kernels.decode``: a Llama-3-8B-shaped model with fused projections)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,15 @@ class Shape:
         """The quantized linears of one block: ``{name: (out, in)}``."""
         h, kv = self.hidden, self.kv_heads * self.head_dim
         i = self.intermediate
-        return {"q_proj": (h, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, h),
-                "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
+        return {
+            "q_proj": (h, h),
+            "k_proj": (kv, h),
+            "v_proj": (kv, h),
+            "o_proj": (h, h),
+            "gate_proj": (i, h),
+            "up_proj": (i, h),
+            "down_proj": (h, i),
+        }
 
     def fused_linears(self) -> dict[str, tuple[int, int]]:
         """The same block as a server runs it, Q/K/V and gate/up each one matrix: ``{name: (out, in)}``."""

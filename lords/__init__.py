@@ -15,6 +15,7 @@ from .adapter import load_adapter, save_adapter
 from .checkpoint import load_quantized, save_quantized
 from .config import BlockwiseConfig, LordsConfig, QuantConfig, RefineConfig, ScaleConfig, config_from_dict
 from .errors import LordsError
+from .gptq import BlockwiseGPTQConfig, LordsGPTQConfig  # registers lords_gptq, blockwise_gptq
 from .handlers import ScaleMethod, handler_for, layer_report, register_handler, scale_method
 from .layerwise import LayerwiseConfig
 from .layouts import register_layout
@@ -24,20 +25,56 @@ from .mixed import MixedPrecisionConfig
 from .peft import mark_only_scales_trainable
 from .qat import QATConfig, QATLinear
 from .quantize import calibration_stats, plan, quantize_
-from .refine import LayerStats, Refiner, RefineAdam, refine
+from .refine import LayerStats, RefineAdam, Refiner, refine
 from .report import LayerReport, QuantizeReport, storage_bits
 from .scales import BlockScale, LowRankScale
 from .stream import load_streamed, quantize_streamed
-from .gptq import BlockwiseGPTQConfig, LordsGPTQConfig  # registers lords_gptq, blockwise_gptq
 from .version import __version__  # noqa: F401  (lords.__version__)
 
 __all__ = [
-    "BlockLinear", "BlockScale", "BlockwiseConfig", "BlockwiseGPTQConfig", "LayerReport", "LayerStats", "LayerwiseConfig", "LoftQConfig", "LoftQLinear", "LoRDSLinear", "LordsGPTQConfig",
-    "LordsConfig", "LordsError", "LowRankScale", "MixedPrecisionConfig", "QATConfig", "QATLinear", "QuantConfig",
-    "QuantizeReport", "QuantizedLinear", "RefineAdam", "RefineConfig", "Refiner", "ScaleConfig", "ScaleMethod",
-    "cached_weights", "calibration_stats", "config_from_dict", "handler_for", "layer_report", "load_adapter", "load_quantized",
-    "mark_only_scales_trainable", "plan", "load_streamed", "quantize_", "quantize_streamed", "refine", "register_handler",
-    "register_layout", "save_adapter", "save_quantized", "scale_method",
+    "BlockLinear",
+    "BlockScale",
+    "BlockwiseConfig",
+    "BlockwiseGPTQConfig",
+    "LayerReport",
+    "LayerStats",
+    "LayerwiseConfig",
+    "LoftQConfig",
+    "LoftQLinear",
+    "LoRDSLinear",
+    "LordsGPTQConfig",
+    "LordsConfig",
+    "LordsError",
+    "LowRankScale",
+    "MixedPrecisionConfig",
+    "QATConfig",
+    "QATLinear",
+    "QuantConfig",
+    "QuantizeReport",
+    "QuantizedLinear",
+    "RefineAdam",
+    "RefineConfig",
+    "Refiner",
+    "ScaleConfig",
+    "ScaleMethod",
+    "cached_weights",
+    "calibration_stats",
+    "config_from_dict",
+    "handler_for",
+    "layer_report",
+    "load_adapter",
+    "load_quantized",
+    "mark_only_scales_trainable",
+    "plan",
+    "load_streamed",
+    "quantize_",
+    "quantize_streamed",
+    "refine",
+    "register_handler",
+    "register_layout",
+    "save_adapter",
+    "save_quantized",
+    "scale_method",
     "storage_bits",
 ]
 

@@ -11,6 +11,7 @@ something next to the codes ``Q`` they were trained with.
     lords.save_adapter(model, "my-task")                            # a few MB: B, A and the base hash
     model = lords.load_adapter(AutoModelForCausalLM.from_pretrained(base_dir), "my-task")
 """
+
 from __future__ import annotations
 
 import json
@@ -56,17 +57,25 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base: str | os.PathL
     else:
         digest = base_digest(model)
     if not digest:
-        raise CheckpointError("no base checkpoint hash: load the base with from_pretrained / load_quantized (or save "
-                              "it first), or pass base=<the base lords folder>")
+        raise CheckpointError(
+            "no base checkpoint hash: load the base with from_pretrained / load_quantized (or save "
+            "it first), or pass base=<the base lords folder>"
+        )
     state = {}
     for name, m in _layers(model).items():
         state[f"{PREFIX}{name}.B"] = m.B.detach().cpu().contiguous()
         state[f"{PREFIX}{name}.A"] = m.A.detach().cpu().contiguous()
     manifest = manifest_json(state)
-    config = {"peft_type": PEFT_TYPE, "task_type": "CAUSAL_LM", "target_modules": sorted(_layers(model)),
-              "base_model_name_or_path": str(base) if base is not None else getattr(model, "name_or_path", None),
-              "base_manifest_sha256": digest, "adapter_sha256": text_digest(manifest),
-              "library": "lords", "library_version": __version__}
+    config = {
+        "peft_type": PEFT_TYPE,
+        "task_type": "CAUSAL_LM",
+        "target_modules": sorted(_layers(model)),
+        "base_model_name_or_path": str(base) if base is not None else getattr(model, "name_or_path", None),
+        "base_manifest_sha256": digest,
+        "adapter_sha256": text_digest(manifest),
+        "library": "lords",
+        "library_version": __version__,
+    }
     path = Path(path)
     atomic_write_bytes(path / WEIGHTS, save(state, metadata={"format": "pt", "lords_manifest": manifest}))
     atomic_write_bytes(path / CONFIG, json.dumps(config, indent=1).encode())
@@ -97,12 +106,16 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     checked before the first tensor is copied, so a refused adapter leaves ``model`` as it was."""
     cfg = read_adapter_config(path)
     if cfg.get("peft_type") != PEFT_TYPE:
-        raise CheckpointError(f"{path}: peft_type {cfg.get('peft_type')!r} is not {PEFT_TYPE!r} "
-                              "(a LoRA adapter loads through peft: lords_pipelines.adapters.load_lora)")
+        raise CheckpointError(
+            f"{path}: peft_type {cfg.get('peft_type')!r} is not {PEFT_TYPE!r} "
+            "(a LoRA adapter loads through peft: lords_pipelines.adapters.load_lora)"
+        )
     have = base_digest(model)
     if have != cfg.get("base_manifest_sha256"):
-        raise CheckpointError(f"{path}: the adapter was trained on base {str(cfg.get('base_manifest_sha256'))[:12]}…, "
-                              f"this model is base {str(have)[:12]}…: wrong base checkpoint")
+        raise CheckpointError(
+            f"{path}: the adapter was trained on base {str(cfg.get('base_manifest_sha256'))[:12]}…, "
+            f"this model is base {str(have)[:12]}…: wrong base checkpoint"
+        )
     from safetensors import safe_open  # optional dependency: only loading an adapter needs it
 
     weights = Path(path) / WEIGHTS
@@ -122,8 +135,10 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     wanted = {f"{PREFIX}{name}.{which}" for name in layers for which in ("B", "A")}
     lacking = sorted(wanted - set(state))
     if lacking or not isinstance(manifest, dict) or set(manifest) != set(state):
-        raise CheckpointError(f"{weights}: the adapter lacks {lacking[:4] or 'tensors its manifest lists'} of this "
-                              f"model's {len(layers)} LoRDS layers: it does not cover the base")
+        raise CheckpointError(
+            f"{weights}: the adapter lacks {lacking[:4] or 'tensors its manifest lists'} of this "
+            f"model's {len(layers)} LoRDS layers: it does not cover the base"
+        )
     targets = {}
     for key, tensor in state.items():  # every tensor checked before the first is copied: a refusal changes nothing
         if manifest.get(key) != tensor_digest(tensor):
@@ -133,8 +148,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             raise CheckpointError(f"{weights}: {key!r} names no LoRDS layer's B or A in this model")
         target = getattr(layers[name], which)
         if target.shape != tensor.shape:
-            raise CheckpointError(f"{weights}: {key!r} is {tuple(tensor.shape)}, module {name!r} holds "
-                                  f"{tuple(target.shape)}")
+            raise CheckpointError(
+                f"{weights}: {key!r} is {tuple(tensor.shape)}, module {name!r} holds {tuple(target.shape)}"
+            )
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
             raise CheckpointError(f"{weights}: {key!r} is not finite floats")
         targets[key] = (target, tensor)

@@ -9,6 +9,7 @@ with ``Ŵ`` the block-wise absmax quantization on the base config's grid and blo
 the output error ``E‖(W − Ŵ)x‖²`` under a diagonal input covariance). Layers are taken in order of gain per extra
 bit·weight until the budget ``bits × weights`` is spent; with equal layers this picks as many layers as LoftQ's rule.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,9 @@ def weighted_error(weight: torch.Tensor, diag: torch.Tensor, grid_name: str, bit
     return float(((w - w_hat) ** 2 * diag.to(w.device).float()).sum())
 
 
-def layer_gains(model: nn.Module, base: ScaleConfig, stats: dict[str, LayerStats], high: int = 4,
-                low: int = 2) -> dict[int, tuple[float, int]]:
+def layer_gains(
+    model: nn.Module, base: ScaleConfig, stats: dict[str, LayerStats], high: int = 4, low: int = 2
+) -> dict[int, tuple[float, int]]:
     """``{decoder layer: (gain of keeping it at high bits, weights it holds)}`` over the linears in ``stats``."""
     gains: dict[int, list] = {}
     for name, st in stats.items():
@@ -41,16 +43,18 @@ def layer_gains(model: nn.Module, base: ScaleConfig, stats: dict[str, LayerStats
         if index is None:
             continue
         w = model.get_submodule(name).weight
-        gain = (weighted_error(w, st.diag, base.grid, low, base.block_size)
-                - weighted_error(w, st.diag, base.grid, high, base.block_size))
+        gain = weighted_error(w, st.diag, base.grid, low, base.block_size) - weighted_error(
+            w, st.diag, base.grid, high, base.block_size
+        )
         entry = gains.setdefault(index, [0.0, 0])
         entry[0] += gain
         entry[1] += w.numel()
     return {i: (g, n) for i, (g, n) in sorted(gains.items())}
 
 
-def allocate_bits(model: nn.Module, base: ScaleConfig, bits: float, stats: dict[str, LayerStats], high: int = 4,
-                  low: int = 2) -> LayerwiseConfig:
+def allocate_bits(
+    model: nn.Module, base: ScaleConfig, bits: float, stats: dict[str, LayerStats], high: int = 4, low: int = 2
+) -> LayerwiseConfig:
     """A ``LayerwiseConfig`` giving ``high`` bits to the decoder layers where they buy the most, ``low`` elsewhere,
     with average code bits over the decoder's linears at most ``bits`` (``stats``: calibration statistics of them)."""
     if not low <= bits <= high:
@@ -68,5 +72,6 @@ def allocate_bits(model: nn.Module, base: ScaleConfig, bits: float, stats: dict[
             spent += cost
     high_cfg, low_cfg = dataclasses.replace(base, bits=high), dataclasses.replace(base, bits=low)
     rules = tuple((rf"\.(?:layers|h|blocks)\.{i}\.", high_cfg) for i in sorted(chosen))
-    return LayerwiseConfig(rules=rules, default=low_cfg, calib_tokens=base.calib_tokens,
-                           sample_tokens=base.sample_tokens, seed=base.seed)
+    return LayerwiseConfig(
+        rules=rules, default=low_cfg, calib_tokens=base.calib_tokens, sample_tokens=base.sample_tokens, seed=base.seed
+    )

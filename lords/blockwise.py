@@ -3,6 +3,7 @@
 A block is ``block_size`` consecutive inputs of one output row; its scale is the block's absmax.
 When ``block_size`` does not divide the input dimension the last block of each row is shorter.
 """
+
 from __future__ import annotations
 
 import torch
@@ -62,9 +63,7 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, grid: torch.Tensor) -> 
     return grid.to(scale.device)[codes.long()] * scale.float()
 
 
-def quantize_blockwise(
-    weight: torch.Tensor, grid: torch.Tensor, block_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_blockwise(weight: torch.Tensor, grid: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Absmax round-to-nearest: ``weight (n, m)`` → ``(codes (n, m) uint8, scales (n, nb) float32)``."""
     scales = block_absmax(weight, block_size)
     codes = quantize_with_scale(weight, expand_blocks(scales, weight.shape[1], block_size), grid)

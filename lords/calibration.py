@@ -3,6 +3,7 @@
 For each watched layer: ``diag (m,) = E[x_j²]`` over all calibration tokens and, for the ``act``
 objective, a seeded sample of input rows ``(t, m)``. The calibration text must not be the evaluation text.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,13 +27,15 @@ def collect_stats(
         raise ConfigError(f"calibration input_ids must have shape (1, T>0), got {tuple(input_ids.shape)}")
     device = next(model.parameters()).device
     chunks = [input_ids[:, start : start + window] for start in range(0, input_ids.shape[1], window)]
-    return stats_over(lambda chunk: model(chunk.to(device)), chunks, [c.shape[1] for c in chunks], modules,
-                      sample_tokens, seed)
+    return stats_over(
+        lambda chunk: model(chunk.to(device)), chunks, [c.shape[1] for c in chunks], modules, sample_tokens, seed
+    )
 
 
 @torch.no_grad()
-def stats_over(run, items, lengths: list[int], modules: dict[str, nn.Module], sample_tokens: int = 512,
-               seed: int = 0) -> dict[str, LayerStats]:
+def stats_over(
+    run, items, lengths: list[int], modules: dict[str, nn.Module], sample_tokens: int = 512, seed: int = 0
+) -> dict[str, LayerStats]:
     """``{name: LayerStats}`` of the inputs ``modules`` see while ``run(item)`` is called for each of ``items``,
     item ``j`` carrying ``lengths[j]`` tokens (a window of a model, or the hidden states of one decoder block)."""
     total = sum(lengths)
@@ -64,9 +67,6 @@ def stats_over(run, items, lengths: list[int], modules: dict[str, nn.Module], sa
         for h in handles:
             h.remove()
     return {
-        name: LayerStats(
-            diag=(sums[name] / total).float(),
-            sample=torch.cat(samples[name]) if sample_tokens else None,
-        )
+        name: LayerStats(diag=(sums[name] / total).float(), sample=torch.cat(samples[name]) if sample_tokens else None)
         for name in modules
     }

@@ -6,6 +6,7 @@ registered layout (``lords.layouts``), so any method whose module class register
 ``from_pretrained`` opens it once ``import lords`` has registered the quantizer (``lords.hf``). Integrity
 (``lords.integrity``): a SHA-256 per tensor in every shard's header, checked before weights load.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,16 +17,34 @@ from torch import nn
 
 from .config import config_from_dict
 from .errors import CheckpointError, LordsError
+
 # Re-exported: callers import the format's pieces from here.
-from .folder import (FORMAT_VERSION, QUANT_METHOD, check_layout, check_model_fits, check_quantization_config,  # noqa: F401
-                     install_layout, layout, read_quantization_config, recover, swap_in, verify_folder)
+from .folder import (  # noqa: F401
+    FORMAT_VERSION,
+    QUANT_METHOD,
+    check_layout,
+    check_model_fits,
+    check_quantization_config,
+    install_layout,
+    layout,
+    read_quantization_config,
+    recover,
+    swap_in,
+    verify_folder,
+)
 from .integrity import shard_files
 from .layouts import expected_shapes, module_from_meta, module_meta  # noqa: F401
 from .linear import QuantizedLinear
 
 
-def save_quantized(model: nn.Module, path: str | os.PathLike, config=None, extra: dict | None = None,
-                   max_shard_size: int | str = "2GB", tokenizer=None) -> Path:
+def save_quantized(
+    model: nn.Module,
+    path: str | os.PathLike,
+    config=None,
+    extra: dict | None = None,
+    max_shard_size: int | str = "2GB",
+    tokenizer=None,
+) -> Path:
     """Write a quantized transformers model to the folder ``path`` (``save_pretrained`` through the lords
     quantizer); returns it. ``tokenizer``: saved in the same folder, before it appears. The folder is written
     beside and swapped in whole (:func:`swap_in`): a failed or killed save leaves the previous one or the new one
@@ -33,8 +52,10 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, config=None, extra
     if not any(isinstance(m, QuantizedLinear) for m in model.modules()):
         raise CheckpointError("the model holds no quantized module: call quantize_ before save_quantized")
     if not hasattr(model, "save_pretrained"):
-        raise CheckpointError(f"{type(model).__name__} is not a transformers model: the checkpoint is a "
-                              "transformers folder (config.json + safetensors)")
+        raise CheckpointError(
+            f"{type(model).__name__} is not a transformers model: the checkpoint is a "
+            "transformers folder (config.json + safetensors)"
+        )
     from .hf import attach  # transformers: only a transformers model gets here
 
     config = config if config is not None else getattr(model, "lords_config", None)
@@ -85,7 +106,9 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, devi
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:
-        raise CheckpointError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise CheckpointError(
+            f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
     if tied and hasattr(model, "tie_weights"):
         model.tie_weights()
     model.lords_config = config

@@ -6,6 +6,7 @@ config answers one question, :meth:`QuantConfig.config_for`: which leaf config q
 this name (None: keep it in float). Composite configs (``lords.layerwise``, ``lords.qat``) answer it by
 delegating to the leaves they hold.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,28 +73,29 @@ class QuantConfig:
         if cls.__dict__.get("method"):
             _CONFIG_TYPES[cls.method] = cls
 
-    def config_for(self, name: str, layer_index: int | None, num_layers: int) -> "QuantConfig | None":
+    def config_for(self, name: str, layer_index: int | None, num_layers: int) -> QuantConfig | None:
         """The leaf config for the linear layer ``name`` (in decoder layer ``layer_index`` of ``num_layers``)."""
         raise NotImplementedError
 
-    def resolve(self, model, calib_ids=None) -> "QuantConfig":
+    def resolve(self, model, calib_ids=None) -> QuantConfig:
         """This config made concrete for ``model`` (a rule that needs the model or calibration data applied)."""
         return self
 
     @property
-    def stored_config(self) -> "QuantConfig":
+    def stored_config(self) -> QuantConfig:
         """What a checkpoint of the quantized model records (QAT records the config it converts to)."""
         return self
 
-    def leaves(self) -> list["QuantConfig"]:
+    def leaves(self) -> list[QuantConfig]:
         """Every leaf config this config can hand out (for checks that need no model)."""
         return [self]
 
     @property
     def needs_calibration(self) -> bool:
         """True when some layer's refinement objective needs calibration activations."""
-        return any(getattr(leaf, "refine", None) is not None and leaf.refine.needs_calibration
-                   for leaf in self.leaves())
+        return any(
+            getattr(leaf, "refine", None) is not None and leaf.refine.needs_calibration for leaf in self.leaves()
+        )
 
     @property
     def calibration(self) -> tuple[int, int, int]:
@@ -180,8 +182,10 @@ class ScaleConfig(QuantConfig):
 
     def __post_init__(self):
         if type(self.bits) is not int or self.bits not in SUPPORTED_BITS:  # 4.0 would pass `in` and fail later
-            raise ConfigError(f"bits={self.bits!r} is not one of {SUPPORTED_BITS}; mixed precision 2.25, 2.5 or 3.0 "
-                              f"averages: MixedPrecisionConfig (Hydra: quant=lords_mixed or nf_mixed)")
+            raise ConfigError(
+                f"bits={self.bits!r} is not one of {SUPPORTED_BITS}; mixed precision 2.25, 2.5 or 3.0 "
+                f"averages: MixedPrecisionConfig (Hydra: quant=lords_mixed or nf_mixed)"
+            )
         check_int("block_size", self.block_size)
         check_choice("grid", self.grid, GRIDS)
         if isinstance(self.refine, dict):

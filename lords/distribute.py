@@ -13,6 +13,7 @@ process, on the same inputs, and written to the shared journal that every rank r
   over the ranks by size (:func:`assign_linears`), and a barrier per block lets every rank read the others'
   linears from the journal before running the quantized block to feed the next one.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ class Ranks:
             raise ConfigError(f"rank={self.rank} must lie in [0, world={self.world})")
 
     @classmethod
-    def current(cls) -> "Ranks":
+    def current(cls) -> Ranks:
         """The default ``torch.distributed`` group when one is initialized, else a single process."""
         import torch.distributed as dist
 
@@ -46,7 +47,9 @@ class Ranks:
         """True when the ranks can wait for one another (an initialized process group of this size)."""
         import torch.distributed as dist
 
-        return self.world == 1 or (dist.is_available() and dist.is_initialized() and dist.get_world_size() == self.world)
+        return self.world == 1 or (
+            dist.is_available() and dist.is_initialized() and dist.get_world_size() == self.world
+        )
 
     def barrier(self) -> None:
         if self.world > 1 and self.synchronized:

@@ -9,6 +9,7 @@ The layout of a module is its registered kind and fields (``lords.layouts``); th
 models and checks a folder against them. ``lords.checkpoint`` (save / load) and ``lords.hf`` (the transformers
 quantizer) both build on it. Integrity (``lords.integrity``): a SHA-256 per tensor in every shard's header.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,10 @@ def check_layout(modules: Any, stored: Specs) -> None:
         check_tensors(meta, name, stored)
     orphans = sorted(k for k in stored if k.endswith(".qweight") and k.rpartition(".")[0] not in modules)
     if orphans:  # codes of a module the layout does not list: it would be built as a random float linear
-        raise CheckpointError(f"checkpoint module {orphans[0].rpartition('.')[0]!r} holds quantized tensors but "
-                              "quantization_config.modules has no entry for it")
+        raise CheckpointError(
+            f"checkpoint module {orphans[0].rpartition('.')[0]!r} holds quantized tensors but "
+            "quantization_config.modules has no entry for it"
+        )
 
 
 def install_layout(model: nn.Module, modules: dict[str, dict[str, Any]], stored: Specs | None = None) -> nn.Module:
@@ -60,17 +63,23 @@ def install_layout(model: nn.Module, modules: dict[str, dict[str, Any]], stored:
         try:
             old = model.get_submodule(name)
         except AttributeError:
-            raise CheckpointError(f"checkpoint module {name!r} does not exist in {type(model).__name__}: "
-                                  "wrong architecture") from None
+            raise CheckpointError(
+                f"checkpoint module {name!r} does not exist in {type(model).__name__}: wrong architecture"
+            ) from None
         module = module_from_meta(meta, name)
         if not isinstance(old, (nn.Linear, QuantizedLinear)) or (old.out_features, old.in_features) != (
-                module.out_features, module.in_features):
-            raise CheckpointError(f"checkpoint module {name!r} is {(module.out_features, module.in_features)} but "
-                                  f"the model has {old}: wrong architecture")
+            module.out_features,
+            module.in_features,
+        ):
+            raise CheckpointError(
+                f"checkpoint module {name!r} is {(module.out_features, module.in_features)} but "
+                f"the model has {old}: wrong architecture"
+            )
         if stored is not None:
             prefix = f"{name}."
-            adopt_stored_dtypes(module, {k[len(prefix):]: dtype for k, (_, dtype) in stored.items()
-                                         if k.startswith(prefix)})
+            adopt_stored_dtypes(
+                module, {k[len(prefix) :]: dtype for k, (_, dtype) in stored.items() if k.startswith(prefix)}
+            )
         new[name] = module
     for name, module in new.items():
         model.set_submodule(name, module)
@@ -95,35 +104,41 @@ def check_quantization_config(qc: Any, where: str = "config.json") -> dict[str, 
         raise CheckpointError(f"{where}: quantization_config has unknown field(s) {unknown}")
     version = qc.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:
-        raise CheckpointError(f"{where}: quantization_config.format_version={version!r}: lords reads format v"
-                              f"{FORMAT_VERSION} only")
+        raise CheckpointError(
+            f"{where}: quantization_config.format_version={version!r}: lords reads format v{FORMAT_VERSION} only"
+        )
     digest = qc.get("manifest_sha256")
-    if digest is not None and not (isinstance(digest, str) and len(digest) == 64
-                                   and all(c in "0123456789abcdef" for c in digest)):
+    if digest is not None and not (
+        isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+    ):
         raise CheckpointError(f"{where}: quantization_config.manifest_sha256={str(digest)[:80]!r} is not a SHA-256")
     if not isinstance(qc.get("extra", {}), (dict, type(None))):
         raise CheckpointError(f"{where}: quantization_config.extra is {type(qc.get('extra')).__name__}, not a mapping")
     if not isinstance(qc.get("library_version", ""), (str, type(None))):
         raise CheckpointError(f"{where}: quantization_config.library_version is not a string")
     if not isinstance(qc.get("config"), dict):
-        raise CheckpointError(f"{where}: quantization_config.config is {type(qc.get('config')).__name__}, not a "
-                              "lords config mapping")
+        raise CheckpointError(
+            f"{where}: quantization_config.config is {type(qc.get('config')).__name__}, not a lords config mapping"
+        )
     try:
         config = config_from_dict(qc["config"])
     except (LordsError, TypeError, ValueError, AttributeError, KeyError, RecursionError, OverflowError) as e:
         raise CheckpointError(f"{where}: quantization_config.config is malformed ({e})") from e
     modules = qc.get("modules")
     if not isinstance(modules, dict) or not modules:
-        raise CheckpointError(f"{where}: quantization_config.modules is {type(modules).__name__}, not a non-empty "
-                              "mapping")
+        raise CheckpointError(
+            f"{where}: quantization_config.modules is {type(modules).__name__}, not a non-empty mapping"
+        )
     for name, meta in modules.items():
         layout_class(meta, name)
     bits = {getattr(leaf, "bits", None) for leaf in config.leaves()}
     if None not in bits:
         for name, meta in modules.items():
             if meta["bits"] not in bits:
-                raise CheckpointError(f"{where}: checkpoint module {name!r}: bits={meta['bits']} contradicts "
-                                      f"quantization_config.config (bits {', '.join(map(str, sorted(bits)))})")
+                raise CheckpointError(
+                    f"{where}: checkpoint module {name!r}: bits={meta['bits']} contradicts "
+                    f"quantization_config.config (bits {', '.join(map(str, sorted(bits)))})"
+                )
     return qc
 
 
@@ -139,20 +154,27 @@ def check_model_fits(model: nn.Module, modules: dict[str, dict[str, Any]], store
         try:
             old = model.get_submodule(name)
         except AttributeError:
-            raise CheckpointError(f"checkpoint module {name!r} does not exist in {type(model).__name__}: "
-                                  "wrong architecture") from None
+            raise CheckpointError(
+                f"checkpoint module {name!r} does not exist in {type(model).__name__}: wrong architecture"
+            ) from None
         if not isinstance(old, (nn.Linear, QuantizedLinear)) or (old.out_features, old.in_features) != (
-                meta["out_features"], meta["in_features"]):
-            raise CheckpointError(f"checkpoint module {name!r} is {(meta['out_features'], meta['in_features'])} but "
-                                  f"the model has {old}: wrong architecture")
+            meta["out_features"],
+            meta["in_features"],
+        ):
+            raise CheckpointError(
+                f"checkpoint module {name!r} is {(meta['out_features'], meta['in_features'])} but "
+                f"the model has {old}: wrong architecture"
+            )
     replaced = tuple(f"{name}." for name in modules)
     if not strict:
         linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in modules}
         for key in stored:
             owner, _, suffix = key.rpartition(".")
             if owner in linears and suffix not in linears[owner].state_dict():
-                raise CheckpointError(f"checkpoint tensor {key!r}: module {owner!r} holds quantized tensors but "
-                                      "quantization_config.modules has no entry for it")
+                raise CheckpointError(
+                    f"checkpoint tensor {key!r}: module {owner!r} holds quantized tensors but "
+                    "quantization_config.modules has no entry for it"
+                )
         return
     for key, t in model.state_dict(keep_vars=True).items():
         if not key.startswith(replaced):
@@ -162,18 +184,23 @@ def check_model_fits(model: nn.Module, modules: dict[str, dict[str, Any]], store
     unexpected = sorted(k for k in stored if k not in have and k not in quantized)
     if unexpected:
         owner = unexpected[0].rpartition(".")[0]
-        hint = (f" (module {owner!r} holds quantized tensors but quantization_config.modules has no entry for it)"
-                if owner in dict(model.named_modules()) else "")
+        hint = (
+            f" (module {owner!r} holds quantized tensors but quantization_config.modules has no entry for it)"
+            if owner in dict(model.named_modules())
+            else ""
+        )
         raise CheckpointError(f"checkpoint tensors {unexpected[:5]} fit no parameter of {type(model).__name__}{hint}")
     missing = sorted(k for k in have if k not in stored and k not in tied)
     if missing:
-        raise CheckpointError(f"checkpoint lacks tensors {missing[:5]} of {type(model).__name__} (they would be left "
-                              "at random)")
+        raise CheckpointError(
+            f"checkpoint lacks tensors {missing[:5]} of {type(model).__name__} (they would be left at random)"
+        )
     wrong = [(k, stored[k][0], have[k]) for k in have if k in stored and tuple(stored[k][0]) != have[k]]
     if wrong:
         k, got, want = wrong[0]
-        raise CheckpointError(f"checkpoint tensor {k!r} is {got}, the model's is {want} (another vocabulary or "
-                              "architecture)")
+        raise CheckpointError(
+            f"checkpoint tensor {k!r} is {got}, the model's is {want} (another vocabulary or architecture)"
+        )
 
 
 def read_quantization_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -223,7 +250,7 @@ def _alive(pid: int) -> bool:
 def _siblings(path: Path, kind: str) -> list[Path]:
     """``.<name>.<kind><pid>`` folders beside ``path`` (``tmp``: being written, ``new``: written whole, ``old``:
     the previous folder during the swap), newest first."""
-    found = [p for p in path.parent.glob(f".{path.name}.{kind}*") if p.name[len(path.name) + 2 + len(kind):].isdigit()]
+    found = [p for p in path.parent.glob(f".{path.name}.{kind}*") if p.name[len(path.name) + 2 + len(kind) :].isdigit()]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 

@@ -16,6 +16,7 @@ The modules built are plain ``LoRDSLinear`` / ``BlockLinear`` (only the codes di
 Calibration statistics come from the float model before any layer is replaced (as for every calibrated config
 of the library), not from the already-quantized earlier layers as in GPTQ's sequential pass.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,16 +27,17 @@ import torch
 from torch import nn
 
 from .config import BlockwiseConfig, LordsConfig
+from .errors import ConfigError
 from .handlers import layer_report, register_handler, scale_method
 from .refine import RefineAdam, refine
-from .errors import ConfigError
 
 
 def _check(name: str, value, kind: type, minimum: float, strict: bool) -> None:
     ok = isinstance(value, kind) and not isinstance(value, bool) and (value > minimum if strict else value >= minimum)
     if not ok:
-        raise ConfigError(f"{name}={value!r} must be {'an integer' if kind is int else 'a number'} "
-                          f"{'>' if strict else '≥'} {minimum}")
+        raise ConfigError(
+            f"{name}={value!r} must be {'an integer' if kind is int else 'a number'} {'>' if strict else '≥'} {minimum}"
+        )
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,14 @@ def nearest_codes(values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return (values.unsqueeze(-1) > mid).sum(-1).to(torch.uint8)  # (torch.bucketize ran 50x slower on CPU here)
 
 
-def gptq_codes(weight: torch.Tensor, S: torch.Tensor, grid: torch.Tensor, H: torch.Tensor, lazy_block: int = 128,
-               act_order: bool = True) -> torch.Tensor:
+def gptq_codes(
+    weight: torch.Tensor,
+    S: torch.Tensor,
+    grid: torch.Tensor,
+    H: torch.Tensor,
+    lazy_block: int = 128,
+    act_order: bool = True,
+) -> torch.Tensor:
     """GPTQ's codes ``(n, m)`` uint8 of ``weight (n, m)`` under the scale matrix ``S (n, m)`` on ``grid``, for the
     output error whose Hessian is ``H (m, m)`` (damped, positive definite)."""
     W = weight.detach().float().clone()
@@ -159,12 +167,19 @@ def gptq_codes(weight: torch.Tensor, S: torch.Tensor, grid: torch.Tensor, H: tor
 
 def output_error(weight: torch.Tensor, w_hat: torch.Tensor, H: torch.Tensor) -> float:
     """``tr(E H Eᵀ)`` with ``E = W − Ŵ``: the squared output error per calibration token."""
-    E = (weight.double() - w_hat.double())
+    E = weight.double() - w_hat.double()
     return float((E @ H * E).sum())
 
 
-def refit(weight: torch.Tensor, scale: nn.Module, codes: torch.Tensor, grid: torch.Tensor, H: torch.Tensor,
-          steps: int, lr: float) -> None:
+def refit(
+    weight: torch.Tensor,
+    scale: nn.Module,
+    codes: torch.Tensor,
+    grid: torch.Tensor,
+    H: torch.Tensor,
+    steps: int,
+    lr: float,
+) -> None:
     """Adam on ``scale``'s parameters, codes fixed, objective ``tr(E H Eᵀ) / (n·m·mean H_jj)`` (on the weight-MSE
     scale, as Algorithm 1's objectives are); the scale is left at its best iterate."""
     w = weight.detach().float()

@@ -3,6 +3,7 @@
 A grid is a sorted float32 tensor of ``2**bits`` values in ``[-1, 1]``; a code is an index into it.
 Block-wise and LoRDS quantization both store ``Q`` as codes and dequantize as ``grid[Q] * scale``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,15 +16,29 @@ GRIDS = ("nf", "int")
 # bitsandbytes' NF4 table (functional.py, `get_4bit_type("nf4")`), kept verbatim as the reference
 # our construction must reproduce code for code.
 NF4_BITSANDBYTES = (
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
 )
+
 
 def _check_bits(bits: int) -> None:
     if bits not in SUPPORTED_BITS:
         raise ConfigError(f"bits={bits!r} is not supported; choose one of {SUPPORTED_BITS}")
+
 
 def normal_float(bits: int) -> torch.Tensor:
     """NormalFloat grid NF``bits``: ``2**bits`` values, exact zero, asymmetric like QLoRA's NF4.
@@ -40,6 +55,7 @@ def normal_float(bits: int) -> torch.Tensor:
         return torch.tensor(NF4_BITSANDBYTES, dtype=torch.float32)
     return _normal_float_construction(bits)
 
+
 def _normal_float_construction(bits: int) -> torch.Tensor:
     n = 2**bits
     offset = 1.0 - 0.5 * (1.0 / (2 * (n - 1)) + 1.0 / (2 * n))
@@ -49,6 +65,7 @@ def _normal_float_construction(bits: int) -> torch.Tensor:
     neg = -torch.special.ndtri(torch.linspace(offset, 0.5, half, dtype=torch.float64)[:-1])
     values = torch.cat([pos, torch.zeros(1, dtype=torch.float64), neg]).sort().values
     return (values / values.abs().max()).to(torch.float32)
+
 
 def symmetric_int(bits: int) -> torch.Tensor:
     """Symmetric integer grid ``{-(2^(b-1)-1), ..., 2^(b-1)-1} / (2^(b-1)-1)``.
@@ -61,6 +78,7 @@ def symmetric_int(bits: int) -> torch.Tensor:
     levels = torch.arange(-top, top + 1, dtype=torch.float32) / top
     return torch.cat([levels, levels[-1:]])
 
+
 def make_grid(name: str, bits: int) -> torch.Tensor:
     """The codebook ``name`` ('nf' or 'int') at ``bits`` bits, shape ``(2**bits,)`` float32."""
     if name == "nf":
@@ -68,6 +86,7 @@ def make_grid(name: str, bits: int) -> torch.Tensor:
     if name == "int":
         return symmetric_int(bits)
     raise ConfigError(f"grid={name!r} is not supported; choose one of {GRIDS}")
+
 
 def nearest_code(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Index of the nearest grid value for every element of ``x`` (any shape), as uint8.
@@ -87,4 +106,3 @@ def nearest_code(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     for mid in mids.tolist():
         codes += x > mid
     return codes
-

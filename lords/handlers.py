@@ -6,10 +6,11 @@ and, to be saved, one module class with a registered layout (``lords.layouts``).
 ``codes ⊙ S(θ)`` registers a :class:`ScaleMethod` and gets Algorithm 1, QAT and the Lightning refine stage with it.
 ``lords.quantize.quantize_`` walks a model and calls these handlers.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -55,8 +56,10 @@ def registered(config: QuantConfig) -> _Registered:
     """The registry entry of ``type(config)``, refused with the registered types named."""
     entry = _HANDLERS.get(type(config))
     if entry is None:
-        raise ConfigError(f"no quantizer registered for config type {type(config).__name__} "
-                          f"(registered: {sorted(t.__name__ for t in _HANDLERS)})")
+        raise ConfigError(
+            f"no quantizer registered for config type {type(config).__name__} "
+            f"(registered: {sorted(t.__name__ for t in _HANDLERS)})"
+        )
     return entry
 
 
@@ -73,9 +76,16 @@ def layer_report(name: str, weight: torch.Tensor, module: nn.Module, result: Ref
     if not torch.isfinite(w_hat).all():
         raise NumericsError(f"{name}: the quantized weight is not finite (weights beyond what its scales can hold)")
     err = (w - w_hat).pow(2).sum()
-    return LayerReport(name, tuple(w.shape), float(err), float(w.pow(2).sum()), module.float_params(),
-                       getattr(module, "rank", None), [] if result is None else result.losses,
-                       getattr(module, "bits", None))
+    return LayerReport(
+        name,
+        tuple(w.shape),
+        float(err),
+        float(w.pow(2).sum()),
+        module.float_params(),
+        getattr(module, "rank", None),
+        [] if result is None else result.losses,
+        getattr(module, "bits", None),
+    )
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,7 @@ class ScaleMethod:
 
     init_scale: Callable[[torch.Tensor, QuantConfig, str], nn.Module]
     """``(weight (n, m), config, layer name) -> scale module`` (see ``lords.scales``)."""
-    build: Callable[[torch.Tensor, nn.Module, QuantConfig, torch.Tensor, "torch.Tensor | None"], nn.Module]
+    build: Callable[[torch.Tensor, nn.Module, QuantConfig, torch.Tensor, torch.Tensor | None], nn.Module]
     """``(weight, scale, config, grid, bias) -> quantized module``."""
 
     def start(self, name: str, linear: nn.Linear, config):
@@ -116,13 +126,18 @@ def scale_method(config: QuantConfig) -> ScaleMethod:
     """The :class:`ScaleMethod` of a leaf config (refused for methods that have no trainable scale)."""
     handler = handler_for(config)
     if not isinstance(handler, ScaleMethod):
-        raise ConfigError(f"{type(config).__name__} is not a codes-times-scales method: it cannot be refined or trained")
+        raise ConfigError(
+            f"{type(config).__name__} is not a codes-times-scales method: it cannot be refined or trained"
+        )
     return handler
 
 
-register_handler(LordsConfig)(ScaleMethod(
-    init_scale=lambda w, c, name: LowRankScale.from_weight(w, c.block_size, c.rank_for(*w.shape), where=name),
-    build=LoRDSLinear.from_scale))
-register_handler(BlockwiseConfig)(ScaleMethod(
-    init_scale=lambda w, c, name: BlockScale.from_weight(w, c.block_size),
-    build=BlockLinear.from_scale))
+register_handler(LordsConfig)(
+    ScaleMethod(
+        init_scale=lambda w, c, name: LowRankScale.from_weight(w, c.block_size, c.rank_for(*w.shape), where=name),
+        build=LoRDSLinear.from_scale,
+    )
+)
+register_handler(BlockwiseConfig)(
+    ScaleMethod(init_scale=lambda w, c, name: BlockScale.from_weight(w, c.block_size), build=BlockLinear.from_scale)
+)

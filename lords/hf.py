@@ -19,6 +19,7 @@ calibrated refinement needs the whole float model's activations, so ``quantize_`
 Importing this module also hooks ``quantize_`` (``lords.quantize.after_quantize``): a transformers model quantized in
 memory gets the lords quantizer attached, so its ``save_pretrained`` writes a lords folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,18 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import QuantConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, LordsError, UnsupportedModuleError
-from .folder import (FIELDS, FORMAT_VERSION, QUANT_METHOD, check_layout, check_model_fits, check_quantization_config,
-                     install_layout, layout, metadata_digest, swap_in)
+from .folder import (
+    FIELDS,
+    FORMAT_VERSION,
+    QUANT_METHOD,
+    check_layout,
+    check_model_fits,
+    check_quantization_config,
+    install_layout,
+    layout,
+    metadata_digest,
+    swap_in,
+)
 from .handlers import handler_for
 from .integrity import MANIFEST_KEY, QUANTIZATION_KEY, manifest_json, tensor_specs, text_digest, verify
 from .linear import QuantizedLinear
@@ -48,10 +59,17 @@ class LordsQuantConfig(QuantizationConfigMixin):
     ``BlockwiseConfig``, ``LayerwiseConfig``, ``MixedPrecisionConfig``...), and once quantized the layout of every
     quantized module and the SHA-256 of the tensor manifest. ``LordsQuantConfig(lords.LordsConfig(bits=4))``."""
 
-    def __init__(self, config: QuantConfig | dict | None = None, modules: dict | None = None,
-                 manifest_sha256: str | None = None, format_version: int = FORMAT_VERSION,
-                 library_version: str = __version__, extra: dict | None = None, quant_method: str = QUANT_METHOD,
-                 **unknown):
+    def __init__(
+        self,
+        config: QuantConfig | dict | None = None,
+        modules: dict | None = None,
+        manifest_sha256: str | None = None,
+        format_version: int = FORMAT_VERSION,
+        library_version: str = __version__,
+        extra: dict | None = None,
+        quant_method: str = QUANT_METHOD,
+        **unknown,
+    ):
         if unknown:
             raise CheckpointError(f"quantization_config: unknown field(s) {sorted(unknown)} for quant_method 'lords'")
         if config is None:
@@ -93,8 +111,10 @@ class LordsHfQuantizer(HfQuantizer):
     def validate_environment(self, *args, **kwargs):
         config = self.quantization_config.lords_config
         if not self.pre_quantized and config.needs_calibration:
-            raise ConfigError("this lords config refines on calibration activations: quantize-on-load is data-free. "
-                              "Load the float model, then lords.quantize_(model, config, calib_ids=...)")
+            raise ConfigError(
+                "this lords config refines on calibration activations: quantize-on-load is data-free. "
+                "Load the float model, then lords.quantize_(model, config, calib_ids=...)"
+            )
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         """Float folders: the ``weight`` of each planned linear, quantized as it loads (pre-quantized tensors
@@ -111,8 +131,10 @@ class LordsHfQuantizer(HfQuantizer):
             chosen = plan(model, config)  # on the meta model: module types and names only
             fused = fused_params_left_in_float(model, config, chosen)
             if fused:
-                raise UnsupportedModuleError(f"fused expert parameter(s) {fused[:4]} are not nn.Linear and would stay "
-                                             "in float; exclude them to keep them in float knowingly")
+                raise UnsupportedModuleError(
+                    f"fused expert parameter(s) {fused[:4]} are not nn.Linear and would stay "
+                    "in float; exclude them to keep them in float knowingly"
+                )
             self.plan, self.errors = {name: leaf for name, (_, leaf) in chosen.items()}, {}
             return model
         qc = self.quantization_config
@@ -124,7 +146,9 @@ class LordsHfQuantizer(HfQuantizer):
         local = getattr(model, "name_or_path", None)  # a local folder, or a hub id whose snapshot holds the files
         local = Path(os.path.normpath(os.path.abspath(local))) if local and Path(local).is_dir() else None
         if len(folders) > 1 or (local is not None and folders != {local}):
-            raise CheckpointError(f"the shard index names files outside the checkpoint folder ({sorted(map(str, folders))})")
+            raise CheckpointError(
+                f"the shard index names files outside the checkpoint folder ({sorted(map(str, folders))})"
+            )
         specs = tensor_specs(files)  # the headers first: a layout that contradicts them is named before any hashing
         check_layout(qc.modules, specs)
         verify(files, qc.manifest_sha256, metadata_digest(stored))
@@ -156,15 +180,19 @@ class LordsHfQuantizer(HfQuantizer):
         qc = self.quantization_config
         qc.modules = layout(model)
         qc.manifest_sha256 = text_digest(manifest)
-        return state, {MANIFEST_KEY: manifest, QUANTIZATION_KEY: metadata_digest({k: getattr(qc, k, None) for k in FIELDS})}
+        return state, {
+            MANIFEST_KEY: manifest,
+            QUANTIZATION_KEY: metadata_digest({k: getattr(qc, k, None) for k in FIELDS}),
+        }
 
     def _dequantize(self, model, dtype=None):
         """``model.dequantize()``: every quantized module back to an ``nn.Linear`` holding ``grid[Q] ⊙ S``."""
         for name, m in list(model.named_modules()):
             if isinstance(m, QuantizedLinear):
                 weight = m.dequantized_weight().to(dtype or m.scale_dtype)
-                linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device=weight.device,
-                                   dtype=weight.dtype)
+                linear = nn.Linear(
+                    m.in_features, m.out_features, bias=m.bias is not None, device=weight.device, dtype=weight.dtype
+                )
                 linear.weight.data.copy_(weight)
                 if m.bias is not None:
                     linear.bias.data.copy_(m.bias)

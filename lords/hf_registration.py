@@ -4,6 +4,7 @@
 already imported, ``lords.hf`` registers now; otherwise a one-shot import hook registers it the moment transformers
 imports that registry (``from_pretrained`` does, before it reads a ``quantization_config``).
 """
+
 from __future__ import annotations
 
 import importlib.abc
@@ -21,8 +22,12 @@ def _register() -> None:
     try:
         import lords.hf  # noqa: F401  (imports transformers: deferred until transformers itself is loading)
     except Exception as e:  # noqa: BLE001  (any failure here would surface as transformers failing to import)
-        warnings.warn(f"lords: quant_method 'lords' not registered with this transformers ({type(e).__name__}: {e}); "
-                      "lords folders will not open with from_pretrained", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"lords: quant_method 'lords' not registered with this transformers ({type(e).__name__}: {e}); "
+            "lords folders will not open with from_pretrained",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 class _RegisteringLoader(importlib.abc.Loader):
@@ -58,5 +63,6 @@ def install() -> None:
     if REGISTRY in sys.modules:
         _register()
     elif importlib.util.find_spec("transformers") is not None and not any(
-            isinstance(f, _RegistryFinder) for f in sys.meta_path):
+        isinstance(f, _RegistryFinder) for f in sys.meta_path
+    ):
         sys.meta_path.insert(0, _RegistryFinder())

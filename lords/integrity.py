@@ -6,6 +6,7 @@ manifest as ``config.json`` names, every tensor the manifest lists must be found
 to the listed digest: a flipped byte, a truncated shard, a shard swapped in from another checkpoint or a header
 edited by hand is refused with the shard file (and the tensor) named. Safetensors only: nothing is executed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,9 +24,18 @@ QUANTIZATION_KEY = "lords_quantization_sha256"
 """Header key of every shard written since: the SHA-256 of ``config.json``'s quantization metadata
 (``lords.folder.metadata_digest``), so an edit of that metadata is refused like an edit of a tensor. Checkpoints
 without it (written before) load as they did; readers that do not know it ignore it."""
-SAFETENSORS_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
-                      "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
-                      "F64": torch.float64}
+SAFETENSORS_DTYPES = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
 """The dtype names of safetensors headers that lords tensors can have; any other reads as None (refused where a
 layout expects a tensor)."""
 
@@ -73,8 +83,9 @@ def shard_files(folder: Path) -> list[Path]:
             raise CheckpointError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from e
         for name in names:
             if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
-                raise CheckpointError(f"{index}: shard {name!r} is not a file of this folder (an index may name "
-                                      "files beside it only)")
+                raise CheckpointError(
+                    f"{index}: shard {name!r} is not a file of this folder (an index may name files beside it only)"
+                )
         return [folder / name for name in names]
     single = folder / "model.safetensors"
     if not single.is_file():
@@ -116,19 +127,25 @@ def verify(files: list[Path], manifest_sha256: str | None, quantization_sha256: 
 
     Reads one tensor at a time (peak memory: the largest tensor, not the checkpoint)."""
     if not manifest_sha256:
-        raise CheckpointError("config.json's quantization_config has no manifest_sha256: not a lords checkpoint "
-                              "written by save_pretrained / save_quantized, or edited by hand")
+        raise CheckpointError(
+            "config.json's quantization_config has no manifest_sha256: not a lords checkpoint "
+            "written by save_pretrained / save_quantized, or edited by hand"
+        )
     manifest, seen = None, set()
     for path in files:
         with _open(path) as f:
             text = (f.metadata() or {}).get(MANIFEST_KEY)
             if text is None or text_digest(text) != manifest_sha256:
-                raise CheckpointError(f"shard {path.name}: its manifest is {'missing' if text is None else 'not'} "
-                                      "the one config.json names (a shard of another checkpoint, or edited)")
+                raise CheckpointError(
+                    f"shard {path.name}: its manifest is {'missing' if text is None else 'not'} "
+                    "the one config.json names (a shard of another checkpoint, or edited)"
+                )
             stored = (f.metadata() or {}).get(QUANTIZATION_KEY)
             if stored is not None and quantization_sha256 is not None and stored != quantization_sha256:
-                raise CheckpointError(f"shard {path.name}: config.json's quantization_config is not the one this "
-                                      "checkpoint was saved with (edited by hand, or another checkpoint's)")
+                raise CheckpointError(
+                    f"shard {path.name}: config.json's quantization_config is not the one this "
+                    "checkpoint was saved with (edited by hand, or another checkpoint's)"
+                )
             manifest = manifest or json.loads(text)
             for name in f.keys():
                 if name not in manifest:
@@ -136,14 +153,19 @@ def verify(files: list[Path], manifest_sha256: str | None, quantization_sha256: 
                 try:
                     tensor = f.get_tensor(name)
                 except Exception as e:
-                    raise CheckpointError(f"shard {path.name}: tensor {name!r} cannot be read ({e}): "
-                                          "truncated or corrupt") from e
+                    raise CheckpointError(
+                        f"shard {path.name}: tensor {name!r} cannot be read ({e}): truncated or corrupt"
+                    ) from e
                 if tensor_digest(tensor) != manifest[name]:
-                    raise CheckpointError(f"shard {path.name}: tensor {name!r} does not match its SHA-256 in the "
-                                          "manifest (tampered or corrupt)")
+                    raise CheckpointError(
+                        f"shard {path.name}: tensor {name!r} does not match its SHA-256 in the "
+                        "manifest (tampered or corrupt)"
+                    )
                 if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    raise CheckpointError(f"shard {path.name}: tensor {name!r} holds NaN or Inf values; a model "
-                                          "loaded from it would compute NaN")
+                    raise CheckpointError(
+                        f"shard {path.name}: tensor {name!r} holds NaN or Inf values; a model "
+                        "loaded from it would compute NaN"
+                    )
                 seen.add(name)
     missing = sorted(set(manifest or {}) - seen)
     if missing:

@@ -4,6 +4,7 @@
 answers ``config_for(name, layer_index, num_layers)`` with the leaf that quantizes that layer, so ``quantize_`` takes
 it like any other config and a checkpoint saves it whole. LoftQ-style mixed precision: ``lords.mixed``.
 """
+
 from __future__ import annotations
 
 import re
@@ -72,9 +73,14 @@ class LayerwiseConfig(QuantConfig):
         return [leaf for c in children for leaf in c.leaves()]
 
     def to_dict(self):
-        return {"method": self.method, "rules": [[p, None if c is None else c.to_dict()] for p, c in self.rules],
-                "default": None if self.default is None else self.default.to_dict(),
-                "calib_tokens": self.calib_tokens, "sample_tokens": self.sample_tokens, "seed": self.seed}
+        return {
+            "method": self.method,
+            "rules": [[p, None if c is None else c.to_dict()] for p, c in self.rules],
+            "default": None if self.default is None else self.default.to_dict(),
+            "calib_tokens": self.calib_tokens,
+            "sample_tokens": self.sample_tokens,
+            "seed": self.seed,
+        }
 
     @classmethod
     def from_dict(cls, d):

@@ -19,6 +19,7 @@ What a layout class provides (``lords.linear.QuantizedLinear`` implements it for
 The tensors a module of a layout stores, with their shapes and dtypes, are those of its empty module's state dict
 (:func:`expected_tensors`): the class says it once, in its constructor.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,8 +43,10 @@ def register_layout(kind: str):
     def wrap(cls: type) -> type:
         missing = [name for name in _PROTOCOL if not callable(getattr(cls, name, None))]
         if missing:
-            raise ConfigError(f"{cls.__name__} cannot register layout {kind!r}: it lacks {missing} "
-                              "(subclass lords.linear.QuantizedLinear)")
+            raise ConfigError(
+                f"{cls.__name__} cannot register layout {kind!r}: it lacks {missing} "
+                "(subclass lords.linear.QuantizedLinear)"
+            )
         other = _CLASSES.get(kind)
         # The same class defined again (a module reloaded in a notebook) replaces itself; another class may not.
         if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
@@ -64,9 +67,11 @@ def module_meta(module: nn.Module) -> dict[str, Any]:
     A module whose exact class registered no layout is refused by name (its state would not load back)."""
     kind = _KINDS.get(type(module))
     if kind is None:
-        raise CheckpointError(f"{type(module).__name__} has no registered layout, so a checkpoint cannot hold it "
-                              f"(registered kinds: {', '.join(registered_kinds())}; a quantized module class registers "
-                              "one with lords.layouts.register_layout)")
+        raise CheckpointError(
+            f"{type(module).__name__} has no registered layout, so a checkpoint cannot hold it "
+            f"(registered kinds: {', '.join(registered_kinds())}; a quantized module class registers "
+            "one with lords.layouts.register_layout)"
+        )
     return {**module.layout_meta(), "kind": kind}
 
 
@@ -132,12 +137,20 @@ def check_tensors(meta: Any, name: str, stored: dict[str, tuple[tuple[int, ...],
             raise CheckpointError(f"checkpoint module {name!r}: tensor {suffix!r} missing from the shards")
         have_shape, have_dtype = stored[key]
         if have_shape != shape:
-            raise CheckpointError(f"checkpoint module {name!r}: layout {meta} expects {suffix} of shape {shape}, "
-                                  f"the shard holds {have_shape} (bits, rank or sizes contradict the tensors)")
-        fits = have_dtype is not None and (have_dtype == dtype or (dtype.is_floating_point and have_dtype.is_floating_point))
+            raise CheckpointError(
+                f"checkpoint module {name!r}: layout {meta} expects {suffix} of shape {shape}, "
+                f"the shard holds {have_shape} (bits, rank or sizes contradict the tensors)"
+            )
+        fits = have_dtype is not None and (
+            have_dtype == dtype or (dtype.is_floating_point and have_dtype.is_floating_point)
+        )
         if fits and suffix != "bias" and dtype == _layout_dtype(meta) and have_dtype != dtype:
-            raise CheckpointError(f"checkpoint module {name!r}: layout dtype={meta.get('dtype')!r} but {suffix} is "
-                                  f"stored as {have_dtype} (the layout would round it)")
+            raise CheckpointError(
+                f"checkpoint module {name!r}: layout dtype={meta.get('dtype')!r} but {suffix} is "
+                f"stored as {have_dtype} (the layout would round it)"
+            )
         if not fits:
-            raise CheckpointError(f"checkpoint module {name!r}: layout {meta} expects {suffix} stored as "
-                                  f"{'a float dtype' if dtype.is_floating_point else dtype}, the shard holds {have_dtype}")
+            raise CheckpointError(
+                f"checkpoint module {name!r}: layout {meta} expects {suffix} stored as "
+                f"{'a float dtype' if dtype.is_floating_point else dtype}, the shard holds {have_dtype}"
+            )

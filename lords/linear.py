@@ -7,9 +7,11 @@ backend set per module by an explicit call: the torch reference below (the defau
 function handed over by ``set_backend`` (``lords_kernels.use_triton(model)`` does it for a whole model).
 Nothing is registered process-wide and importing a package switches nothing.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -85,8 +87,13 @@ class QuantizedLinear(nn.Module):
     def layout_meta(self) -> dict[str, Any]:
         """The JSON fields a checkpoint records to rebuild this module empty: sizes, bits, bias, the scales' dtype
         and ``layout_fields`` (``lords.layouts.module_meta`` adds the registered kind)."""
-        meta = dict(in_features=self.in_features, out_features=self.out_features, bits=self.bits,
-                    bias=self.bias is not None, dtype=str(self.scale_dtype).removeprefix("torch."))
+        meta = dict(
+            in_features=self.in_features,
+            out_features=self.out_features,
+            bits=self.bits,
+            bias=self.bias is not None,
+            dtype=str(self.scale_dtype).removeprefix("torch."),
+        )
         meta.update({field: getattr(self, field) for field in self.layout_fields})
         return meta
 
@@ -105,15 +112,21 @@ class QuantizedLinear(nn.Module):
             raise CheckpointError(f"bias={meta.get('bias')!r} is not true or false")
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> "QuantizedLinear":
+    def from_meta(cls, meta: dict[str, Any]) -> QuantizedLinear:
         """An empty module (zeros) of the layout ``meta`` describes (checked by :meth:`check_meta`), on the current
         default device: ``cls(in_features=, out_features=, bits=, grid=, bias=, dtype=, **layout_fields)``. A subclass
         whose constructor takes other arguments overrides this."""
         dtype = DTYPES[meta["dtype"]]
         bias = torch.zeros(meta["out_features"], dtype=dtype) if meta["bias"] else None
-        return cls(in_features=meta["in_features"], out_features=meta["out_features"], bits=meta["bits"],
-                   grid=torch.zeros(2 ** meta["bits"]), bias=bias, dtype=dtype,
-                   **{field: meta[field] for field in cls.layout_fields})
+        return cls(
+            in_features=meta["in_features"],
+            out_features=meta["out_features"],
+            bits=meta["bits"],
+            grid=torch.zeros(2 ** meta["bits"]),
+            bias=bias,
+            dtype=dtype,
+            **{field: meta[field] for field in cls.layout_fields},
+        )
 
 
 @register_layout("lords")
@@ -122,8 +135,16 @@ class LoRDSLinear(QuantizedLinear):
 
     layout_fields = ("rank",)
 
-    def __init__(self, in_features: int, out_features: int, rank: int, bits: int, grid: torch.Tensor,
-                 bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bits: int,
+        grid: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(in_features, out_features, bits, grid, bias)
         self.rank = rank
         self.B = nn.Parameter(torch.zeros(out_features, rank, dtype=dtype), requires_grad=False)
@@ -131,8 +152,9 @@ class LoRDSLinear(QuantizedLinear):
         self._backend: Backend | None = None
 
     @classmethod
-    def from_scale(cls, weight: torch.Tensor, scale: nn.Module, config, grid: torch.Tensor,
-                   bias: torch.Tensor | None) -> "LoRDSLinear":
+    def from_scale(
+        cls, weight: torch.Tensor, scale: nn.Module, config, grid: torch.Tensor, bias: torch.Tensor | None
+    ) -> LoRDSLinear:
         """The layer for ``weight (n, m)`` under a ``LowRankScale``: nearest codes of ``W ⊘ (B·A)`` (float32),
         then ``B (n, r)``, ``A (r, m)`` stored in ``config.scale_dtype``."""
         B, A = scale.B.detach(), scale.A.detach()
@@ -163,15 +185,17 @@ class LoRDSLinear(QuantizedLinear):
         fn = self._backend
         return "torch" if fn is None else getattr(fn, "backend_name", getattr(fn, "__name__", "custom"))
 
-    def set_backend(self, backend: "str | Backend") -> "LoRDSLinear":
+    def set_backend(self, backend: str | Backend) -> LoRDSLinear:
         """Run this layer through ``backend``: 'torch' (the reference) or ``fn(layer, x) -> y``; returns self."""
         if backend == "torch":
             self._backend = None
         elif callable(backend):
             self._backend = backend
         else:
-            raise ConfigError(f"backend={backend!r} is not 'torch' or a function fn(layer, x) "
-                              "(lords_kernels.use_triton(model) sets the Triton one)")
+            raise ConfigError(
+                f"backend={backend!r} is not 'torch' or a function fn(layer, x) "
+                "(lords_kernels.use_triton(model) sets the Triton one)"
+            )
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,23 +214,31 @@ def lords_forward_reference(layer: LoRDSLinear, x: torch.Tensor) -> torch.Tensor
     return F.linear(x, weight, bias)
 
 
-
 @register_layout("blockwise")
 class BlockLinear(QuantizedLinear):
     """Block-wise baseline: ``y = x · (grid[Q] ⊙ expand(scales))ᵀ + bias``; ``scales (out, ceil(in/block))``."""
 
     layout_fields = ("block_size",)
 
-    def __init__(self, in_features: int, out_features: int, block_size: int, bits: int, grid: torch.Tensor,
-                 bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        block_size: int,
+        bits: int,
+        grid: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(in_features, out_features, bits, grid, bias)
         self.block_size = block_size
         nb = -(-in_features // block_size)
         self.scales = nn.Parameter(torch.zeros(out_features, nb, dtype=dtype), requires_grad=False)
 
     @classmethod
-    def from_scale(cls, weight: torch.Tensor, scale: nn.Module, config, grid: torch.Tensor,
-                   bias: torch.Tensor | None) -> "BlockLinear":
+    def from_scale(
+        cls, weight: torch.Tensor, scale: nn.Module, config, grid: torch.Tensor, bias: torch.Tensor | None
+    ) -> BlockLinear:
         """The layer for ``weight (n, m)`` under a ``BlockScale`` (after an int8 round trip of the scales if
         ``config.double_quant``, so quality reflects double quantization) and the nearest codes under it."""
         scales = scale.scales.detach()

@@ -8,6 +8,7 @@ correction costs ``rank·(n + m)`` floats per layer on top of the block scales: 
 ``LoftQLinear`` registers its checkpoint layout (kind ``"loftq"``: the block-wise fields plus ``rank``), so LoftQ
 models save, resume and open with ``from_pretrained`` like LoRDS ones.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,8 +54,17 @@ class LoftQLinear(BlockLinear):
 
     layout_fields = ("block_size", "rank")
 
-    def __init__(self, in_features: int, out_features: int, block_size: int, rank: int, bits: int,
-                 grid: torch.Tensor, bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        block_size: int,
+        rank: int,
+        bits: int,
+        grid: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(in_features, out_features, block_size, bits, grid, bias, dtype)
         self.rank = rank
         self.lora_L = nn.Parameter(torch.zeros(out_features, rank, dtype=dtype), requires_grad=False)

@@ -1,4 +1,5 @@
 """LoRDS scales: the parity rank and the SVD initialisation from block scales."""
+
 from __future__ import annotations
 
 import torch
@@ -60,8 +61,9 @@ def init_from_blocks(
     return B.float(), A.float()
 
 
-def svd_init(weight: torch.Tensor, block_size: int, rank: int | None = None,
-             where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+def svd_init(
+    weight: torch.Tensor, block_size: int, rank: int | None = None, where: str = ""
+) -> tuple[torch.Tensor, torch.Tensor]:
     """LoRDS's PTQ init of ``weight (n, m)``: block absmax scales, then :func:`init_from_blocks` at ``rank``
     (the parity rank when None, refused with ``where`` named when impossible). Returns ``B (n, r)``, ``A (r, m)``."""
     n, m = weight.shape

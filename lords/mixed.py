@@ -3,6 +3,7 @@
 A composite config like ``LayerwiseConfig``: ``quantize_`` asks it for each layer's leaf config. Its 'sensitivity' rule
 measures the model first (``lords.allocate``) and resolves into a ``LayerwiseConfig``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,7 +45,9 @@ class MixedPrecisionConfig(QuantConfig):
         check_choice("bits", self.bits, MIXED_BITS)
         check_choice("rule", self.rule, RULES)
         if not self.low_bits < self.bits < self.high_bits:
-            raise ConfigError(f"bits={self.bits} must lie between low_bits={self.low_bits} and high_bits={self.high_bits}")
+            raise ConfigError(
+                f"bits={self.bits} must lie between low_bits={self.low_bits} and high_bits={self.high_bits}"
+            )
         for b in (self.high_bits, self.low_bits):
             dataclasses.replace(self.base, bits=b)  # validates both widths now
 
@@ -72,8 +75,10 @@ class MixedPrecisionConfig(QuantConfig):
 
     def config_for(self, name, layer_index=None, num_layers=0):
         if self.rule != "loftq":
-            raise ConfigError(f"rule={self.rule!r} depends on the model: quantize_ resolves it (config.resolve(model, "
-                              "calib_ids)) before asking layer by layer")
+            raise ConfigError(
+                f"rule={self.rule!r} depends on the model: quantize_ resolves it (config.resolve(model, "
+                "calib_ids)) before asking layer by layer"
+            )
         high = layer_index is not None and layer_index < self.high_layers(num_layers)
         leaf = dataclasses.replace(self.base, bits=self.high_bits if high else self.low_bits)
         return leaf.config_for(name, layer_index, num_layers)

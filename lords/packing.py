@@ -9,6 +9,7 @@ padded with zeros to ``k8 = ceil(k / 8) * 8``:
   (``k8 / 4`` bytes), ``high`` holds bit ``i`` of byte ``j`` = ``c[8j+i] >> 2`` (``k8 / 8`` bytes).
   Exactly 3 bits per weight, and both planes unpack with shifts and masks alone (kernel friendly).
 """
+
 from __future__ import annotations
 
 import torch
@@ -71,8 +72,7 @@ def unpack_codes(qweight: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     width = packed_width(k, bits)
     if qweight.dim() != 2 or qweight.shape[1] != width:
         raise ShapeError(
-            f"qweight of shape {tuple(qweight.shape)} does not hold k={k} codes at {bits} bits "
-            f"(expected (n, {width}))"
+            f"qweight of shape {tuple(qweight.shape)} does not hold k={k} codes at {bits} bits (expected (n, {width}))"
         )
     if qweight.dtype != torch.uint8:
         raise ShapeError(f"qweight must be uint8, got {qweight.dtype}")

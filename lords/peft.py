@@ -3,6 +3,7 @@
 The update ``ΔW = Q ⊙ (B'A' − BA)`` is high-rank although ``B, A`` are low-rank, and the trained model
 is still ``Q ⊙ (B·A)``: the same module, the same kernel, no adapter path at inference.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -22,4 +23,3 @@ def mark_only_scales_trainable(model: nn.Module) -> int:
         m.B.requires_grad_(True)
         m.A.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-

@@ -9,6 +9,7 @@ straight-through estimator on ``u = W ⊘ S``: forward ``S ⊙ grid[code(u)]``, 
 scale gradient). ``convert`` builds the method's quantized layer (``LoRDSLinear`` in ``base.scale_dtype``,
 ``BlockLinear``) from the trained latent weight and scales.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -127,8 +128,15 @@ class QATLinear(nn.Module):
     weight. ``config`` is the leaf config the layer converts to; ``scale`` where PTQ left it (the method's init, or
     Algorithm 1's refinement of it when the config refines: QAT then starts from the PTQ model)."""
 
-    def __init__(self, weight: torch.Tensor, scale: nn.Module, config: ScaleConfig, grid: torch.Tensor,
-                 bias: torch.Tensor | None = None, name: str = ""):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        scale: nn.Module,
+        config: ScaleConfig,
+        grid: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        name: str = "",
+    ):
         super().__init__()
         self.config, self.name = config, name
         self.out_features, self.in_features = weight.shape
@@ -157,7 +165,7 @@ class QATLinear(nn.Module):
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
 
-def _accepts(module: nn.Module, config: "_LayerQAT") -> bool:
+def _accepts(module: nn.Module, config: _LayerQAT) -> bool:
     return type(module) is (nn.Linear if config.step == "prepare" else QATLinear)
 
 
@@ -171,19 +179,25 @@ class _QATHandler(ScaleMethod):
         return scale_method(config.leaf).start(name, linear, config.leaf)
 
     def __call__(self, name: str, module: nn.Module, config: _LayerQAT, stats=None):
-        return super().__call__(name, module, config, stats) if config.step == "prepare" else _convert(name, module, config)
+        return (
+            super().__call__(name, module, config, stats)
+            if config.step == "prepare"
+            else _convert(name, module, config)
+        )
 
 
 def _qat_layer(weight, scale, config: _LayerQAT, grid, bias):
     return QATLinear(weight, scale, config.leaf, grid, bias).to(weight.device)
 
 
-def _convert(name: str, module: "QATLinear", config: _LayerQAT):
+def _convert(name: str, module: QATLinear, config: _LayerQAT):
     """``QATLinear`` → the leaf method's quantized layer (the convert config decides storage, e.g.
     ``LordsConfig.scale_dtype``; the trained scales the values)."""
     if type(config.leaf) is not type(module.config) or config.leaf.bits != module.bits:
-        raise ConfigError(f"{name}: prepared as {type(module.config).__name__} at {module.bits} bits, "
-                          f"cannot convert to {type(config.leaf).__name__} at {config.leaf.bits} bits")
+        raise ConfigError(
+            f"{name}: prepared as {type(module.config).__name__} at {module.bits} bits, "
+            f"cannot convert to {type(config.leaf).__name__} at {config.leaf.bits} bits"
+        )
     with torch.no_grad():
         bias = None if module.bias is None else module.bias.detach()
         new = scale_method(config.leaf).build(module.weight.detach(), module.scale, config.leaf, module.grid, bias)

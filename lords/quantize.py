@@ -4,11 +4,12 @@ The config's type picks the handler through a registry (``lords.handlers.registe
 ``BlockwiseConfig`` → block scales, ``QATConfig`` → QAT's prepare/convert. Composite configs
 (``LayerwiseConfig``, ``MixedPrecisionConfig``) hand each layer its own leaf config.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torch import nn
 from .calibration import collect_stats
 from .config import QuantConfig
 from .errors import ConfigError, UnsupportedModuleError
+
 # Re-exported: callers import the registry's names from lords.quantize too.
 from .handlers import ScaleMethod, handler_for, layer_report, register_handler, registered, scale_method  # noqa: F401
 from .layerwise import decoder_layer_index, num_decoder_layers
@@ -70,8 +72,9 @@ def fused_params_left_in_float(model: nn.Module, config: QuantConfig, chosen: di
     return found
 
 
-def calibration_stats(model: nn.Module, config: QuantConfig, calib_ids: torch.Tensor | None,
-                      chosen: dict | None = None) -> dict[str, LayerStats] | None:
+def calibration_stats(
+    model: nn.Module, config: QuantConfig, calib_ids: torch.Tensor | None, chosen: dict | None = None
+) -> dict[str, LayerStats] | None:
     """Calibration statistics of the layers of ``plan(model, config)`` (or ``chosen``) whose refinement objective
     needs activations, from the model as it is now (float); None when no layer needs them."""
     chosen = plan(model, config) if chosen is None else chosen
@@ -88,16 +91,24 @@ def calibration_stats(model: nn.Module, config: QuantConfig, calib_ids: torch.Te
 def check_token_ids(ids, model: nn.Module | None = None, vocab: int | None = None, name: str = "calib_ids") -> None:
     """``ids`` is a non-empty ``(1, T)`` integer tensor of ids below the model's vocabulary (its input embedding's
     rows, or ``vocab``); anything else is a ``ConfigError`` before a forward pass indexes past the table."""
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.numel() == 0 or ids.is_floating_point() \
-            or ids.dtype == torch.bool:
-        raise ConfigError(f"{name} must be a non-empty (batch, tokens) integer tensor, got "
-                          f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+    if (
+        not isinstance(ids, torch.Tensor)
+        or ids.dim() != 2
+        or ids.numel() == 0
+        or ids.is_floating_point()
+        or ids.dtype == torch.bool
+    ):
+        raise ConfigError(
+            f"{name} must be a non-empty (batch, tokens) integer tensor, got "
+            f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}"
+        )
     if vocab is None and model is not None and hasattr(model, "get_input_embeddings"):
         vocab = getattr(model.get_input_embeddings(), "num_embeddings", None)
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or (vocab is not None and high >= vocab):
-        raise ConfigError(f"{name} holds ids in [{low}, {high}], outside the vocabulary [0, {vocab}): "
-                          "another tokenizer's tokens?")
+        raise ConfigError(
+            f"{name} holds ids in [{low}, {high}], outside the vocabulary [0, {vocab}): another tokenizer's tokens?"
+        )
 
 
 def _progress(items, desc: str, enabled: bool):
@@ -136,8 +147,9 @@ def _refine_in_batches(chosen: dict, stats) -> dict[str, tuple[nn.Module, LayerR
     out = {}
     for (leaf, *_), members in groups.items():
         layer_stats = [None if stats is None else stats.get(name) for name, *_ in members]
-        results = refine_batched([m[3] for m in members], [m[5] for m in members], members[0][4], leaf.refine,
-                                 layer_stats)
+        results = refine_batched(
+            [m[3] for m in members], [m[5] for m in members], members[0][4], leaf.refine, layer_stats
+        )
         for (name, module, handler, weight, grid, scale), result in zip(members, results):
             out[name] = handler.complete(name, module, leaf, weight, grid, scale, result)
     return out
@@ -170,23 +182,30 @@ def quantize_(
     chosen = plan(model, config, filter_fn)
     if not chosen:
         kinds = sorted({type(m).__name__ for m in model.modules() if "Linear" in type(m).__name__})
-        where = (f"include={config.include}, exclude={config.exclude}" if hasattr(config, "include")
-                 else "check the rules and the leaves' include/exclude")
+        where = (
+            f"include={config.include}, exclude={config.exclude}"
+            if hasattr(config, "include")
+            else "check the rules and the leaves' include/exclude"
+        )
         raise UnsupportedModuleError(
             f"no nn.Linear (or other module {type(config).__name__} handles) to quantize in {type(model).__name__} "
-            f"({where}; linear-like modules found: {kinds or 'none'})")
+            f"({where}; linear-like modules found: {kinds or 'none'})"
+        )
     fused = fused_params_left_in_float(model, config, chosen)
     if fused:
         raise UnsupportedModuleError(
             f"{len(fused)} fused expert parameter(s) are not nn.Linear and would stay in float: {fused[:4]}"
             f"{' ...' if len(fused) > 4 else ''}; lords quantizes nn.Linear only. Exclude them to keep them in float "
-            "knowingly (e.g. exclude=('lm_head', 'experts'))")
+            "knowingly (e.g. exclude=('lm_head', 'experts'))"
+        )
     journal = None
     if resume_dir is not None:  # bound before any layer changes: the float weights are what it fingerprints
         calibrated = config.needs_calibration and stats is None and calib_ids is not None
-        inputs = {"model_weights": model_fingerprint(model),
-                  "calibration_tokens": tokens_digest(calib_ids[:, :config.calibration[0]]) if calibrated else None,
-                  "calibration_statistics": stats_digest(stats)}
+        inputs = {
+            "model_weights": model_fingerprint(model),
+            "calibration_tokens": tokens_digest(calib_ids[:, : config.calibration[0]]) if calibrated else None,
+            "calibration_statistics": stats_digest(stats),
+        }
         journal = LayerJournal(resume_dir, config, inputs, restart=restart)
     if stats is None:
         stats = calibration_stats(model, config, calib_ids, chosen)

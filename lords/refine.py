@@ -10,6 +10,7 @@ One implementation serves every caller: :class:`Refiner` is one layer's state (a
 checkpoint holds it) and :class:`RefineAdam` the optimiser; :func:`refine` drives them for ``quantize_``, and
 the Lightning PTQ-refine stage drives the same two objects for every layer at once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ def objective_fn(name: str, stats: LayerStats | None, in_features: int):
     d, x, kind = _objective_terms(name, stats, in_features, None if stats is None else stats.diag.device)
 
     def loss(err: torch.Tensor) -> torch.Tensor:
-        on = (lambda t: None if t is None else t.to(err.device))  # no copy when already there
+        on = lambda t: None if t is None else t.to(err.device)  # no copy when already there
         return (err * _weighted(err, on(d), on(x), kind)).sum() / err.numel()
 
     return loss
@@ -137,8 +138,14 @@ class Refiner(nn.Module):
     the best iterate and writes ``∂loss/∂θ`` into the scale's ``.grad`` for :class:`RefineAdam`; ``finish()``
     scores the last iterate and restores the best. ``weight (n, m)``; float32 math on its device."""
 
-    def __init__(self, weight: torch.Tensor, scale: nn.Module, grid: torch.Tensor, config: RefineConfig,
-                 stats: LayerStats | None = None):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        scale: nn.Module,
+        grid: torch.Tensor,
+        config: RefineConfig,
+        stats: LayerStats | None = None,
+    ):
         super().__init__()
         w = weight.detach().float()
         self.scale = scale.to(w.device)
@@ -205,11 +212,7 @@ def _autograd_grads(scale: nn.Module, grad_S: torch.Tensor) -> list[torch.Tensor
 
 
 def refine(
-    weight: torch.Tensor,
-    scale: nn.Module,
-    grid: torch.Tensor,
-    config: RefineConfig,
-    stats: LayerStats | None = None,
+    weight: torch.Tensor, scale: nn.Module, grid: torch.Tensor, config: RefineConfig, stats: LayerStats | None = None
 ) -> RefineResult:
     """Run Algorithm 1 in place on ``scale`` (left at its best iterate); ``weight (n, m)``.
 

@@ -7,6 +7,7 @@ step for the whole model. The best iterate is tracked on the device per layer. S
 ``act_diag`` objectives (a diagonal weighting) and the two scale modules of ``lords.scales``; anything else goes
 through the per-layer path.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,7 +15,6 @@ import torch
 from .config import RefineConfig
 from .refine import LayerStats, RefineResult, _objective_terms
 from .scales import BlockScale, LowRankScale
-
 
 OBJECTIVES = ("weight", "act_diag")
 """The objectives with a diagonal weighting, which the stacked loop supports."""
@@ -48,8 +48,9 @@ def _param_grads(params, grad_S: torch.Tensor, kind: type, block: int) -> list[t
 
 
 @torch.no_grad()
-def refine_batched(weights: list[torch.Tensor], scales: list, grid: torch.Tensor, config: RefineConfig,
-                   stats: list[LayerStats | None]) -> list[RefineResult]:
+def refine_batched(
+    weights: list[torch.Tensor], scales: list, grid: torch.Tensor, config: RefineConfig, stats: list[LayerStats | None]
+) -> list[RefineResult]:
     """Algorithm 1 in place on each of ``scales`` (left at its best iterate); ``weights`` share one shape
     ``(n, m)`` and the scales one type and shape. Adam as :class:`lords.refine.RefineAdam` (elementwise)."""
     kind = type(scales[0])

@@ -1,4 +1,5 @@
 """What quantization reports: per-layer errors and floats, and a model's storage cost in bits per weight."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,16 +35,18 @@ class QuantizeReport:
     @property
     def rel_error(self) -> float:
         """``sqrt(Σ‖W − Ŵ‖² / Σ‖W‖²)`` over all quantized layers."""
-        return (sum(l.sq_error for l in self.layers) / max(sum(l.sq_norm for l in self.layers), 1e-30)) ** 0.5
+        return (
+            sum(layer.sq_error for layer in self.layers) / max(sum(layer.sq_norm for layer in self.layers), 1e-30)
+        ) ** 0.5
 
     @property
     def frob_error(self) -> float:
         """``Σ ‖W − Ŵ‖_F`` over layers (the paper's 'quantization error' convention)."""
-        return sum(l.sq_error**0.5 for l in self.layers)
+        return sum(layer.sq_error**0.5 for layer in self.layers)
 
     @property
     def float_params(self) -> int:
-        return sum(l.float_params for l in self.layers)
+        return sum(layer.float_params for layer in self.layers)
 
 
 def storage_bits(model: nn.Module) -> dict[str, float] | None:

@@ -7,6 +7,7 @@ inputs (the model's weights by :func:`model_fingerprint`, the calibration tokens
 inputs is refused by name (``CheckpointError``), or emptied and started anew with ``restart=True``; it is never
 mixed with a new run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -80,8 +81,9 @@ class LayerJournal:
     JSON value (a digest) that the layers depend on besides ``config``; only the names given are checked (a reader
     that knows the model alone passes ``{"model": ...}``). ``restart``: empty a journal made for other inputs."""
 
-    def __init__(self, directory: str | os.PathLike, config, inputs: dict[str, Any] | None = None,
-                 restart: bool = False):
+    def __init__(
+        self, directory: str | os.PathLike, config, inputs: dict[str, Any] | None = None, restart: bool = False
+    ):
         self.dir = Path(directory)
         (self.dir / "layers").mkdir(parents=True, exist_ok=True)
         cfg_path, inputs_path = self.dir / "config.json", self.dir / "inputs.json"
@@ -95,8 +97,10 @@ class LayerJournal:
                 path.unlink(missing_ok=True)
         elif differs:
             what = ", ".join("another config" if d == "config" else f"other {d.replace('_', ' ')}" for d in differs)
-            raise CheckpointError(f"{self.dir} holds a PTQ journal made with {what}; its layers "
-                                  "would not be this run's: use a new directory or restart=True to empty it")
+            raise CheckpointError(
+                f"{self.dir} holds a PTQ journal made with {what}; its layers "
+                "would not be this run's: use a new directory or restart=True to empty it"
+            )
         if not cfg_path.exists():
             atomic_write_bytes(cfg_path, wanted.encode())
         if not inputs_path.exists() and inputs:
@@ -157,8 +161,10 @@ class LayerJournal:
             raise CheckpointError(f"journal entry {path} is corrupt ({e}); delete it to redo that layer") from e
         module = module_from_meta(json.loads(meta["module"]), name)
         if (module.out_features, module.in_features) != tuple(linear.weight.shape):
-            raise CheckpointError(f"journal entry {path} has shape {(module.out_features, module.in_features)}, "
-                                  f"the layer has {tuple(linear.weight.shape)}")
+            raise CheckpointError(
+                f"journal entry {path} has shape {(module.out_features, module.in_features)}, "
+                f"the layer has {tuple(linear.weight.shape)}"
+            )
         adopt_stored_dtypes(module, {k: t.dtype for k, t in state.items()})
         module.load_state_dict(state)
         report = json.loads(meta["report"])

@@ -4,6 +4,7 @@ Each is an ``nn.Module`` whose ``forward()`` returns the full scale matrix and w
 applies the chain rule to its own parameters (Algorithm 1 runs without an autograd graph per step). A scale
 without ``grads`` still works: ``lords.refine`` then asks autograd.
 """
+
 from __future__ import annotations
 
 import torch

@@ -15,15 +15,11 @@ block), and the block is run again to produce the next block's inputs.
 Model-agnostic: the decoder blocks' call arguments (attention mask, rotary embeddings, ...) are captured from the
 model's own forward by a stand-in first block, so nothing here knows an architecture's signature.
 """
+
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
 import os
-import re
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,174 +31,20 @@ from .errors import CheckpointError, ConfigError
 from .handlers import handler_for
 from .quantize import check_token_ids, plan
 from .report import QuantizeReport
-from .resume import LayerJournal, tensor_fingerprint, tokens_digest
-
-_LAYER = re.compile(r"^(.*\.(?:layers|h|blocks))\.(\d+)\.(.+)$")
-
-
-class _Captured(Exception):
-    pass
-
-
-class _Catcher(nn.Module):
-    """Stands in for decoder block 0: records what the model passes to its blocks, then stops the forward."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[tuple[torch.Tensor, tuple, dict]] = []
-
-    def forward(self, hidden_states, *args, **kwargs):
-        self.calls.append((hidden_states, args, kwargs))
-        raise _Captured
-
-
-class ShardReader:
-    """Tensors of a safetensors checkpoint folder (one file or an index of shards), read one at a time."""
-
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        index = self.folder / "model.safetensors.index.json"
-        if index.is_file():
-            from .integrity import shard_files  # refuses an index naming files outside the folder
-
-            shard_files(self.folder)
-            self.where = dict(json.loads(index.read_text())["weight_map"])
-        elif (self.folder / "model.safetensors").is_file():
-            from safetensors import safe_open  # optional dependency, as for every reader of shards
-
-            with safe_open(str(self.folder / "model.safetensors"), framework="pt") as f:
-                self.where = {k: "model.safetensors" for k in f.keys()}
-        else:
-            raise CheckpointError(f"{self.folder} holds neither model.safetensors nor model.safetensors.index.json")
-
-    def names(self) -> list[str]:
-        return list(self.where)
-
-    def fingerprint(self) -> str:
-        """A cheap digest of the checkpoint's weights: every tensor's name, dtype, shape and first and last rows
-        (read through the shards' slices, not whole): what a journal of this model is bound to."""
-        import hashlib
-
-        from safetensors import safe_open  # optional dependency, as for every reader of shards
-
-        h = hashlib.sha256()
-        by_file: dict[str, list[str]] = {}
-        for n in sorted(self.where):
-            by_file.setdefault(self.where[n], []).append(n)
-        for file in sorted(by_file):
-            with safe_open(str(self.folder / file), framework="pt") as f:
-                for n in by_file[file]:
-                    sl = f.get_slice(n)
-                    rows = sl.get_shape()[0] if sl.get_shape() else 0
-                    h.update(n.encode())
-                    if rows:
-                        h.update(tensor_fingerprint(sl[0:1]).encode())
-                        h.update(tensor_fingerprint(sl[rows - 1:rows]).encode())
-                    h.update(f"{sl.get_dtype()}|{sl.get_shape()}".encode())
-        return h.hexdigest()
-
-    def read(self, names: list[str], strip: str = "") -> dict[str, torch.Tensor]:
-        """``{name without the prefix strip: tensor}``, each shard opened once."""
-        from safetensors import safe_open  # optional dependency, as for every reader of shards
-
-        by_file: dict[str, list[str]] = {}
-        for n in names:
-            by_file.setdefault(self.where[n], []).append(n)
-        out = {}
-        for file, group in by_file.items():
-            with safe_open(str(self.folder / file), framework="pt") as f:
-                for n in group:
-                    out[n.removeprefix(strip)] = f.get_tensor(n)
-        return out
-
-
-def _layers_prefix(names: list[str]) -> tuple[str, int]:
-    """The decoder stack's prefix (``model.layers``) and its number of blocks, from tensor names."""
-    found = {}
-    for n in names:
-        m = _LAYER.match(n)
-        if m:
-            found.setdefault(m.group(1), set()).add(int(m.group(2)))
-    if not found:
-        raise CheckpointError("no decoder blocks (<prefix>.layers.<i>.*) among the checkpoint's tensors")
-    prefix = max(found, key=lambda p: len(found[p]))
-    return prefix, max(found[prefix]) + 1
-
-
-def _shell(hf_config, prefix: str, reader: ShardReader, dtype: torch.dtype):
-    """The model with ONE decoder block (a stand-in), every tensor outside the decoder stack loaded."""
-    from transformers import AutoModelForCausalLM  # transformers: kept out of import lords
-
-    cfg = copy.deepcopy(hf_config)
-    cfg.num_hidden_layers = 1
-    if isinstance(getattr(cfg, "layer_types", None), list):
-        cfg.layer_types = cfg.layer_types[:1]
-    with _no_init_weights():  # every parameter outside the stack is loaded below, the stand-in block never runs
-        shell = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    outside = [n for n in reader.names() if not n.startswith(prefix + ".")]
-    result = shell.load_state_dict(reader.read(outside), strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(prefix + ".")]
-    if getattr(hf_config, "tie_word_embeddings", False):
-        missing = [k for k in missing if k != "lm_head.weight"]
-        shell.tie_weights()
-    if missing or result.unexpected_keys:
-        raise CheckpointError(f"checkpoint does not fit {type(shell).__name__}: missing {missing[:5]}, "
-                              f"unexpected {result.unexpected_keys[:5]}")
-    return shell
-
-
-def _no_init_weights():
-    """transformers' switch that skips random initialisation (buffers computed at construction stay right); a
-    no-op where this transformers lacks it. Saves ~12 s of a Llama-3-8B shell (its 128k vocabulary) on 2 cores."""
-    try:
-        from transformers.initialization import no_init_weights  # transformers: kept out of import lords
-    except ImportError:
-        return contextlib.nullcontext()
-    return no_init_weights()
-
-
-def _block(hf_config, cls, index: int, tensors: dict[str, torch.Tensor] | None, dtype: torch.dtype) -> nn.Module:
-    """Decoder block ``index`` of class ``cls`` with its float weights (None: on the meta device, for planning).
-
-    Built on the meta device and given the shards' tensors (cast to ``dtype``) in place of its own: no random
-    initialisation of weights that are overwritten at once (about a second per Llama-3-8B block on the CPU). A block
-    whose buffers are not in its state dict (computed at construction) is built on the CPU instead."""
-    block = _construct(cls, hf_config, index, "meta").to(dtype)
-    if tensors is None:
-        return block
-    if any(True for _ in block.buffers()):  # e.g. a per-block rotary table: only a real construction computes it
-        block = _construct(cls, hf_config, index, "cpu").to(dtype)
-        block.load_state_dict(tensors, strict=True)
-    else:
-        block.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True, assign=True)
-    return block.eval()
-
-
-def _construct(cls, hf_config, index: int, device: str) -> nn.Module:
-    with torch.device(device):
-        try:
-            return cls(hf_config, layer_idx=index)
-        except TypeError:
-            try:
-                return cls(hf_config, index)
-            except TypeError as e:
-                raise ConfigError(f"cannot build decoder block {cls.__name__}(config, layer_idx): {e}") from None
-
-
-def _run_block(block: nn.Module, call) -> torch.Tensor:
-    hidden, args, kwargs = call
-    out = block(hidden, *args, **kwargs)
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _on(value, device):
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_on(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: _on(v, device) for k, v in value.items()}
-    return value
+from .resume import LayerJournal, tokens_digest
+from .shards import (  # noqa: F401
+    _LAYER,
+    ShardReader,
+    _block,
+    _Captured,
+    _Catcher,
+    _construct,
+    _layers_prefix,
+    _no_init_weights,
+    _on,
+    _run_block,
+    _shell,
+)
 
 
 @torch.no_grad()
@@ -241,13 +83,17 @@ def quantize_streamed(
         raise ConfigError(f"inputs={inputs!r} is not one of ('quantized', 'float')")
     ranks = Ranks.current() if ranks is None else ranks
     if inputs == "quantized" and not ranks.synchronized:
-        raise ConfigError(f"inputs='quantized' on {ranks.world} ranks needs an initialized torch.distributed group "
-                          "of that size (block i waits for the quantized block i-1); inputs='float' does not")
+        raise ConfigError(
+            f"inputs='quantized' on {ranks.world} ranks needs an initialized torch.distributed group "
+            "of that size (block i waits for the quantized block i-1); inputs='float' does not"
+        )
     hf_config = AutoConfig.from_pretrained(model_dir)
     reader = ShardReader(model_dir)
     prefix, num_layers = _layers_prefix(reader.names())
     if num_layers != hf_config.num_hidden_layers:
-        raise CheckpointError(f"{model_dir}: {num_layers} blocks in the shards, config says {hf_config.num_hidden_layers}")
+        raise CheckpointError(
+            f"{model_dir}: {num_layers} blocks in the shards, config says {hf_config.num_hidden_layers}"
+        )
     check_token_ids(calib_ids, vocab=getattr(hf_config, "vocab_size", None))
     calib_ids = calib_ids[:, : config.calibration[0]]
     shell = _shell(hf_config, prefix, reader, dtype).to(device)
@@ -264,8 +110,12 @@ def quantize_streamed(
     lengths = [c[0].shape[1] for c in calls]
     hf_config._attn_implementation = shell.config._attn_implementation  # what the blocks were called with
     del shell, stack, catcher
-    journal = LayerJournal(journal_dir, config, _inputs(reader, calib_ids, inputs, window, device, dtype),
-                           restart=restart and ranks.rank == 0)
+    journal = LayerJournal(
+        journal_dir,
+        config,
+        _inputs(reader, calib_ids, inputs, window, device, dtype),
+        restart=restart and ranks.rank == 0,
+    )
     setup = time.perf_counter() - t0
     holder = nn.Module()  # gives the block its full module names (model.layers.7.mlp.up_proj) for the plan
     holder.config = hf_config
@@ -285,8 +135,13 @@ def quantize_streamed(
             order.extend(plan(holder, config))
             _attach(holder, path, None)
             continue
-        block = _block(hf_config, block_cls, i, reader.read(
-            [n for n in reader.names() if n.startswith(f"{path}.")], strip=f"{path}."), dtype).to(device)
+        block = _block(
+            hf_config,
+            block_cls,
+            i,
+            reader.read([n for n in reader.names() if n.startswith(f"{path}.")], strip=f"{path}."),
+            dtype,
+        ).to(device)
         _attach(holder, path, block)
         chosen = plan(holder, config)
         order.extend(chosen)
@@ -297,8 +152,13 @@ def quantize_streamed(
         calibrated = {n: m for n, (m, leaf) in chosen.items() if leaf.needs_calibration and owner[n] == ranks.rank}
         stats, float_outs = None, []
         if inputs == "float" or calibrated:  # one float pass: the statistics and, for inputs="float", the outputs
-            stats = stats_over(lambda c, b=block: float_outs.append(_run_block(b, c)), calls, lengths, calibrated,
-                               *config.calibration[1:])
+            stats = stats_over(
+                lambda c, b=block: float_outs.append(_run_block(b, c)),
+                calls,
+                lengths,
+                calibrated,
+                *config.calibration[1:],
+            )
         for name, (module, leaf) in chosen.items():
             if owner[name] != ranks.rank:
                 continue
@@ -326,9 +186,14 @@ def quantize_streamed(
 
 def _inputs(reader: ShardReader, calib_ids: torch.Tensor, inputs: str, window: int, device, dtype) -> dict:
     """What a streamed journal's layers depend on besides the config (``lords.resume.LayerJournal``)."""
-    return {"model_weights": reader.fingerprint(), "calibration_tokens": tokens_digest(calib_ids),
-            "block_inputs": inputs, "calibration_window": window, "device_type": torch.device(device).type,
-            "dtype": str(dtype)}
+    return {
+        "model_weights": reader.fingerprint(),
+        "calibration_tokens": tokens_digest(calib_ids),
+        "block_inputs": inputs,
+        "calibration_window": window,
+        "device_type": torch.device(device).type,
+        "dtype": str(dtype),
+    }
 
 
 def _journaled(journal: LayerJournal, name: str, module: nn.Module):
@@ -352,8 +217,12 @@ def _attach(holder: nn.Module, path: str, block: nn.Module | None) -> None:
         node.add_module(parts[-1], block)
 
 
-def load_streamed(model_dir: str | os.PathLike, config: QuantConfig, journal_dir: str | os.PathLike,
-                  dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_streamed(
+    model_dir: str | os.PathLike,
+    config: QuantConfig,
+    journal_dir: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
     """The quantized model of a finished :func:`quantize_streamed`: float tensors from ``model_dir``, quantized
     linears from the journal; no float copy of a quantized weight is kept."""
     from transformers import AutoConfig, AutoModelForCausalLM  # transformers: kept out of import lords
@@ -380,8 +249,10 @@ def load_streamed(model_dir: str | os.PathLike, config: QuantConfig, journal_dir
             try:
                 model.set_submodule(name, type(module)(config=hf_config))
             except TypeError as e:
-                raise CheckpointError(f"{name}: buffers not in the checkpoint and {type(module).__name__}(config=...) "
-                                      f"cannot rebuild them ({e})") from None
+                raise CheckpointError(
+                    f"{name}: buffers not in the checkpoint and {type(module).__name__}(config=...) "
+                    f"cannot rebuild them ({e})"
+                ) from None
     left = [n for n, t in model.state_dict().items() if t.is_meta]
     if left:
         raise CheckpointError(f"{model_dir}: tensors missing from the checkpoint: {left[:5]}")

@@ -12,9 +12,8 @@ dtype (again only when a parameter is written), and per token-count bucket the t
 argument but ``x`` and ``y`` bound (:func:`~.lords_matmul.forward.make_runner`). Per call: a freshness check
 (``qweight`` identity and version, the scales' versions), one ``torch.empty`` for ``y``, the launches.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -54,10 +53,16 @@ class LayerPlan:
     def scales(self, layer, dtype: torch.dtype):
         """``(B, A, bias)`` of the layer in ``dtype``, detached, cast once per write of a parameter."""
         B, A, bias = layer.B, layer.A, layer.bias
-        key = (B._version, B.data_ptr(), A._version, A.data_ptr(),
-               None if bias is None else (bias._version, bias.data_ptr()))
+        key = (
+            B._version,
+            B.data_ptr(),
+            A._version,
+            A.data_ptr(),
+            None if bias is None else (bias._version, bias.data_ptr()),
+        )
         hit = self._scales.get(dtype)
         if hit is None or hit[0] != key:
+
             def cast(t):
                 return None if t is None else t.detach().to(dtype).contiguous()
 
@@ -112,13 +117,22 @@ def kernel_codes(layer) -> KernelCodes:
 
 # ------------------------------------------------------------------------------------------- custom ops
 
+
 @torch.library.custom_op("lords::matmul", mutates_args=())
-def _matmul_op(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, grid: torch.Tensor, B: torch.Tensor,
-               A: torch.Tensor, bias: Optional[torch.Tensor], bits: int, K: int) -> torch.Tensor:
+def _matmul_op(
+    x: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    grid: torch.Tensor,
+    B: torch.Tensor,
+    A: torch.Tensor,
+    bias: torch.Tensor | None,
+    bits: int,
+    K: int,
+) -> torch.Tensor:
     # B and A go in as stored: the kernels round them to x's dtype as they load them, so a compiled model's CUDA
     # graph holds no cast kernels for fp32 scales (two per layer and token otherwise)
-    return tk.lords_matmul(x, KernelCodes(lo, hi, bits, K), grid, B, A,
-                           None if bias is None else bias.to(x.dtype))
+    return tk.lords_matmul(x, KernelCodes(lo, hi, bits, K), grid, B, A, None if bias is None else bias.to(x.dtype))
 
 
 @_matmul_op.register_fake
@@ -127,21 +141,38 @@ def _(x, lo, hi, grid, B, A, bias, bits, K):
 
 
 @torch.library.custom_op("lords::matmul_backward", mutates_args=())
-def _matmul_backward_op(dy: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, grid: torch.Tensor,
-                        B: torch.Tensor, A: torch.Tensor, bits: int, K: int, need_dx: bool,
-                        need_dBA: bool) -> list[torch.Tensor]:
-    dx, dB, dA = tk.lords_matmul_backward(dy, x, KernelCodes(lo, hi, bits, K), grid, B.to(x.dtype),
-                                          A.to(x.dtype), need_dx, need_dBA)
+def _matmul_backward_op(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    grid: torch.Tensor,
+    B: torch.Tensor,
+    A: torch.Tensor,
+    bits: int,
+    K: int,
+    need_dx: bool,
+    need_dBA: bool,
+) -> list[torch.Tensor]:
+    dx, dB, dA = tk.lords_matmul_backward(
+        dy, x, KernelCodes(lo, hi, bits, K), grid, B.to(x.dtype), A.to(x.dtype), need_dx, need_dBA
+    )
     empty = dy.new_empty(0)
-    return [empty if dx is None else dx, empty if dB is None else dB.to(B.dtype),
-            empty if dA is None else dA.to(A.dtype)]
+    return [
+        empty if dx is None else dx,
+        empty if dB is None else dB.to(B.dtype),
+        empty if dA is None else dA.to(A.dtype),
+    ]
 
 
 @_matmul_backward_op.register_fake
 def _(dy, x, lo, hi, grid, B, A, bits, K, need_dx, need_dBA):
     empty = dy.new_empty(0)
-    return [x.new_empty(x.shape) if need_dx else empty, B.new_empty(B.shape) if need_dBA else empty,
-            A.new_empty(A.shape) if need_dBA else empty]
+    return [
+        x.new_empty(x.shape) if need_dx else empty,
+        B.new_empty(B.shape) if need_dBA else empty,
+        A.new_empty(A.shape) if need_dBA else empty,
+    ]
 
 
 def _setup_context(ctx, inputs, output):
@@ -169,11 +200,14 @@ _matmul_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ------------------------------------------------------------------------------------------- the backend
 
-def lords_linear(x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torch.Tensor,
-                 bias: Optional[torch.Tensor]) -> torch.Tensor:
+
+def lords_linear(
+    x: torch.Tensor, codes: KernelCodes, grid: torch.Tensor, B: torch.Tensor, A: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """``x @ (grid[Q] ⊙ B·A).T + bias`` on CUDA through the Triton kernels, differentiable in x, B, A, bias."""
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or B.requires_grad or A.requires_grad
-                                              or (bias is not None and bias.requires_grad))
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or B.requires_grad or A.requires_grad or (bias is not None and bias.requires_grad)
+    )
     if needs_grad or torch.compiler.is_compiling():
         return _matmul_op(x, codes.lo, codes.hi, grid, B, A, bias, codes.bits, codes.K)
     dt = x.dtype
@@ -197,11 +231,20 @@ def triton_forward(layer, x: torch.Tensor) -> torch.Tensor:
     if not x.is_cuda and not tk.INTERPRET:
         from lords.errors import ConfigError
 
-        raise ConfigError("backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before importing kernels); "
-                          "use backend 'torch' or 'auto' on the CPU")
-    if torch.is_grad_enabled() and (x.requires_grad or layer.B.requires_grad or layer.A.requires_grad
-                                    or (layer.bias is not None and layer.bias.requires_grad)) \
-            or torch.compiler.is_compiling():
+        raise ConfigError(
+            "backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before importing kernels); "
+            "use backend 'torch' or 'auto' on the CPU"
+        )
+    if (
+        torch.is_grad_enabled()
+        and (
+            x.requires_grad
+            or layer.B.requires_grad
+            or layer.A.requires_grad
+            or (layer.bias is not None and layer.bias.requires_grad)
+        )
+        or torch.compiler.is_compiling()
+    ):
         if x.dtype == torch.float32:
             return lords_linear(x.to(torch.bfloat16), plan.codes, layer.grid, layer.B, layer.A, layer.bias).float()
         return lords_linear(x, plan.codes, layer.grid, layer.B, layer.A, layer.bias)

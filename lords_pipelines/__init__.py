@@ -1,4 +1,5 @@
 """lords pipelines: Hydra stages, the paper's tables, evaluation and the ``lords`` command around the library."""
+
 from pathlib import Path
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

@@ -8,6 +8,7 @@ peft has no dispatcher for ``BlockLinear`` / ``LoRDSLinear``; its generic ``lora
 forward and adds ``B·A·x``, so it is registered as their LoRA layer through ``LoraConfig._register_custom_module``
 (peft's documented, experimental custom-module API), when the adapter is made and again when it is loaded.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,11 @@ from lords.lowrank import parity_rank
 def matched_lora_ranks(model: nn.Module, block_size: int) -> dict[str, int]:
     """Per quantized layer, LoRDS's parity rank at ``block_size``: a LoRA of that rank has ``r·(n+m)``
     trainable floats, exactly the ``B, A`` floats LoRDS trains on the same layer."""
-    return {name: parity_rank(m.out_features, m.in_features, block_size)
-            for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    return {
+        name: parity_rank(m.out_features, m.in_features, block_size)
+        for name, m in model.named_modules()
+        if isinstance(m, QuantizedLinear)
+    }
 
 
 def _register(cfg) -> None:
@@ -45,8 +49,15 @@ def add_lora(model: nn.Module, ranks: dict[str, int], alpha_ratio: float = 2.0, 
     # Anchored full names: peft matches rank_pattern keys as regexes against module names.
     pattern = {f"^{k.replace('.', '[.]')}$": v for k, v in ranks.items()}
     alpha = {k: alpha_ratio * v for k, v in pattern.items()}
-    cfg = LoraConfig(r=default, lora_alpha=alpha_ratio * default, target_modules=list(ranks), rank_pattern=pattern,
-                     alpha_pattern=alpha, lora_dropout=0.0, bias="none")
+    cfg = LoraConfig(
+        r=default,
+        lora_alpha=alpha_ratio * default,
+        target_modules=list(ranks),
+        rank_pattern=pattern,
+        alpha_pattern=alpha,
+        lora_dropout=0.0,
+        bias="none",
+    )
     _register(cfg)
     torch.manual_seed(seed)
     with warnings.catch_warnings():

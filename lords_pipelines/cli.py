@@ -11,15 +11,27 @@ A lords folder is a transformers model folder: ``AutoModelForCausalLM.from_pretr
 ``import lords``. Bad input (a missing folder, a bad value, a corrupt checkpoint) exits with status 2 and one line.
 Heavy packages (transformers, lm-eval) are imported only by the subcommand that needs them.
 """
+
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 from lords.errors import LordsError
+from lords_pipelines.cli_checks import (  # noqa: F401
+    BadInput,
+    _calibration,
+    _context,
+    _device,
+    _folder,
+    _numel,
+    _positive,
+    _size,
+    _writable,
+    table,
+)
 
 EPILOG = """examples:
   lords quantize smollm2-135m --bits 3 --block-size 64 --out smollm2-lords-3bit
@@ -34,67 +46,6 @@ Each subcommand has its own --help. A lords folder opens in transformers after `
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, status 2 (argparse's own prints the whole usage first)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-class BadInput(Exception):
-    """A command-line value the subcommand cannot use (reported in one line, exit status 2)."""
-
-
-def table(rows: list[tuple[str, object]]) -> str:
-    """Two aligned columns."""
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
-
-
-def _folder(path: str) -> Path:
-    from lords.checkpoint import recover  # a save killed mid-swap: its whole folder is put back first
-
-    p = recover(Path(path))
-    if not (p / "config.json").is_file():
-        raise BadInput(f"{path}: not a model folder (no config.json)")
-    return p
-
-
-def _calibration(arg: str | None) -> str | None:
-    if arg is None:
-        return None
-    if arg == "pydoc":
-        from lords_pipelines.data.texts import calibration_text
-
-        return calibration_text()
-    if not Path(arg).is_file():
-        raise BadInput(f"--calib {arg}: no such file (give a text file, or 'pydoc' for Python's own docs)")
-    try:
-        text = Path(arg).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise BadInput(f"--calib {arg}: not UTF-8 text (byte {e.start}); give a UTF-8 text file") from None
-    if not text.strip():
-        raise BadInput(f"--calib {arg}: the file holds no text (an empty calibration would be a data-free run)")
-    return text
-
-
-def _positive(flag: str, value, minimum: int = 1) -> None:
-    if value is not None and value < minimum:
-        raise BadInput(f"{flag} {value}: must be at least {minimum}")
-
-
-def _writable(out: Path) -> None:
-    """``--out`` can be created and written: found before the model loads, not after the quantization."""
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"--out {out}: exists and is not a folder")
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise BadInput(f"--out {out}: cannot write there ({parent} is not a writable folder)")
 
 
 def cmd_quantize(a) -> dict:
@@ -118,12 +69,19 @@ def cmd_quantize(a) -> dict:
     report = lords.quantize_(model, config, calib_ids=calib_ids, progress=True)
     lords.save_quantized(model, out, report.config, tokenizer=tok)  # the folder appears whole, tokenizer included
     bits = lords.storage_bits(model)
-    return {"model": a.model, "method": a.method, "bits": a.bits, "block size": a.block_size,
-            "refinement": f"{refine.objective} x {refine.steps}" if refine else "none (data-free init)",
-            "layers quantized": len(report.layers), "weight rel. error": f"{report.rel_error:.4f}",
-            "scale floats": f"{report.float_params:,}", "bits per weight": f"{bits['bits_per_weight']:.3f}",
-            "folder": f"{out} ({_size(sum(f.stat().st_size for f in out.iterdir()))})",
-            "time": f"{time.time() - t0:.1f} s"}
+    return {
+        "model": a.model,
+        "method": a.method,
+        "bits": a.bits,
+        "block size": a.block_size,
+        "refinement": f"{refine.objective} x {refine.steps}" if refine else "none (data-free init)",
+        "layers quantized": len(report.layers),
+        "weight rel. error": f"{report.rel_error:.4f}",
+        "scale floats": f"{report.float_params:,}",
+        "bits per weight": f"{bits['bits_per_weight']:.3f}",
+        "folder": f"{out} ({_size(sum(f.stat().st_size for f in out.iterdir()))})",
+        "time": f"{time.time() - t0:.1f} s",
+    }
 
 
 def cmd_info(a) -> dict:
@@ -153,70 +111,46 @@ def cmd_info(a) -> dict:
     float_params = sum(_numel(s) for k, s in stored.items() if k not in quantized_tensors)
     on_disk = sum(f.stat().st_size for f in files)
     cfg = qc["config"]
-    return {"folder": str(path), "method": cfg.get("method"),
-            "config": ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("method", "version")),
-            "quantized modules": f"{len(modules)} ({', '.join(sorted({m['kind'] for m in modules.values()}))})",
-            "quantized weights": f"{weights:,}", "code bits": f"{codes / max(weights, 1):.3f}",
-            "bits per weight (with scales)": f"{(codes + scale_bits) / max(weights, 1):.3f}",
-            "scale floats": f"{scale_floats:,}", "float params (not quantized)": f"{float_params:,}",
-            "shards": f"{len(files)} ({_size(on_disk)})",
-            "float16 copy would be": _size(2 * (weights + float_params))}
+    return {
+        "folder": str(path),
+        "method": cfg.get("method"),
+        "config": ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("method", "version")),
+        "quantized modules": f"{len(modules)} ({', '.join(sorted({m['kind'] for m in modules.values()}))})",
+        "quantized weights": f"{weights:,}",
+        "code bits": f"{codes / max(weights, 1):.3f}",
+        "bits per weight (with scales)": f"{(codes + scale_bits) / max(weights, 1):.3f}",
+        "scale floats": f"{scale_floats:,}",
+        "float params (not quantized)": f"{float_params:,}",
+        "shards": f"{len(files)} ({_size(on_disk)})",
+        "float16 copy would be": _size(2 * (weights + float_params)),
+    }
 
 
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _load(folder: Path, device: str):
+def _load(folder: Path, device: str, tokenizer: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import lords  # noqa: F401  (registers quant_method "lords")
 
     model = AutoModelForCausalLM.from_pretrained(folder, device_map=device)
     try:
-        tok = AutoTokenizer.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(tokenizer or folder)
     except (OSError, ValueError) as e:
-        raise BadInput(f"{folder}: no tokenizer beside the model (save one there; `lords quantize` does)") from e
+        where = (
+            f"--tokenizer {tokenizer}: no tokenizer there" if tokenizer else f"{folder}: no tokenizer beside the model"
+        )
+        raise BadInput(
+            f"{where} (pass --tokenizer FOLDER with the base model's, or save one into the folder: "
+            "tokenizer.save_pretrained(folder); lords quantize does)"
+        ) from e
     return model.eval(), tok
-
-
-def _device(arg: str | None) -> str:
-    import torch
-
-    if arg is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(arg)
-    except (RuntimeError, ValueError):
-        raise BadInput(f"--device {arg}: not a device (cpu, cuda, cuda:1 ...)") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise BadInput(f"--device {arg}: no such CUDA device here ({torch.cuda.device_count()} visible)")
-    if device.type not in ("cpu", "cuda", "mps", "xpu"):
-        raise BadInput(f"--device {arg}: not supported (cpu or cuda)")
-    return arg
-
-
-def _context(folder: Path) -> int | None:
-    """The model's context length from its config.json (read before any weight loads), None when it names none."""
-    import json
-
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (ValueError, RecursionError) as e:
-        raise BadInput(f"{folder}/config.json is not JSON ({type(e).__name__})") from None
-    value = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
-    return value if isinstance(value, int) and value > 0 else None
 
 
 def cmd_eval(a) -> dict:
     import torch
 
     from lords.linear import cached_weights
-    from lords_pipelines.evaluation.perplexity import perplexity
     from lords_pipelines.data.texts import eval_text, tokenize
+    from lords_pipelines.evaluation.perplexity import perplexity
 
     if a.text is not None and not Path(a.text).is_file():
         raise BadInput(f"--text {a.text}: no such file")
@@ -230,7 +164,7 @@ def cmd_eval(a) -> dict:
         raise BadInput(f"--text {a.text}: not UTF-8 text (byte {e.start})") from None
     if text is not None and not text.strip():
         raise BadInput(f"--text {a.text}: the file holds no text")
-    model, tok = _load(folder, device)
+    model, tok = _load(folder, device, a.tokenizer)
     if a.adapter:
         from lords_pipelines.adapters import load_adapter
 
@@ -250,7 +184,6 @@ def cmd_bench(a) -> dict:
     import torch
 
     from lords.linear import cached_weights
-
     from lords_pipelines.stages.common import apply_backend
 
     _positive("--tokens", a.tokens, minimum=2)  # decode speed is timed over the tokens after the first
@@ -260,7 +193,7 @@ def cmd_bench(a) -> dict:
     context = _context(folder)
     if context is not None and a.prompt + a.tokens > context:
         raise BadInput(f"--prompt {a.prompt} + --tokens {a.tokens} exceed the model's context of {context} positions")
-    model, tok = _load(folder, device)
+    model, tok = _load(folder, device, a.tokenizer)
     apply_backend(model, "auto")
     prompt = torch.randint(0, model.config.vocab_size, (a.batch, a.prompt), generator=torch.Generator().manual_seed(0))
     prompt = prompt.to(device)
@@ -282,36 +215,57 @@ def cmd_bench(a) -> dict:
     decode = max(total - prefill, 1e-9)
     steps_per_s = (a.tokens - 1) / decode
     stored = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    return {"folder": a.dir, "device": device, "torch threads": torch.get_num_threads(), "batch": a.batch,
-            "prompt tokens": a.prompt, "prefill": f"{prefill * 1e3:.1f} ms", "new tokens": a.tokens,
-            "decode tokens/s": f"{a.batch * steps_per_s:.1f}",
-            # every decode step reads the stored model once (the dequantized-weight cache aside on the CPU path)
-            "stored model": _size(stored), "stored bytes read/s": f"{stored * steps_per_s / 1e9:.2f} GB/s"}
+    return {
+        "folder": a.dir,
+        "device": device,
+        "torch threads": torch.get_num_threads(),
+        "batch": a.batch,
+        "prompt tokens": a.prompt,
+        "prefill": f"{prefill * 1e3:.1f} ms",
+        "new tokens": a.tokens,
+        "decode tokens/s": f"{a.batch * steps_per_s:.1f}",
+        # every decode step reads the stored model once (the dequantized-weight cache aside on the CPU path)
+        "stored model": _size(stored),
+        "stored bytes read/s": f"{stored * steps_per_s / 1e9:.2f} GB/s",
+    }
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lords", description="LoRDS quantization: W ≈ Q ⊙ (B·A). Quantize a causal LM to a folder "
-                                        "that transformers opens, then evaluate, inspect or time it.", epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{quantize,eval,info,bench,lm-eval}",
-                           parser_class=_Parser)
-    q = sub.add_parser("quantize", help="quantize a model and save it as a lords folder",
-                       description="Quantize MODEL (an embedded alias such as smollm2-135m, a local folder, a .gguf "
-                                   "file or a hub id) and save it with its tokenizer to --out.")
+    p = _Parser(
+        prog="lords",
+        description="LoRDS quantization: W ≈ Q ⊙ (B·A). Quantize a causal LM to a folder "
+        "that transformers opens, then evaluate, inspect or time it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="{quantize,eval,info,bench,lm-eval}", parser_class=_Parser
+    )
+    q = sub.add_parser(
+        "quantize",
+        help="quantize a model and save it as a lords folder",
+        description="Quantize MODEL (an embedded alias such as smollm2-135m, a local folder, a .gguf "
+        "file or a hub id) and save it with its tokenizer to --out.",
+    )
     q.add_argument("model", help="smollm2-135m, a model folder, a .gguf path or a hub id")
     q.add_argument("--bits", type=int, default=4, choices=(2, 3, 4), help="bits per weight code (default 4)")
     q.add_argument("--block-size", type=int, default=64, help="block size; for LoRDS it sets the float budget (64)")
-    q.add_argument("--method", choices=("lords", "nf"), default="lords", help="low-rank scales (lords) or block-wise NF")
+    q.add_argument(
+        "--method", choices=("lords", "nf"), default="lords", help="low-rank scales (lords) or block-wise NF"
+    )
     q.add_argument("--calib", metavar="TEXT", help="calibration text file, or 'pydoc': refine on its activations")
     q.add_argument("--steps", type=int, help="Algorithm 1 steps (default 50 with --calib, else 0: data-free init)")
     q.add_argument("--lr", type=float, default=1e-2, help="refinement learning rate (default 1e-2)")
     q.add_argument("--out", required=True, metavar="DIR", help="output folder")
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     q.set_defaults(fn=cmd_quantize)
-    e = sub.add_parser("eval", help="perplexity and lm-eval tasks of a lords folder",
-                       description="Perplexity on a text (default: the shipped licence texts) and, with --tasks, "
-                                   "lm-eval accuracy (shipped offline tasks: lords_cloze, lords_unicode; standard "
-                                   "names such as arc_easy need the hub).")
+    e = sub.add_parser(
+        "eval",
+        help="perplexity and lm-eval tasks of a lords folder",
+        description="Perplexity on a text (default: the shipped licence texts) and, with --tasks, "
+        "lm-eval accuracy (shipped offline tasks: lords_cloze, lords_unicode; standard "
+        "names such as arc_easy need the hub).",
+    )
     e.add_argument("dir", help="a lords folder")
     e.add_argument("--tasks", nargs="+", default=[], help="lm-eval task names")
     e.add_argument("--limit", type=int, help="items per task (default: all)")
@@ -320,9 +274,13 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--tokens", type=int, default=2048, help="tokens of the text to score, at least 2 (default 2048)")
     e.add_argument("--window", type=int, default=None, help="perplexity window (default: min(2048, context))")
     e.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    e.add_argument("--tokenizer", metavar="DIR", help="a tokenizer folder or id when DIR holds none")
     e.set_defaults(fn=cmd_eval)
-    i = sub.add_parser("info", help="config, bits per weight, float params and sizes of a lords folder",
-                       description="Reads config.json and the shard headers only: no model is built.")
+    i = sub.add_parser(
+        "info",
+        help="config, bits per weight, float params and sizes of a lords folder",
+        description="Reads config.json and the shard headers only: no model is built.",
+    )
     i.add_argument("dir", help="a lords folder")
     i.set_defaults(fn=cmd_info)
     b = sub.add_parser("bench", help="greedy decode tokens/s of a lords folder on this device")
@@ -331,9 +289,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt", type=int, default=16, help="prompt tokens (default 16)")
     b.add_argument("--batch", type=int, default=1, help="sequences per batch (default 1)")
     b.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    b.add_argument("--tokenizer", metavar="DIR", help="a tokenizer folder or id when DIR holds none")
     b.set_defaults(fn=cmd_bench)
-    sub.add_parser("lm-eval", help="lm-eval's own command line on lords folders, the shipped offline tasks on its path",
-                   add_help=False).add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser(
+        "lm-eval",
+        help="lm-eval's own command line on lords folders, the shipped offline tasks on its path",
+        add_help=False,
+    ).add_argument("args", nargs=argparse.REMAINDER)
     return p
 
 

@@ -2,6 +2,7 @@
 
 transformers is imported inside the functions, so ``import lords`` needs torch alone.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -102,7 +103,9 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, gguf_file: str | N
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _hub_resolves(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -134,17 +137,34 @@ def check_hub_reachable(name: str) -> None:
         return
     close = difflib.get_close_matches(name, list(EMBEDDED), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"model {name!r}: not an embedded model{hint} nor a local folder or file, and no model hub is "
-                      f"reachable from here; embedded models: {', '.join(sorted(EMBEDDED))}")
+    raise ConfigError(
+        f"model {name!r}: not an embedded model{hint} nor a local folder or file, and no model hub is "
+        f"reachable from here; embedded models: {', '.join(sorted(EMBEDDED))}"
+    )
 
 
-def tiny_llama(seed: int = 0, hidden: int = 128, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-               intermediate: int = 256, vocab: int = 512, max_positions: int = 512):
+def tiny_llama(
+    seed: int = 0,
+    hidden: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 256,
+    vocab: int = 512,
+    max_positions: int = 512,
+):
     """A randomly initialised Llama built from a config (nothing downloaded), for tests and demos."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                         num_key_value_heads=kv_heads, intermediate_size=intermediate, vocab_size=vocab,
-                         max_position_embeddings=max_positions, tie_word_embeddings=False)
+    config = LlamaConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+        vocab_size=vocab,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()

@@ -20,6 +20,7 @@
 The LoRA rank of each layer is LoRDS's parity rank at ``block_size``: ``r·(n+m)`` trainable floats, exactly the
 ``B, A`` that LoRDS trains on that layer (``adapters.matched_lora_ranks``); ``alpha = alpha_ratio · r``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,7 +33,6 @@ from torch import nn
 from lords import BlockwiseConfig, LordsConfig, mark_only_scales_trainable, plan, quantize_
 from lords.errors import ConfigError
 from lords.lowrank import parity_rank
-
 from lords_pipelines.adapters import add_lora
 
 METHODS = ("lords_peft", "qlora", "loftq", "qpissa")
@@ -62,16 +62,27 @@ class Prepared:
 
 def target_ranks(model: nn.Module, block_size: int) -> dict[str, int]:
     """``{name: parity rank}`` of the linears ``quantize_`` replaces (every decoder linear; ``lm_head`` stays)."""
-    return {name: parity_rank(m.out_features, m.in_features, block_size)
-            for name, (m, _) in plan(model, BlockwiseConfig(bits=4, block_size=block_size)).items()}
+    return {
+        name: parity_rank(m.out_features, m.in_features, block_size)
+        for name, (m, _) in plan(model, BlockwiseConfig(bits=4, block_size=block_size)).items()
+    }
 
 
 def trainable_floats(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def prepare(float_model: nn.Module, method: str, bits: int = 4, block_size: int = 64, seed: int = 0,
-            alpha_ratio: float = 1.0, loftq_iters: int = 1, lords_refine=None, calib_ids=None) -> Prepared:
+def prepare(
+    float_model: nn.Module,
+    method: str,
+    bits: int = 4,
+    block_size: int = 64,
+    seed: int = 0,
+    alpha_ratio: float = 1.0,
+    loftq_iters: int = 1,
+    lords_refine=None,
+    calib_ids=None,
+) -> Prepared:
     """A quantized copy of ``float_model`` (left untouched) with only ``method``'s factors trainable.
 
     ``lords_refine`` (a ``lords.RefineConfig``, with ``calib_ids`` for a calibrated objective): LoRDS starts from
@@ -81,10 +92,15 @@ def prepare(float_model: nn.Module, method: str, bits: int = 4, block_size: int 
     model = copy.deepcopy(float_model)
     ranks = target_ranks(model, block_size)
     if method == "lords_peft":
-        quantize_(model, LordsConfig(bits=bits, block_size=block_size, refine=lords_refine), calib_ids=calib_ids,
-                  progress=False)
-        init = "SVD of the block scales" + ("" if lords_refine is None else
-                                            f", Algorithm 1 ({lords_refine.objective}, T = {lords_refine.steps})")
+        quantize_(
+            model,
+            LordsConfig(bits=bits, block_size=block_size, refine=lords_refine),
+            calib_ids=calib_ids,
+            progress=False,
+        )
+        init = "SVD of the block scales" + (
+            "" if lords_refine is None else f", Algorithm 1 ({lords_refine.objective}, T = {lords_refine.steps})"
+        )
         return Prepared(model, method, mark_only_scales_trainable(model), ranks, "lords", init)
     model, start, init = lora_base(model, method, ranks, bits, block_size, alpha_ratio, loftq_iters)
     model = add_lora(model, ranks, alpha_ratio, seed)
@@ -93,8 +109,15 @@ def prepare(float_model: nn.Module, method: str, bits: int = 4, block_size: int 
     return Prepared(model, method, trainable_floats(model), ranks, "bnb-nf4" if bits == 4 else f"lords-nf{bits}", init)
 
 
-def lora_base(model: nn.Module, method: str, ranks: dict[str, int], bits: int = 4, block_size: int = 64,
-              alpha_ratio: float = 1.0, loftq_iters: int = 1):
+def lora_base(
+    model: nn.Module,
+    method: str,
+    ranks: dict[str, int],
+    bits: int = 4,
+    block_size: int = 64,
+    alpha_ratio: float = 1.0,
+    loftq_iters: int = 1,
+):
     """``(base, start, init)``: ``model`` (changed in place) with 4-bit bnb NF4 linears (other widths: the
     project's block-wise NF ``BlockLinear``, bitsandbytes having no 3- or 2-bit layer) holding what ``method``
     leaves in the base (``W``; LoftQ's ``Q``; PiSSA's residual), the LoRA's starting ``{name: (A, B)}`` (None:
@@ -132,8 +155,15 @@ def save_trained(prepared: Prepared, path) -> None:
         prepared.model.save_pretrained(str(path))
 
 
-def load_trained(float_model: nn.Module, method: str, path, block_size: int = 64, alpha_ratio: float = 1.0,
-                 loftq_iters: int = 1, bits: int = 4) -> nn.Module:
+def load_trained(
+    float_model: nn.Module,
+    method: str,
+    path,
+    block_size: int = 64,
+    alpha_ratio: float = 1.0,
+    loftq_iters: int = 1,
+    bits: int = 4,
+) -> nn.Module:
     """What ``save_trained`` wrote, loaded for evaluation (LoRA methods: onto their rebuilt base, unmerged)."""
     if method == "lords_peft":
         from lords import load_quantized
@@ -155,14 +185,22 @@ def _lora_config(ranks: dict[str, int], alpha_ratio: float, **kw):
 
     pattern = {f"^{k.replace('.', '[.]')}$": v for k, v in ranks.items()}
     default = max(ranks.values())
-    return LoraConfig(r=default, lora_alpha=alpha_ratio * default, target_modules=list(ranks), rank_pattern=pattern,
-                      alpha_pattern={k: alpha_ratio * v for k, v in pattern.items()}, lora_dropout=0.0, bias="none",
-                      **kw)
+    return LoraConfig(
+        r=default,
+        lora_alpha=alpha_ratio * default,
+        target_modules=list(ranks),
+        rank_pattern=pattern,
+        alpha_pattern={k: alpha_ratio * v for k, v in pattern.items()},
+        lora_dropout=0.0,
+        bias="none",
+        **kw,
+    )
 
 
 @torch.no_grad()
-def peft_init(model: nn.Module, ranks: dict[str, int], init: str, alpha_ratio: float = 1.0,
-              loftq_iters: int = 1) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def peft_init(
+    model: nn.Module, ranks: dict[str, int], init: str, alpha_ratio: float = 1.0, loftq_iters: int = 1
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Run peft's ``init_lora_weights=init`` on the float ``model`` and unload it: ``model``'s linears now hold
     the base peft leaves (PiSSA: the residual; LoftQ: the dequantized NF4 codes); returns ``{name: (A, B)}``."""
     from peft import LoftQConfig, get_peft_model
@@ -170,15 +208,19 @@ def peft_init(model: nn.Module, ranks: dict[str, int], init: str, alpha_ratio: f
 
     extra = {"loftq_config": LoftQConfig(loftq_bits=4, loftq_iter=loftq_iters)} if init == "loftq" else {}
     peft_model = get_peft_model(model, _lora_config(ranks, alpha_ratio, init_lora_weights=init, **extra))
-    start = {name: (m.lora_A["default"].weight.detach().clone(), m.lora_B["default"].weight.detach().clone())
-             for name, m in peft_model.base_model.model.named_modules() if isinstance(m, LoraLayer)}
+    start = {
+        name: (m.lora_A["default"].weight.detach().clone(), m.lora_B["default"].weight.detach().clone())
+        for name, m in peft_model.base_model.model.named_modules()
+        if isinstance(m, LoraLayer)
+    }
     peft_model.unload()
     return start
 
 
 @torch.no_grad()
-def lords_loftq_init(model: nn.Module, ranks: dict[str, int], block_size: int, iters: int = 1,
-                     bits: int = 4) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def lords_loftq_init(
+    model: nn.Module, ranks: dict[str, int], block_size: int, iters: int = 1, bits: int = 4
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """LoftQ by the project's alternation (``lords.loftq``, NF at ``bits``, ``block_size``): each linear's weight
     becomes ``deq(Q)``; returns ``{name: (A = R, B = L)}``."""
     from lords.linear import BlockLinear
@@ -198,8 +240,12 @@ def to_blockwise(model: nn.Module, names: list[str], bits: int, block_size: int)
     """Replace each named ``nn.Linear`` by the project's block-wise NF ``BlockLinear`` at ``bits`` (absmax per
     ``block_size`` inputs, fp32 scales: what bnb's NF4 stores, at another width); returns ``model``."""
     wanted = set(names)
-    quantize_(model, BlockwiseConfig(bits=bits, block_size=block_size), filter_fn=lambda m, name: name in wanted,
-              progress=False)
+    quantize_(
+        model,
+        BlockwiseConfig(bits=bits, block_size=block_size),
+        filter_fn=lambda m, name: name in wanted,
+        progress=False,
+    )
     return model
 
 
@@ -213,10 +259,22 @@ def to_bnb_4bit(model: nn.Module, names: list[str], block_size: int) -> nn.Modul
         lin = model.get_submodule(name)
         device = lin.weight.device
         dtype = torch.bfloat16 if device.type == "cuda" else lin.weight.dtype
-        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=dtype,
-                              compress_statistics=False, quant_type="nf4", device="meta")
-        q.weight = bnb.nn.Params4bit(lin.weight.detach().float().cpu(), requires_grad=False, blocksize=block_size,
-                                     compress_statistics=False, quant_type="nf4")
+        q = bnb.nn.Linear4bit(
+            lin.in_features,
+            lin.out_features,
+            bias=lin.bias is not None,
+            compute_dtype=dtype,
+            compress_statistics=False,
+            quant_type="nf4",
+            device="meta",
+        )
+        q.weight = bnb.nn.Params4bit(
+            lin.weight.detach().float().cpu(),
+            requires_grad=False,
+            blocksize=block_size,
+            compress_statistics=False,
+            quant_type="nf4",
+        )
         if lin.bias is not None:
             q.bias = nn.Parameter(lin.bias.detach().clone().cpu(), requires_grad=False)
         # On CPUs with AVX512-BF16, bnb repacks the codes into a CPU layout (bf16 statistics) at the first no-grad

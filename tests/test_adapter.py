@@ -1,5 +1,6 @@
 """PEFT adapters: LoRDS saves only ``B, A`` and the base's hash, reloads onto that base alone; the QLoRA baseline's LoRA
 adapter loads onto its block-wise base through peft for evaluation."""
+
 import json
 
 import pytest
@@ -8,7 +9,14 @@ import torch
 pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from lords import BlockwiseConfig, LordsConfig, load_adapter, mark_only_scales_trainable, quantize_, save_adapter  # noqa: E402
+from lords import (  # noqa: E402
+    BlockwiseConfig,
+    LordsConfig,
+    load_adapter,
+    mark_only_scales_trainable,
+    quantize_,
+    save_adapter,
+)
 from lords.adapter import CONFIG, WEIGHTS  # noqa: E402
 from lords.errors import CheckpointError  # noqa: E402
 from lords.integrity import shard_files  # noqa: E402
@@ -97,7 +105,8 @@ def test_saving_an_adapter_of_a_model_with_no_base_folder_is_refused(tmp_path):
 
 def test_a_qlora_lora_adapter_loads_onto_its_block_wise_base_for_evaluation(tmp_path, tokens):
     pytest.importorskip("peft")
-    from lords_pipelines.adapters import add_lora, load_adapter as load_any, matched_lora_ranks
+    from lords_pipelines.adapters import add_lora, matched_lora_ranks
+    from lords_pipelines.adapters import load_adapter as load_any
 
     base = _base(tmp_path / "nf", BlockwiseConfig(bits=4, block_size=16))
     model = AutoModelForCausalLM.from_pretrained(base)

@@ -1,5 +1,6 @@
 """Sensitivity bit allocation: at the same average bits as LoftQ's rule it picks as many high-bit layers, the ones
 whose low-bit error (weighted by their inputs) costs the most, and quantize_ applies and records it."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,8 +35,9 @@ def test_allocation_spends_the_same_bits_as_loftq_on_the_most_sensitive_layers(m
 
 def test_quantize_resolves_the_sensitivity_rule_and_records_it(model_and_ids, tmp_path):
     model, ids = model_and_ids
-    report = lords.quantize_(model, lords.MixedPrecisionConfig(base=BASE, bits=2.5, rule="sensitivity"),
-                             calib_ids=ids, progress=False)
+    report = lords.quantize_(
+        model, lords.MixedPrecisionConfig(base=BASE, bits=2.5, rule="sensitivity"), calib_ids=ids, progress=False
+    )
     assert type(report.config) is lords.LayerwiseConfig and model.lords_config is report.config
     assert [model.model.layers[i].mlp.up_proj.bits for i in range(4)] == [2, 2, 4, 2]
     lords.save_quantized(model, tmp_path / "q", report.config)
@@ -57,8 +59,7 @@ def test_sensitivity_rule_spends_exactly_what_loftqs_rounded_rule_spends():
 
     model = tiny_llama(seed=0, layers=6)
     ids = torch.randint(0, 512, (1, 64), generator=torch.Generator().manual_seed(0))
-    config = MixedPrecisionConfig(BlockwiseConfig(bits=2, block_size=32, calib_tokens=64), bits=2.5,
-                                  rule="sensitivity")
+    config = MixedPrecisionConfig(BlockwiseConfig(bits=2, block_size=32, calib_tokens=64), bits=2.5, rule="sensitivity")
     resolved = config.resolve(model, ids)
     assert config.high_layers(6) == 2
     assert len(resolved.rules) == 2

@@ -1,4 +1,5 @@
 """Every refusal is a LordsError whose message names what is wrong (one row per refusal: what the user gave, the error it raises)."""
+
 import pytest
 import torch
 from torch import nn
@@ -28,19 +29,33 @@ CASES = {
     "block_size=0": (lambda: LordsConfig(block_size=0), "block_size=0"),
     "block_size=1.5": (lambda: LordsConfig(block_size=1.5), "block_size=1.5"),
     "rank=-1": (lambda: LordsConfig(rank=-1), "rank=-1"),
-    "rank above full": (lambda: quantize_(nn.Sequential(nn.Linear(64, 8)), LordsConfig(rank=9, block_size=8),
-                                          progress=False), r"rank 9.*\[1, 8\]"),
-    "parity rank 0": (lambda: quantize_(nn.Sequential(nn.Linear(8, 8)), LordsConfig(block_size=64), progress=False),
-                      "rank 0"),
+    "rank above full": (
+        lambda: quantize_(nn.Sequential(nn.Linear(64, 8)), LordsConfig(rank=9, block_size=8), progress=False),
+        r"rank 9.*\[1, 8\]",
+    ),
+    "parity rank 0": (
+        lambda: quantize_(nn.Sequential(nn.Linear(8, 8)), LordsConfig(block_size=64), progress=False),
+        "rank 0",
+    ),
     "refine.steps=-1": (lambda: RefineConfig(steps=-1), "refine.steps"),
-    "objective needs data": (lambda: quantize_(tiny_llama(), LordsConfig(block_size=16, refine=RefineConfig(
-        objective="act_diag")), progress=False), "calib_ids"),
-    "NaN weight": (lambda: quantize_(_nan_model(), LordsConfig(block_size=16), progress=False),
-                   "layers.0.self_attn.k_proj.weight holds 1 NaN/Inf"),
-    "no linear layer": (lambda: quantize_(nn.Sequential(nn.Conv1d(4, 4, 3)), LordsConfig(), progress=False),
-                        "no nn.Linear"),
-    "include matches nothing": (lambda: quantize_(tiny_llama(), LordsConfig(include=("conv",)), progress=False),
-                                "include=\\('conv',\\)"),
+    "objective needs data": (
+        lambda: quantize_(
+            tiny_llama(), LordsConfig(block_size=16, refine=RefineConfig(objective="act_diag")), progress=False
+        ),
+        "calib_ids",
+    ),
+    "NaN weight": (
+        lambda: quantize_(_nan_model(), LordsConfig(block_size=16), progress=False),
+        "layers.0.self_attn.k_proj.weight holds 1 NaN/Inf",
+    ),
+    "no linear layer": (
+        lambda: quantize_(nn.Sequential(nn.Conv1d(4, 4, 3)), LordsConfig(), progress=False),
+        "no nn.Linear",
+    ),
+    "include matches nothing": (
+        lambda: quantize_(tiny_llama(), LordsConfig(include=("conv",)), progress=False),
+        "include=\\('conv',\\)",
+    ),
     "unknown config field": (lambda: config_from_dict({"method": "lords", "bitz": 4}), "bitz"),
     "unknown method": (lambda: config_from_dict({"method": "gptq"}), "method='gptq'"),
     "wrong input width": (lambda: _quantized_layer()(torch.randn(2, 63)), "63 features.*expects 64"),

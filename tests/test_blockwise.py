@@ -1,8 +1,14 @@
 import pytest
 import torch
 
-from lords.blockwise import (block_absmax, dequantize, double_dequantize, double_quantize, expand_blocks,
-                             quantize_blockwise)
+from lords.blockwise import (
+    block_absmax,
+    dequantize,
+    double_dequantize,
+    double_quantize,
+    expand_blocks,
+    quantize_blockwise,
+)
 from lords.errors import ConfigError, NumericsError
 from lords.grids import normal_float, symmetric_int
 

@@ -1,5 +1,6 @@
 """The checkpoint: a transformers model folder (config.json with quantization_config, safetensors shards) whose every
 tensor is hashed; what is wrong with it is refused as a CheckpointError that names the shard, tensor or module."""
+
 import json
 
 import pytest
@@ -31,8 +32,9 @@ def saved(tmp_path, tiny_model, tokens):
     return tmp_path / "ckpt", _logits(tiny_model, tokens), cfg
 
 
-@pytest.mark.parametrize("config", [LordsConfig(bits=2, block_size=16), BlockwiseConfig(bits=4, block_size=32)],
-                         ids=["lords", "blockwise"])
+@pytest.mark.parametrize(
+    "config", [LordsConfig(bits=2, block_size=16), BlockwiseConfig(bits=4, block_size=32)], ids=["lords", "blockwise"]
+)
 def test_save_then_load_gives_identical_logits_without_float_weights(tmp_path, tiny_model, tokens, config):
     quantize_(tiny_model, config, progress=False)
     save_quantized(tiny_model, tmp_path / "q", config)
@@ -54,8 +56,9 @@ def test_checkpoint_is_a_sharded_model_folder_with_a_hash_per_tensor(saved):
     assert (path / "model.safetensors.index.json").is_file() and len(shard_files(path)) > 1
     qc = read_quantization_config(path)
     assert qc["config"]["method"] == "lords" and qc["config"]["bits"] == 3
-    assert qc["modules"]["model.layers.0.mlp.up_proj"] == dict(in_features=128, out_features=256, bits=3, bias=False,
-                                                                kind="lords", rank=5, dtype="float32")
+    assert qc["modules"]["model.layers.0.mlp.up_proj"] == dict(
+        in_features=128, out_features=256, bits=3, bias=False, kind="lords", rank=5, dtype="float32"
+    )
     from safetensors import safe_open
 
     with safe_open(str(shard_files(path)[0]), "pt") as f:
@@ -103,13 +106,17 @@ def test_the_wrong_architecture_is_refused(saved):
         load_quantized(path, model=tiny_llama(hidden=64, intermediate=128))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(dtype="float33"), "dtype='float33' is not one of"),
-    (lambda m: m.update(bits=4), "bits=4 contradicts quantization_config.config"),
-    (lambda m: m.update(rank=7), "expects B of shape"),
-    (lambda m: m.update(rank="five"), "rank='five' is not a positive integer"),
-    (lambda m: m.update(kind="gptq"), "kind 'gptq'"),
-], ids=["dtype-name", "bits-vs-tensors", "rank-vs-tensors", "rank-type", "kind"])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(dtype="float33"), "dtype='float33' is not one of"),
+        (lambda m: m.update(bits=4), "bits=4 contradicts quantization_config.config"),
+        (lambda m: m.update(rank=7), "expects B of shape"),
+        (lambda m: m.update(rank="five"), "rank='five' is not a positive integer"),
+        (lambda m: m.update(kind="gptq"), "kind 'gptq'"),
+    ],
+    ids=["dtype-name", "bits-vs-tensors", "rank-vs-tensors", "rank-type", "kind"],
+)
 def test_malformed_layout_metadata_is_a_checkpoint_error_naming_the_module(saved, edit, message):
     path, _, _ = saved
     _edit_config(path, lambda qc: edit(qc["modules"]["model.layers.1.mlp.up_proj"]))
@@ -117,10 +124,14 @@ def test_malformed_layout_metadata_is_a_checkpoint_error_naming_the_module(saved
         load_quantized(path)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda qc: qc["config"].update(bits="three"), "quantization_config.config is malformed"),
-    (lambda qc: qc.update(ranks=[1, 2]), r"unknown field\(s\) \['ranks'\]"),
-], ids=["config-field", "unknown-field"])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda qc: qc["config"].update(bits="three"), "quantization_config.config is malformed"),
+        (lambda qc: qc.update(ranks=[1, 2]), r"unknown field\(s\) \['ranks'\]"),
+    ],
+    ids=["config-field", "unknown-field"],
+)
 def test_a_malformed_quantization_config_is_a_checkpoint_error(saved, edit, message):
     path, _, _ = saved
     _edit_config(path, edit)

@@ -2,6 +2,7 @@
 was saved by the library as of commit 7412efd (``make_checkpoint_v2.py``), with a record of what the writer held in
 memory. Every reader must give back exactly those tensors: the layout fields, the kinds and the dtypes of that format
 are a promise, not an implementation detail."""
+
 import json
 import shutil
 from pathlib import Path
@@ -66,8 +67,11 @@ def test_a_kind_this_process_never_registered_is_refused_by_name(tmp_path):
     cfg["quantization_config"]["modules"]["model.layers.0.mlp.up_proj"]["kind"] = "os.system"
     (folder / "config.json").write_text(json.dumps(cfg))
     for load in (lambda: lords.load_quantized(folder), lambda: lords.load_quantized(folder, model=_fresh_llama())):
-        with pytest.raises(CheckpointError, match=r"'model.layers.0.mlp.up_proj'.*kind 'os.system' is not a "
-                                                  r"registered layout \(blockwise, loftq, lords"):
+        with pytest.raises(
+            CheckpointError,
+            match=r"'model.layers.0.mlp.up_proj'.*kind 'os.system' is not a "
+            r"registered layout \(blockwise, loftq, lords",
+        ):
             load()
 
 
@@ -85,6 +89,9 @@ def test_codes_stored_as_floats_are_refused_naming_the_module(tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["quantization_config"]["manifest_sha256"] = text_digest(manifest)
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"'model.layers.0.self_attn.q_proj'.*expects qweight stored as "
-                                              r"torch.uint8, the shard holds torch.float32"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'model.layers.0.self_attn.q_proj'.*expects qweight stored as "
+        r"torch.uint8, the shard holds torch.float32",
+    ):
         lords.load_quantized(folder)

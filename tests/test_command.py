@@ -1,5 +1,6 @@
 """The ``lords`` command: quantize a folder, then info, eval and bench on it; --help everywhere; bad input is one
 line on stderr and exit status 2."""
+
 import json
 import subprocess
 import sys
@@ -40,8 +41,9 @@ def test_pyproject_declares_the_lords_command():
 
 
 def test_help_lists_every_subcommand():
-    done = subprocess.run([sys.executable, "-m", "lords_pipelines.cli", "--help"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "lords_pipelines.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and all(s in done.stdout for s in SUBCOMMANDS)
 
 
@@ -63,8 +65,25 @@ def test_quantize_writes_a_folder_that_transformers_opens(lords_dir):
 
 def test_quantize_with_calibration_text_refines_on_its_activations(float_dir, tmp_path, capsys):
     out = tmp_path / "cal"
-    assert main(["quantize", str(float_dir), "--bits", "3", "--block-size", "16", "--calib", "pydoc", "--steps", "1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(float_dir),
+                "--bits",
+                "3",
+                "--block-size",
+                "16",
+                "--calib",
+                "pydoc",
+                "--steps",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "act_diag x 1" in capsys.readouterr().out
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert qc["config"]["refine"] == {"steps": 1, "lr": 0.01, "objective": "act_diag"}
@@ -93,13 +112,17 @@ def test_bench_reports_decode_tokens_per_second(lords_dir, capsys):
     assert float(rate.split()[-1]) > 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["info", "no/such/folder"], "not a model folder"),
-    (["quantize", "x", "--bits", "5", "--out", "o"], "argument --bits: invalid choice"),
-    (["quantize", "x", "--block-size", "0", "--out", "o"], "block_size=0 must be an integer"),
-    (["quantize", "x", "--calib", "no-such-file.txt", "--out", "o"], "--calib no-such-file.txt: no such file"),
-    (["eval", "no/such/folder"], "not a model folder"),
-], ids=["missing-folder", "bits", "block-size", "calib-file", "eval-folder"])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["info", "no/such/folder"], "not a model folder"),
+        (["quantize", "x", "--bits", "5", "--out", "o"], "argument --bits: invalid choice"),
+        (["quantize", "x", "--block-size", "0", "--out", "o"], "block_size=0 must be an integer"),
+        (["quantize", "x", "--calib", "no-such-file.txt", "--out", "o"], "--calib no-such-file.txt: no such file"),
+        (["eval", "no/such/folder"], "not a model folder"),
+    ],
+    ids=["missing-folder", "bits", "block-size", "calib-file", "eval-folder"],
+)
 def test_bad_input_exits_2_with_one_line(argv, message, capsys):
     try:
         code = main(argv)

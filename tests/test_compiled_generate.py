@@ -8,6 +8,7 @@ them as they load them, so no cast kernel sits in the compiled graph.
 CPU: Triton's interpreter (``TRITON_INTERPRET=1``) with dynamo's ``eager`` / ``aot_eager`` backends; GPU (``gpu``
 mark): inductor in ``reduce-overhead`` mode (CUDA graphs), fp16.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,11 +21,12 @@ if not torch.cuda.is_available():
 
 import lords  # noqa: E402
 import lords_kernels  # noqa: E402
-from lords_pipelines.models import tiny_llama  # noqa: E402
 from lords_kernels.lords_matmul import triton as tk  # noqa: E402
+from lords_pipelines.models import tiny_llama  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not tk.INTERPRET,
-                                reason="kernels imported without TRITON_INTERPRET=1 and no GPU")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() and not tk.INTERPRET, reason="kernels imported without TRITON_INTERPRET=1 and no GPU"
+)
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 
@@ -80,17 +82,25 @@ def test_decode_step_of_the_whole_model_has_no_graph_break():
     with torch.no_grad():
         out = model(ids, past_key_values=cache, use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
-        explained = torch._dynamo.explain(model)(token, past_key_values=cache,
-                                                 cache_position=torch.tensor([8], device=DEV), use_cache=True)
+        explained = torch._dynamo.explain(model)(
+            token, past_key_values=cache, cache_position=torch.tensor([8], device=DEV), use_cache=True
+        )
     torch._dynamo.reset()
     assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
     assert explained.graph_count == 1
 
 
 def _generate(model, ids, new_tokens):
-    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                          min_new_tokens=new_tokens, do_sample=False, cache_implementation="static",
-                          disable_compile=True, pad_token_id=0)
+    return model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        cache_implementation="static",
+        disable_compile=True,
+        pad_token_id=0,
+    )
 
 
 def _compiled_generate_matches_eager(dtype, backend, mode, counters):
@@ -168,8 +178,11 @@ def test_fp32_scales_match_cast_scales_on_every_forward_kernel(kernel):
     A = (torch.rand(r, K, generator=g) + 0.5).to(DEV)
     M = 1 if kernel == "gemv" else 3
     x = torch.randn(M, K, generator=g).to(DEV, torch.bfloat16)
-    cfg = {"gemv": TileConfig("gemv", BN=32, split_k=2), "gemm_t": TileConfig("gemm_t", BN=32, BM=16),
-           "dequant": TileConfig("dequant", BN=32, GROUPS=1)}[kernel]
+    cfg = {
+        "gemv": TileConfig("gemv", BN=32, split_k=2),
+        "gemm_t": TileConfig("gemm_t", BN=32, BM=16),
+        "dequant": TileConfig("dequant", BN=32, GROUPS=1),
+    }[kernel]
     got = tk.lords_matmul(x, codes, grid, B, A, None, config=cfg)
     want = tk.lords_matmul(x, codes, grid, B.to(torch.bfloat16), A.to(torch.bfloat16), None, config=cfg)
     rel = ((got.double() - want.double()).norm() / want.double().norm()).item()

@@ -1,12 +1,13 @@
 """The cost model on paper: shapes and storage agree with the library's own modules, PTQ time splits over GPUs as
 ``lords.distribute`` splits the work, and the calibrated constants give back the measurement they came from."""
+
 from __future__ import annotations
 
 import pytest
 
 import lords
-from lords_pipelines.models import tiny_llama
 from benchmarks.scale import cost_model as cm
+from lords_pipelines.models import tiny_llama
 
 TINY = cm.Shape("tiny", hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256, vocab=512)
 
@@ -23,7 +24,8 @@ def test_storage_matches_the_bits_per_weight_of_a_quantized_model():
     model = tiny_llama(seed=0)
     lords.quantize_(model, lords.LordsConfig(bits=3, block_size=16), progress=False)
     assert cm.storage(TINY, bits=3, block=16)["bits_per_weight"] == pytest.approx(
-        lords.storage_bits(model)["bits_per_weight"], rel=1e-12)
+        lords.storage_bits(model)["bits_per_weight"], rel=1e-12
+    )
 
 
 def test_lords_at_parity_rank_costs_no_more_than_its_block_budget():

@@ -2,6 +2,7 @@
 (FSDP2 through Lightning's ModelParallelStrategy; gloo on the CPU) follow one process's loss curve, save and resume
 their checkpoints, and end with the library's quantized checkpoint. Under FSDP the LoRDS codes stay whole frozen
 buffers and ``B, A`` become sharded parameters."""
+
 from __future__ import annotations
 
 import csv
@@ -19,9 +20,18 @@ from lords_pipelines.models import tiny_llama
 from lords_pipelines.stages.distributed import shard, strategy_for, structure_of
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny-llama", "logger=csv", "quant.block_size=16", "quant.refine=null", "data.train_tokens=512",
-        "data.window=64", "eval.perplexity_tokens=128", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0",
-        "trainer.checkpoint_every_n_steps=1"]
+TINY = [
+    "model=tiny-llama",
+    "logger=csv",
+    "quant.block_size=16",
+    "quant.refine=null",
+    "data.train_tokens=512",
+    "data.window=64",
+    "eval.perplexity_tokens=128",
+    "trainer.log_every_n_steps=1",
+    "trainer.limit_val_batches=0",
+    "trainer.checkpoint_every_n_steps=1",
+]
 # The same global batch every step: QAT on 8 windows of 64 tokens; PEFT on 8 training pairs whose answers are one
 # string, so each rank's 4 items carry as many loss tokens as the other's (the mean of rank means is the global mean).
 # One process takes all 8 in one batch, each of 2 ranks 4.
@@ -84,7 +94,15 @@ def test_qat_and_peft_ddp_syncs_the_frozen_code_buffers_once_not_every_step():
 
 def _run(stage: str, out: Path, *overrides: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", f"lords_pipelines.stages.{stage}", *TINY, *overrides, f"out_dir={out}", f"hydra.run.dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        f"lords_pipelines.stages.{stage}",
+        *TINY,
+        *overrides,
+        f"out_dir={out}",
+        f"hydra.run.dir={out}",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -1,5 +1,6 @@
 """The evaluation protocol of the tables: BOS-led perplexity windows, disjoint texts, shipped zero-shot tasks
 scored exactly as lm-eval scores them."""
+
 import json
 import math
 
@@ -7,12 +8,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lords_pipelines.models import tiny_llama
-from lords_pipelines.evaluation.perplexity import perplexity
-from lords_pipelines.data.texts import bos_id, corpus_text, kjv_train_text, kjv_verses, KJV_EVAL_BOOKS, KJV_PEFT_BOOKS, KJV_TASK_BOOKS
 from lords_pipelines.data import make as make_data
+from lords_pipelines.data.texts import (
+    KJV_EVAL_BOOKS,
+    KJV_PEFT_BOOKS,
+    KJV_TASK_BOOKS,
+    bos_id,
+    corpus_text,
+    kjv_train_text,
+    kjv_verses,
+)
+from lords_pipelines.evaluation.multiple_choice import (
+    TASKS_DIR,
+    ZERO_SHOT,
+    choice_loglikelihoods,
+    load_items,
+    score_task,
+)
+from lords_pipelines.evaluation.perplexity import perplexity
+from lords_pipelines.models import tiny_llama
 from lords_pipelines.stages.common import bpe_tokenizer
-from lords_pipelines.evaluation.multiple_choice import TASKS_DIR, ZERO_SHOT, choice_loglikelihoods, load_items, score_task
 
 
 def test_bos_is_found_only_where_the_tokenizer_adds_it():
@@ -45,8 +60,11 @@ def test_evaluation_texts_are_long_and_never_in_calibration_or_training_text():
 
 
 def test_zero_shot_tasks_are_shipped_with_500_valid_items_and_rebuild_identically():
-    built = {"lords_kjv_cloze": make_data.kjv_cloze_items(), "lords_kjv_next": make_data.kjv_next_items(),
-             "lords_kjv_proverbs": make_data.kjv_proverb_items()}
+    built = {
+        "lords_kjv_cloze": make_data.kjv_cloze_items(),
+        "lords_kjv_next": make_data.kjv_next_items(),
+        "lords_kjv_proverbs": make_data.kjv_proverb_items(),
+    }
     for task in ZERO_SHOT:
         items = load_items(task)
         assert len(items) == 500 and all(len(it.choices) == 4 and 0 <= it.label < 4 for it in items)
@@ -64,8 +82,14 @@ def test_scorer_gives_lm_evals_loglikelihoods_and_accuracies(add_bos):
 
     model, tok = tiny_llama(seed=0), bpe_tokenizer(512, add_bos=add_bos)
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu")
-    out = simple_evaluate(model=lm, tasks=list(ZERO_SHOT), limit=6, bootstrap_iters=0, log_samples=True,
-                          task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False))
+    out = simple_evaluate(
+        model=lm,
+        tasks=list(ZERO_SHOT),
+        limit=6,
+        bootstrap_iters=0,
+        log_samples=True,
+        task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False),
+    )
     for task in ZERO_SHOT:
         samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
         ours = choice_loglikelihoods(model, tok, load_items(task, 6), batch_size=5)

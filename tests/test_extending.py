@@ -1,6 +1,7 @@
 """Adding a quantization method is one config class + one handler + its layer with a registered layout: a test-only
 method, one absmax scale per output row, registered here and nowhere else, gets quantize_, Algorithm 1, QAT,
 per-layer configs, and checkpoints that reload bit for bit and open with transformers' from_pretrained."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,9 +11,22 @@ import pytest
 import torch
 from torch import nn
 
-from lords import (LayerwiseConfig, LoRDSLinear, LordsConfig, QATConfig, QuantizedLinear, RefineConfig, ScaleConfig,
-                   ScaleMethod, config_from_dict, load_quantized, quantize_, register_handler, register_layout,
-                   save_quantized)
+from lords import (
+    LayerwiseConfig,
+    LordsConfig,
+    LoRDSLinear,
+    QATConfig,
+    QuantizedLinear,
+    RefineConfig,
+    ScaleConfig,
+    ScaleMethod,
+    config_from_dict,
+    load_quantized,
+    quantize_,
+    register_handler,
+    register_layout,
+    save_quantized,
+)
 from lords.blockwise import block_absmax, quantize_with_scale
 from lords.errors import CheckpointError
 
@@ -62,9 +76,11 @@ class RowLinear(QuantizedLinear):
         return nn.functional.linear(x, self.weight_for(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
-register_handler(RowwiseConfig)(ScaleMethod(
-    init_scale=lambda w, c, name: RowScale(block_absmax(w, w.shape[1]), w.shape[1]),
-    build=RowLinear.from_scale))
+register_handler(RowwiseConfig)(
+    ScaleMethod(
+        init_scale=lambda w, c, name: RowScale(block_absmax(w, w.shape[1]), w.shape[1]), build=RowLinear.from_scale
+    )
+)
 
 
 def test_the_new_method_quantizes_through_the_verb(tiny_model, tokens):
@@ -91,8 +107,9 @@ def test_the_new_method_gets_qat(tiny_model, tokens):
 
 
 def test_the_new_method_mixes_with_lords_per_layer(tiny_model):
-    cfg = LayerwiseConfig(rules=((r"\.mlp\.", RowwiseConfig(bits=4)), (r"\.k_proj$", None)),
-                          default=LordsConfig(bits=3, block_size=16))
+    cfg = LayerwiseConfig(
+        rules=((r"\.mlp\.", RowwiseConfig(bits=4)), (r"\.k_proj$", None)), default=LordsConfig(bits=3, block_size=16)
+    )
     quantize_(tiny_model, cfg, progress=False)
     layer = tiny_model.model.layers[0]
     assert isinstance(layer.mlp.down_proj, RowLinear) and isinstance(layer.self_attn.q_proj, LoRDSLinear)

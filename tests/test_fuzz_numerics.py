@@ -1,4 +1,5 @@
 """Property tests over random shapes, bits, block sizes and ranks, against float64 brute force."""
+
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -50,8 +51,15 @@ def test_nearest_code_is_the_float64_argmin(seed, b, grid, scale):
 
 
 @FUZZ
-@given(seed=st.integers(0, 10**6), n=st.integers(1, 24), m=st.integers(1, 150), block=st.integers(1, 96),
-       b=bits, grid=grids, kind=KINDS)
+@given(
+    seed=st.integers(0, 10**6),
+    n=st.integers(1, 24),
+    m=st.integers(1, 150),
+    block=st.integers(1, 96),
+    b=bits,
+    grid=grids,
+    kind=KINDS,
+)
 def test_blockwise_error_is_bounded_by_half_a_grid_step_per_block(seed, n, m, block, b, grid, kind):
     w = _weight(seed, n, m, kind)
     g = make_grid(grid, b)
@@ -65,8 +73,7 @@ def test_blockwise_error_is_bounded_by_half_a_grid_step_per_block(seed, n, m, bl
 
 
 @FUZZ
-@given(seed=st.integers(0, 10**6), n=st.integers(1, 30), m=st.integers(2, 120), block=st.integers(1, 64),
-       kind=KINDS)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 30), m=st.integers(2, 120), block=st.integers(1, 64), kind=KINDS)
 def test_svd_init_matches_block_scales_at_full_rank(seed, n, m, block, kind):
     w = _weight(seed, n, m, kind)
     scales = block_absmax(w, block)
@@ -78,13 +85,19 @@ def test_svd_init_matches_block_scales_at_full_rank(seed, n, m, block, kind):
 
 
 @FUZZ
-@given(seed=st.integers(0, 10**6), n=st.integers(8, 48), m=st.integers(8, 96), b=bits, kind=KINDS,
-       method=st.sampled_from(["lords", "blockwise"]))
+@given(
+    seed=st.integers(0, 10**6),
+    n=st.integers(8, 48),
+    m=st.integers(8, 96),
+    b=bits,
+    kind=KINDS,
+    method=st.sampled_from(["lords", "blockwise"]),
+)
 def test_quantized_layers_are_finite_for_any_weights(seed, n, m, b, kind, method):
     layer = torch.nn.Sequential(torch.nn.Linear(m, n))
     with torch.no_grad():
         layer[0].weight.copy_(_weight(seed, n, m, kind))
-    cfg = (LordsConfig(bits=b, block_size=8, rank=2) if method == "lords" else BlockwiseConfig(bits=b, block_size=8))
+    cfg = LordsConfig(bits=b, block_size=8, rank=2) if method == "lords" else BlockwiseConfig(bits=b, block_size=8)
     report = quantize_(layer, cfg, progress=False)
     assert torch.isfinite(layer[0].dequantized_weight()).all()
     x = torch.randn(3, m, generator=torch.Generator().manual_seed(seed))

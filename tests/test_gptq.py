@@ -1,11 +1,12 @@
 """GPTQ's code choice over LoRDS and block scales (``lords.gptq``): output error, checkpoints, refusals."""
+
 import copy
 
 import pytest
 import torch
 
 import lords
-from lords import BlockLinear, BlockwiseConfig, LoRDSLinear, LordsConfig, QuantizedLinear, RefineConfig, quantize_
+from lords import BlockLinear, BlockwiseConfig, LordsConfig, LoRDSLinear, QuantizedLinear, RefineConfig, quantize_
 from lords.errors import ConfigError
 from lords.gptq import BlockwiseGPTQConfig, LordsGPTQConfig, gptq_codes, hessian, nearest_codes
 
@@ -35,8 +36,12 @@ def output_error(model, qmodel, ids) -> float:
     """``sqrt(Σ‖(W − Ŵ)Xᵀ‖² / Σ‖WXᵀ‖²)`` over the quantized layers, inputs ``X`` from the float model on ``ids``."""
     names = [n for n, m in qmodel.named_modules() if isinstance(m, QuantizedLinear)]
     xs = {}
-    hooks = [model.get_submodule(n).register_forward_pre_hook(
-        lambda _m, args, n=n: xs.__setitem__(n, args[0].reshape(-1, args[0].shape[-1]))) for n in names]
+    hooks = [
+        model.get_submodule(n).register_forward_pre_hook(
+            lambda _m, args, n=n: xs.__setitem__(n, args[0].reshape(-1, args[0].shape[-1]))
+        )
+        for n in names
+    ]
     model(ids)
     for h in hooks:
         h.remove()
@@ -71,9 +76,14 @@ def test_blockwise_gptq_beats_nearest_codes_of_the_same_block_scales(setup):
     assert e_gptq < 0.95 * e_nearest, (e_nearest, e_gptq)  # measured 0.182 -> 0.156
 
 
-@pytest.mark.parametrize("config", [LordsGPTQConfig(bits=3, block_size=32, refine=RefineConfig(steps=5, objective="act_diag")),
-                                    BlockwiseGPTQConfig(bits=4, block_size=32, refit_steps=3)],
-                         ids=["lords_gptq", "blockwise_gptq"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        LordsGPTQConfig(bits=3, block_size=32, refine=RefineConfig(steps=5, objective="act_diag")),
+        BlockwiseGPTQConfig(bits=4, block_size=32, refit_steps=3),
+    ],
+    ids=["lords_gptq", "blockwise_gptq"],
+)
 def test_checkpoint_round_trip_is_bit_for_bit(setup, tmp_path, config):
     model, calib, held = setup
     q, _ = quantized(model, config, calib[:, :512])

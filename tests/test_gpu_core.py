@@ -1,4 +1,5 @@
 """The library's PTQ on CUDA (run on the device machine: pytest -m gpu)."""
+
 import pytest
 import torch
 
@@ -12,8 +13,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @cuda
 @pytest.mark.parametrize("objective", ["weight", "act_diag", "act"])
 def test_ptq_on_cuda_matches_cpu_up_to_float_rounding(objective, tokens):
-    cfg = LordsConfig(bits=3, block_size=16, refine=RefineConfig(steps=10, lr=1e-2, objective=objective),
-                      sample_tokens=64)
+    cfg = LordsConfig(
+        bits=3, block_size=16, refine=RefineConfig(steps=10, lr=1e-2, objective=objective), sample_tokens=64
+    )
     cpu, gpu = tiny_llama(seed=0), tiny_llama(seed=0).cuda()
     rep_cpu = quantize_(cpu, cfg, calib_ids=tokens, progress=False)
     rep_gpu = quantize_(gpu, cfg, calib_ids=tokens, progress=False)

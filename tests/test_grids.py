@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from lords.errors import ConfigError
-from lords.grids import NF4_BITSANDBYTES, _normal_float_construction, make_grid, nearest_code, normal_float, symmetric_int
+from lords.grids import (
+    NF4_BITSANDBYTES,
+    _normal_float_construction,
+    make_grid,
+    nearest_code,
+    normal_float,
+    symmetric_int,
+)
 
 
 def test_nf4_equals_bitsandbytes_table():
@@ -52,8 +59,13 @@ def test_nearest_code_matches_brute_force_argmin(bits):
 def test_the_gpu_formula_bucketize_gives_the_cpu_loops_codes_ties_and_infinities_included(bits):
     g = normal_float(bits)
     mids = (g[1:] + g[:-1]) / 2
-    x = torch.cat([torch.randn(4000, generator=torch.Generator().manual_seed(bits)), mids,
-                   torch.tensor([float("inf"), -float("inf")])])
+    x = torch.cat(
+        [
+            torch.randn(4000, generator=torch.Generator().manual_seed(bits)),
+            mids,
+            torch.tensor([float("inf"), -float("inf")]),
+        ]
+    )
     assert torch.equal(torch.bucketize(x, mids, out_int32=True).to(torch.uint8), nearest_code(x, g))
     if torch.cuda.is_available():
         assert torch.equal(nearest_code(x.cuda(), g).cpu(), nearest_code(x, g))

@@ -1,5 +1,6 @@
 """transformers integration: after ``import lords``, ``save_pretrained`` / ``from_pretrained`` round-trip a lords model,
 quantize-on-load equals ``quantize_``, and what cannot be honoured is refused by name."""
+
 import json
 import subprocess
 import sys
@@ -71,9 +72,15 @@ def test_a_tampered_shard_is_refused_by_name(lords_dir):
         AutoModelForCausalLM.from_pretrained(path)
 
 
-@pytest.mark.parametrize("config", [LordsConfig(bits=3, block_size=16), BlockwiseConfig(bits=4, block_size=32),
-                                    lords.MixedPrecisionConfig(LordsConfig(block_size=16), bits=3.0)],
-                         ids=["lords", "blockwise", "mixed"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        LordsConfig(bits=3, block_size=16),
+        BlockwiseConfig(bits=4, block_size=32),
+        lords.MixedPrecisionConfig(LordsConfig(block_size=16), bits=3.0),
+    ],
+    ids=["lords", "blockwise", "mixed"],
+)
 def test_quantize_on_load_equals_quantize_(tmp_path, tokens, config):
     tiny_llama(seed=0).save_pretrained(tmp_path / "float")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=LordsQuantConfig(config))
@@ -82,7 +89,9 @@ def test_quantize_on_load_equals_quantize_(tmp_path, tokens, config):
     assert model.state_dict().keys() == reference.state_dict().keys()
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.state_dict().items())
     model.save_pretrained(tmp_path / "q")  # and the result saves as a lords folder
-    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "q"), tokens), _logits(reference, tokens))
+    assert torch.equal(
+        _logits(AutoModelForCausalLM.from_pretrained(tmp_path / "q"), tokens), _logits(reference, tokens)
+    )
 
 
 def test_quantize_on_load_never_holds_two_float_linears(tmp_path, monkeypatch):
@@ -91,12 +100,19 @@ def test_quantize_on_load_never_holds_two_float_linears(tmp_path, monkeypatch):
     convert = lords.hf.LordsQuantize.convert
 
     def spy(self, input_dict, model=None, **kwargs):
-        seen.append(sum(1 for n, m in model.named_modules() if type(m) is torch.nn.Linear and n != "lm_head"
-                        and not m.weight.is_meta))  # float linears already in memory when one more arrives
+        seen.append(
+            sum(
+                1
+                for n, m in model.named_modules()
+                if type(m) is torch.nn.Linear and n != "lm_head" and not m.weight.is_meta
+            )
+        )  # float linears already in memory when one more arrives
         return convert(self, input_dict, model=model, **kwargs)
 
     monkeypatch.setattr(lords.hf.LordsQuantize, "convert", spy)
-    AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=LordsQuantConfig(LordsConfig(block_size=16)))
+    AutoModelForCausalLM.from_pretrained(
+        tmp_path / "float", quantization_config=LordsQuantConfig(LordsConfig(block_size=16))
+    )
     assert seen == [0] * 14  # each weight is quantized as it loads, the model's 14 linears one at a time
 
 
@@ -104,8 +120,15 @@ def test_quantize_on_load_keeps_biases_loaded_after_their_weights(tmp_path, toke
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False)
+    cfg = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=False,
+    )
     float_model = Qwen2ForCausalLM(cfg)
     float_model.model.layers[0].self_attn.q_proj.bias.data.normal_()  # q/k/v carry biases in Qwen2
     float_model.save_pretrained(tmp_path / "float")
@@ -135,12 +158,23 @@ def _tiny_mixtral():
     from transformers import MixtralConfig, MixtralForCausalLM
 
     torch.manual_seed(0)
-    return MixtralForCausalLM(MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, vocab_size=128,
-                                            num_attention_heads=4, num_key_value_heads=2, num_local_experts=4))
+    return MixtralForCausalLM(
+        MixtralConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            vocab_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=4,
+        )
+    )
 
 
 def test_fused_moe_experts_are_refused_by_name():
-    with pytest.raises(UnsupportedModuleError, match=r"would stay in float: \[.model.layers.0.mlp.experts.gate_up_proj"):
+    with pytest.raises(
+        UnsupportedModuleError, match=r"would stay in float: \[.model.layers.0.mlp.experts.gate_up_proj"
+    ):
         quantize_(_tiny_mixtral(), LordsConfig(bits=4, block_size=16, exclude=("lm_head", "mlp.gate")), progress=False)
 
 
@@ -171,39 +205,60 @@ def test_from_pretrained_peak_memory_stays_below_a_float_copy(tmp_path):
 
     from lords.checkpoint import install_layout, module_meta
 
-    cfg = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=6, num_attention_heads=8,
-                      num_key_value_heads=8, vocab_size=256, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        vocab_size=256,
+        tie_word_embeddings=False,
+    )
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n}
     float_bytes = sum(4 * m.weight.numel() for m in linears.values())
-    layout = {n: module_meta(BlockLinear(m.in_features, m.out_features, 64, 4, torch.zeros(16)))
-              for n, m in linears.items()}
+    layout = {
+        n: module_meta(BlockLinear(m.in_features, m.out_features, 64, 4, torch.zeros(16))) for n, m in linears.items()
+    }
     install_layout(model, layout)
     model.to_empty(device="cpu")
     g = torch.Generator().manual_seed(0)
     for t in model.state_dict().values():
-        t.copy_(torch.randint(0, 255, t.shape, generator=g) if t.dtype == torch.uint8 else torch.randn(t.shape, generator=g))
+        t.copy_(
+            torch.randint(0, 255, t.shape, generator=g) if t.dtype == torch.uint8 else torch.randn(t.shape, generator=g)
+        )
     lords.hf.attach(model, BlockwiseConfig(bits=4, block_size=64))
     model.save_pretrained(tmp_path / "big")
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(PEAK), str(tmp_path / "big")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(PEAK), str(tmp_path / "big")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     grown = int(done.stdout.split()[-1])
-    assert grown < float_bytes / 2, f"peak grew by {grown / 2**20:.0f} MiB; the float weights are {float_bytes / 2**20:.0f} MiB"
+    assert grown < float_bytes / 2, (
+        f"peak grew by {grown / 2**20:.0f} MiB; the float weights are {float_bytes / 2**20:.0f} MiB"
+    )
 
 
 @pytest.mark.parametrize("order", ["lords-first", "transformers-first"])
 def test_import_lords_registers_the_quantizer_and_quantize_attaches_it_whichever_is_imported_first(order):
     imports = ["import lords", "from transformers import AutoModelForCausalLM, LlamaConfig"]
-    code = "; ".join([*(imports if order == "lords-first" else imports[::-1]),
-                      "from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING as M, "
-                      "AUTO_QUANTIZATION_CONFIG_MAPPING as C",
-                      "assert M['lords'].__name__ == 'LordsHfQuantizer' and C['lords'].__name__ == 'LordsQuantConfig'",
-                      "model = AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=32, intermediate_size=64, "
-                      "num_hidden_layers=1, num_attention_heads=2, vocab_size=64))",
-                      "lords.quantize_(model, lords.BlockwiseConfig(block_size=16), progress=False)",
-                      "assert type(model.hf_quantizer).__name__ == 'LordsHfQuantizer'"])  # save_pretrained: a lords folder
+    code = "; ".join(
+        [
+            *(imports if order == "lords-first" else imports[::-1]),
+            "from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING as M, "
+            "AUTO_QUANTIZATION_CONFIG_MAPPING as C",
+            "assert M['lords'].__name__ == 'LordsHfQuantizer' and C['lords'].__name__ == 'LordsQuantConfig'",
+            "model = AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=32, intermediate_size=64, "
+            "num_hidden_layers=1, num_attention_heads=2, vocab_size=64))",
+            "lords.quantize_(model, lords.BlockwiseConfig(block_size=16), progress=False)",
+            "assert type(model.hf_quantizer).__name__ == 'LordsHfQuantizer'",
+        ]
+    )  # save_pretrained: a lords folder
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -225,14 +280,18 @@ def test_the_embedded_model_round_trips_through_save_pretrained_with_tied_embedd
 
 def test_a_layer_that_cannot_be_quantized_on_load_stops_the_load_with_its_name(tmp_path):
     tiny_llama(seed=0).save_pretrained(tmp_path / "float")
-    with pytest.raises(lords.errors.ShapeError, match=r"model.layers.0.self_attn.k_proj of shape \(64, 128\) cannot take rank 0"):
+    with pytest.raises(
+        lords.errors.ShapeError, match=r"model.layers.0.self_attn.k_proj of shape \(64, 128\) cannot take rank 0"
+    ):
         AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=LordsQuantConfig(LordsConfig()))
 
 
 def test_dequantize_gives_back_float_linears_with_the_same_logits(lords_dir, tokens):
     path, logits = lords_dir
     model = AutoModelForCausalLM.from_pretrained(path).dequantize(dtype=torch.float32)
-    assert type(model.model.layers[0].mlp.up_proj) is torch.nn.Linear and not hasattr(model.config, "quantization_config")
+    assert type(model.model.layers[0].mlp.up_proj) is torch.nn.Linear and not hasattr(
+        model.config, "quantization_config"
+    )
     out = _logits(model, tokens)
     assert float((out - logits).norm() / logits.norm()) < 1e-5  # the same W_hat, one matmul order apart
 

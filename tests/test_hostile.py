@@ -1,12 +1,10 @@
 """What a hostile or careless user does to lords, and what must come of it: stale resume state, crafted checkpoints,
 refused loads, kills mid-write. Each test names the attack; CPU, tiny random Llamas. Bad values at the front doors:
 ``test_hostile_inputs.py``."""
+
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,8 +28,9 @@ def cfg(**kw):
 
 
 def calibrated(**kw):
-    return cfg(refine=lords.RefineConfig(steps=2, lr=1e-2, objective="act_diag"), calib_tokens=64, sample_tokens=16,
-               **kw)
+    return cfg(
+        refine=lords.RefineConfig(steps=2, lr=1e-2, objective="act_diag"), calib_tokens=64, sample_tokens=16, **kw
+    )
 
 
 def ids(seed: int, n: int = 64) -> torch.Tensor:
@@ -46,17 +45,22 @@ def same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> Path:
-    """A quantized tiny Llama saved as a lords folder (copied by each test that crafts a variant)."""
-    path = tmp_path_factory.mktemp("saved") / "q"
+def save_tiny(path: Path) -> Path:
+    """A quantized tiny Llama saved as a lords folder at ``path``."""
     model = tiny()
     lords.quantize_(model, cfg(), progress=False)
     lords.save_quantized(model, path)
     return path
 
 
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    """A quantized tiny Llama saved as a lords folder (copied by each test that crafts a variant)."""
+    return save_tiny(tmp_path_factory.mktemp("saved") / "q")
+
+
 # --- stale resume state: a journal is bound to everything that determines its layers ---------------------------
+
 
 def test_journal_of_another_model_of_the_same_shapes_is_refused(tmp_path):
     lords.quantize_(tiny(0), cfg(), progress=False, resume_dir=tmp_path)
@@ -97,8 +101,9 @@ def test_ptq_stage_journal_changes_with_the_calibration_source(tmp_path):
 
     def settings(*overrides):
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            return settings_from_cfg(compose(config_name="ptq", overrides=[f"out_dir={tmp_path}", "model=tiny-llama",
-                                                                          *overrides]))
+            return settings_from_cfg(
+                compose(config_name="ptq", overrides=[f"out_dir={tmp_path}", "model=tiny-llama", *overrides])
+            )
 
     a = journal_dir(tmp_path, settings())
     assert a == journal_dir(tmp_path, settings())
@@ -107,6 +112,7 @@ def test_ptq_stage_journal_changes_with_the_calibration_source(tmp_path):
 
 
 # --- config.json's quantization metadata, checked whole by every front door ---------------------------------------
+
 
 def craft(src: Path, dst: Path, qc_edit=None, state_edit=None) -> Path:
     """A copy of the lords folder ``src`` with its quantization_config and tensors edited, every hash recomputed:
@@ -128,8 +134,11 @@ def craft(src: Path, dst: Path, qc_edit=None, state_edit=None) -> Path:
         qc_edit(qc)
     manifest = manifest_json(state)
     qc["manifest_sha256"] = text_digest(manifest)
-    save_file(state, str(dst / "model.safetensors"),
-              metadata={"format": "pt", MANIFEST_KEY: manifest, QUANTIZATION_KEY: metadata_digest(qc)})
+    save_file(
+        state,
+        str(dst / "model.safetensors"),
+        metadata={"format": "pt", MANIFEST_KEY: manifest, QUANTIZATION_KEY: metadata_digest(qc)},
+    )
     (dst / "config.json").write_text(json.dumps(config))
     return dst
 
@@ -146,8 +155,11 @@ def nan_B(state):
 CRAFTED = {
     "missing-module-entry": (lambda qc: qc["modules"].pop(first_module(qc)), None, "no entry"),
     "format-version": (lambda qc: qc.update(format_version=3), None, "format_version"),
-    "dtype-float16-over-float32": (lambda qc: qc["modules"][first_module(qc)].update(dtype="float16"), None,
-                                   "layout dtype"),
+    "dtype-float16-over-float32": (
+        lambda qc: qc["modules"][first_module(qc)].update(dtype="float16"),
+        None,
+        "layout dtype",
+    ),
     "top-level-bits": (lambda qc: qc["config"].update(bits=3), None, "contradicts quantization_config.config"),
     "nan-in-B": (None, nan_B, "NaN or Inf"),
     "layout-without-dtype": (lambda qc: qc["modules"][first_module(qc)].pop("dtype"), None, "dtype=None"),
@@ -187,8 +199,9 @@ def test_a_shard_index_pointing_outside_the_folder_is_refused(saved, tmp_path, d
     victim = tmp_path / "victim"
     victim.mkdir()
     shutil.copy(saved / "config.json", victim / "config.json")
-    (victim / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {"lm_head.weight": "../other/model.safetensors"}}))
+    (victim / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "../other/model.safetensors"}})
+    )
     with pytest.raises(CheckpointError, match="outside|not a file of this folder"):
         front_door(door, victim)
 
@@ -208,10 +221,13 @@ def test_quantization_metadata_edited_by_hand_is_refused_by_its_hash(saved, tmp_
 def test_the_shipped_v2_checkpoint_still_passes_the_whole_check():
     from lords.folder import read_quantization_config, verify_folder
 
-    verify_folder(ROOT / "tests/fixtures/checkpoint_v2", read_quantization_config(ROOT / "tests/fixtures/checkpoint_v2"))
+    verify_folder(
+        ROOT / "tests/fixtures/checkpoint_v2", read_quantization_config(ROOT / "tests/fixtures/checkpoint_v2")
+    )
 
 
 # --- a refused load changes nothing ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("attack", ["architecture", "vocabulary", "extra-tensor", "missing-layout-entry"])
 def test_a_refused_load_into_a_model_leaves_it_untouched(saved, tmp_path, attack):
@@ -274,126 +290,3 @@ def test_a_refused_adapter_changes_no_tensor(adapter, attack):
     with pytest.raises(CheckpointError):
         lords.load_adapter(base, folder)
     assert same_state(layer_state(base), before)
-
-
-# --- writes leave the old whole folder or the new whole folder, never a part ----------------------------------------
-
-def _child(script: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", script], env=env, timeout=300, capture_output=True, text=True)
-
-
-def test_a_kill_between_the_swap_renames_leaves_the_new_checkpoint(tmp_path):
-    path = tmp_path / "q"
-    proc = _child(f"""
-import os, signal
-import lords
-from lords_pipelines.models import tiny_llama
-cfg = lords.LordsConfig(bits=4, block_size=16)
-def make(seed):
-    m = tiny_llama(seed=seed, **{TINY!r})
-    lords.quantize_(m, cfg, progress=False)
-    return m
-lords.save_quantized(make(0), {str(path)!r})
-real = os.replace
-def replace(src, dst):
-    real(src, dst)
-    if str(src) == {str(path)!r}:  # the old folder moved aside, the new one not yet in place
-        os.kill(os.getpid(), signal.SIGKILL)
-os.replace = replace
-lords.save_quantized(make(1), {str(path)!r})
-""")
-    assert proc.returncode == -9, proc.stderr[-2000:]
-    assert not path.exists()
-    loaded, _ = lords.load_quantized(path)  # recovered: the folder written whole takes its place
-    reference = tiny(1)
-    lords.quantize_(reference, cfg(), progress=False)
-    got = loaded.state_dict()
-    assert all(torch.equal(got[k], v) for k, v in reference.state_dict().items())
-    assert [p.name for p in tmp_path.iterdir()] == ["q"]
-
-
-class _Exploding:
-    def save_pretrained(self, folder):
-        raise KeyboardInterrupt  # stands for a kill while the tokenizer is written
-
-
-def test_a_save_interrupted_before_the_tokenizer_leaves_no_folder_that_looks_whole(saved, tmp_path):
-    model, _ = lords.load_quantized(saved)
-    with pytest.raises(KeyboardInterrupt):
-        lords.save_quantized(model, tmp_path / "q", tokenizer=_Exploding())
-    assert not (tmp_path / "q").exists()
-    lords.checkpoint.recover(tmp_path / "q")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_save_pretrained_over_a_checkpoint_keeps_it_whole_when_interrupted(saved, tmp_path, monkeypatch):
-    import shutil
-
-    import transformers.modeling_utils
-
-    path = tmp_path / "q"
-    shutil.copytree(saved, path)
-    (path / "tokenizer.json").write_text("{}")  # saved there before the model: kept by the swap
-    model, _ = lords.load_quantized(saved)
-    model2, _ = lords.load_quantized(saved)
-    def killed_mid_shard(state, filename, metadata=None):
-        Path(filename).write_bytes(b"half a shard")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", killed_mid_shard)
-    with pytest.raises(KeyboardInterrupt):
-        model.save_pretrained(path)
-    monkeypatch.undo()
-    lords.load_quantized(path)  # the old checkpoint, whole
-    model2.save_pretrained(path)
-    assert (path / "tokenizer.json").read_text() == "{}"
-    lords.load_quantized(path)
-
-
-def test_concurrent_metrics_writers_never_share_a_temp_file(tmp_path):
-    import threading
-
-    from lords_pipelines.stages.common import write_metrics
-
-    class S:
-        def to_dict(self):
-            return {"x": 1}
-
-    errors = []
-
-    def writer(i):
-        try:
-            for j in range(40):
-                write_metrics(tmp_path, S(), {"writer": i, "j": j})
-        except Exception as e:  # noqa: BLE001 (the test reports any)
-            errors.append(e)
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["j"] == 39
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
-
-
-# --- the Lightning refine stage runs past its callbacks' warm-up --------------------------------------------------
-
-def test_the_lightning_refine_stage_runs_more_steps_than_any_warmup(tmp_path):
-    from hydra import compose, initialize_config_dir
-
-    from lords_pipelines.stages import ptq_refine
-    from lords_pipelines.stages.settings import settings_from_cfg
-    from lords_pipelines.stages.training import Throughput
-
-    steps = Throughput().warmup + 3
-    overrides = [f"out_dir={tmp_path}", "model=tiny-llama", "logger=none", "model.tiny.hidden=64",
-                 "model.tiny.intermediate=128", "model.tiny.layers=1", "quant.block_size=16", "quant.calib_tokens=128",
-                 "quant.sample_tokens=32", "eval.perplexity_tokens=64", f"quant.refine.steps={steps}",
-                 "stage.save=false"]
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        s = settings_from_cfg(compose(config_name="ptq_refine", overrides=overrides))
-    metrics, _ = ptq_refine.run(s)
-    assert metrics["refine_steps"] == steps

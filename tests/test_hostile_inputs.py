@@ -1,6 +1,7 @@
 """Bad values fed to every front door of lords (library configs, the ``lords`` command, Hydra targets): each is
 refused by name, or in one line with exit status 2 before a model loads, never a raw exception, a machine-sized
 allocation or a silent downgrade. The checkpoint and resume attacks: ``test_hostile.py``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,9 @@ def cfg(**kw):
 
 
 def calibrated(**kw):
-    return cfg(refine=lords.RefineConfig(steps=2, lr=1e-2, objective="act_diag"), calib_tokens=64, sample_tokens=16,
-               **kw)
+    return cfg(
+        refine=lords.RefineConfig(steps=2, lr=1e-2, objective="act_diag"), calib_tokens=64, sample_tokens=16, **kw
+    )
 
 
 def same_state(a, b) -> bool:
@@ -44,6 +46,7 @@ def saved(tmp_path_factory) -> Path:
 
 
 # --- inputs that would exhaust the machine, silent downgrades, raw exceptions: named at the front door -------------
+
 
 def test_a_block_larger_than_the_row_is_the_row_without_allocating_it():
     from lords.blockwise import block_absmax, expand_blocks
@@ -76,21 +79,37 @@ def _nested(depth: int) -> dict:
     return d
 
 
-@pytest.mark.parametrize("make", [
-    lambda: lords.RefineConfig(lr=float("nan")),
-    lambda: lords.RefineConfig(lr=float("inf")),
-    lambda: lords.LordsConfig(bits=4.0),
-    lambda: lords.LordsConfig(include=5),
-    lambda: lords.LayerwiseConfig(rules=[("a{99999999999}", None)]),
-    lambda: lords.LayerwiseConfig(rules=5),
-    lambda: lords.config_from_dict({"method": "lords", "refine": {"bogus": 1}}),
-    lambda: lords.config_from_dict({"method": "lords", "bits": [4]}),
-    lambda: lords.config_from_dict(["lords"]),
-    lambda: lords.config_from_dict({"method": ["lords"]}),
-    lambda: lords.config_from_dict({"method": "layerwise", "rules": [["a"]]}),
-    lambda: lords.config_from_dict(_nested(5000)),
-], ids=["lr-nan", "lr-inf", "bits-float", "include-int", "regex-overflow", "rules-int", "refine-unknown",
-        "bits-list", "not-a-mapping", "method-list", "rule-unpacking", "nested-too-deep"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: lords.RefineConfig(lr=float("nan")),
+        lambda: lords.RefineConfig(lr=float("inf")),
+        lambda: lords.LordsConfig(bits=4.0),
+        lambda: lords.LordsConfig(include=5),
+        lambda: lords.LayerwiseConfig(rules=[("a{99999999999}", None)]),
+        lambda: lords.LayerwiseConfig(rules=5),
+        lambda: lords.config_from_dict({"method": "lords", "refine": {"bogus": 1}}),
+        lambda: lords.config_from_dict({"method": "lords", "bits": [4]}),
+        lambda: lords.config_from_dict(["lords"]),
+        lambda: lords.config_from_dict({"method": ["lords"]}),
+        lambda: lords.config_from_dict({"method": "layerwise", "rules": [["a"]]}),
+        lambda: lords.config_from_dict(_nested(5000)),
+    ],
+    ids=[
+        "lr-nan",
+        "lr-inf",
+        "bits-float",
+        "include-int",
+        "regex-overflow",
+        "rules-int",
+        "refine-unknown",
+        "bits-list",
+        "not-a-mapping",
+        "method-list",
+        "rule-unpacking",
+        "nested-too-deep",
+    ],
+)
 def test_malformed_config_fields_are_config_errors(make):
     with pytest.raises(ConfigError):
         make()
@@ -143,19 +162,33 @@ def _bad_text(tmp_path: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("argv, message", [
-    (lambda t, s: ["quantize", "tiny", "--calib", _bad_text(t, "empty"), "--out", t / "o"], "holds no text"),
-    (lambda t, s: ["quantize", "tiny", "--calib", _bad_text(t, "latin"), "--out", t / "o"], "not UTF-8"),
-    (lambda t, s: ["quantize", "tiny", "--lr", "nan", "--steps", "3", "--out", t / "o"], "refine.lr"),
-    (lambda t, s: ["quantize", "tiny", "--steps", "-1", "--out", t / "o"], "--steps"),
-    (lambda t, s: ["quantize", "tiny", "--out", s / "config.json" / "o"], "--out"),
-    (lambda t, s: ["eval", s, "--tokens", "0"], "--tokens"),
-    (lambda t, s: ["bench", s, "--tokens", "1"], "--tokens"),
-    (lambda t, s: ["bench", s, "--prompt", "100000"], "context"),
-    (lambda t, s: ["bench", s, "--device", "cuda:7"], "--device"),
-    (lambda t, s: ["eval", s, "--device", "warp-drive"], "--device"),
-], ids=["calib-empty", "calib-not-utf8", "lr-nan", "steps-negative", "out-unwritable", "eval-tokens-0",
-        "bench-tokens-1", "bench-prompt-past-context", "device-cuda-absent", "device-nonsense"])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (lambda t, s: ["quantize", "tiny", "--calib", _bad_text(t, "empty"), "--out", t / "o"], "holds no text"),
+        (lambda t, s: ["quantize", "tiny", "--calib", _bad_text(t, "latin"), "--out", t / "o"], "not UTF-8"),
+        (lambda t, s: ["quantize", "tiny", "--lr", "nan", "--steps", "3", "--out", t / "o"], "refine.lr"),
+        (lambda t, s: ["quantize", "tiny", "--steps", "-1", "--out", t / "o"], "--steps"),
+        (lambda t, s: ["quantize", "tiny", "--out", s / "config.json" / "o"], "--out"),
+        (lambda t, s: ["eval", s, "--tokens", "0"], "--tokens"),
+        (lambda t, s: ["bench", s, "--tokens", "1"], "--tokens"),
+        (lambda t, s: ["bench", s, "--prompt", "100000"], "context"),
+        (lambda t, s: ["bench", s, "--device", "cuda:7"], "--device"),
+        (lambda t, s: ["eval", s, "--device", "warp-drive"], "--device"),
+    ],
+    ids=[
+        "calib-empty",
+        "calib-not-utf8",
+        "lr-nan",
+        "steps-negative",
+        "out-unwritable",
+        "eval-tokens-0",
+        "bench-tokens-1",
+        "bench-prompt-past-context",
+        "device-cuda-absent",
+        "device-nonsense",
+    ],
+)
 def test_the_command_refuses_bad_values_in_one_line_before_loading_a_model(cli, saved, tmp_path, argv, message):
     if "cuda:7" in map(str, argv(tmp_path, saved)) and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")

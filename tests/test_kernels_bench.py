@@ -1,5 +1,6 @@
 """The issue-16 GPU benchmark script runs end to end on the CPU (Triton's interpreter, a tiny shape), so a GPU call
 cannot fail for a reason the CPU would have shown."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ if not torch.cuda.is_available():
 
 from lords_kernels.lords_matmul import triton as tk  # noqa: E402
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available() or not tk.INTERPRET,
-                                reason="the smoke run is for the CPU interpreter")
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available() or not tk.INTERPRET, reason="the smoke run is for the CPU interpreter"
+)
 
 
 def test_bench_k16_smoke_writes_every_section(tmp_path):
@@ -31,12 +33,12 @@ def test_bench_k16_smoke_writes_every_section(tmp_path):
 @pytest.mark.parametrize("M", [1, 4, 64])
 def test_every_tile_the_sweep_times_computes_the_reference(M):
     """A sweep candidate that launched but computed something else would win the table on speed."""
+    from benchmarks.kernels.tune import candidate_configs, dequant_candidates
     from lords.grids import make_grid
     from lords.packing import pack_codes
     from lords_kernels.lords_matmul import reference as ref
     from lords_kernels.lords_matmul.dequant import dequantize
     from lords_kernels.lords_matmul.layout import repack
-    from benchmarks.kernels.tune import candidate_configs, dequant_candidates
 
     N, K, r = 160, 384, 12
     g = torch.Generator().manual_seed(M)
@@ -67,9 +69,12 @@ def test_heuristic_check_rates_the_default_tile_against_the_best_the_sweep_timed
     cell = dict(N=11008, K=4096, bits=4, r=40)
     heur = dataclasses.asdict(default_config(1, 11008, 4096, 4, 40))
     faster = dataclasses.asdict(TileConfig("gemv", BN=64, split_k=4, num_warps=4))
-    log = [dict(cfg=heur, us_graph=30.0, M=1, **cell), dict(cfg=faster, us_graph=25.0, M=1, **cell),
-           dict(cfg=faster, us_graph=9.0, M=4, **cell),  # M = 4: the heuristic's tile was not timed
-           dict(cfg=faster, us_graph=3.0)]  # a dequant tile of the sweep: no cell, skipped
+    log = [
+        dict(cfg=heur, us_graph=30.0, M=1, **cell),
+        dict(cfg=faster, us_graph=25.0, M=1, **cell),
+        dict(cfg=faster, us_graph=9.0, M=4, **cell),  # M = 4: the heuristic's tile was not timed
+        dict(cfg=faster, us_graph=3.0),
+    ]  # a dequant tile of the sweep: no cell, skipped
     rows = check(log)
     assert [(r["M"], r["ratio"]) for r in rows] == [(1, 1.2), (4, None)]
     table = render(rows, 1.10)

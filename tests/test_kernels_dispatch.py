@@ -2,6 +2,7 @@
 
 CPU: Triton's interpreter on small shapes (``TRITON_INTERPRET=1`` set before ``kernels`` is imported).
 """
+
 from __future__ import annotations
 
 import os
@@ -14,15 +15,15 @@ from torch import nn
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import lords_kernels  # noqa: E402
 from lords.grids import make_grid  # noqa: E402
 from lords.packing import pack_codes  # noqa: E402
-
-import lords_kernels  # noqa: E402
 from lords_kernels.lords_matmul import reference as ref  # noqa: E402
 from lords_kernels.lords_matmul import triton as tk  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not tk.INTERPRET,
-                                reason="kernels imported without TRITON_INTERPRET=1 and no GPU")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() and not tk.INTERPRET, reason="kernels imported without TRITON_INTERPRET=1 and no GPU"
+)
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # bf16 operands, fp32 accumulation: see test_kernels_matmul.TOL
 TOL = 1.2e-2
@@ -53,8 +54,14 @@ def test_triton_forward_on_namespace_layer(bits):
     N, K, r = 33, 100, 5
     layer = types.SimpleNamespace(
         qweight=pack_codes(torch.randint(0, 2**bits, (N, K), generator=g), bits).to(DEV),
-        grid=make_grid("nf", bits).to(DEV), B=torch.randn(N, r, generator=g).half().to(DEV),
-        A=torch.randn(r, K, generator=g).half().to(DEV), bias=None, bits=bits, in_features=K, out_features=N)
+        grid=make_grid("nf", bits).to(DEV),
+        B=torch.randn(N, r, generator=g).half().to(DEV),
+        A=torch.randn(r, K, generator=g).half().to(DEV),
+        bias=None,
+        bits=bits,
+        in_features=K,
+        out_features=N,
+    )
     x = torch.randn(2, 5, K).half().to(DEV)
     y = lords_kernels.triton_forward(layer, x)
     want = ref.lords_matmul(x, layer.qweight, layer.grid, layer.B, layer.A, None, bits)
@@ -76,8 +83,9 @@ def test_autograd_matches_reference_gradients():
     y = lords_kernels.triton_forward(layer, x)
     dy = torch.randn_like(y)
     y.backward(dy)
-    rx, rB, rA = ref.lords_matmul_backward(dy, x.detach(), layer.qweight, layer.grid, layer.B.detach(),
-                                           layer.A.detach(), 3)
+    rx, rB, rA = ref.lords_matmul_backward(
+        dy, x.detach(), layer.qweight, layer.grid, layer.B.detach(), layer.A.detach(), 3
+    )
     assert rel(x.grad, rx) < TOL
     assert rel(layer.B.grad, rB) < TOL
     assert rel(layer.A.grad, rA) < TOL
@@ -152,8 +160,15 @@ def test_use_triton_and_use_torch_switch_one_model():
 
 
 def _want(layer, x):
-    return ref.lords_matmul(x, layer.qweight, layer.grid, layer.B.detach(), layer.A.detach(),
-                            None if layer.bias is None else layer.bias.detach(), layer.bits)
+    return ref.lords_matmul(
+        x,
+        layer.qweight,
+        layer.grid,
+        layer.B.detach(),
+        layer.A.detach(),
+        None if layer.bias is None else layer.bias.detach(),
+        layer.bits,
+    )
 
 
 def test_plan_is_made_once_and_reused_across_calls():
@@ -208,8 +223,9 @@ def test_training_above_the_crossover_matches_reference_gradients(low_crossover)
     y = lords_kernels.triton_forward(layer, x)
     dy = torch.randn_like(y)
     y.backward(dy)
-    rx, rB, rA = ref.lords_matmul_backward(dy, x.detach(), layer.qweight, layer.grid, layer.B.detach(),
-                                           layer.A.detach(), 4)
+    rx, rB, rA = ref.lords_matmul_backward(
+        dy, x.detach(), layer.qweight, layer.grid, layer.B.detach(), layer.A.detach(), 4
+    )
     assert rel(y, _want(layer, x.detach())) < TOL
     assert rel(x.grad, rx) < TOL and rel(layer.B.grad, rB) < TOL and rel(layer.A.grad, rA) < TOL
 
@@ -318,8 +334,12 @@ def test_direct_launches_give_the_jit_launchs_output_bit_for_bit(M):
             tol = 2e-3 if x.dtype == torch.float16 else TOL  # fp32 x is computed in bf16
             assert torch.equal(first, again) and rel(first, _want(layer, x.half())) < tol
     plan = lords_kernels.plan_of(layer)
-    binaries = [len(launch.binaries) for (_, dtype), run in plan._runners.items() if dtype == torch.float16
-                for launch in run.launches]
+    binaries = [
+        len(launch.binaries)
+        for (_, dtype), run in plan._runners.items()
+        if dtype == torch.float16
+        for launch in run.launches
+    ]
     # the fused kernels: one binary for the aligned x, one for the other; the dequant pass never sees x: one
     assert binaries and min(binaries) == (1 if M >= plan.crossover else 2)
 

@@ -4,6 +4,7 @@ On a CPU machine the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``
 imported) on small shapes; tests marked ``gpu`` run the same checks on CUDA at model shapes.
 Metric: ‖out − ref‖ / ‖ref‖ on fresh random inputs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,6 @@ if not torch.cuda.is_available():
 
 from lords.grids import make_grid  # noqa: E402
 from lords.packing import pack_codes  # noqa: E402
-
 from lords_kernels.lords_matmul import reference as ref  # noqa: E402
 from lords_kernels.lords_matmul import triton as tk  # noqa: E402
 from lords_kernels.lords_matmul import tuning  # noqa: E402
@@ -32,7 +32,8 @@ DT_IDS = ["fp16", "bf16"]
 
 needs_interp_or_cuda = pytest.mark.skipif(
     not torch.cuda.is_available() and not tk.INTERPRET,
-    reason="kernels were imported without TRITON_INTERPRET=1 and there is no GPU")
+    reason="kernels were imported without TRITON_INTERPRET=1 and there is no GPU",
+)
 
 
 def rel(out: torch.Tensor, want: torch.Tensor) -> float:
@@ -65,11 +66,14 @@ def test_repack_roundtrip(bits, K):
 # stored format's padding case.
 CPU_SHAPES = [(1, 48, 200, 5), (1, 70, 300, 20), (3, 33, 136, 7), (17, 64, 256, 16), (40, 50, 100, 3)]
 # Tile configs forced on top of the default pick: split-K through the last-split reduction, tiny tiles.
-CPU_CONFIGS = [None, dict(kernel="gemm_t", BM=16, BN=32, split_k=3, num_warps=4, num_stages=1),
-               dict(kernel="gemv", BN=32, split_k=2, num_warps=4, num_stages=1),
-               dict(kernel="gemm_t", BM=16, BN=32, split_k=2, num_warps=4, num_stages=1, S16=True),
-               dict(kernel="gemm_t", BM=32, BN=64, split_k=1, num_warps=4, num_stages=1),
-               dict(kernel="dequant", BN=128)]
+CPU_CONFIGS = [
+    None,
+    dict(kernel="gemm_t", BM=16, BN=32, split_k=3, num_warps=4, num_stages=1),
+    dict(kernel="gemv", BN=32, split_k=2, num_warps=4, num_stages=1),
+    dict(kernel="gemm_t", BM=16, BN=32, split_k=2, num_warps=4, num_stages=1, S16=True),
+    dict(kernel="gemm_t", BM=32, BN=64, split_k=1, num_warps=4, num_stages=1),
+    dict(kernel="dequant", BN=128),
+]
 
 
 @needs_interp_or_cuda
@@ -107,9 +111,11 @@ def test_forward_int_grid_no_bias_3d_input(grid_name):
 @needs_interp_or_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("bits", [2, 3, 4])
-@pytest.mark.parametrize("shape,cublas", [((1, 48, 200, 5), False), ((19, 70, 300, 20), False),
-                                          ((9, 50, 136, 6), True), ((33, 130, 300, 20), True)],
-                         ids=["fused-M1", "fused-M19", "cublas-M9", "cublas-M33"])
+@pytest.mark.parametrize(
+    "shape,cublas",
+    [((1, 48, 200, 5), False), ((19, 70, 300, 20), False), ((9, 50, 136, 6), True), ((33, 130, 300, 20), True)],
+    ids=["fused-M1", "fused-M19", "cublas-M9", "cublas-M33"],
+)
 def test_backward_matches_reference(shape, cublas, bits, dtype):
     """Fused: dS on chip. cuBLAS: dx through the dequantized weight, dB and dA from cuBLAS's dyᵀx (rounded to the
     operand dtype, as cuBLAS returns dW of a plain fp16/bf16 linear) and the fused ⊙Q reduction. dB, dA are fp32
@@ -139,9 +145,15 @@ def test_backward_peft_through_cublas_skips_dx():
 @needs_interp_or_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("bits", [2, 3, 4])
-@pytest.mark.parametrize("shape,cfg", [((50, 300, 7), None), ((128, 512, 16), None),
-                                       ((70, 136, 20), dict(kernel="dequant", BN=32, GROUPS=2, num_stages=1))],
-                         ids=["ragged", "even", "tiny-tiles"])
+@pytest.mark.parametrize(
+    "shape,cfg",
+    [
+        ((50, 300, 7), None),
+        ((128, 512, 16), None),
+        ((70, 136, 20), dict(kernel="dequant", BN=32, GROUPS=2, num_stages=1)),
+    ],
+    ids=["ragged", "even", "tiny-tiles"],
+)
 def test_dequantize_matches_reference(shape, cfg, bits, dtype):
     from lords_kernels.lords_matmul.dequant import dequantize
 
@@ -196,10 +208,20 @@ def test_crossover_table_refuses_a_bad_count(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- GPU
 
-GPU_SHAPES = [(1, 4096, 4096, 32), (1, 14336, 4096, 49), (1, 4096, 14336, 49), (1, 1024, 4096, 12),
-              (4, 4096, 4096, 32), (16, 14336, 4096, 49), (64, 1024, 4096, 12), (300, 4096, 4096, 32),
-              (2048, 1000, 1000, 7), (257, 777, 555, 9), (1, 777, 555, 9),
-              (4, 14336, 4096, 12)]  # block-256 parity rank
+GPU_SHAPES = [
+    (1, 4096, 4096, 32),
+    (1, 14336, 4096, 49),
+    (1, 4096, 14336, 49),
+    (1, 1024, 4096, 12),
+    (4, 4096, 4096, 32),
+    (16, 14336, 4096, 49),
+    (64, 1024, 4096, 12),
+    (300, 4096, 4096, 32),
+    (2048, 1000, 1000, 7),
+    (257, 777, 555, 9),
+    (1, 777, 555, 9),
+    (4, 14336, 4096, 12),
+]  # block-256 parity rank
 
 
 @pytest.mark.gpu
@@ -234,8 +256,9 @@ def test_forward_gpu(shape, bits, dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("bits", [2, 3, 4])
-@pytest.mark.parametrize("shape", [(14336, 4096, 49), (4096, 14336, 24), (777, 555, 9)],
-                         ids=lambda s: "N{}K{}r{}".format(*s))
+@pytest.mark.parametrize(
+    "shape", [(14336, 4096, 49), (4096, 14336, 24), (777, 555, 9)], ids=lambda s: "N{}K{}r{}".format(*s)
+)
 def test_dequantize_gpu(shape, bits, dtype):
     from lords_kernels.lords_matmul.dequant import dequantize
 
@@ -253,8 +276,9 @@ def test_dequantize_gpu(shape, bits, dtype):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("bits", [3, 4])
-@pytest.mark.parametrize("shape", [(2048, 4096, 4096, 32), (16, 1024, 4096, 12), (300, 777, 555, 9)],
-                         ids=lambda s: "M{}N{}K{}r{}".format(*s))
+@pytest.mark.parametrize(
+    "shape", [(2048, 4096, 4096, 32), (16, 1024, 4096, 12), (300, 777, 555, 9)], ids=lambda s: "M{}N{}K{}r{}".format(*s)
+)
 def test_backward_gpu(shape, bits):
     M, N, K, r = shape
     dtype = torch.bfloat16

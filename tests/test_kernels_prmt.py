@@ -1,5 +1,6 @@
 """The ``prmt`` byte-permute LUT that the GPU kernels inline as PTX, checked on the CPU by emulating the exact PTX
 strings that ship (the interpreter cannot run inline assembly). Bit-exact against ``grid[code]`` in fp16 and bf16."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from lords.grids import make_grid  # noqa: E402
-
 from lords_kernels.lords_matmul import triton as tk  # noqa: E402
 
 MASK = 0xFFFFFFFF
@@ -32,7 +32,9 @@ def _prmt(a: int, b: int, c: int) -> int:
 
 
 def _lop3(a: int, b: int, c: int, lut: int) -> int:
-    return sum((((lut >> ((((a >> i) & 1) << 2) | (((b >> i) & 1) << 1) | ((c >> i) & 1))) & 1) << i) for i in range(32))
+    return sum(
+        (((lut >> ((((a >> i) & 1) << 2) | (((b >> i) & 1) << 1) | ((c >> i) & 1))) & 1) << i) for i in range(32)
+    )
 
 
 def run_ptx(asm: str, operands: dict[int, int]) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """The kernel report's code on the CPU: the benchmark scripts end to end under Triton's interpreter (tiny shapes, so a
 GPU call cannot fail for a reason the CPU would have shown), their row schemas, the render, the decode benchmark's
 byte accounting and fused shapes, and ``make reproduce-kernels`` refusing a machine without CUDA."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ if not torch.cuda.is_available():
 from lords_kernels.lords_matmul import triton as tk  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-interpreter_only = pytest.mark.skipif(torch.cuda.is_available() or not tk.INTERPRET,
-                                      reason="the smoke runs are for the CPU interpreter")
+interpreter_only = pytest.mark.skipif(
+    torch.cuda.is_available() or not tk.INTERPRET, reason="the smoke runs are for the CPU interpreter"
+)
 
 
 @interpreter_only
@@ -42,7 +44,12 @@ def test_backward_rows_carry_block_size(tmp_path):
     rows = json.loads((tmp_path / "kernels_backward.json").read_text())["rows"]
     assert out["errors"] == {}
     assert {(r["impl"], r["block_size"]) for r in rows} == {
-        ("fp16", None), ("lords", 64), ("lords_peft", 64), ("lords", 128), ("lords_peft", 128)}
+        ("fp16", None),
+        ("lords", 64),
+        ("lords_peft", 64),
+        ("lords", 128),
+        ("lords_peft", 128),
+    }
     assert all({"N", "K", "M", "impl", "us_fwd_bwd", "block_size"} <= set(r) for r in rows)
 
 
@@ -53,13 +60,24 @@ def _row(N, K, M, impl, bits, block, us):
 def test_render_writes_one_table_per_block_size(tmp_path):
     from benchmarks.kernels.render import render
 
-    rows = [_row(64, 128, M, impl, bits, blk, us) for M in (1, 16)
-            for impl, bits, blk, us in (("fp16", 16, None, 10.0), ("bnb_nf4", 4, 64, 12.0), ("bnb_nf4", 4, 128, 11.0),
-                                        ("lords", 4, 64, 8.0), ("lords", 4, 128, 5.0), ("floor", 4, 128, 1.0))]
-    (tmp_path / "kernels.json").write_text(json.dumps(dict(device="synthetic", bandwidth_TBps=1.0, method="m",
-                                                           rows=rows)))
-    (tmp_path / "kernels_backward.json").write_text(json.dumps(dict(method="b", rows=[
-        dict(N=64, K=128, M=2048, impl="lords", block_size=128, us_fwd_bwd=7.0)])))
+    rows = [
+        _row(64, 128, M, impl, bits, blk, us)
+        for M in (1, 16)
+        for impl, bits, blk, us in (
+            ("fp16", 16, None, 10.0),
+            ("bnb_nf4", 4, 64, 12.0),
+            ("bnb_nf4", 4, 128, 11.0),
+            ("lords", 4, 64, 8.0),
+            ("lords", 4, 128, 5.0),
+            ("floor", 4, 128, 1.0),
+        )
+    ]
+    (tmp_path / "kernels.json").write_text(
+        json.dumps(dict(device="synthetic", bandwidth_TBps=1.0, method="m", rows=rows))
+    )
+    (tmp_path / "kernels_backward.json").write_text(
+        json.dumps(dict(method="b", rows=[dict(N=64, K=128, M=2048, impl="lords", block_size=128, us_fwd_bwd=7.0)]))
+    )
     render(str(tmp_path / "kernels.json"), str(tmp_path))
     md = (tmp_path / "kernels.md").read_text()
     b64, b128 = md.index("## Block size 64"), md.index("## Block size 128")
@@ -72,8 +90,10 @@ def test_render_writes_one_table_per_block_size(tmp_path):
 def test_render_reads_rows_written_before_block_size(tmp_path):
     from benchmarks.kernels.render import render
 
-    rows = [dict(N=64, K=128, M=1, impl=i, bits=b, us=4.0, us_graph=2.0)
-            for i, b in (("fp16", 16), ("gemlite_w4g64", 4), ("lords", 4))]
+    rows = [
+        dict(N=64, K=128, M=1, impl=i, bits=b, us=4.0, us_graph=2.0)
+        for i, b in (("fp16", 16), ("gemlite_w4g64", 4), ("lords", 4))
+    ]
     (tmp_path / "kernels.json").write_text(json.dumps(dict(device="old", bandwidth_TBps=1.0, method="m", rows=rows)))
     render(str(tmp_path / "kernels.json"), str(tmp_path))
     md = (tmp_path / "kernels.md").read_text()
@@ -98,8 +118,12 @@ def test_decode_byte_accounting():
     head = 2 * 128256 * 4096
     kv_pos = 2 * 8 * 128 * 2  # K and V of one position, one sequence, one layer, fp16
     fp16 = step_bytes(LLAMA3_8B, 32, "fp16", None, 16, 512, 2048)
-    assert fp16 == dict(weights=32 * 2 * params, head=head, kv=32 * kv_pos * 16 * 512,
-                        total=32 * 2 * params + head + 32 * kv_pos * 16 * 512)
+    assert fp16 == dict(
+        weights=32 * 2 * params,
+        head=head,
+        kv=32 * kv_pos * 16 * 512,
+        total=32 * 2 * params + head + 32 * kv_pos * 16 * 512,
+    )
     bnb = step_bytes(LLAMA3_8B, 32, "bnb_nf4", 128, "prefill", 512, 2048)
     assert bnb["weights"] == 32 * (params // 2 + 4 * params // 128) and bnb["kv"] == 32 * kv_pos * 2048
     ranks = {(6144, 4096): 38, (4096, 4096): 32, (28672, 4096): 56, (4096, 14336): 49}
@@ -108,8 +132,8 @@ def test_decode_byte_accounting():
 
 
 def test_weight_bytes_match_the_tensors_a_call_reads():
-    from lords_kernels import kernel_codes
     from benchmarks.kernels.peers import Peers, make_module, weight_bytes
+    from lords_kernels import kernel_codes
 
     peers = Peers("cpu")
     N, K = 192, 256
@@ -147,8 +171,13 @@ def test_decode_lords_variant_runs_the_triton_backend():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine the target would run the benchmark")
 def test_make_reproduce_kernels_refuses_without_cuda():
-    res = subprocess.run(["make", "-s", "reproduce-kernels", f"GPU_PY={sys.executable}"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        ["make", "-s", "reproduce-kernels", f"GPU_PY={sys.executable}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode != 0
     assert "reproduce-kernels needs a CUDA GPU" in res.stderr
     assert "benchmarks.kernels.reproduce" not in res.stdout + res.stderr

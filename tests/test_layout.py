@@ -1,6 +1,7 @@
 """The shape of the code base: short files, no import cycle anywhere, rooms that say what they are, a library that
 ships no lab, and nothing of the project's imported when a third-party package that expects PyPI's ``kernels`` is
 imported."""
+
 from __future__ import annotations
 
 import ast
@@ -43,8 +44,11 @@ def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            pkg = ".".join(base[: len(base) - node.level + 1] + [node.module or ""]).strip(".") if node.level \
+            pkg = (
+                ".".join(base[: len(base) - node.level + 1] + [node.module or ""]).strip(".")
+                if node.level
                 else node.module
+            )
             targets = [pkg, *(f"{pkg}.{a.name}" for a in node.names if f"{pkg}.{a.name}" in mods)]
         else:
             continue
@@ -101,8 +105,10 @@ def test_the_cycle_check_finds_a_deferred_cycle(tmp_path):
         (tmp_path / pkg).mkdir()
     (tmp_path / "lords" / "__init__.py").write_text("from .c import *\n")  # c imports its package: a cycle
     mods = _modules(tmp_path)
-    assert sorted(_cycles({m: _imports(m, p, mods) for m, p in mods.items()})) == [["lords", "lords.c"],
-                                                                                    ["lords.a", "lords.b"]]
+    assert sorted(_cycles({m: _imports(m, p, mods) for m, p in mods.items()})) == [
+        ["lords", "lords.c"],
+        ["lords.a", "lords.b"],
+    ]
 
 
 def test_pipelines_top_level_holds_at_most_twelve_modules():
@@ -112,15 +118,20 @@ def test_pipelines_top_level_holds_at_most_twelve_modules():
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_installed_packages_ship_no_benchmark_tuning_or_probe(package):
-    lab = [str(p.relative_to(ROOT)) for p in (ROOT / package).rglob("*.py")
-           if p.stem.endswith(("bench", "probe", "tune", "sweep"))]
+    lab = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / package).rglob("*.py")
+        if p.stem.endswith(("bench", "probe", "tune", "sweep"))
+    ]
     assert lab == []
 
 
 def test_import_lords_loads_torch_alone_and_no_corpus():
-    code = ("import sys, lords; heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('transformers', 'lords_pipelines', 'lords_kernels', 'triton', 'lightning', 'hydra')); "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, lords; heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('transformers', 'lords_pipelines', 'lords_kernels', 'triton', 'lightning', 'hydra')); "
+        "assert not heavy, heavy"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not list((ROOT / "lords").rglob("*.txt*")), "the library ships no corpus"
@@ -128,7 +139,10 @@ def test_import_lords_loads_torch_alone_and_no_corpus():
 
 def test_importing_bitsandbytes_imports_nothing_of_the_project():
     pytest.importorskip("bitsandbytes")
-    code = ("import sys, bitsandbytes; mine = sorted(m for m in sys.modules if m.split('.')[0] in %r); "
-            "assert not mine, mine" % (PACKAGES + ("kernels", "pipelines"),))
+    names = (*PACKAGES, "kernels", "pipelines")
+    code = (
+        f"import sys, bitsandbytes; mine = sorted(m for m in sys.modules if m.split('.')[0] in {names!r}); "
+        "assert not mine, mine"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,5 +1,6 @@
 """lm-eval's own command line scores a lords folder on a shipped offline task (through ``lords_pipelines.evaluation.lm_eval_cli``,
 which imports lords first so transformers opens the folder as the quantized model)."""
+
 import json
 import subprocess
 import sys
@@ -22,9 +23,24 @@ def test_lm_eval_command_line_scores_a_lords_folder_on_a_shipped_task(tmp_path):
     quantize_(model, LordsConfig(bits=4, block_size=16), progress=False)
     model.save_pretrained(tmp_path / "q")
     tok.save_pretrained(tmp_path / "q")
-    cmd = [sys.executable, "-m", "lords_pipelines.evaluation.lm_eval_cli", "run", "--model", "hf", "--model_args",
-           f"pretrained={tmp_path / 'q'}", "--tasks", "lords_cloze", "--limit", "4", "--device", "cpu",
-           "--output_path", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lords_pipelines.evaluation.lm_eval_cli",
+        "run",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={tmp_path / 'q'}",
+        "--tasks",
+        "lords_cloze",
+        "--limit",
+        "4",
+        "--device",
+        "cpu",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())

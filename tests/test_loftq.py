@@ -1,4 +1,5 @@
 """LoftQ, the low-rank-corrected NF baseline of the PTQ tables: peft's alternation at every width."""
+
 import pytest
 import torch
 from torch import nn
@@ -33,9 +34,11 @@ def test_one_alternation_is_nf_codes_of_w_plus_the_svd_of_their_residual():
 
 def test_correction_lowers_the_error_of_nf_and_more_alternations_lower_it_further():
     errors = {}
-    for name, cfg in {"nf": BlockwiseConfig(bits=2, block_size=32, exclude=()),
-                      "loftq1": LoftQConfig(bits=2, block_size=32, rank=8, iters=1, exclude=()),
-                      "loftq5": LoftQConfig(bits=2, block_size=32, rank=8, iters=5, exclude=())}.items():
+    for name, cfg in {
+        "nf": BlockwiseConfig(bits=2, block_size=32, exclude=()),
+        "loftq1": LoftQConfig(bits=2, block_size=32, rank=8, iters=1, exclude=()),
+        "loftq5": LoftQConfig(bits=2, block_size=32, rank=8, iters=5, exclude=()),
+    }.items():
         errors[name] = quantize_(_linear(), cfg, progress=False).rel_error
     assert errors["loftq5"] < errors["loftq1"] < errors["nf"]
 
@@ -82,10 +85,13 @@ def test_a_loftq_checkpoint_keeps_the_correction_and_reloads_bit_for_bit(loftq_l
     model, tokens, logits = loftq_llama
     lords.save_quantized(model, tmp_path / "q")
     qc = lords.checkpoint.read_quantization_config(tmp_path / "q")
-    assert qc["modules"]["model.layers.0.mlp.up_proj"] == dict(kind="loftq", in_features=128, out_features=256, bits=2,
-                                                                bias=False, dtype="float32", block_size=32, rank=4)
-    for loaded in (lords.load_quantized(tmp_path / "q")[0],
-                   lords.load_quantized(tmp_path / "q", model=tiny_llama(seed=1))[0]):
+    assert qc["modules"]["model.layers.0.mlp.up_proj"] == dict(
+        kind="loftq", in_features=128, out_features=256, bits=2, bias=False, dtype="float32", block_size=32, rank=4
+    )
+    for loaded in (
+        lords.load_quantized(tmp_path / "q")[0],
+        lords.load_quantized(tmp_path / "q", model=tiny_llama(seed=1))[0],
+    ):
         assert type(loaded.model.layers[1].mlp.down_proj) is LoftQLinear and _same_state(loaded, model)
         with torch.no_grad():
             assert torch.equal(loaded(tokens).logits, logits)

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from lords.errors import ConfigError
-from lords_pipelines.models import load_model
-from lords_pipelines.evaluation.perplexity import perplexity
 from lords_pipelines.data.texts import calibration_text, eval_text
+from lords_pipelines.evaluation.perplexity import perplexity
+from lords_pipelines.models import load_model
 
 
 def test_perplexity_is_exp_of_mean_nll_over_non_overlapping_windows(tiny_model, tokens):
@@ -34,7 +34,7 @@ def test_embedded_smollm2_loads_and_answers():
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=2, do_sample=False)
-    assert tok.decode(out[0, ids.shape[1]:]).strip().startswith("Paris")
+    assert tok.decode(out[0, ids.shape[1] :]).strip().startswith("Paris")
 
 
 def test_a_local_folder_loads_with_its_tokenizer(tmp_path, tiny_model, tokens):

@@ -2,6 +2,7 @@
 
 The libraries are optional (docs/peers.md): each test skips, naming why, where its library does not import.
 """
+
 import json
 
 import pytest
@@ -26,8 +27,9 @@ def tiny():
     return tiny_llama(seed=0), tok, tokenize(tok, calibration_text(), 256)
 
 
-@pytest.mark.parametrize("method,bits,group", [(m, b, g) for m in PEERS for b, g in ((3, 64), (4, 32))],
-                         ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "method,bits,group", [(m, b, g) for m in PEERS for b, g in ((3, 64), (4, 32))], ids=lambda v: str(v)
+)
 def test_peer_model_holds_the_library_s_dequantized_weights(tiny, method, bits, group):
     if unavailable(method):
         pytest.skip(unavailable(method))
@@ -36,7 +38,8 @@ def test_peer_model_holds_the_library_s_dequantized_weights(tiny, method, bits, 
     result = quantize_peer(model, method, bits, group, ids, tok)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the float model is untouched
     assert type(result.model) is type(model) and not any(
-        hasattr(m, "quantization_scheme") for m in result.model.modules())  # a plain float architecture
+        hasattr(m, "quantization_scheme") for m in result.model.modules()
+    )  # a plain float architecture
     layers = {n: m for n, m in result.model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
     assert len(layers) == 14
     for name, layer in layers.items():
@@ -82,17 +85,28 @@ def test_peer_and_gptq_rows_run_through_the_table_runner(tmp_path):
     tiny_llama(seed=0).save_pretrained(model_dir)
     bpe_tokenizer(512).save_pretrained(model_dir)
     spec = tmp_path / "peers_mini.yaml"
-    spec.write_text("defaults: [common]\nbits: [3]\nblock_sizes: [32]\n"
-                    "methods: [lords_calibrated, lords_gptq, gptq, hqq]\nrules: {}\n"
-                    "eval: {tokens: 128, task_limit: 2, batch_size: 4}\ncalib: {tokens: 128, samples: 1}\n"
-                    "refine: {steps: 2, lr: 0.01}\n")
+    spec.write_text(
+        "defaults: [common]\nbits: [3]\nblock_sizes: [32]\n"
+        "methods: [lords_calibrated, lords_gptq, gptq, hqq]\nrules: {}\n"
+        "eval: {tokens: 128, task_limit: 2, batch_size: 4}\ncalib: {tokens: 128, samples: 1}\n"
+        "refine: {steps: 2, lr: 0.01}\n"
+    )
     main([str(spec), "--model", str(model_dir), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
     rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "peers_mini.json").read_text())}
     expected = {"fp", "lords_calibrated", "lords_gptq"} | {m for m in ("gptq", "hqq") if unavailable(m) is None}
     assert set(rows) == expected
     for method in expected - {"fp"}:
         r = rows[method]
-        for key in ("method", "bits", "block_size", "float_params", "bits_per_weight", "ppl", "ppl_std", "zero_shot_mean"):
+        for key in (
+            "method",
+            "bits",
+            "block_size",
+            "float_params",
+            "bits_per_weight",
+            "ppl",
+            "ppl_std",
+            "zero_shot_mean",
+        ):
             assert key in r, (method, key)
         assert set(r["ppl"]) == {"licenses", "kjv_genesis"}
     assert rows["lords_gptq"]["float_params"] == rows["lords_calibrated"]["float_params"]

@@ -1,6 +1,7 @@
 """The four PEFT methods of the table on a tiny random Llama: equal trainable floats, one training step each, a
 save/reload that gives back the same model; LoRDS PEFT leaves the codes Q bit for bit; LoftQ and QPiSSA start closer
 to the float weights than QLoRA; the decode latency function runs on every served form."""
+
 import pytest
 import torch
 
@@ -8,11 +9,17 @@ pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 
 from lords.lowrank import parity_rank  # noqa: E402
-from lords_pipelines.models import tiny_llama  # noqa: E402
-from lords_pipelines.stages.common import bpe_tokenizer  # noqa: E402
 from lords_pipelines.evaluation.latency import decode_ms_per_token  # noqa: E402
-from lords_pipelines.peft_methods import (METHODS, load_trained, merged, prepare, save_trained,  # noqa: E402
-                                          target_ranks)
+from lords_pipelines.models import tiny_llama  # noqa: E402
+from lords_pipelines.peft_methods import (  # noqa: E402
+    METHODS,
+    load_trained,
+    merged,
+    prepare,
+    save_trained,
+    target_ranks,
+)
+from lords_pipelines.stages.common import bpe_tokenizer  # noqa: E402
 from lords_pipelines.tables.peft_train import codes_of, train  # noqa: E402
 
 BLOCK = 32
@@ -29,8 +36,8 @@ def tok():
 
 
 def _items(tok, n=8):
-    from lords_pipelines.stages.datamodule import encode_pair
     from lords_pipelines.data.peft_splits import roman
+    from lords_pipelines.stages.datamodule import encode_pair
 
     return [encode_pair(tok, f"Roman numeral of {k}:", " " + roman(k), 32) for k in range(1, n + 1)]
 
@@ -41,8 +48,11 @@ def _logits(model, ids):
 
 
 def test_every_method_trains_the_same_floats_as_lords_at_the_parity_rank(float_model):
-    expected = sum(parity_rank(m.out_features, m.in_features, BLOCK) * (m.out_features + m.in_features)
-                   for name, m in float_model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head")
+    expected = sum(
+        parity_rank(m.out_features, m.in_features, BLOCK) * (m.out_features + m.in_features)
+        for name, m in float_model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name != "lm_head"
+    )
     ranks = target_ranks(float_model, BLOCK)
     assert len(ranks) == 14 and "lm_head" not in ranks  # 7 linears in each of 2 decoder layers
     for method in METHODS:
@@ -102,8 +112,9 @@ def _weight_error(p, float_model):
 
 
 def test_loftq_and_qpissa_start_closer_to_the_float_weights_than_qlora(float_model):
-    errors = {m: _weight_error(prepare(float_model, m, block_size=BLOCK), float_model) for m in ("qlora", "loftq",
-                                                                                                 "qpissa")}
+    errors = {
+        m: _weight_error(prepare(float_model, m, block_size=BLOCK), float_model) for m in ("qlora", "loftq", "qpissa")
+    }
     assert errors["loftq"] < errors["qlora"] and errors["qpissa"] < errors["qlora"], errors
 
 
@@ -134,8 +145,11 @@ def test_lords_peft_can_start_from_algorithm_1_which_fits_the_float_weights_bett
     from lords.linear import LoRDSLinear
 
     def error(p):
-        return sum(float((m.dequantized_weight() - float_model.get_submodule(n).weight).norm())
-                   for n, m in p.model.named_modules() if isinstance(m, LoRDSLinear))
+        return sum(
+            float((m.dequantized_weight() - float_model.get_submodule(n).weight).norm())
+            for n, m in p.model.named_modules()
+            if isinstance(m, LoRDSLinear)
+        )
 
     plain = prepare(float_model, "lords_peft", block_size=BLOCK)
     refined = prepare(float_model, "lords_peft", block_size=BLOCK, lords_refine=RefineConfig(steps=20, lr=1e-2))
@@ -168,8 +182,9 @@ def test_loftq_at_3_bits_keeps_loftq_s_codes_in_its_base(float_model):
 
     p = prepare(float_model, "loftq", bits=3, block_size=BLOCK)
     name = "model.layers.0.mlp.up_proj"
-    base = next(m for n, m in p.model.named_modules()
-                if n.endswith(name + ".base_layer") and isinstance(m, BlockLinear))
+    base = next(
+        m for n, m in p.model.named_modules() if n.endswith(name + ".base_layer") and isinstance(m, BlockLinear)
+    )
     config = LoftQConfig(bits=3, block_size=BLOCK, rank=p.ranks[name], iters=1)  # prepare's loftq_iters
     module, _ = quantize_loftq(name, float_model.get_submodule(name), config)
     assert torch.equal(base.codes(), module.codes())

@@ -1,9 +1,17 @@
+import pytest
 import torch
 
-import pytest
-
-from lords import (BlockLinear, BlockwiseConfig, LoRDSLinear, LordsConfig, MixedPrecisionConfig, QATConfig, QATLinear,
-                   mark_only_scales_trainable, quantize_)
+from lords import (
+    BlockLinear,
+    BlockwiseConfig,
+    LordsConfig,
+    LoRDSLinear,
+    MixedPrecisionConfig,
+    QATConfig,
+    QATLinear,
+    mark_only_scales_trainable,
+    quantize_,
+)
 from lords.errors import ConfigError
 
 
@@ -32,8 +40,7 @@ def test_qat_trains_latent_weights_and_scales_then_converts(tiny_model, tokens):
     assert len(qat) == 14
     loss = tiny_model(tokens, labels=tokens).loss
     loss.backward()
-    assert all(m.weight.grad is not None and m.scale.B.grad is not None and m.scale.A.grad.abs().sum() > 0
-               for m in qat)
+    assert all(m.weight.grad is not None and m.scale.B.grad is not None and m.scale.A.grad.abs().sum() > 0 for m in qat)
     with torch.no_grad():
         expected = qat[0].fake_quantized()
         ref = tiny_model(tokens).logits
@@ -70,8 +77,13 @@ def test_qat_refuses_to_convert_to_another_method(tiny_model):
         quantize_(tiny_model, QATConfig(BlockwiseConfig(bits=3, block_size=16), "convert"), progress=False)
 
 
-@pytest.mark.parametrize("make", [lambda r: LordsConfig(bits=3, block_size=16, calib_tokens=64, sample_tokens=16, refine=r),
-                                  lambda r: BlockwiseConfig(bits=3, block_size=16, calib_tokens=64, refine=r)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda r: LordsConfig(bits=3, block_size=16, calib_tokens=64, sample_tokens=16, refine=r),
+        lambda r: BlockwiseConfig(bits=3, block_size=16, calib_tokens=64, refine=r),
+    ],
+)
 @pytest.mark.parametrize("stacked", [False, True], ids=["per-layer", "stacked"])
 def test_qat_from_a_calibrated_config_starts_at_the_ptq_model(make, stacked, tokens):
     """Prepare then convert, with no training between, gives exactly what PTQ with the same config gives, with

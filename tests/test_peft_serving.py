@@ -1,5 +1,6 @@
 """The serving benchmark after PEFT: every method's served model (LoRDS before and after PEFT, each LoRA method
 unmerged and merged) is timed in the same interleaved rounds, and the report names each variant once."""
+
 import pytest
 
 pytest.importorskip("peft")
@@ -36,8 +37,10 @@ def test_every_variant_is_timed_in_every_round_and_reported_once(tmp_path):
     peft_serving.main([str(spec), "--out", str(tmp_path / "out")])
     rows = json.loads((tmp_path / "out" / "mini_serving.json").read_text())
     assert [r["variant"] for r in rows] == ["float", "lords_before", "lords_peft", "qlora", "qlora_merged"]
-    assert all(len(r["times"]["decode_ms"]) == 2 and r["decode_ms_per_token"] > 0 and r["prefill_tokens_per_s"] > 0
-               for r in rows)
+    assert all(
+        len(r["times"]["decode_ms"]) == 2 and r["decode_ms_per_token"] > 0 and r["prefill_tokens_per_s"] > 0
+        for r in rows
+    )
     weights = {r["variant"]: r["weights_mib"] for r in rows}
     assert weights["lords_peft"] == weights["lords_before"] < weights["float"]
     assert "LoRDS after PEFT against before" in (tmp_path / "out" / "mini_serving.md").read_text()

@@ -1,6 +1,7 @@
 """The PEFT table: its spec names the four methods and the shipped tasks, every method of a task trains the same
 floats, the learning rate is chosen on validation by one rule for all methods, and the runner journals every run,
 writes the reports and resumes from its journal."""
+
 import json
 
 import pytest
@@ -63,8 +64,9 @@ def test_runner_pairs_methods_at_equal_floats_journals_every_run_and_resumes(tmp
     journal = (tmp_path / "run" / "mini" / "rows.jsonl").read_text().splitlines()
     assert len(journal) == 2 * 2 * 3  # tasks × methods × (before, 2 lrs at the one seed)
     rows = json.loads((tmp_path / "out" / "mini.json").read_text())
-    assert [(r["task"], r["method"]) for r in rows] == [(t, m) for t in ("lords_roman", "kjv")
-                                                          for m in ("lords_peft", "qlora")]
+    assert [(r["task"], r["method"]) for r in rows] == [
+        (t, m) for t in ("lords_roman", "kjv") for m in ("lords_peft", "qlora")
+    ]
     for task in ("lords_roman", "kjv"):
         mine = [r for r in rows if r["task"] == task]
         assert len({r["trainable_floats"] for r in mine}) == 1 and mine[0]["trainable_floats"] > 0
@@ -95,8 +97,10 @@ def test_runner_pairs_methods_at_equal_floats_journals_every_run_and_resumes(tmp
     assert ("kjv", "qlora") not in [(r["task"], r["method"]) for r in rows] and len(rows) == 3
     assert "Not run yet: 1 runs" in (tmp_path / "out" / "mini.md").read_text()
     # A serving benchmark beside the table (peft_serving) fills the decode columns of rows not timed per run.
-    serving = [{"variant": v, "decode_ms_per_token": ms} for v, ms in
-               (("float", 9.0), ("lords_before", 5.0), ("lords_peft", 5.1), ("qlora", 8.0), ("qlora_merged", 4.0))]
+    serving = [
+        {"variant": v, "decode_ms_per_token": ms}
+        for v, ms in (("float", 9.0), ("lords_before", 5.0), ("lords_peft", 5.1), ("qlora", 8.0), ("qlora_merged", 4.0))
+    ]
     (tmp_path / "out" / "mini_serving.json").write_text(json.dumps(serving))
     (tmp_path / "out" / "mini_serving.md").write_text("# Serving after PEFT: test\n")
     main([*args, "--render"])

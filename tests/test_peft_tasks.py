@@ -1,15 +1,15 @@
 """The PEFT table's fine-tuning tasks: shipped, rebuilt identically by make_data, with disjoint train, validation
 and test splits, at least 500 exactly scored test items each, and books kept out of every other text."""
+
 import json
 import unicodedata
 
+import pytest
 import torch
 
-import pytest
-
-from lords_pipelines.data.texts import KJV_PEFT_BOOKS, KJV_TASK_BOOKS, KJV_EVAL_BOOKS, kjv_verses
-from lords_pipelines.evaluation.multiple_choice import TASKS_DIR, load_items
 from lords_pipelines.data.peft_splits import prophet_splits, roman, roman_splits, unicode_name_splits
+from lords_pipelines.data.texts import KJV_EVAL_BOOKS, KJV_PEFT_BOOKS, KJV_TASK_BOOKS, kjv_verses
+from lords_pipelines.evaluation.multiple_choice import TASKS_DIR, load_items
 from lords_pipelines.tables.peft_tasks import DATA_DIR
 
 
@@ -17,8 +17,21 @@ def _shipped(name):
     return [json.loads(line) for line in (DATA_DIR / f"{name}.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("n, numeral", [(1, "I"), (4, "IV"), (9, "IX"), (14, "XIV"), (40, "XL"), (90, "XC"),
-                                        (400, "CD"), (1987, "MCMLXXXVII"), (2024, "MMXXIV"), (3999, "MMMCMXCIX")])
+@pytest.mark.parametrize(
+    "n, numeral",
+    [
+        (1, "I"),
+        (4, "IV"),
+        (9, "IX"),
+        (14, "XIV"),
+        (40, "XL"),
+        (90, "XC"),
+        (400, "CD"),
+        (1987, "MCMLXXXVII"),
+        (2024, "MMXXIV"),
+        (3999, "MMMCMXCIX"),
+    ],
+)
 def test_roman_numerals_follow_the_subtractive_rules(n, numeral):
     assert roman(n) == numeral
 
@@ -80,8 +93,9 @@ def test_each_task_trains_on_answers_or_text_and_scores_validation_and_test(name
     from lords_pipelines.tables.peft_tasks import held_out_scores, load_task, validation_score
 
     tok, model = bpe_tokenizer(512), tiny_llama(seed=0)
-    spec = OmegaConf.create({"max_length": 96, "window": 32, "train_tokens": 96, "val_tokens": 64, "val_limit": 3,
-                             "test_limit": 4})
+    spec = OmegaConf.create(
+        {"max_length": 96, "window": 32, "train_tokens": 96, "val_tokens": 64, "val_limit": 3, "test_limit": 4}
+    )
     task = load_task(name, tok, spec)
     first = task.train[0]
     assert all((x["labels"] != -100).any() for x in task.train)  # pairs whose answer max_length cuts are dropped
@@ -102,13 +116,19 @@ def test_the_prophets_test_split_runs_in_lm_eval_and_scores_as_the_batched_score
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from lords_pipelines.evaluation.multiple_choice import score_task
     from lords_pipelines.models import tiny_llama
     from lords_pipelines.stages.common import bpe_tokenizer
-    from lords_pipelines.evaluation.multiple_choice import score_task
 
     model, tok = tiny_llama(seed=0), bpe_tokenizer(512)
-    out = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu"),
-                          tasks=["lords_kjv_prophets"], limit=6, bootstrap_iters=0,
-                          task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False))
-    assert score_task(model, tok, "lords_kjv_prophets", limit=6)["lords_kjv_prophets/acc"] == \
-        out["results"]["lords_kjv_prophets"]["acc,none"]
+    out = simple_evaluate(
+        model=HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu"),
+        tasks=["lords_kjv_prophets"],
+        limit=6,
+        bootstrap_iters=0,
+        task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False),
+    )
+    assert (
+        score_task(model, tok, "lords_kjv_prophets", limit=6)["lords_kjv_prophets/acc"]
+        == out["results"]["lords_kjv_prophets"]["acc,none"]
+    )

@@ -1,4 +1,5 @@
 """The real Hydra configs compose, validate into typed settings, and a bad key or value fails naming the key."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,8 +45,13 @@ def test_mixed_precision_group_builds_the_library_config():
     assert type(s.quant.base) is LordsConfig and s.quant.base.block_size == 128
 
 
-@pytest.mark.parametrize("experiment", sorted(str(p.relative_to(Path(CONF) / "experiment").with_suffix(""))
-                                               for p in (Path(CONF) / "experiment").rglob("*.yaml")))
+@pytest.mark.parametrize(
+    "experiment",
+    sorted(
+        str(p.relative_to(Path(CONF) / "experiment").with_suffix(""))
+        for p in (Path(CONF) / "experiment").rglob("*.yaml")
+    ),
+)
 def test_every_experiment_composes(experiment):
     stage = max((st for st in STAGES if experiment.startswith(st + "_")), key=len, default="ptq")  # its entry point
     assert settings(stage, f"experiment={experiment}").stage.name == stage
@@ -103,22 +109,36 @@ def test_entry_point_exits_with_the_key_named(tmp_path):
 
     root = Path(CONF).parent
     run_dir = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "lords_pipelines.stages.ptq", "quant.bits=7", f"hydra.run.dir={run_dir}"],
-                          cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "lords_pipelines.stages.ptq", "quant.bits=7", f"hydra.run.dir={run_dir}"],
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["config error: quant.bits=7 is not one of (2, 3, 4); mixed precision "
-                                                "2.25, 2.5 or 3.0 averages: MixedPrecisionConfig (Hydra: quant=lords_mixed "
-                                                "or nf_mixed)"]
+    assert done.stderr.strip().splitlines() == [
+        "config error: quant.bits=7 is not one of (2, 3, 4); mixed precision "
+        "2.25, 2.5 or 3.0 averages: MixedPrecisionConfig (Hydra: quant=lords_mixed "
+        "or nf_mixed)"
+    ]
     assert not run_dir.exists()  # refused before Hydra made its run folder
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["quant.nonsense=1"], "quant.nonsense=1: unknown key (known: bits, block_size"),
-    (["quant=lordz"], "quant=lordz: no such option (available: int, loftq, loftq_mixed, lords, lords_mixed, nf, nf_mixed, none)"),
-    (["quant.bits=three"], "quant.bits='three' is not one of (2, 3, 4); mixed precision 2.25, 2.5"),
-    (["model=tiny-llama", "quant.bits=3,5"], "quant.bits=5 is not one of"),  # every sweep value is checked
-], ids=["unknown-key", "unknown-option", "bad-value", "bad-sweep-value"])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["quant.nonsense=1"], "quant.nonsense=1: unknown key (known: bits, block_size"),
+        (
+            ["quant=lordz"],
+            "quant=lordz: no such option (available: int, loftq, loftq_mixed, lords, lords_mixed, nf, nf_mixed, none)",
+        ),
+        (["quant.bits=three"], "quant.bits='three' is not one of (2, 3, 4); mixed precision 2.25, 2.5"),
+        (["model=tiny-llama", "quant.bits=3,5"], "quant.bits=5 is not one of"),  # every sweep value is checked
+    ],
+    ids=["unknown-key", "unknown-option", "bad-value", "bad-sweep-value"],
+)
 def test_command_line_is_checked_before_anything_runs(overrides, message):
     from lords_pipelines.stages.launch import check_overrides
 

@@ -1,12 +1,12 @@
 """The stages on a CUDA GPU (``trainer=gpu``), tiny Llama, fast_dev_run: devices, buffers and checkpoints agree."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_pipelines_stages import tiny_settings  # tests/ is on sys.path (pytest prepend mode)
 
 from lords.linear import LoRDSLinear
-
-from test_pipelines_stages import tiny_settings  # tests/ is on sys.path (pytest prepend mode)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 GPU = ["trainer=gpu", "trainer.precision=32-true", "trainer.fast_dev_run=true"]

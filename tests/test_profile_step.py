@@ -1,4 +1,5 @@
 """The training-step profiler runs both stages end to end on a tiny model (CPU smoke: its timings mean nothing)."""
+
 import json
 
 import pytest
@@ -18,9 +19,25 @@ def test_under_torchrun_each_rank_trains_through_ddp_and_writes_its_own_profile(
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-                           "benchmarks.scale.profile_step", "--stage", "peft", "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "benchmarks.scale.profile_step",
+            "--stage",
+            "peft",
+            "--smoke",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     ranks = [json.loads((tmp_path / f"profile_peft_rank{r}.json").read_text()) for r in (0, 1)]
     assert [(x["rank"], x["world_size"]) for x in ranks] == [(0, 2), (1, 2)] and all(x["step_s"] > 0 for x in ranks)

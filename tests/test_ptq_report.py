@@ -1,5 +1,6 @@
 """The main job's front door: its rows come from one spec, and a bad command line stops before any model loads,
 with one line and exit status 2, writing nothing."""
+
 import subprocess
 import sys
 import time
@@ -33,19 +34,28 @@ def test_rows_differ_by_method_and_objective_only(tmp_path):
     assert lords_init.refine is None and type(lords_init) is type(lords_cal)
 
 
-@pytest.mark.parametrize("args,says", [
-    (["quant.bitz=3"], "quant.bitz"),
-    (["quant.block_size=0"], "quant.block_size"),
-    (["quant.bits=4"], "--bits"),
-    (["quant=nf"], "--spec"),
-    (["quant.refine.objective=act"], "--objectives"),
-    (["--objectives", "hessian"], "--objectives"),
-], ids=["unknown-key", "bad-value", "rewrites-bits", "rewrites-method", "rewrites-objective", "bad-objective"])
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (["quant.bitz=3"], "quant.bitz"),
+        (["quant.block_size=0"], "quant.block_size"),
+        (["quant.bits=4"], "--bits"),
+        (["quant=nf"], "--spec"),
+        (["quant.refine.objective=act"], "--objectives"),
+        (["--objectives", "hessian"], "--objectives"),
+    ],
+    ids=["unknown-key", "bad-value", "rewrites-bits", "rewrites-method", "rewrites-objective", "bad-objective"],
+)
 def test_a_bad_command_line_exits_2_with_one_line_before_any_work(tmp_path, args, says):
     run_dir = tmp_path / "run"
     t = time.time()
-    done = subprocess.run([sys.executable, "-m", "lords_pipelines.tables.ptq_report", "--run-dir", str(run_dir), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "lords_pipelines.tables.ptq_report", "--run-dir", str(run_dir), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0] and lines[0].startswith("config error: ")

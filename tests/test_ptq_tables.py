@@ -1,10 +1,10 @@
 """The PTQ tables: their rows pair every LoRDS setting with its block-wise baseline, each calibrated row runs on
 disjoint calibration samples, and the runner writes the reports and resumes from its journal."""
+
 import json
 
-import torch
-
 import pytest
+import torch
 
 from lords import BlockwiseConfig, LoftQConfig, LordsConfig, MixedPrecisionConfig
 from lords_pipelines.tables.ptq import main, quant_config
@@ -33,17 +33,28 @@ def test_every_lords_row_has_a_blockwise_row_refined_the_same_way_at_the_same_bi
             assert (pairs[r.method], r.bits, r.block_size, r.rule, r.steps) in have, r.key
     calibrated = [r for r in rows if r.method.endswith("calibrated")]
     assert calibrated and all(r.sample in (0, 1, 2) for r in calibrated)
-    assert {r.bits for r in rows if r.rule} == {2.5, 2.25} and {r.rule for r in rows if r.rule} == {"loftq", "sensitivity"}
+    assert {r.bits for r in rows if r.rule} == {2.5, 2.25} and {r.rule for r in rows if r.rule} == {
+        "loftq",
+        "sensitivity",
+    }
 
 
 def test_rank_ablation_sets_lords_ranks_beside_block_sizes_of_the_same_floats():
     rows = [r for r in table_rows(load_spec("ptq_rank_ablation")) if r.method != "fp"]
     assert sorted((r.rank_scale, r.block_size) for r in rows if r.method == "lords_refined") == [
-        (0.5, 64), (1, 64), (2, 64), (4, 64)]
+        (0.5, 64),
+        (1, 64),
+        (2, 64),
+        (4, 64),
+    ]
     assert sorted(r.block_size for r in rows if r.method == "blockwise_refined") == [16, 32, 64, 128]
     # The same pairs on the calibrated objective, each over the three calibration samples.
     assert sorted({(r.rank_scale, r.block_size) for r in rows if r.method == "lords_calibrated"}) == [
-        (0.5, 64), (1, 64), (2, 64), (4, 64)]
+        (0.5, 64),
+        (1, 64),
+        (2, 64),
+        (4, 64),
+    ]
     assert sorted({r.block_size for r in rows if r.method == "nf_calibrated"}) == [16, 32, 64, 128]
     assert all(r.sample in (0, 1, 2) for r in rows if r.method.endswith("calibrated"))
 
@@ -62,9 +73,11 @@ def test_rows_build_the_library_configs_they_name(index):
 
 def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, model_dir, capsys):
     spec = tmp_path / "mini.yaml"
-    spec.write_text("defaults: [common]\nbits: [3]\nblock_sizes: [32]\nmethods: [nf, lords_calibrated]\nrules: {}\n"
-                    "eval: {tokens: 128, task_limit: 2, batch_size: 4}\ncalib: {tokens: 64, samples: 2}\n"
-                    "refine: {steps: 2, lr: 0.01}\n")
+    spec.write_text(
+        "defaults: [common]\nbits: [3]\nblock_sizes: [32]\nmethods: [nf, lords_calibrated]\nrules: {}\n"
+        "eval: {tokens: 128, task_limit: 2, batch_size: 4}\ncalib: {tokens: 64, samples: 2}\n"
+        "refine: {steps: 2, lr: 0.01}\n"
+    )
     args = ["--model", str(model_dir), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
     main([str(spec), *args])
     rows = json.loads((tmp_path / "out" / "mini.json").read_text())
@@ -74,23 +87,29 @@ def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, model_
     for key in ("model", "bits", "block_size", "rank", "float_params", "bits_per_weight", "zero_shot_mean"):
         assert key in lords
     assert (lords["refine_steps"], lords["steps"], lords["tokens"]) == (2, 0, 0)  # refined, not trained
-    assert (tmp_path / "out" / "mini.png").stat().st_size > 0 and "lords_calibrated" in (tmp_path / "out" / "mini.md").read_text()
+    assert (tmp_path / "out" / "mini.png").stat().st_size > 0 and "lords_calibrated" in (
+        tmp_path / "out" / "mini.md"
+    ).read_text()
     capsys.readouterr()
     main([str(spec), *args])
     assert "4 already in" in capsys.readouterr().out
     # A spec grown since its runs renders what its journal holds and names the rows not run yet.
     spec.write_text(spec.read_text().replace("methods: [nf, lords_calibrated]", "methods: [nf, lords_calibrated, int]"))
     main([str(spec), *args, "--render"])
-    assert "Not run yet: 1 rows" in (tmp_path / "out" / "mini.md").read_text() and "`int_b3_bs32_T0_r1`" in (
-        tmp_path / "out" / "mini.md").read_text()
+    assert (
+        "Not run yet: 1 rows" in (tmp_path / "out" / "mini.md").read_text()
+        and "`int_b3_bs32_T0_r1`" in (tmp_path / "out" / "mini.md").read_text()
+    )
 
 
 def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_path, model_dir):
     spec = tmp_path / "qat_mini.yaml"
-    spec.write_text("defaults: [qat]\nbits: [3]\nblock_sizes: [32]\n"
-                    "methods: [nf, blockwise_qat, lords_qat, lords_qat_calibrated]\nrules: {}\nextra: []\n"
-                    "eval: {tokens: 128, tasks: []}\ncalib: {tokens: 64, samples: 1}\nrefine: {steps: 2, lr: 0.01}\n"
-                    "qat: {distinct_tokens: 256, tokens: 192, window: 32, batch_size: 2, val_every: 2, log_every: 1}\n")
+    spec.write_text(
+        "defaults: [qat]\nbits: [3]\nblock_sizes: [32]\n"
+        "methods: [nf, blockwise_qat, lords_qat, lords_qat_calibrated]\nrules: {}\nextra: []\n"
+        "eval: {tokens: 128, tasks: []}\ncalib: {tokens: 64, samples: 1}\nrefine: {steps: 2, lr: 0.01}\n"
+        "qat: {distinct_tokens: 256, tokens: 192, window: 32, batch_size: 2, val_every: 2, log_every: 1}\n"
+    )
     main([str(spec), "--model", str(model_dir), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
     rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "qat_mini.json").read_text())}
     records = [json.loads(line) for line in (tmp_path / "run" / "qat_mini" / "rows.jsonl").read_text().splitlines()]

@@ -1,5 +1,6 @@
 """A QAT row's curves come from its run's Lightning CSV log; a run killed and rerun logs again from step 0, and the
 row keeps only the last attempt's curve."""
+
 from lords_pipelines.tables.qat_rows import curves
 
 

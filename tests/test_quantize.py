@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from lords import BlockLinear, BlockwiseConfig, LoRDSLinear, LordsConfig, RefineConfig, quantize_
+from lords import BlockLinear, BlockwiseConfig, LordsConfig, LoRDSLinear, RefineConfig, quantize_
 from lords.errors import ConfigError, NumericsError, ShapeError, UnsupportedModuleError
 
 
@@ -11,8 +11,9 @@ def _logits(model, tokens):
         return model(tokens).logits
 
 
-@pytest.mark.parametrize("config", [LordsConfig(bits=4, block_size=32), BlockwiseConfig(bits=4, block_size=32)],
-                         ids=["lords", "blockwise"])
+@pytest.mark.parametrize(
+    "config", [LordsConfig(bits=4, block_size=32), BlockwiseConfig(bits=4, block_size=32)], ids=["lords", "blockwise"]
+)
 def test_quantize_swaps_every_linear_but_the_lm_head(tiny_model, tokens, config):
     ref = _logits(tiny_model, tokens)
     report = quantize_(tiny_model, config, progress=False)
@@ -38,13 +39,16 @@ def test_calibrated_refinement_lowers_the_activation_weighted_error_below_the_sv
 
     from lords.calibration import collect_stats
 
-    weights = {n: m.weight.detach().clone() for n, m in tiny_model.named_modules() if type(m) is nn.Linear
-               and n != "lm_head"}
+    weights = {
+        n: m.weight.detach().clone() for n, m in tiny_model.named_modules() if type(m) is nn.Linear and n != "lm_head"
+    }
     stats = collect_stats(tiny_model, tokens, {n: tiny_model.get_submodule(n) for n in weights}, 0)
 
     def weighted_error(model):  # measured here, independently of the refinement's own loss curve
-        return sum(float(((w - model.get_submodule(n).dequantized_weight()) ** 2 * stats[n].diag).sum())
-                   for n, w in weights.items())
+        return sum(
+            float(((w - model.get_submodule(n).dequantized_weight()) ** 2 * stats[n].diag).sum())
+            for n, w in weights.items()
+        )
 
     base = copy.deepcopy(tiny_model)
     quantize_(base, LordsConfig(bits=3, block_size=16), progress=False)
@@ -55,7 +59,7 @@ def test_calibrated_refinement_lowers_the_activation_weighted_error_below_the_sv
 
 def test_include_and_exclude_select_modules(tiny_model):
     report = quantize_(tiny_model, LordsConfig(block_size=16, include=("mlp",), exclude=("down_proj",)), progress=False)
-    assert {l.name.split(".")[-1] for l in report.layers} == {"gate_proj", "up_proj"}
+    assert {layer.name.split(".")[-1] for layer in report.layers} == {"gate_proj", "up_proj"}
 
 
 def test_a_model_without_linear_layers_is_refused():
@@ -98,7 +102,9 @@ def test_the_readme_api_is_reachable_from_the_package_with_torch_alone():
     import subprocess
     import sys
 
-    code = ("import sys, lords; from lords_pipelines.models import load_model; "
-            "from lords_pipelines.data.texts import tokenize; lords.QATConfig; "
-            "assert 'transformers' not in sys.modules and 'lightning' not in sys.modules")
+    code = (
+        "import sys, lords; from lords_pipelines.models import load_model; "
+        "from lords_pipelines.data.texts import tokenize; lords.QATConfig; "
+        "assert 'transformers' not in sys.modules and 'lightning' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

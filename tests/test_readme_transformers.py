@@ -1,5 +1,6 @@
 """README's "Use it from transformers" section: every command parses (fast) and runs as written (slow, the embedded
 SmolLM2-135M, in a temporary folder)."""
+
 import os
 import re
 import shlex
@@ -34,8 +35,7 @@ def _argv(words: list[str]) -> list[str]:
 
 
 def test_the_section_has_the_commands_and_the_python_example():
-    assert [c[1] if c[0] == "lords" else c[2] for c in _commands()] == [
-        "quantize", "info", "eval", "bench", "lm-eval"]
+    assert [c[1] if c[0] == "lords" else c[2] for c in _commands()] == ["quantize", "info", "eval", "bench", "lm-eval"]
     assert len(_blocks("python")) == 1 and "from_pretrained" in _blocks("python")[0]
 
 
@@ -55,8 +55,9 @@ def test_every_command_of_the_section_runs_as_written(tmp_path):
         assert done.returncode == 0, f"{' '.join(words)}\n{done.stderr[-3000:]}"
     script = tmp_path / "example.py"
     script.write_text(_blocks("python")[0])
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     base = sum(f.stat().st_size for f in (tmp_path / "smollm2-lords-4bit").glob("*.safetensors"))
     adapter = sum(f.stat().st_size for f in (tmp_path / "my-adapter").iterdir())

@@ -65,4 +65,3 @@ def test_refine_config_names_the_bad_field():
         RefineConfig(objective="mse")
     with pytest.raises(ConfigError, match="refine.lr"):
         RefineConfig(lr=0)
-

@@ -1,4 +1,5 @@
 """Stacked Algorithm 1 (all layers of one shape at once, the GPU path) is the per-layer Algorithm 1."""
+
 import copy
 
 import pytest
@@ -8,11 +9,15 @@ from lords import BlockwiseConfig, LordsConfig, RefineConfig, quantize_
 from lords_pipelines.models import tiny_llama
 
 
-@pytest.mark.parametrize("config", [
-    LordsConfig(bits=3, block_size=32, refine=RefineConfig(steps=20, lr=0.01, objective="weight")),
-    LordsConfig(bits=2, block_size=32, rank_scale=4, refine=RefineConfig(steps=20, lr=0.01, objective="act_diag")),
-    BlockwiseConfig(bits=3, block_size=32, refine=RefineConfig(steps=20, lr=0.01, objective="act_diag")),
-], ids=["lords-weight", "lords-act_diag-rank4x", "blockwise-act_diag"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        LordsConfig(bits=3, block_size=32, refine=RefineConfig(steps=20, lr=0.01, objective="weight")),
+        LordsConfig(bits=2, block_size=32, rank_scale=4, refine=RefineConfig(steps=20, lr=0.01, objective="act_diag")),
+        BlockwiseConfig(bits=3, block_size=32, refine=RefineConfig(steps=20, lr=0.01, objective="act_diag")),
+    ],
+    ids=["lords-weight", "lords-act_diag-rank4x", "blockwise-act_diag"],
+)
 def test_stacked_refinement_gives_the_per_layer_curves_and_layers(config, tokens):
     model = tiny_llama(seed=0)
     one, many = copy.deepcopy(model), copy.deepcopy(model)

@@ -1,4 +1,5 @@
 """Interrupted PTQ resumes after the last finished layer; the same seed gives bit-identical checkpoints."""
+
 import os
 import signal
 import subprocess
@@ -40,8 +41,11 @@ def test_a_crash_mid_ptq_resumes_after_the_last_finished_layer(tmp_path, monkeyp
     assert len(list((tmp_path / "journal" / "layers").iterdir())) == 5
 
     calls.clear()
-    monkeypatch.setitem(handlers._HANDLERS, LordsConfig,
-                        handlers._Registered(lambda name, *a: (calls.append(name), real(name, *a))[1], handlers._is_plain_linear))
+    monkeypatch.setitem(
+        handlers._HANDLERS,
+        LordsConfig,
+        handlers._Registered(lambda name, *a: (calls.append(name), real(name, *a))[1], handlers._is_plain_linear),
+    )
     resumed = tiny_llama(seed=0)
     report = quantize_(resumed, CFG, progress=False, resume_dir=tmp_path / "journal")
     assert len(calls) == 14 - 5 and len(report.layers) == 14  # only the unfinished layers were redone
@@ -72,7 +76,7 @@ def test_a_process_killed_mid_write_loses_no_finished_layer(tmp_path):
             real_replace(src, dst)
         ckpt.os.replace = replace
         cfg = LordsConfig(bits=3, block_size=16, refine=RefineConfig(steps=5, lr=1e-2))
-        quantize_(tiny_llama(seed=0), cfg, progress=False, resume_dir={str(tmp_path / 'j')!r})
+        quantize_(tiny_llama(seed=0), cfg, progress=False, resume_dir={str(tmp_path / "j")!r})
     """)
     proc = subprocess.run([sys.executable, "-c", script], timeout=600)
     assert proc.returncode == -signal.SIGKILL

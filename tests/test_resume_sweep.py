@@ -1,13 +1,13 @@
 """A killed sweep resumes without redoing finished runs: a PTQ run whose metrics.json holds the same settings is
 skipped; one with other settings, or never finished, runs."""
+
 import json
 
 from test_pipelines_stages import tiny_settings
 
 
 def test_a_finished_ptq_run_is_skipped_and_an_unfinished_one_runs(tmp_path, monkeypatch):
-    from lords_pipelines.stages import common
-    from lords_pipelines.stages import ptq
+    from lords_pipelines.stages import common, ptq
 
     s = tiny_settings("ptq", tmp_path, "quant=nf", "quant.bits=4", "eval.tasks=[]")
     first, objs = ptq.run(s)

@@ -1,6 +1,7 @@
 """Streamed PTQ reads one decoder block at a time from the shards: with the float prefix's activations it equals
 quantize_ on the whole model; with the quantized prefix's (GPTQ's order) it runs, mixed precision included; a killed
 run resumes from its journal."""
+
 from __future__ import annotations
 
 import copy
@@ -9,11 +10,16 @@ import pytest
 import torch
 
 import lords
-from lords_pipelines.models import tiny_llama
 from lords.stream import load_streamed, quantize_streamed
+from lords_pipelines.models import tiny_llama
 
-CFG = lords.LordsConfig(bits=3, block_size=16, calib_tokens=256, sample_tokens=32,
-                        refine=lords.RefineConfig(steps=3, lr=1e-2, objective="act_diag"))
+CFG = lords.LordsConfig(
+    bits=3,
+    block_size=16,
+    calib_tokens=256,
+    sample_tokens=32,
+    refine=lords.RefineConfig(steps=3, lr=1e-2, objective="act_diag"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +68,15 @@ def test_a_killed_streamed_run_resumes_from_its_journal(saved, tmp_path, monkeyp
             if len(calls) == 10:  # inside block 1
                 raise KeyboardInterrupt("simulated kill")
             return real(leaf)(name, *args)
+
         return handler
 
     monkeypatch.setattr(stream, "handler_for", dying)
     with pytest.raises(KeyboardInterrupt):
         quantize_streamed(folder, CFG, tmp_path / "journal", ids, progress=False)
-    monkeypatch.setattr(stream, "handler_for", lambda leaf: (lambda name, *a: (calls.append(name), real(leaf)(name, *a))[1]))
+    monkeypatch.setattr(
+        stream, "handler_for", lambda leaf: (lambda name, *a: (calls.append(name), real(leaf)(name, *a))[1])
+    )
     calls.clear()
     quantize_streamed(folder, CFG, tmp_path / "journal", ids, progress=False)
     assert len(calls) == 21 - 9  # the 9 finished linears were read back, not redone

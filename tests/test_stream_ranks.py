@@ -1,5 +1,6 @@
 """Streamed PTQ on several ranks (one process per GPU) writes the same journal, hence the same checkpoint, as one
 process: float-prefix inputs split the blocks, quantized-prefix inputs split the linears of each block."""
+
 from __future__ import annotations
 
 import os
@@ -13,12 +14,17 @@ import torch
 import lords
 from lords.distribute import Ranks, assign_linears, block_range
 from lords.errors import ConfigError
-from lords_pipelines.models import tiny_llama
 from lords.stream import load_streamed, quantize_streamed
+from lords_pipelines.models import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = lords.LordsConfig(bits=3, block_size=16, calib_tokens=256, sample_tokens=32,
-                        refine=lords.RefineConfig(steps=3, lr=1e-2, objective="act_diag"))
+CFG = lords.LordsConfig(
+    bits=3,
+    block_size=16,
+    calib_tokens=256,
+    sample_tokens=32,
+    refine=lords.RefineConfig(steps=3, lr=1e-2, objective="act_diag"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +83,41 @@ def test_two_gloo_processes_under_torchrun_give_one_process_checkpoint_bit_for_b
     """``torchrun --nproc-per-node 2 -m lords_pipelines.stages.stream_ptq`` (gloo on the CPU) against one process."""
     folder, _ = saved
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    common = ["-m", "lords_pipelines.stages.stream_ptq", str(folder), "--bits", "3", "--block-size", "16", "--steps", "3",
-              "--calib-tokens", "256", "--random-calib", "--inputs", inputs, "--device", "cpu", "--threads", "1"]
+    common = [
+        "-m",
+        "lords_pipelines.stages.stream_ptq",
+        str(folder),
+        "--bits",
+        "3",
+        "--block-size",
+        "16",
+        "--steps",
+        "3",
+        "--calib-tokens",
+        "256",
+        "--random-calib",
+        "--inputs",
+        inputs,
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
     outs = {}
     for n in (1, 2):
         outs[n] = tmp_path / f"ranks{n}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port",
-               str(29400 + n + (inputs == "float") * 10), *common, "--out", str(outs[n])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(n),
+            "--master-port",
+            str(29400 + n + (inputs == "float") * 10),
+            *common,
+            "--out",
+            str(outs[n]),
+        ]
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
     one, two = (lords.load_quantized(outs[n] / "quantized")[0].state_dict() for n in (1, 2))

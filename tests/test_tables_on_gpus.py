@@ -1,6 +1,7 @@
 """``tools/tables_on_gpus.sh``: jobs spread over the GPUs it is given, each with its own journal seeded from the
 committed rows, merged into one journal per table (one line per row), flat copies under ``$OUT``. Run here as a
 dry run (``GPUS=2`` forced on the CPU) with two jobs of one tiny table."""
+
 import json
 import os
 import subprocess
@@ -8,7 +9,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = "defaults: [common]\nbits: [3]\nblock_sizes: [32]\nmethods: [nf, int]\nrules: {}\neval: {tokens: 128, tasks: []}\n"
+SPEC = (
+    "defaults: [common]\nbits: [3]\nblock_sizes: [32]\nmethods: [nf, int]\nrules: {}\neval: {tokens: 128, tasks: []}\n"
+)
 
 
 def test_two_jobs_on_two_gpus_merge_into_one_journal(tmp_path):
@@ -22,11 +25,24 @@ def test_two_jobs_on_two_gpus_merge_into_one_journal(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     bin_dir = Path(sys.executable).parent  # the script calls python3: this interpreter's
-    env = dict(os.environ, GPUS="2", MODEL=str(model), RUN_DIR=str(tmp_path / "runs"), OUT=str(out),
-               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        GPUS="2",
+        MODEL=str(model),
+        RUN_DIR=str(tmp_path / "runs"),
+        OUT=str(out),
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        PYTHONPATH=str(ROOT),
+    )
     spec = str(tmp_path / "mini.yaml")
-    done = subprocess.run(["bash", "tools/tables_on_gpus.sh", f"ptq:{spec}", f"ptq:{spec}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", "tools/tables_on_gpus.sh", f"ptq:{spec}", f"ptq:{spec}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     logs = sorted((tmp_path / "runs" / "logs").glob("*.log"))
     assert [p.name for p in logs] == ["0-ptq.log", "1-ptq.log"]
@@ -42,12 +58,30 @@ def test_peft_jobs_needing_bitsandbytes_are_refused_before_any_job_starts(tmp_pa
     hidden.mkdir(parents=True)
     (hidden / "__init__.py").write_text("raise ImportError('not installed here')\n")
     bin_dir = Path(sys.executable).parent
-    env = dict(os.environ, GPUS="1", MODEL="unused", RUN_DIR=str(tmp_path / "runs"),
-               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=f"{hidden.parent}{os.pathsep}{ROOT}")
-    lords_only = subprocess.run(["bash", "tools/tables_on_gpus.sh", "peft:^nothing_lords_peft_"], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        GPUS="1",
+        MODEL="unused",
+        RUN_DIR=str(tmp_path / "runs"),
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        PYTHONPATH=f"{hidden.parent}{os.pathsep}{ROOT}",
+    )
+    lords_only = subprocess.run(
+        ["bash", "tools/tables_on_gpus.sh", "peft:^nothing_lords_peft_"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "bitsandbytes" not in lords_only.stdout  # LoRDS alone needs no bitsandbytes
-    done = subprocess.run(["bash", "tools/tables_on_gpus.sh", "peft:^lords_roman_qlora_"], cwd=ROOT,
-                          env=env | {"RUN_DIR": str(tmp_path / "runs2")}, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", "tools/tables_on_gpus.sh", "peft:^lords_roman_qlora_"],
+        cwd=ROOT,
+        env=env | {"RUN_DIR": str(tmp_path / "runs2")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "need bitsandbytes" in done.stdout
     assert not (tmp_path / "runs2").exists()  # refused before any job (or its log folder) started

@@ -1,5 +1,6 @@
 """A table's recorded QAT curves replay into offline wandb runs: one run per trained row, the steps in order, the
 row's settings as config and its final metrics as summary."""
+
 import json
 
 import pytest
@@ -16,10 +17,18 @@ def test_train_and_val_losses_of_one_step_land_together_in_step_order():
 
 
 def test_each_trained_row_becomes_an_offline_run_with_its_curves(tmp_path):
-    rows = [{"key": "nf_b3_bs64_T0_r1", "method": "nf", "bits": 3, "ppl": {"licenses": 50.0}},
-            {"key": "lords_qat_b3_bs64_T0_r1", "method": "lords_qat", "bits": 3, "lr_scale": 1e-3,
-             "ppl": {"licenses": 30.0}, "lords_kjv_cloze/acc": 0.5,
-             "curves": {"train/loss": [[0, 4.0], [8, 3.0]], "val/loss": [[8, 3.5]]}}]
+    rows = [
+        {"key": "nf_b3_bs64_T0_r1", "method": "nf", "bits": 3, "ppl": {"licenses": 50.0}},
+        {
+            "key": "lords_qat_b3_bs64_T0_r1",
+            "method": "lords_qat",
+            "bits": 3,
+            "lr_scale": 1e-3,
+            "ppl": {"licenses": 30.0},
+            "lords_kjv_cloze/acc": 0.5,
+            "curves": {"train/loss": [[0, 4.0], [8, 3.0]], "val/loss": [[8, 3.5]]},
+        },
+    ]
     journal = tmp_path / "qat.jsonl"
     journal.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     main([str(journal), "--dir", str(tmp_path / "w")])

@@ -25,20 +25,27 @@ is skipped and named in the output. Weights are random (timings do not depend on
 ``--smoke`` runs the same code on the CPU (Triton's interpreter, a tiny shape): its "timings" are one wall-clock call
 each and mean nothing; it exists so that a GPU call cannot fail for a reason the CPU could have shown.
 """
+
 from __future__ import annotations
 
-from benchmarks.kernels import DEFAULT_TABLE
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
 import time
 
-from benchmarks.kernels.timing import (  # noqa: F401 (re-exported)
-    Clock, alternate, bandwidth_TBps, median_replay_ms, n_copies, time_eager, time_graph)
+from benchmarks.kernels import DEFAULT_TABLE
 from benchmarks.kernels.peers import BLOCK, Peers, lords_bytes, lords_layers, lords_rank  # noqa: F401 (re-exported)
+from benchmarks.kernels.timing import (  # noqa: F401 (re-exported)
+    Clock,
+    alternate,
+    bandwidth_TBps,
+    median_replay_ms,
+    n_copies,
+    time_eager,
+    time_graph,
+)
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (1024, 4096)]
 MS = [1, 4, 16, 64, 256, 2048, 8192]
@@ -49,11 +56,13 @@ SMOKE = dict(shapes=[(256, 512)], ms=[1, 16, 512], bits=[4, 2], blocks=[64, 128]
 
 # ----------------------------------------------------------------------------------------------- timing
 
+
 def parse_shapes(text: str):
     return [tuple(int(v) for v in s.split("x")) for s in text.split(",")]
 
 
 # ----------------------------------------------------------------------------------------------- forward
+
 
 def lords_variants(bits: list[int], blocks: list[int]) -> list[tuple[int, int]]:
     """``(bits, block)`` of the LoRDS rows: every width at the first block size, 4 bits at the others."""
@@ -79,19 +88,31 @@ def bench(args, torch, triton):
     peers = Peers(dev)
     bw = bandwidth_TBps(torch, triton) if cuda else None
     blocks, variants = args.blocks, lords_variants(args.bits, args.blocks)
-    print(f"device {torch.cuda.get_device_name() if cuda else 'cpu'}  copy bandwidth {bw}  "
-          f"missing peers: {peers.missing}", flush=True)
+    print(
+        f"device {torch.cuda.get_device_name() if cuda else 'cpu'}  copy bandwidth {bw}  "
+        f"missing peers: {peers.missing}",
+        flush=True,
+    )
     rows, errors = [], {}
-    out = dict(device=torch.cuda.get_device_name() if cuda else "cpu (smoke: timings meaningless)",
-               bandwidth_TBps=bw, torch=torch.__version__, triton=triton.__version__, missing_peers=peers.missing,
-               blocks=blocks, rounds=args.rounds, table=args.table, rows=rows, errors=errors,
-               method=f"us: do_bench median (warmup 10 ms, rep 40 ms), eager Python call, L2 flushed; us_graph: "
-                      "CUDA graph, weights rotated over >=150 MB of copies (cold L2), median replay / calls; "
-                      f"implementations of a cell timed in {args.rounds} alternating rounds, median of rounds; "
-                      "fp16 activations; LoRDS: NF grid, B/A fp16, parity rank of the row's block size, through "
-                      "triton_forward (the layer plan); bnb NF4 blocksize = block, no double quant; gemlite "
-                      "GemLiteLinear(4, group_size = block); floor = (4-bit codes + fp16 scales per block + "
-                      "activations in/out) / copy bandwidth")
+    out = dict(
+        device=torch.cuda.get_device_name() if cuda else "cpu (smoke: timings meaningless)",
+        bandwidth_TBps=bw,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        missing_peers=peers.missing,
+        blocks=blocks,
+        rounds=args.rounds,
+        table=args.table,
+        rows=rows,
+        errors=errors,
+        method=f"us: do_bench median (warmup 10 ms, rep 40 ms), eager Python call, L2 flushed; us_graph: "
+        "CUDA graph, weights rotated over >=150 MB of copies (cold L2), median replay / calls; "
+        f"implementations of a cell timed in {args.rounds} alternating rounds, median of rounds; "
+        "fp16 activations; LoRDS: NF grid, B/A fp16, parity rank of the row's block size, through "
+        "triton_forward (the layer plan); bnb NF4 blocksize = block, no double quant; gemlite "
+        "GemLiteLinear(4, group_size = block); floor = (4-bit codes + fp16 scales per block + "
+        "activations in/out) / copy bandwidth",
+    )
     t_start = time.time()
 
     def save():
@@ -102,8 +123,20 @@ def bench(args, torch, triton):
         return out
 
     def add(N, K, M, bits, impl, block, us, us_graph, spread=None, rounds=1):
-        rows.append(dict(N=N, K=K, M=M, bits=bits, impl=impl, block_size=block, us=us, us_graph=us_graph,
-                         us_graph_spread=spread, rounds=rounds))
+        rows.append(
+            dict(
+                N=N,
+                K=K,
+                M=M,
+                bits=bits,
+                impl=impl,
+                block_size=block,
+                us=us,
+                us_graph=us_graph,
+                us_graph_spread=spread,
+                rounds=rounds,
+            )
+        )
         g = "—" if us_graph is None else f"{us_graph:8.1f}"
         e = "—" if us is None else f"{us:8.1f}"
         print(f"{N:>6}x{K:<6} M={M:<5} {impl:<11} bits={bits:<2} block={block!s:<4} eager {e}  graph {g}", flush=True)
@@ -122,21 +155,37 @@ def bench(args, torch, triton):
                 errors[f"{N}x{K} bnb_nf4 block {blk} quantize"] = repr(e)[:300]
             try:
                 if peers.gemlite is not None:
-                    impls[f"gemlite{blk}"] = ("gemlite_w4", 4, blk,
-                                              peers.gemlite_fns(torch, N, K, cur, copies(N * K // 2), blk))
+                    impls[f"gemlite{blk}"] = (
+                        "gemlite_w4",
+                        4,
+                        blk,
+                        peers.gemlite_fns(torch, N, K, cur, copies(N * K // 2), blk),
+                    )
             except Exception as e:
                 errors[f"{N}x{K} gemlite_w4 block {blk} pack"] = repr(e)[:300]
         for bits, blk in variants:
             try:
-                layers = lords_layers(torch, N, K, bits, copies(lords_bytes(N, K, bits, blk)), torch.float16,
-                                      r=lords_rank(N, K, blk), device=dev)
+                layers = lords_layers(
+                    torch,
+                    N,
+                    K,
+                    bits,
+                    copies(lords_bytes(N, K, bits, blk)),
+                    torch.float16,
+                    r=lords_rank(N, K, blk),
+                    device=dev,
+                )
                 for layer in layers:
                     lords_kernels.kernel_codes(layer)
             except Exception as e:
                 errors[f"{N}x{K} lords {bits}-bit block {blk} build"] = repr(e)[:300]
                 continue
-            impls[f"lords{bits}@{blk}"] = ("lords", bits, blk,
-                                           [(lambda L=L: lords_kernels.triton_forward(L, cur["x"])) for L in layers])
+            impls[f"lords{bits}@{blk}"] = (
+                "lords",
+                bits,
+                blk,
+                [(lambda L=L: lords_kernels.triton_forward(L, cur["x"])) for L in layers],
+            )
         for M in args.ms:
             if time.time() - t_start > args.budget_s:
                 out["stopped"] = f"budget of {args.budget_s} s spent before {N}x{K} M={M}"
@@ -154,8 +203,18 @@ def bench(args, torch, triton):
                 vals = samples[k]
                 if vals:
                     g = [v[1] for v in vals]
-                    add(N, K, M, bits, impl, blk, statistics.median(v[0] for v in vals), statistics.median(g),
-                        [min(g), max(g)], len(vals))
+                    add(
+                        N,
+                        K,
+                        M,
+                        bits,
+                        impl,
+                        blk,
+                        statistics.median(v[0] for v in vals),
+                        statistics.median(g),
+                        [min(g), max(g)],
+                        len(vals),
+                    )
             save()
         del Ws, impls, cur
         if cuda:
@@ -164,6 +223,7 @@ def bench(args, torch, triton):
 
 
 # ----------------------------------------------------------------------------------------------- backward
+
 
 def backward(args, torch, triton):
     """Forward + backward at large M, eager (``do_bench``), alternating rounds: LoRDS at each block size (grads for
@@ -195,15 +255,30 @@ def backward(args, torch, triton):
             for (name, blk), vals in samples.items():
                 if vals:
                     us = statistics.median(vals)
-                    rows.append(dict(N=N, K=K, M=M, impl=name, block_size=blk, us_fwd_bwd=us,
-                                     us_fwd_bwd_spread=[min(vals), max(vals)], rounds=len(vals)))
+                    rows.append(
+                        dict(
+                            N=N,
+                            K=K,
+                            M=M,
+                            impl=name,
+                            block_size=blk,
+                            us_fwd_bwd=us,
+                            us_fwd_bwd_spread=[min(vals), max(vals)],
+                            rounds=len(vals),
+                        )
+                    )
                     print(f"bwd {N}x{K} M={M} {name:<11} block={blk!s:<4} fwd+bwd {us:9.1f} us", flush=True)
             x.grad = W.grad = None
-    out = dict(device=torch.cuda.get_device_name() if cuda else "cpu (smoke: timings meaningless)", rows=rows,
-               errors=errors, blocks=args.blocks, rounds=args.rounds,
-               method=f"do_bench median of forward+backward, eager, fp16, {args.rounds} alternating rounds, median; "
-                      f"LoRDS 4-bit at the parity rank of block_size; from the crossover (tuning.dequant_min_m) the "
-                      f"backward goes through dequantize + cuBLAS")
+    out = dict(
+        device=torch.cuda.get_device_name() if cuda else "cpu (smoke: timings meaningless)",
+        rows=rows,
+        errors=errors,
+        blocks=args.blocks,
+        rounds=args.rounds,
+        method=f"do_bench median of forward+backward, eager, fp16, {args.rounds} alternating rounds, median; "
+        f"LoRDS 4-bit at the parity rank of block_size; from the crossover (tuning.dequant_min_m) the "
+        f"backward goes through dequantize + cuBLAS",
+    )
     os.makedirs(os.path.dirname(args.backward) or ".", exist_ok=True)
     with open(args.backward, "w") as fh:
         json.dump(out, fh, indent=1)
@@ -211,6 +286,7 @@ def backward(args, torch, triton):
 
 
 # ----------------------------------------------------------------------------------------------- entry point
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,12 +296,21 @@ def main(argv=None):
     p.add_argument("--tune", default=None, help="sweep LoRDS configs, write the table here")
     p.add_argument("--backward", default=None, help="time forward+backward at --ms, write JSON here")
     p.add_argument("--log", default=None, help="with --tune: every timing, as JSON")
-    p.add_argument("--table", default=str(DEFAULT_TABLE),
-                   help="tuning table to load (missing: built-in heuristic)")
-    p.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2],
-                   help="LoRDS widths at the first block size (4 bits at the others)")
-    p.add_argument("--blocks", type=int, nargs="+", default=None,
-                   help=f"block sizes (default {BLOCKS}; with --tune: [64], the parity ranks to sweep)")
+    p.add_argument("--table", default=str(DEFAULT_TABLE), help="tuning table to load (missing: built-in heuristic)")
+    p.add_argument(
+        "--bits",
+        type=int,
+        nargs="+",
+        default=[4, 3, 2],
+        help="LoRDS widths at the first block size (4 bits at the others)",
+    )
+    p.add_argument(
+        "--blocks",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"block sizes (default {BLOCKS}; with --tune: [64], the parity ranks to sweep)",
+    )
     p.add_argument("--ms", type=int, nargs="+", default=MS)
     p.add_argument("--shapes", default=None, help="e.g. 4096x4096,1024x4096")
     p.add_argument("--peer-max-m", type=int, default=1 << 30, help="skip peers above this M")

@@ -42,9 +42,9 @@ scratch, allocated again for each LoRDS variant); ``resident_bytes`` = what the 
 
 Writes ``decode.json`` and ``decode.md`` (``python -m benchmarks.kernels.render`` re-renders the md on any machine).
 """
+
 from __future__ import annotations
 
-from benchmarks.kernels import DEFAULT_TABLE
 import argparse
 import gc
 import json
@@ -53,16 +53,14 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from benchmarks.kernels import DEFAULT_TABLE
+from benchmarks.kernels.decode_model import KIND_MODULE, Block, Model, Step, rms, rope  # noqa: F401
+from benchmarks.kernels.peers import Peers, weight_bytes
 from benchmarks.shapes import LLAMA3_8B, Shape
-
-from benchmarks.kernels.peers import Peers, make_module, weight_bytes
 
 VARIANTS = ["fp16", "bnb_nf4@64", "bnb_nf4@128", "gemlite_w4@64", "gemlite_w4@128", "lords4@64", "lords4@128"]
 """``kind@block``; ``fp16`` has no block."""
-KIND_MODULE = {"fp16": "fp16", "bnb_nf4": "bnb_nf4", "gemlite_w4": "gemlite_w4", "lords4": "lords"}
 
 
 TINY = Shape("tiny", hidden=256, layers=1, heads=4, kv_heads=2, intermediate=512, vocab=512)
@@ -86,8 +84,9 @@ def layer_weight_bytes(shape: Shape, kind: str, block: int | None) -> int:
     return sum(weight_bytes(KIND_MODULE[kind], N, K, block) for N, K in shape.fused_linears().values())
 
 
-def step_bytes(shape: Shape, layers: int, kind: str, block: int | None, batch: int | str, ctx: int,
-               prefill: int) -> dict:
+def step_bytes(
+    shape: Shape, layers: int, kind: str, block: int | None, batch: int | str, ctx: int, prefill: int
+) -> dict:
     """Bytes one step moves: ``weights`` (the linear layers), ``head`` (fp16 LM head), ``kv`` (decode: the cache read
     at ``ctx`` positions; prefill: ``prefill`` positions written), ``total``."""
     kv_row = 2 * shape.kv_heads * shape.head_dim * 2  # K and V, fp16, one position of one sequence in one layer
@@ -97,139 +96,41 @@ def step_bytes(shape: Shape, layers: int, kind: str, block: int | None, batch: i
     return out
 
 
-def make_row(kind: str, block: int | None, batch: int | str, tokens: int, step_ms: list[float], nbytes: dict,
-             peak_mem: int | None, resident: int | None, finite: bool) -> dict:
+def make_row(
+    kind: str,
+    block: int | None,
+    batch: int | str,
+    tokens: int,
+    step_ms: list[float],
+    nbytes: dict,
+    peak_mem: int | None,
+    resident: int | None,
+    finite: bool,
+) -> dict:
     """One ``decode.json`` row from the rounds' step times (ms)."""
     ms = statistics.median(step_ms)
-    return dict(kind=kind, block_size=block, batch=batch, tokens=tokens, step_ms=ms,
-                step_ms_spread=[min(step_ms), max(step_ms)], tokens_per_s=tokens / (ms * 1e-3),
-                GB_per_s=nbytes["total"] / (ms * 1e-3) / 1e9, bytes_per_step=nbytes["total"],
-                weight_bytes=nbytes["weights"], peak_mem_bytes=peak_mem, resident_bytes=resident,
-                rounds=len(step_ms), finite=finite)
+    return dict(
+        kind=kind,
+        block_size=block,
+        batch=batch,
+        tokens=tokens,
+        step_ms=ms,
+        step_ms_spread=[min(step_ms), max(step_ms)],
+        tokens_per_s=tokens / (ms * 1e-3),
+        GB_per_s=nbytes["total"] / (ms * 1e-3) / 1e9,
+        bytes_per_step=nbytes["total"],
+        weight_bytes=nbytes["weights"],
+        peak_mem_bytes=peak_mem,
+        resident_bytes=resident,
+        rounds=len(step_ms),
+        finite=finite,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- the model
 
-def rms(x, w):
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype) * w
-
-
-def rope(t, cos, sin):
-    a, b = t[..., ::2], t[..., 1::2]
-    return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2)
-
-
-class Block(nn.Module):
-    def __init__(self, shape: Shape, kind: str, block: int | None, peers: Peers, max_batch: int, ctx: int,
-                 prefill: int):
-        super().__init__()
-        dev, f16 = peers.device, torch.float16
-        self.lin = nn.ModuleDict({name: make_module(KIND_MODULE[kind], N, K, block, peers)
-                                  for name, (N, K) in shape.fused_linears().items()})
-        self.n1 = nn.Parameter(torch.ones(shape.hidden, dtype=f16, device=dev), requires_grad=False)
-        self.n2 = nn.Parameter(torch.ones(shape.hidden, dtype=f16, device=dev), requires_grad=False)
-        kv = (shape.kv_heads, shape.head_dim)
-        self.ck = torch.randn(max_batch, kv[0], ctx, kv[1], dtype=f16, device=dev)
-        self.cv = torch.randn_like(self.ck)
-        self.pk = torch.zeros(1, kv[0], prefill, kv[1], dtype=f16, device=dev)
-        self.pv = torch.zeros_like(self.pk)
-
-
-class Model(nn.Module):
-    """``decode(h (B, 1, hidden)) -> logits (B, vocab)`` and ``prefill(h (1, T, hidden)) -> logits (1, vocab)``."""
-
-    def __init__(self, shape: Shape, kind: str, block: int | None, layers: int, peers: Peers, max_batch: int,
-                 ctx: int, prefill: int):
-        super().__init__()
-        dev = peers.device
-        self.shape = shape
-        self.blocks = nn.ModuleList(Block(shape, kind, block, peers, max_batch, ctx, prefill) for _ in range(layers))
-        self.head = nn.Parameter(torch.randn(shape.vocab, shape.hidden, dtype=torch.float16, device=dev) * 0.02,
-                                 requires_grad=False)
-        self.norm = nn.Parameter(torch.ones(shape.hidden, dtype=torch.float16, device=dev), requires_grad=False)
-        inv = 1.0 / (500000.0 ** (torch.arange(0, shape.head_dim, 2, device=dev).float() / shape.head_dim))
-        ang_d = (ctx - 1) * inv[None, :]
-        ang_p = torch.arange(prefill, device=dev).float()[:, None] * inv[None, :]
-        self.rope_d = (ang_d.cos().half(), ang_d.sin().half())
-        self.rope_p = (ang_p.cos().half(), ang_p.sin().half())
-        self.pos = torch.tensor([ctx - 1], device=dev)
-        if kind == "lords4":
-            import lords_kernels
-
-            lords_kernels.use_triton(self, codes_on_host=True)  # the GPU holds the codes once, as a server would
-
-    def _layer(self, blk: Block, h, cos, sin, prefill: bool):
-        s = self.shape
-        B, T, _ = h.shape
-        x = rms(h, blk.n1)
-        q, k, v = blk.lin["qkv"](x).split([s.heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim],
-                                          dim=-1)
-        q = rope(q.view(B, T, s.heads, s.head_dim).transpose(1, 2), cos, sin)
-        k = rope(k.view(B, T, s.kv_heads, s.head_dim).transpose(1, 2), cos, sin)
-        v = v.view(B, T, s.kv_heads, s.head_dim).transpose(1, 2)
-        if prefill:
-            blk.pk[:, :, :T].copy_(k)
-            blk.pv[:, :, :T].copy_(v)
-            att = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        else:
-            ck, cv = blk.ck[:B], blk.cv[:B]
-            ck.index_copy_(2, self.pos, k)
-            cv.index_copy_(2, self.pos, v)
-            att = F.scaled_dot_product_attention(q, ck, cv, enable_gqa=True)
-        h = h + blk.lin["o"](att.transpose(1, 2).reshape(B, T, s.heads * s.head_dim))
-        gate, up = blk.lin["gate_up"](rms(h, blk.n2)).split([s.intermediate, s.intermediate], dim=-1)
-        return h + blk.lin["down"](F.silu(gate) * up)
-
-    def decode(self, h):
-        for blk in self.blocks:
-            h = self._layer(blk, h, *self.rope_d, prefill=False)
-        return F.linear(rms(h[:, -1], self.norm), self.head)
-
-    def prefill(self, h):
-        T = h.shape[1]
-        cos, sin = self.rope_p[0][:T], self.rope_p[1][:T]
-        for blk in self.blocks:
-            h = self._layer(blk, h, cos, sin, prefill=True)
-        return F.linear(rms(h[:, -1], self.norm), self.head)
-
 
 # ----------------------------------------------------------------------------------------------- timing
-
-class Step:
-    """One (variant, step): a captured CUDA graph (``cuda``), or the eager call (CPU smoke: wall clock)."""
-
-    def __init__(self, fn, inp, cuda: bool):
-        self.fn, self.inp, self.cuda = fn, inp, cuda
-        self.graph = None
-        self.finite = True
-
-    def capture(self):
-        if not self.cuda:
-            self.finite = bool(torch.isfinite(self.fn(self.inp).float()).all())
-            return
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(2):
-                self.fn(self.inp)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            out = self.fn(self.inp)
-        g.replay()
-        torch.cuda.synchronize()
-        self.finite = bool(torch.isfinite(out.float()).all())
-        self.graph = g
-
-    def time_ms(self, reps: int) -> float:
-        if self.cuda:
-            from benchmarks.kernels.timing import median_replay_ms
-
-            return median_replay_ms(torch, self.graph, reps)
-        t0 = time.perf_counter()
-        self.fn(self.inp)
-        return 1e3 * (time.perf_counter() - t0)
 
 
 def _gib(nbytes: int | None) -> str:
@@ -258,18 +159,33 @@ def run(args) -> dict:
     variants = [parse_variant(v) for v in args.variants]
     steps = [b for b in args.batches] + (["prefill"] if args.prefill else [])
     max_batch = max(args.batches) if args.batches else 1
-    out = dict(device=torch.cuda.get_device_name() if cuda else "cpu (smoke: timings meaningless)",
-               torch=torch.__version__, layers=args.layers, ctx=args.ctx, prefill_tokens=args.prefill,
-               shape=dict(hidden=shape.hidden, inter=shape.intermediate, heads=shape.heads, kv_heads=shape.kv_heads,
-                          head_dim=shape.head_dim, vocab=shape.vocab),
-               rounds=args.rounds, reps=dict(decode=args.reps, prefill=args.prefill_reps),
-               table=args.table, missing_peers=peers.missing, rows=[], errors={},
-               method="random weights (timings do not depend on them); hand-written Llama block loop, QKV and "
-                      "gate/up fused into one linear each; one CUDA graph per (variant, step), all variants resident, "
-                      f"replayed in {args.rounds} alternating rounds (order rotated), median of rounds; fp16 "
-                      "activations, fp16 LM head and KV cache in every variant; LoRDS through use_triton with tile "
-                      f"table {os.path.basename(args.table) if args.table else 'none (heuristic)'}, its stored "
-                      "qweight in host memory (use_triton(codes_on_host=True)): the GPU holds its codes once")
+    out = dict(
+        device=torch.cuda.get_device_name() if cuda else "cpu (smoke: timings meaningless)",
+        torch=torch.__version__,
+        layers=args.layers,
+        ctx=args.ctx,
+        prefill_tokens=args.prefill,
+        shape=dict(
+            hidden=shape.hidden,
+            inter=shape.intermediate,
+            heads=shape.heads,
+            kv_heads=shape.kv_heads,
+            head_dim=shape.head_dim,
+            vocab=shape.vocab,
+        ),
+        rounds=args.rounds,
+        reps=dict(decode=args.reps, prefill=args.prefill_reps),
+        table=args.table,
+        missing_peers=peers.missing,
+        rows=[],
+        errors={},
+        method="random weights (timings do not depend on them); hand-written Llama block loop, QKV and "
+        "gate/up fused into one linear each; one CUDA graph per (variant, step), all variants resident, "
+        f"replayed in {args.rounds} alternating rounds (order rotated), median of rounds; fp16 "
+        "activations, fp16 LM head and KV cache in every variant; LoRDS through use_triton with tile "
+        f"table {os.path.basename(args.table) if args.table else 'none (heuristic)'}, its stored "
+        "qweight in host memory (use_triton(codes_on_host=True)): the GPU holds its codes once",
+    )
     t_start = time.time()
     built = {}  # name -> (model, {step: Step}, memory)
     with torch.no_grad():
@@ -298,8 +214,11 @@ def run(args) -> dict:
                     torch.cuda.synchronize()
                 peak = None if base is None else torch.cuda.max_memory_allocated() - base
                 built[name] = (model, runs, dict(peak=peak, resident=resident))
-                print(f"{name:<15} built: resident {_gib(resident)} GiB, peak {_gib(peak)} GiB "
-                      f"({time.time() - t_start:.0f} s)", flush=True)
+                print(
+                    f"{name:<15} built: resident {_gib(resident)} GiB, peak {_gib(peak)} GiB "
+                    f"({time.time() - t_start:.0f} s)",
+                    flush=True,
+                )
             except Exception as e:  # a missing or failing peer: say so, go on
                 out["errors"][name] = repr(e)[:300]
                 print(f"{name}: failed {e!r}"[:300], flush=True)
@@ -338,12 +257,23 @@ def run(args) -> dict:
             if not times[(name, st)]:
                 continue
             tokens = args.prefill if st == "prefill" else st
-            row = make_row(kind, block, st, tokens, times[(name, st)],
-                           step_bytes(shape, args.layers, kind, block, st, args.ctx, args.prefill),
-                           mem["peak"], mem["resident"], step.finite)
+            row = make_row(
+                kind,
+                block,
+                st,
+                tokens,
+                times[(name, st)],
+                step_bytes(shape, args.layers, kind, block, st, args.ctx, args.prefill),
+                mem["peak"],
+                mem["resident"],
+                step.finite,
+            )
             out["rows"].append(row)
-            print(f"{name:<15} {str(st):>7}: {row['step_ms']:9.3f} ms  {row['tokens_per_s']:10.1f} tok/s  "
-                  f"{row['GB_per_s']:6.0f} GB/s", flush=True)
+            print(
+                f"{name:<15} {str(st):>7}: {row['step_ms']:9.3f} ms  {row['tokens_per_s']:10.1f} tok/s  "
+                f"{row['GB_per_s']:6.0f} GB/s",
+                flush=True,
+            )
     out["wall_s"] = time.time() - t_start
     del built
     os.makedirs(args.out_dir, exist_ok=True)
@@ -368,12 +298,22 @@ def main(argv=None):
     p.add_argument("--budget-s", type=float, default=1e9, help="start no new round after this many seconds")
     p.add_argument("--table", default=str(DEFAULT_TABLE))
     p.add_argument("--out-dir", default=os.path.join("outputs", "reports"))
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny model, 1 layer, batches 1 and 4, ctx 16, 512-token prefill, 1 round (CPU interpreter)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny model, 1 layer, batches 1 and 4, ctx 16, 512-token prefill, 1 round (CPU interpreter)",
+    )
     args = p.parse_args(argv)
     if args.smoke:
-        args.layers, args.batches, args.ctx, args.prefill, args.rounds, args.reps, args.prefill_reps = \
-            1, [1, 4], 16, 512, 1, 1, 1
+        args.layers, args.batches, args.ctx, args.prefill, args.rounds, args.reps, args.prefill_reps = (
+            1,
+            [1, 4],
+            16,
+            512,
+            1,
+            1,
+            1,
+        )
     for v in args.variants:
         try:
             parse_variant(v)

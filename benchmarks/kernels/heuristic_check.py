@@ -7,6 +7,7 @@ The goal: within 1.10 of the best on shapes the table lacks. The sweep times the
 candidates, so a heuristic changed after the sweep is checked here without the GPU as long as it picks tiles the sweep
 timed (a pick the log lacks is reported as such, never guessed). Prints a markdown table and the worst cells.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,23 +38,47 @@ def check(log: list[dict], pick=None) -> list[dict]:
         want = dataclasses.asdict(pick(M, N, K, bits, r))
         mine = [us for cfg, us in timed if {k: cfg.get(k) for k in want} == want]
         us = min(mine) if mine else None
-        rows.append({"N": N, "K": K, "M": M, "bits": bits, "r": r, "best_us": best_us, "best": best_cfg,
-                     "pick": want, "pick_us": us, "ratio": None if us is None else us / best_us})
+        rows.append(
+            {
+                "N": N,
+                "K": K,
+                "M": M,
+                "bits": bits,
+                "r": r,
+                "best_us": best_us,
+                "best": best_cfg,
+                "pick": want,
+                "pick_us": us,
+                "ratio": None if us is None else us / best_us,
+            }
+        )
     return rows
 
 
 def render(rows: list[dict], goal: float) -> str:
-    lines = ["| N | K | M | bits | r | best µs | heuristic µs | ratio | heuristic's tile |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| N | K | M | bits | r | best µs | heuristic µs | ratio | heuristic's tile |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         tile = f"{r['pick']['kernel']} BN {r['pick']['BN']} split {r['pick']['split_k']}"
         ratio = "not swept" if r["ratio"] is None else f"{r['ratio']:.2f}" + (" ✗" if r["ratio"] > goal else "")
         us = "—" if r["pick_us"] is None else f"{r['pick_us']:.1f}"
-        lines.append(f"| {r['N']} | {r['K']} | {r['M']} | {r['bits']} | {r['r']} | {r['best_us']:.1f} | {us} | {ratio} | {tile} |")
+        lines.append(
+            f"| {r['N']} | {r['K']} | {r['M']} | {r['bits']} | {r['r']} | {r['best_us']:.1f} | {us} | {ratio} | {tile} |"
+        )
     rated = [r for r in rows if r["ratio"] is not None]
     over = [r for r in rated if r["ratio"] > goal]
     worst = max(rated, key=lambda r: r["ratio"]) if rated else None
-    lines += ["", f"{len(rated)} of {len(rows)} cells rated; {len(over)} above {goal:.2f}" +
-              (f"; worst {worst['ratio']:.2f} at {worst['N']}x{worst['K']} M = {worst['M']} r = {worst['r']}" if worst else "")]
+    lines += [
+        "",
+        f"{len(rated)} of {len(rows)} cells rated; {len(over)} above {goal:.2f}"
+        + (
+            f"; worst {worst['ratio']:.2f} at {worst['N']}x{worst['K']} M = {worst['M']} r = {worst['r']}"
+            if worst
+            else ""
+        ),
+    ]
     return "\n".join(lines)
 
 

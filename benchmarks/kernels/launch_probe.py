@@ -11,6 +11,7 @@ through ``use_triton``), ``lords_plan`` (the layer's plan: no module or backend 
 against ``xa_direct`` (the compiled kernel launched directly, the stream bound once). ``xa_direct`` equals
 ``xa_jit``'s output bit for bit or the probe says so. A GPU tool; prints a table, writes JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,19 +39,19 @@ def probe_shape(torch, N: int, K: int, peers, calls: int, rounds: int) -> list[d
     from torch import nn
 
     import lords_kernels
+    from benchmarks.kernels.peers import lords_rank, make_module
     from lords_kernels.dispatch import plan_of
     from lords_kernels.lords_matmul.forward import _xa_buffer, _xa_kernel
     from lords_kernels.lords_matmul.tuning import rank_pad
-
-    from benchmarks.kernels.peers import lords_rank, make_module
 
     x = torch.randn(1, K, dtype=torch.float16, device="cuda")
     rows = []
 
     def row(impl, fn, **extra):
         with torch.no_grad():
-            rows.append({"N": N, "K": K, "M": 1, "impl": impl, "us_eager": per_call_us(torch, fn, calls, rounds),
-                         **extra})
+            rows.append(
+                {"N": N, "K": K, "M": 1, "impl": impl, "us_eager": per_call_us(torch, fn, calls, rounds), **extra}
+            )
         print(f"{N}x{K} {impl:10s} {rows[-1]['us_eager']:7.1f} us", flush=True)
 
     row("empty", lambda: torch.empty(1, N, dtype=torch.float16, device="cuda"))
@@ -112,14 +113,22 @@ def main(argv=None):
     for shape in args.shapes.split(","):
         N, K = (int(v) for v in shape.split("x"))
         rows += probe_shape(torch, N, K, peers, args.calls, args.rounds)
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "calls": args.calls, "rounds": args.rounds, "missing_peers": peers.missing}
+    meta = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "calls": args.calls,
+        "rounds": args.rounds,
+        "missing_peers": peers.missing,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"\n| shape | {' | '.join(dict.fromkeys(r['impl'] for r in rows))} |")
     for shape in dict.fromkeys((r["N"], r["K"]) for r in rows):
         mine = {r["impl"]: r["us_eager"] for r in rows if (r["N"], r["K"]) == shape}
-        print(f"| {shape[0]}x{shape[1]} | " + " | ".join("—" if v is None else f"{v:.1f}" for v in mine.values()) + " |")
+        print(
+            f"| {shape[0]}x{shape[1]} | " + " | ".join("—" if v is None else f"{v:.1f}" for v in mine.values()) + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 ``python -m benchmarks.kernels.merge_table NEW.json [TABLE.json]``. Tile entries of NEW replace those of TABLE (a sweep
 includes the current pick among its candidates, so its winner is never slower than what it replaces); a
 ``"crossover"`` section replaces the shapes it names."""
+
 import json
 import sys
 

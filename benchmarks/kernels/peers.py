@@ -8,6 +8,7 @@ so that a 32-layer random model stays finite in fp16.
 Block sizes: the peers quantize with one scale per ``block`` inputs (bnb ``blocksize``, gemlite ``group_size``); LoRDS
 takes the parity rank of that block size (``lords.lowrank.parity_rank``: the same number of scale floats), at least 1.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,10 +61,18 @@ def lords_layers(torch, N, K, bits, copies, dtype, r=None, device="cuda"):
     for i in range(copies):
         g = torch.Generator(device=device).manual_seed(i)
         codes = torch.randint(0, 2**bits, (N, K), device=device, generator=g, dtype=torch.uint8)
-        layers.append(types.SimpleNamespace(
-            qweight=pack_codes(codes, bits), grid=grid, bits=bits, in_features=K, out_features=N, bias=None,
-            B=(torch.randn(N, r, device=device, generator=g) / r**0.5).to(dtype),
-            A=(torch.rand(r, K, device=device, generator=g) + 0.5).to(dtype)))
+        layers.append(
+            types.SimpleNamespace(
+                qweight=pack_codes(codes, bits),
+                grid=grid,
+                bits=bits,
+                in_features=K,
+                out_features=N,
+                bias=None,
+                B=(torch.randn(N, r, device=device, generator=g) / r**0.5).to(dtype),
+                A=(torch.rand(r, K, device=device, generator=g) + 0.5).to(dtype),
+            )
+        )
     return layers
 
 
@@ -106,8 +115,14 @@ class Peers:
     def gemlite_layer(self, torch, N, K, block=BLOCK, scale=None):
         """A packed ``GemLiteLinear(4, group_size=block)`` with random codes; ``scale`` sets the group scales
         (default: uniform in [1e-3, 1.1e-2], as the kernel benchmark always used)."""
-        lin = self.GemLiteLinear(4, group_size=block, in_features=K, out_features=N,
-                                 input_dtype=self.DType.FP16, output_dtype=self.DType.FP16)
+        lin = self.GemLiteLinear(
+            4,
+            group_size=block,
+            in_features=K,
+            out_features=N,
+            input_dtype=self.DType.FP16,
+            output_dtype=self.DType.FP16,
+        )
         W_q = torch.randint(0, 16, (N, K), dtype=torch.uint8, device=self.device)
         if scale is None:
             scales = (torch.rand(N, K // block, device=self.device) * 0.01 + 1e-3).half()
@@ -128,6 +143,7 @@ class Peers:
 
 
 # ---------------------------------------------------------------------------------- modules for the decode benchmark
+
 
 def make_module(kind: str, N: int, K: int, block: int | None, peers: Peers, std: float = 0.02):
     """One random ``N × K`` linear layer (no bias) of ``kind`` as an ``nn.Module`` taking fp16 ``x (..., K)``.

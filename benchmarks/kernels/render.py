@@ -6,6 +6,7 @@
 when ``kernels_backward.json`` sits beside ``kernels.json``; ``kernels.png`` one panel per block size and shape.
 JSON written before rows carried ``block_size`` (block 64 only, gemlite named ``gemlite_w4g64``) renders too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def _grid(data: dict):
     ``(N, K, M, impl, bits, block_size)``, the shapes in report order, the Ms and the block sizes."""
     rows = normalize(data["rows"])
     cell = {(r["N"], r["K"], r["M"], r["impl"], r["bits"], r["block_size"]): r for r in rows}
-    shapes = sorted({(r["N"], r["K"]) for r in rows},
-                    key=lambda s: (SHAPE_ORDER.index(s) if s in SHAPE_ORDER else 99, s))
+    shapes = sorted(
+        {(r["N"], r["K"]) for r in rows}, key=lambda s: (SHAPE_ORDER.index(s) if s in SHAPE_ORDER else 99, s)
+    )
     ms = sorted({r["M"] for r in rows})
     blocks = sorted({r["block_size"] for r in rows if r["block_size"] is not None})
     return rows, cell, shapes, ms, blocks
@@ -50,15 +52,24 @@ def forward_tables(data: dict) -> list[str]:
     lines = []
     for blk in blocks:
         lbits = sorted({r["bits"] for r in rows if r["impl"] == "lords" and r["block_size"] == blk}, reverse=True)
-        cols = ([("fp16", 16, None)] + [(p, 4, blk) for p in PEERS] + [("lords", b, blk) for b in lbits]
-                + [("floor", 4, blk)])
+        cols = (
+            [("fp16", 16, None)]
+            + [(p, 4, blk) for p in PEERS]
+            + [("lords", b, blk) for b in lbits]
+            + [("floor", 4, blk)]
+        )
         head = [("fp16" if i == "fp16" else f"lords {b}b" if i == "lords" else i) for i, b, _ in cols]
-        lines += [f"## Block size {blk}", "",
-                  f"bnb NF4 blocksize {blk}, gemlite group {blk}, LoRDS at the parity rank of block {blk}; fp16 is the "
-                  "same in every table. µs, eager / graph (cold L2); the floor is the 4-bit memory floor at this "
-                  "block's scale bytes (a decode bound; at M ≥ 256 the work is compute-bound and it says little). "
-                  "Last columns: LoRDS 4-bit speed-up (graph) over fp16 and over bnb NF4 at the same block.", "",
-                  "| N×K | M | " + " | ".join(head) + " | ×fp16 | ×bnb |", "|---|---|" + "---|" * (len(cols) + 2)]
+        lines += [
+            f"## Block size {blk}",
+            "",
+            f"bnb NF4 blocksize {blk}, gemlite group {blk}, LoRDS at the parity rank of block {blk}; fp16 is the "
+            "same in every table. µs, eager / graph (cold L2); the floor is the 4-bit memory floor at this "
+            "block's scale bytes (a decode bound; at M ≥ 256 the work is compute-bound and it says little). "
+            "Last columns: LoRDS 4-bit speed-up (graph) over fp16 and over bnb NF4 at the same block.",
+            "",
+            "| N×K | M | " + " | ".join(head) + " | ×fp16 | ×bnb |",
+            "|---|---|" + "---|" * (len(cols) + 2),
+        ]
         for N, K in shapes:
             for M in ms:
                 vals = []
@@ -74,8 +85,10 @@ def forward_tables(data: dict) -> list[str]:
                     continue
                 l4 = cell.get((N, K, M, "lords", 4, blk))
                 ref = [cell.get((N, K, M, "fp16", 16, None)), cell.get((N, K, M, "bnb_nf4", 4, blk))]
-                sp = [f"{r['us_graph'] / l4['us_graph']:.2f}" if r and l4 and r["us_graph"] and l4["us_graph"]
-                      else "—" for r in ref]
+                sp = [
+                    f"{r['us_graph'] / l4['us_graph']:.2f}" if r and l4 and r["us_graph"] and l4["us_graph"] else "—"
+                    for r in ref
+                ]
                 lines.append(f"| {N}×{K} | {M} | " + " | ".join(vals) + f" | {sp[0]} | {sp[1]} |")
         lines.append("")
     return lines
@@ -83,18 +96,22 @@ def forward_tables(data: dict) -> list[str]:
 
 def backward_table(data: dict) -> list[str]:
     rows = normalize(data["rows"])
-    keys = sorted({(r["impl"], r["block_size"]) for r in rows},
-                  key=lambda k: (k[0] != "fp16", k[1] or 0, k[0]))
+    keys = sorted({(r["impl"], r["block_size"]) for r in rows}, key=lambda k: (k[0] != "fp16", k[1] or 0, k[0]))
     cell = {(r["N"], r["K"], r["M"], r["impl"], r["block_size"]): r for r in rows}
     cells = sorted({(r["N"], r["K"], r["M"]) for r in rows})
-    lines = ["## Backward", "", f"{data.get('method', '')}. µs of forward + backward (fp16: dx and dW; lords: dx, dB, "
-             "dA; lords_peft: dB, dA).", "",
-             "| N×K | M | " + " | ".join(i if b is None else f"{i} @{b}" for i, b in keys) + " |",
-             "|---|---|" + "---|" * len(keys)]
+    lines = [
+        "## Backward",
+        "",
+        f"{data.get('method', '')}. µs of forward + backward (fp16: dx and dW; lords: dx, dB, dA; lords_peft: dB, dA).",
+        "",
+        "| N×K | M | " + " | ".join(i if b is None else f"{i} @{b}" for i, b in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
     for N, K, M in cells:
         vals = [cell.get((N, K, M, i, b)) for i, b in keys]
-        lines.append(f"| {N}×{K} | {M} | " + " | ".join("—" if v is None else _fmt(v["us_fwd_bwd"]) for v in vals)
-                     + " |")
+        lines.append(
+            f"| {N}×{K} | {M} | " + " | ".join("—" if v is None else _fmt(v["us_fwd_bwd"]) for v in vals) + " |"
+        )
     return lines + [""]
 
 
@@ -104,12 +121,16 @@ def render(path_json: str, out_dir: str, backward_json: str | None = None) -> No
     with open(path_json) as fh:
         data = json.load(fh)
     bw = data.get("bandwidth_TBps")
-    lines = [f"# Linear-layer timings on {data['device']}", "",
-             f"Copy bandwidth measured in the same run: {_fmt(bw, 2)} TB/s. {data['method']}.",
-             f"torch {data.get('torch')}, triton {data.get('triton')}. Missing peers: "
-             f"{', '.join(data.get('missing_peers') or {}) or 'none'}."
-             + (f" Stopped early: {data['stopped']}." if data.get("stopped") else "")
-             + (f" Errors: {len(data['errors'])} (in the JSON)." if data.get("errors") else ""), ""]
+    lines = [
+        f"# Linear-layer timings on {data['device']}",
+        "",
+        f"Copy bandwidth measured in the same run: {_fmt(bw, 2)} TB/s. {data['method']}.",
+        f"torch {data.get('torch')}, triton {data.get('triton')}. Missing peers: "
+        f"{', '.join(data.get('missing_peers') or {}) or 'none'}."
+        + (f" Stopped early: {data['stopped']}." if data.get("stopped") else "")
+        + (f" Errors: {len(data['errors'])} (in the JSON)." if data.get("errors") else ""),
+        "",
+    ]
     lines += forward_tables(data)
     backward_json = backward_json or os.path.join(os.path.dirname(path_json), "kernels_backward.json")
     if os.path.exists(backward_json):
@@ -131,8 +152,10 @@ def plot(data: dict, path: str) -> None:
         print("matplotlib missing: no plot")
         return
     rows, cell, shapes, ms, blocks = _grid(data)
-    fig, axes = plt.subplots(len(blocks), len(shapes), figsize=(4.2 * len(shapes), 3.4 * len(blocks)),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(blocks), len(shapes), figsize=(4.2 * len(shapes), 3.4 * len(blocks)), sharey=True, squeeze=False
+    )
+
     def label_of(impl, b):
         return f"lords {b}-bit" if impl == "lords" else ("4-bit memory floor" if impl == "floor" else impl)
 
@@ -149,8 +172,13 @@ def plot(data: dict, path: str) -> None:
                         pts.append((M, f16["us_graph"] / r["us_graph"]))  # the floor bounds decode, not prefill
                 if pts:
                     label = label_of(impl, b)
-                    ax.plot(*zip(*pts), marker="o", label=label, color=colours[label],
-                            linestyle="--" if impl == "floor" else "-")
+                    ax.plot(
+                        *zip(*pts),
+                        marker="o",
+                        label=label,
+                        color=colours[label],
+                        linestyle="--" if impl == "floor" else "-",
+                    )
             ax.axhline(1.0, color="gray", lw=0.8)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log", base=2)
@@ -176,13 +204,20 @@ def render_decode(data: dict, out_dir: str) -> str:
     steps = list(dict.fromkeys(r["batch"] for r in ok))
     ref = {(r["kind"], r.get("block_size"), r["batch"]): r for r in ok}
     shape = data.get("shape")
-    dims = ("Llama-3-8B-shaped" if not shape else
-            f"Llama-shaped (hidden {shape['hidden']}, MLP {shape['inter']}, {shape['heads']} query / "
-            f"{shape['kv_heads']} KV heads of {shape['head_dim']}, vocabulary {shape['vocab']})")
-    lines = [f"# End-to-end decode and prefill on {data['device']}", "",
-             f"{data['layers']} {dims} layers, decode context {data['ctx']}"
-             + (f", prefill {data['prefill_tokens']} tokens (batch 1)" if data.get("prefill_tokens") else "")
-             + f". {data['method']}.", ""]
+    dims = (
+        "Llama-3-8B-shaped"
+        if not shape
+        else f"Llama-shaped (hidden {shape['hidden']}, MLP {shape['inter']}, {shape['heads']} query / "
+        f"{shape['kv_heads']} KV heads of {shape['head_dim']}, vocabulary {shape['vocab']})"
+    )
+    lines = [
+        f"# End-to-end decode and prefill on {data['device']}",
+        "",
+        f"{data['layers']} {dims} layers, decode context {data['ctx']}"
+        + (f", prefill {data['prefill_tokens']} tokens (batch 1)" if data.get("prefill_tokens") else "")
+        + f". {data['method']}.",
+        "",
+    ]
     if data.get("missing_peers"):
         lines += [f"Missing peers: {', '.join(data['missing_peers'])}.", ""]
     if data.get("errors"):
@@ -192,19 +227,27 @@ def render_decode(data: dict, out_dir: str) -> str:
     bad = [f"{r['kind']}@{r.get('block_size')} {r['batch']}" for r in ok if r.get("finite") is False]
     if bad:
         lines += [f"Non-finite logits (timing kept; random weights overflowed fp16): {', '.join(bad)}.", ""]
-    lines += ["| step | linears | block | ms/step (min–max) | tokens/s | GB/s | peak GiB | × fp16 | × bnb NF4 |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| step | linears | block | ms/step (min–max) | tokens/s | GB/s | peak GiB | × fp16 | × bnb NF4 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for st in steps:
         for r in (r for r in ok if r["batch"] == st):
             f16, bnb = ref.get(("fp16", None, st)), ref.get(("bnb_nf4", r.get("block_size"), st))
             sp = r.get("step_ms_spread")
             ms = f"{r['step_ms']:.3f}" + (f" ({sp[0]:.3f}–{sp[1]:.3f})" if sp else "")
             peak = r.get("peak_mem_bytes")
-            cells = ["prefill" if st == "prefill" else f"batch {st}", r["kind"], str(r.get("block_size") or "—"),
-                     ms, f"{r['tokens_per_s']:.1f}", f"{r['GB_per_s']:.0f}",
-                     "—" if peak is None else f"{peak / 2**30:.2f}",
-                     f"{r['tokens_per_s'] / f16['tokens_per_s']:.2f}" if f16 else "—",
-                     f"{r['tokens_per_s'] / bnb['tokens_per_s']:.2f}" if bnb else "—"]
+            cells = [
+                "prefill" if st == "prefill" else f"batch {st}",
+                r["kind"],
+                str(r.get("block_size") or "—"),
+                ms,
+                f"{r['tokens_per_s']:.1f}",
+                f"{r['GB_per_s']:.0f}",
+                "—" if peak is None else f"{peak / 2**30:.2f}",
+                f"{r['tokens_per_s'] / f16['tokens_per_s']:.2f}" if f16 else "—",
+                f"{r['tokens_per_s'] / bnb['tokens_per_s']:.2f}" if bnb else "—",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     os.makedirs(out_dir, exist_ok=True)
@@ -215,8 +258,11 @@ def render_decode(data: dict, out_dir: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dir", default=os.path.join("outputs", "reports"),
-                   help="folder holding kernels.json (and kernels_backward.json, decode.json); outputs go there")
+    p.add_argument(
+        "--dir",
+        default=os.path.join("outputs", "reports"),
+        help="folder holding kernels.json (and kernels_backward.json, decode.json); outputs go there",
+    )
     args = p.parse_args(argv)
     kernels = os.path.join(args.dir, "kernels.json")
     if os.path.exists(kernels):

@@ -14,6 +14,7 @@ batch 1, 16 and a 2048-token prefill, 5 alternating rounds, none started after `
 with ``python -m benchmarks.kernels.render``, which writes the md/png from whatever JSON the folder holds (after two device
 calls, copy both parts' JSON into one folder and run it there again, on any machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,33 @@ BACKWARD_SHAPES = "4096x4096,14336x4096"
 
 def commands(part: str, out_dir: str, py: str = sys.executable) -> list[list[str]]:
     """The commands of ``part`` (``bench``, ``decode`` or ``all``), in order."""
-    bench = [[py, "-m", "benchmarks.kernels.bench", "--json", f"{out_dir}/kernels.json", "--out-dir", out_dir,
-              "--budget-s", str(BENCH_BUDGET_S)]]
-    decode = [[py, "-m", "benchmarks.kernels.bench", "--backward", f"{out_dir}/kernels_backward.json", "--ms", "2048",
-               "--shapes", BACKWARD_SHAPES],
-              [py, "-m", "benchmarks.kernels.decode", "--out-dir", out_dir, "--budget-s", str(DECODE_BUDGET_S)]]
+    bench = [
+        [
+            py,
+            "-m",
+            "benchmarks.kernels.bench",
+            "--json",
+            f"{out_dir}/kernels.json",
+            "--out-dir",
+            out_dir,
+            "--budget-s",
+            str(BENCH_BUDGET_S),
+        ]
+    ]
+    decode = [
+        [
+            py,
+            "-m",
+            "benchmarks.kernels.bench",
+            "--backward",
+            f"{out_dir}/kernels_backward.json",
+            "--ms",
+            "2048",
+            "--shapes",
+            BACKWARD_SHAPES,
+        ],
+        [py, "-m", "benchmarks.kernels.decode", "--out-dir", out_dir, "--budget-s", str(DECODE_BUDGET_S)],
+    ]
     render = [[py, "-m", "benchmarks.kernels.render", "--dir", out_dir]]
     parts = {"bench": bench, "decode": decode, "all": bench + decode}
     if part not in parts:
@@ -52,9 +75,11 @@ def main(argv=None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        sys.exit("benchmarks.kernels.reproduce needs a CUDA GPU (it times CUDA graphs of the Triton kernels, cuBLAS, "
-                 "bitsandbytes and gemlite); `python -m benchmarks.kernels.render` re-renders the md/png from the JSON on "
-                 "any machine")
+        sys.exit(
+            "benchmarks.kernels.reproduce needs a CUDA GPU (it times CUDA graphs of the Triton kernels, cuBLAS, "
+            "bitsandbytes and gemlite); `python -m benchmarks.kernels.render` re-renders the md/png from the JSON on "
+            "any machine"
+        )
     failed = []
     for c in cmds:
         print("+", " ".join(c), flush=True)

@@ -1,5 +1,6 @@
 """How the kernel benchmarks time: CUDA graphs with a cold L2 (enough weight copies to exceed it), peers
 interleaved round by round, the copy bandwidth that sets each floor."""
+
 from __future__ import annotations
 
 import math

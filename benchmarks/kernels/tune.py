@@ -9,16 +9,16 @@ the bench shapes) gives every block size its own rows. Each cell also times the 
 shapes outside the table, that ratio is the heuristic's check (goal: within 1.10 of the best). The dequant tile of
 each shape and rank is swept once (key ``"dequant,N,K,bits,R"``).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
 
-from lords.lowrank import parity_rank
-
 from benchmarks.kernels.peers import lords_bytes, lords_layers
 from benchmarks.kernels.timing import n_copies, time_graph
+from lords.lowrank import parity_rank
 
 
 def candidate_configs(M, N, K, bits, r):
@@ -38,21 +38,22 @@ def candidate_configs(M, N, K, bits, r):
         for bn in (64, 128):
             for s in splits(-(-N // bn)):
                 for q_as_b, ones in ((True, False), (False, True)):
-                    out.append(TileConfig("gemv", BN=bn, split_k=s, num_warps=4, num_stages=3, Q_AS_B=q_as_b,
-                                          PRMT=True, ONES=ones))
+                    out.append(
+                        TileConfig(
+                            "gemv", BN=bn, split_k=s, num_warps=4, num_stages=3, Q_AS_B=q_as_b, PRMT=True, ONES=ones
+                        )
+                    )
     elif M <= 64:  # gemm_t for decode batches: one or two warpgroups of weight rows, split-K to fill the SMs
         bm = tuning.swap_bm(M)
         for bn, nw in ((64, 4), (128, 8)):
             for s in splits(-(-N // bn) * -(-M // bm), lo=60, hi=600, most=2):
-                out.append(TileConfig("gemm_t", BM=bm, BN=bn, split_k=s, num_warps=nw, num_stages=3,
-                                      S16=True))
+                out.append(TileConfig("gemm_t", BM=bm, BN=bn, split_k=s, num_warps=nw, num_stages=3, S16=True))
     else:  # gemm_t below the crossover: two warpgroups; split-K only where the tiles alone leave SMs idle
         for bm in (128, 256):
             tiles = -(-M // bm) * -(-N // 128)
             for s in (1, 2, 4):
                 if bm <= 2 * M and s <= n_groups and (s == 1 or tiles < 132):
-                    out.append(TileConfig("gemm_t", BM=bm, BN=128, split_k=s, num_warps=8, num_stages=3,
-                                          S16=True))
+                    out.append(TileConfig("gemm_t", BM=bm, BN=128, split_k=s, num_warps=8, num_stages=3, S16=True))
     seen, uniq = set(), []
     for c in out:
         if c not in seen:
@@ -109,8 +110,13 @@ def tune(args, torch, triton):
                 codes = [lords_kernels.kernel_codes(layer) for layer in layers]
                 best = None
                 for cfg in dequant_candidates():
-                    us = timed([(lambda c=c, L=L, cfg=cfg: dequantize(c, L.grid, L.B, L.A, torch.float16, cfg=cfg))
-                                for c, L in zip(codes, layers)], cfg)
+                    us = timed(
+                        [
+                            (lambda c=c, L=L, cfg=cfg: dequantize(c, L.grid, L.B, L.A, torch.float16, cfg=cfg))
+                            for c, L in zip(codes, layers)
+                        ],
+                        cfg,
+                    )
                     if us is not None and (best is None or us < best[0]):
                         best = (us, cfg)
                 if best:
@@ -122,8 +128,13 @@ def tune(args, torch, triton):
                     heur = tuning.default_config(M, N, K, bits, r)
                     best, heur_us = None, None
                     for cfg in cands:
-                        us = timed([(lambda c=c, L=L, cfg=cfg: tk.lords_matmul(x, c, L.grid, L.B, L.A, None, cfg))
-                                    for c, L in zip(codes, layers)], cfg)
+                        us = timed(
+                            [
+                                (lambda c=c, L=L, cfg=cfg: tk.lords_matmul(x, c, L.grid, L.B, L.A, None, cfg))
+                                for c, L in zip(codes, layers)
+                            ],
+                            cfg,
+                        )
                         if us is None:
                             continue
                         log[-1].update(N=N, K=K, M=M, bits=bits, r=r)
@@ -134,10 +145,13 @@ def tune(args, torch, triton):
                         continue
                     key = f"{tuning.m_bucket(M)},{N},{K},{bits},{R}"
                     table[key] = {k: v for k, v in dataclasses.asdict(best[1]).items() if v is not None}
-                    heuristic[key] = dict(best_us=best[0], heuristic_us=heur_us,
-                                          ratio=None if heur_us is None else heur_us / best[0])
-                    print(f"tune N={N} K={K} bits={bits} r={r} M={M}: {best[0]:.1f} us (heuristic {heur_us}) "
-                          f"{best[1]}", flush=True)
+                    heuristic[key] = dict(
+                        best_us=best[0], heuristic_us=heur_us, ratio=None if heur_us is None else heur_us / best[0]
+                    )
+                    print(
+                        f"tune N={N} K={K} bits={bits} r={r} M={M}: {best[0]:.1f} us (heuristic {heur_us}) {best[1]}",
+                        flush=True,
+                    )
                     save()
                 del layers, codes
                 torch.cuda.empty_cache()

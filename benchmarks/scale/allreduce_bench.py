@@ -7,6 +7,7 @@ Times ``dist.all_reduce`` of a float32 tensor the size of each stage's gradient 
 and the bus bandwidth NCCL's tests report (``2 (n-1)/n`` × bytes / time). Rank zero prints and writes the rows.
 ``--backend gloo --floats 1000`` checks the script on CPU processes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,10 @@ def main(argv=None):
     p.add_argument("--out", help="JSON path (rank zero writes it)")
     args = p.parse_args(argv)
     if args.backend == "nccl" and torch.cuda.device_count() < 2:
-        raise SystemExit(f"allreduce_bench with nccl needs a GPU per rank (this machine has {torch.cuda.device_count()}); "
-                         "--backend gloo --floats 1000 checks it on CPU processes")
+        raise SystemExit(
+            f"allreduce_bench with nccl needs a GPU per rank (this machine has {torch.cuda.device_count()}); "
+            "--backend gloo --floats 1000 checks it on CPU processes"
+        )
     dist.init_process_group(args.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     device = "cpu"
@@ -59,13 +62,24 @@ def main(argv=None):
     rows = []
     for name, n in sizes.items():
         s = time_all_reduce(n, device)
-        rows.append({"gradient": name, "floats": n, "bytes": 4 * n, "ms": s * 1e3, "ranks": world,
-                     "bus_gb_per_s": bus_gb_per_s(4 * n, s, world), "backend": args.backend,
-                     "device": torch.cuda.get_device_name() if device != "cpu" else "cpu"})
+        rows.append(
+            {
+                "gradient": name,
+                "floats": n,
+                "bytes": 4 * n,
+                "ms": s * 1e3,
+                "ranks": world,
+                "bus_gb_per_s": bus_gb_per_s(4 * n, s, world),
+                "backend": args.backend,
+                "device": torch.cuda.get_device_name() if device != "cpu" else "cpu",
+            }
+        )
     if rank == 0:
         print("| gradient | floats | GB | ms | bus GB/s |\n|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['gradient']} | {r['floats']:,} | {r['bytes'] / 1e9:.3f} | {r['ms']:.2f} | {r['bus_gb_per_s']:.0f} |")
+            print(
+                f"| {r['gradient']} | {r['floats']:,} | {r['bytes'] / 1e9:.3f} | {r['ms']:.2f} | {r['bus_gb_per_s']:.0f} |"
+            )
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(rows, indent=1))

@@ -5,12 +5,13 @@ Where a figure needs a constant that the shapes do not give, the constant is eit
 in its docstring) or CALIBRATED on one committed measurement (``outputs/reports/stream_8b.md``,
 ``scale_train.md``) and then only extrapolated to other shapes or GPU counts: ``outputs/reports/scale.md`` labels each.
 """
+
 from __future__ import annotations
 
 import math
 
-from lords.distribute import assign_linears
 from benchmarks.shapes import LLAMA3_8B, LLAMA3_70B, Shape  # noqa: F401  (cm.LLAMA3_*: what scale_report models)
+from lords.distribute import assign_linears
 from lords.lowrank import parity_rank
 
 GIB = 2**30
@@ -26,18 +27,25 @@ def rank_of(n: int, m: int, block: int, rank_factor: float = 1.0) -> int:
     return max(1, int(parity_rank(n, m, block) * rank_factor))
 
 
-def storage(shape: Shape, bits: int, block: int, rank_factor: float = 1.0, scale_bytes: int = 4,
-            float_bytes: int = 2) -> dict[str, float]:
+def storage(
+    shape: Shape, bits: int, block: int, rank_factor: float = 1.0, scale_bytes: int = 4, float_bytes: int = 2
+) -> dict[str, float]:
     """Bytes of the quantized model: codes (``bits`` per weight, packed exactly: ``lords.packing``), scales ``B, A``
     (``r·(n+m)`` floats of ``scale_bytes``: ``LordsConfig.scale_dtype``, float32 by default) and the float tensors
     (``float_bytes``); ``bytes_per_weight`` counts codes and scales over the quantized weights."""
     scales = sum(rank_of(n, m, block, rank_factor) * (n + m) for n, m in shape.linears().values()) * shape.layers
     codes = shape.linear_weights * bits / 8
     total = codes + scales * scale_bytes + shape.float_weights * float_bytes
-    return {"bits": bits, "block": block, "rank_factor": rank_factor, "scale_floats": scales,
-            "bytes_per_weight": (codes + scales * scale_bytes) / shape.linear_weights,
-            "bits_per_weight": 8 * (codes + scales * scale_bytes) / shape.linear_weights,
-            "model_gib": total / GIB, "float16_gib": shape.params * 2 / GIB}
+    return {
+        "bits": bits,
+        "block": block,
+        "rank_factor": rank_factor,
+        "scale_floats": scales,
+        "bytes_per_weight": (codes + scales * scale_bytes) / shape.linear_weights,
+        "bits_per_weight": 8 * (codes + scales * scale_bytes) / shape.linear_weights,
+        "model_gib": total / GIB,
+        "float16_gib": shape.params * 2 / GIB,
+    }
 
 
 REFINE_COPIES = 7
@@ -50,8 +58,7 @@ def ptq_peak_bytes(shape: Shape, tokens: int = 2048, block_bytes: int = 2) -> fl
     refinement working set of its largest linear (:data:`REFINE_COPIES` float32 copies) and the calibration
     activations in and out of the block; the embeddings and head have left the GPU by then."""
     largest = max(n * m for n, m in shape.linears().values())
-    return (shape.block_weights * block_bytes + REFINE_COPIES * 4 * largest
-            + 2 * tokens * shape.hidden * block_bytes)
+    return shape.block_weights * block_bytes + REFINE_COPIES * 4 * largest + 2 * tokens * shape.hidden * block_bytes
 
 
 def seconds_per_weight_step(block_seconds: float, steps: int, shape: Shape) -> float:
@@ -76,8 +83,9 @@ def fixed_seconds_for(shape: Shape, measured: float, measured_shape: Shape) -> f
     return measured * shape.vocab * shape.hidden / (measured_shape.vocab * measured_shape.hidden)
 
 
-def ptq_seconds(shape: Shape, steps: int, per_weight_step: float, fixed_seconds: float, ranks: int = 1,
-                inputs: str = "float") -> dict[str, float]:
+def ptq_seconds(
+    shape: Shape, steps: int, per_weight_step: float, fixed_seconds: float, ranks: int = 1, inputs: str = "float"
+) -> dict[str, float]:
     """Streamed PTQ wall time: a fixed part (shell, shards, embeddings; each rank pays it at the same time) plus
     ``steps × weights × per_weight_step`` per block, split over ``ranks``; GPU-hours count every rank."""
     block = steps * shape.block_weights * per_weight_step
@@ -96,8 +104,9 @@ def mfu(tokens_per_s: float, shape: Shape, context: int, peak_flops: float) -> f
     return tokens_per_s * train_flops_per_token(shape, context) / peak_flops
 
 
-def qat_tokens_per_s(shape: Shape, context: int, peak_flops: float, utilisation: float, gpus: int = 1,
-                     scaling: float = 1.0) -> float:
+def qat_tokens_per_s(
+    shape: Shape, context: int, peak_flops: float, utilisation: float, gpus: int = 1, scaling: float = 1.0
+) -> float:
     """QAT tokens/s on ``gpus`` at a given utilisation; ``scaling`` is the measured multi-GPU efficiency
     (tokens/s on N GPUs over N × one GPU)."""
     return gpus * scaling * utilisation * peak_flops / train_flops_per_token(shape, context)
@@ -123,8 +132,9 @@ def _activations(shape: Shape, tokens_per_gpu: int, checkpoint_blocks: bool) -> 
     return 34 * tokens_per_gpu * shape.hidden * (1 if checkpoint_blocks else shape.layers)
 
 
-def qat_memory_per_gpu(shape: Shape, gpus: int, tokens_per_gpu: int, checkpoint_blocks: bool,
-                       block: int = 64) -> dict[str, float]:
+def qat_memory_per_gpu(
+    shape: Shape, gpus: int, tokens_per_gpu: int, checkpoint_blocks: bool, block: int = 64
+) -> dict[str, float]:
     """GiB per GPU for QAT under FSDP over ``gpus``: the sharded training state (:data:`QAT_STATE_BYTES` per
     latent weight and scale float; the float embeddings and head in bf16), the weight-sized tensors saved for
     backward (:data:`QAT_SAVED_BYTES`; FSDP does not shard them: every rank runs whole blocks) and activations, for
@@ -133,8 +143,12 @@ def qat_memory_per_gpu(shape: Shape, gpus: int, tokens_per_gpu: int, checkpoint_
     state += 2 * shape.float_weights / gpus
     saved = QAT_SAVED_BYTES * shape.block_weights * (1 if checkpoint_blocks else shape.layers)
     acts = _activations(shape, tokens_per_gpu, checkpoint_blocks)
-    return {"state_gib": state / GIB, "saved_gib": saved / GIB, "activations_gib": acts / GIB,
-            "total_gib": (state + saved + acts) / GIB}
+    return {
+        "state_gib": state / GIB,
+        "saved_gib": saved / GIB,
+        "activations_gib": acts / GIB,
+        "total_gib": (state + saved + acts) / GIB,
+    }
 
 
 PEFT_SAVED_BYTES = 0
@@ -146,8 +160,9 @@ PEFT_CODE_COPIES = 2
 moves the first to host memory, ``use_triton(codes_on_host=True)``; training keeps both)."""
 
 
-def peft_memory_per_gpu(shape: Shape, bits: int, gpus: int, tokens_per_gpu: int, checkpoint_blocks: bool,
-                        block: int = 64) -> dict[str, float]:
+def peft_memory_per_gpu(
+    shape: Shape, bits: int, gpus: int, tokens_per_gpu: int, checkpoint_blocks: bool, block: int = 64
+) -> dict[str, float]:
     """GiB per GPU for LoRDS PEFT under FSDP over ``gpus``: the codes (:data:`PEFT_CODE_COPIES` copies; buffers, so
     NOT sharded: every rank holds them all), ``B, A`` with gradient and AdamW moments (16 bytes per float, sharded), the float tensors (bf16,
     sharded), :data:`PEFT_SAVED_BYTES` per weight and activations as in :func:`qat_memory_per_gpu`."""
@@ -155,5 +170,10 @@ def peft_memory_per_gpu(shape: Shape, bits: int, gpus: int, tokens_per_gpu: int,
     state = (16 * _scale_floats(shape, block) + 2 * shape.float_weights) / gpus
     saved = PEFT_SAVED_BYTES * shape.block_weights * (1 if checkpoint_blocks else shape.layers)
     acts = _activations(shape, tokens_per_gpu, checkpoint_blocks)
-    return {"codes_gib": codes / GIB, "state_gib": state / GIB, "saved_gib": saved / GIB,
-            "activations_gib": acts / GIB, "total_gib": (codes + state + saved + acts) / GIB}
+    return {
+        "codes_gib": codes / GIB,
+        "state_gib": state / GIB,
+        "saved_gib": saved / GIB,
+        "activations_gib": acts / GIB,
+        "total_gib": (codes + state + saved + acts) / GIB,
+    }

@@ -12,6 +12,7 @@ adds. Under ``torchrun --nproc-per-node N`` every rank trains its own batch thro
 Lightning, and the ranks against each other, say where the 2-GPU step's added time goes (``scale_train.md``).
 A GPU tool; on the CPU it runs a tiny model (``--smoke``, gloo under torchrun) to check itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,18 @@ def build(stage: str, hidden: int, layers: int, heads: int, kv_heads: int, inter
     on CUDA; ``qat``: ``QATConfig`` prepare, latent weights and scales trainable)."""
     import lords
     from lords_pipelines.models import tiny_llama
-
     from lords_pipelines.stages.common import apply_backend
 
-    model = tiny_llama(seed=0, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
-                       vocab=512, max_positions=4096).to(device)
+    model = tiny_llama(
+        seed=0,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        intermediate=intermediate,
+        vocab=512,
+        max_positions=4096,
+    ).to(device)
     cfg = lords.LordsConfig(bits=3, block_size=64 if hidden >= 256 else 16)
     if stage == "peft":
         lords.quantize_(model, cfg, progress=False)
@@ -73,11 +81,13 @@ def main(argv=None):
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if cuda else None,
-                                        broadcast_buffers=False)
+        model = DistributedDataParallel(
+            model, device_ids=[torch.cuda.current_device()] if cuda else None, broadcast_buffers=False
+        )
     opt = torch.optim.AdamW(params, lr=1e-5)
-    ids = torch.randint(0, 512, (args.batch, args.window), device=device,
-                        generator=torch.Generator(device).manual_seed(rank))
+    ids = torch.randint(
+        0, 512, (args.batch, args.window), device=device, generator=torch.Generator(device).manual_seed(rank)
+    )
 
     def step():
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
@@ -111,16 +121,26 @@ def main(argv=None):
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[: args.top]
     gpu_us = sum(e.self_device_time_total for e in prof.key_averages()) / 3 if cuda else None
     tokens = args.batch * args.window
-    result = {"stage": args.stage, "rank": rank, "world_size": world,
-              "device": torch.cuda.get_device_name() if cuda else "cpu", "step_s": step_s,
-              "tokens_per_s": tokens / step_s, "gpu_ms_per_step": None if gpu_us is None else gpu_us / 1e3,
-              "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-              "trainable_floats": sum(q.numel() for q in params),
-              "top": [{"op": e.key, "ms_per_step": getattr(e, key) / 3e3, "calls_per_step": e.count / 3} for e in events]}
+    result = {
+        "stage": args.stage,
+        "rank": rank,
+        "world_size": world,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "step_s": step_s,
+        "tokens_per_s": tokens / step_s,
+        "gpu_ms_per_step": None if gpu_us is None else gpu_us / 1e3,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "trainable_floats": sum(q.numel() for q in params),
+        "top": [{"op": e.key, "ms_per_step": getattr(e, key) / 3e3, "calls_per_step": e.count / 3} for e in events],
+    }
     who = args.stage if world == 1 else f"{args.stage} rank {rank} of {world}"
-    lines = [f"{who}: {step_s * 1e3:.1f} ms a step ({tokens} tokens: {tokens / step_s:,.0f} tok/s)"
-             + ("" if gpu_us is None else f", GPU busy {gpu_us / 1e3:.1f} ms of it"), "",
-             "| op | ms a step | calls a step |", "|---|---|---|"]
+    lines = [
+        f"{who}: {step_s * 1e3:.1f} ms a step ({tokens} tokens: {tokens / step_s:,.0f} tok/s)"
+        + ("" if gpu_us is None else f", GPU busy {gpu_us / 1e3:.1f} ms of it"),
+        "",
+        "| op | ms a step | calls a step |",
+        "|---|---|---|",
+    ]
     lines += [f"| {e['op'][:60]} | {e['ms_per_step']:.2f} | {e['calls_per_step']:.0f} |" for e in result["top"]]
     print("\n".join(lines), flush=True)
     if args.out:

@@ -16,6 +16,7 @@ measured), labelled with its ``run`` (date, hour and GPU) and the GPUs' link (``
 H200 pair's NVLink (``allreduce_bench``), a few percent of a step: the link was expected to decide the speedup and
 over NVLink it does not.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,12 +29,24 @@ from pathlib import Path
 
 from benchmarks.scale.cost_model import DDP_1B
 
-MODEL = ["model=tiny-llama", f"model.tiny.hidden={DDP_1B.hidden}", f"model.tiny.layers={DDP_1B.layers}",
-         f"model.tiny.heads={DDP_1B.heads}", f"model.tiny.kv_heads={DDP_1B.kv_heads}",
-         f"model.tiny.intermediate={DDP_1B.intermediate}"]
-COMMON = ["trainer=gpu", "logger=none", "quant.bits=3", "quant.refine=null",
-          "eval.perplexity_tokens=0", "stage.save=false", "trainer.checkpoint_every_n_steps=100000",
-          "trainer.limit_val_batches=0"]
+MODEL = [
+    "model=tiny-llama",
+    f"model.tiny.hidden={DDP_1B.hidden}",
+    f"model.tiny.layers={DDP_1B.layers}",
+    f"model.tiny.heads={DDP_1B.heads}",
+    f"model.tiny.kv_heads={DDP_1B.kv_heads}",
+    f"model.tiny.intermediate={DDP_1B.intermediate}",
+]
+COMMON = [
+    "trainer=gpu",
+    "logger=none",
+    "quant.bits=3",
+    "quant.refine=null",
+    "eval.perplexity_tokens=0",
+    "stage.save=false",
+    "trainer.checkpoint_every_n_steps=100000",
+    "trainer.limit_val_batches=0",
+]
 BATCH, WINDOW = 8, 512  # windows per GPU a micro-batch, tokens a window
 WINDOWS = ["data.train_tokens=1048576", f"data.window={WINDOW}", f"data.batch_size={BATCH}"]
 # Both stages train on the same packed windows (PEFT as domain adaptation): the same tokens per step, so the two
@@ -70,22 +83,41 @@ def run_stage(stage: str, devices: int, steps: int, strategy: str = "ddp", accum
     """One stage on ``devices`` GPUs; ``accumulate`` micro-batches an optimizer step (the gradient reduced once a
     step, so its cost spreads over more tokens)."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", f"lords_pipelines.stages.{stage}", *MODEL, *COMMON, *STAGES[stage], f"trainer.strategy={strategy}",
-               f"trainer.devices={devices}", f"trainer.max_steps={steps}", f"trainer.accumulate_grad_batches={accumulate}",
-               f"out_dir={out}", f"hydra.run.dir={out}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            f"lords_pipelines.stages.{stage}",
+            *MODEL,
+            *COMMON,
+            *STAGES[stage],
+            f"trainer.strategy={strategy}",
+            f"trainer.devices={devices}",
+            f"trainer.max_steps={steps}",
+            f"trainer.accumulate_grad_batches={accumulate}",
+            f"out_dir={out}",
+            f"hydra.run.dir={out}",
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{stage} on {devices} GPU(s) failed:\n{done.stderr[-3000:]}")
         metrics = json.loads((Path(out) / "metrics.json").read_text())["metrics"]
-    return {"stage": stage, "devices": devices, "steps": steps, "workload": workload(accumulate), "tokens_per_s": metrics["train_tokens_per_s"],
-            "train_seconds": metrics["train_seconds"], "trainable_floats": metrics["trainable_floats"],
-            "peak_gpu_bytes": metrics.get("peak_gpu_bytes")}
+    return {
+        "stage": stage,
+        "devices": devices,
+        "steps": steps,
+        "workload": workload(accumulate),
+        "tokens_per_s": metrics["train_tokens_per_s"],
+        "train_seconds": metrics["train_seconds"],
+        "trainable_floats": metrics["trainable_floats"],
+        "peak_gpu_bytes": metrics.get("peak_gpu_bytes"),
+    }
 
 
 def pairs(rows: list[dict]) -> list[dict]:
     """Each multi-GPU row with its one-GPU partner: the nearest earlier one-GPU row of the same (run, strategy, stage,
     workload), since a bench call measures 1 GPU and then N (an earlier, unpaired one-GPU row of the same label was
     cut from its own pair)."""
+
     def key(x):
         return x["run"], x["strategy"], x["stage"], x["workload"]
 
@@ -95,9 +127,19 @@ def pairs(rows: list[dict]) -> list[dict]:
             continue
         one = next((x for x in reversed(rows[:i]) if key(x) == key(r) and x["devices"] == 1), None)
         if one is not None:
-            out.append({"run": r["run"], "strategy": r["strategy"], "stage": r["stage"], "workload": r["workload"],
-                        "devices": r["devices"], "link": r.get("link"), "speedup": r["tokens_per_s"] / one["tokens_per_s"],
-                        "tokens_per_s_1gpu": one["tokens_per_s"], "tokens_per_s": r["tokens_per_s"]})
+            out.append(
+                {
+                    "run": r["run"],
+                    "strategy": r["strategy"],
+                    "stage": r["stage"],
+                    "workload": r["workload"],
+                    "devices": r["devices"],
+                    "link": r.get("link"),
+                    "speedup": r["tokens_per_s"] / one["tokens_per_s"],
+                    "tokens_per_s_1gpu": one["tokens_per_s"],
+                    "tokens_per_s": r["tokens_per_s"],
+                }
+            )
     return out
 
 
@@ -106,20 +148,26 @@ def _gib(n: int | None) -> str:
 
 
 def render(rows: list[dict]) -> str:
-    lines = ["# Training throughput on 1 and 2 GPUs under DDP and FSDP", "",
-             "Random Llama, hidden 2048, 24 layers, MLP 5632 (~1.1B parameters), LoRDS 3 bits block 64; QAT trains the "
-             "latent weights and the scales (1.1B floats), PEFT only B, A (16.6M floats); bf16 autocast; steady-state "
-             "tokens/s over all GPUs after 5 warm-up steps, the per-GPU batch fixed. `python -m "
-             "benchmarks.scale.scale_bench --devices 1 2 [--strategy fsdp]`; every row as measured, runs kept apart "
-             "(a row whose partner is missing was cut by the device call's time limit).", "",
-             "| run | strategy | stage | workload | GPUs | link | tokens/s | × one GPU | steps | peak GiB (rank 0) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Training throughput on 1 and 2 GPUs under DDP and FSDP",
+        "",
+        "Random Llama, hidden 2048, 24 layers, MLP 5632 (~1.1B parameters), LoRDS 3 bits block 64; QAT trains the "
+        "latent weights and the scales (1.1B floats), PEFT only B, A (16.6M floats); bf16 autocast; steady-state "
+        "tokens/s over all GPUs after 5 warm-up steps, the per-GPU batch fixed. `python -m "
+        "benchmarks.scale.scale_bench --devices 1 2 [--strategy fsdp]`; every row as measured, runs kept apart "
+        "(a row whose partner is missing was cut by the device call's time limit).",
+        "",
+        "| run | strategy | stage | workload | GPUs | link | tokens/s | × one GPU | steps | peak GiB (rank 0) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     speed = {(p["run"], p["strategy"], p["stage"], p["workload"], p["devices"]): p["speedup"] for p in pairs(rows)}
     for r in rows:
         x = 1.0 if r["devices"] == 1 else speed.get((r["run"], r["strategy"], r["stage"], r["workload"], r["devices"]))
-        lines.append(f"| {r['run']} | {r['strategy']} | {r['stage']} | {r['workload']} | {r['devices']} | "
-                     f"{r.get('link') or '—'} | {r['tokens_per_s']:,.0f} | {'—' if x is None else f'{x:.2f}'} | "
-                     f"{r['steps']} | {_gib(r.get('peak_gpu_bytes'))} |")
+        lines.append(
+            f"| {r['run']} | {r['strategy']} | {r['stage']} | {r['workload']} | {r['devices']} | "
+            f"{r.get('link') or '—'} | {r['tokens_per_s']:,.0f} | {'—' if x is None else f'{x:.2f}'} | "
+            f"{r['steps']} | {_gib(r.get('peak_gpu_bytes'))} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -141,14 +189,17 @@ def main(argv=None):
         import torch
 
         if not torch.cuda.is_available() or torch.cuda.device_count() < max(args.devices):
-            raise SystemExit(f"scale_bench needs {max(args.devices)} CUDA GPUs; this machine has "
-                             f"{torch.cuda.device_count()}")
+            raise SystemExit(
+                f"scale_bench needs {max(args.devices)} CUDA GPUs; this machine has {torch.cuda.device_count()}"
+            )
         label = args.run or f"{datetime.datetime.now():%Y-%m-%d %H:%M} {torch.cuda.get_device_name()}"
         link = gpu_link()
         for stage in args.stages:
             for n in args.devices:
-                rows.append(run_stage(stage, n, args.steps, args.strategy, args.accumulate)
-                            | {"strategy": args.strategy, "run": label, "link": link})
+                rows.append(
+                    run_stage(stage, n, args.steps, args.strategy, args.accumulate)
+                    | {"strategy": args.strategy, "run": label, "link": link}
+                )
                 print(json.dumps(rows[-1]), flush=True)
                 out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     out.with_suffix(".md").write_text(render(rows))

@@ -8,6 +8,7 @@ Each variant runs in its own process (peak resident memory, or peak CUDA memory,
 loads the whole float model and calls ``lords.quantize_``; ``streamed`` calls ``lords.quantize_streamed``. Both use
 the same config (LoRDS, block 64, act_diag refinement) and calibration tokens.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,13 @@ from pathlib import Path
 def _config(steps: int):
     import lords
 
-    return lords.LordsConfig(bits=3, block_size=64, calib_tokens=2048, sample_tokens=0,
-                             refine=lords.RefineConfig(steps=steps, lr=1e-2, objective="act_diag"))
+    return lords.LordsConfig(
+        bits=3,
+        block_size=64,
+        calib_tokens=2048,
+        sample_tokens=0,
+        refine=lords.RefineConfig(steps=steps, lr=1e-2, objective="act_diag"),
+    )
 
 
 def _child(args) -> None:
@@ -40,13 +46,32 @@ def _child(args) -> None:
         model = AutoModelForCausalLM.from_pretrained(args.folder, dtype=getattr(torch, args.dtype)).to(args.device)
         lords.quantize_(model, _config(args.steps), calib_ids=ids, progress=False)
     else:
-        lords.quantize_streamed(args.folder, _config(args.steps), Path(args.folder) / "journal", ids,
-                                device=args.device, dtype=getattr(torch, args.dtype), progress=True)
-    peak = (torch.cuda.max_memory_allocated() if args.device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        lords.quantize_streamed(
+            args.folder,
+            _config(args.steps),
+            Path(args.folder) / "journal",
+            ids,
+            device=args.device,
+            dtype=getattr(torch, args.dtype),
+            progress=True,
+        )
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if args.device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(json.dumps({"variant": args.variant, "peak_bytes": peak, "seconds": time.time() - start,
-                      "seconds_per_block": (time.time() - start) / args.layers, "gpu": gpu}))
+    print(
+        json.dumps(
+            {
+                "variant": args.variant,
+                "peak_bytes": peak,
+                "seconds": time.time() - start,
+                "seconds_per_block": (time.time() - start) / args.layers,
+                "gpu": gpu,
+            }
+        )
+    )
 
 
 def main(argv=None):
@@ -72,9 +97,16 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as folder:
         heads = args.heads or args.hidden // 64
-        model = tiny_llama(seed=0, hidden=args.hidden, layers=args.layers, heads=heads,
-                           kv_heads=args.kv_heads or max(heads // 4, 1), intermediate=args.intermediate, vocab=args.vocab,
-                           max_positions=max(args.tokens, 2048))
+        model = tiny_llama(
+            seed=0,
+            hidden=args.hidden,
+            layers=args.layers,
+            heads=heads,
+            kv_heads=args.kv_heads or max(heads // 4, 1),
+            intermediate=args.intermediate,
+            vocab=args.vocab,
+            max_positions=max(args.tokens, 2048),
+        )
         params = sum(p.numel() for p in model.parameters())
         import torch
 
@@ -82,22 +114,41 @@ def main(argv=None):
         del model
         rows = []
         for variant in args.variants:
-            cmd = [sys.executable, "-m", "benchmarks.scale.stream_bench", "--variant", variant, "--folder", folder,
-                   *[f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("variant", "folder", "out", "variants") and v is not None]]
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.scale.stream_bench",
+                "--variant",
+                variant,
+                "--folder",
+                folder,
+                *[
+                    f"--{k.replace('_', '-')}={v}"
+                    for k, v in vars(args).items()
+                    if k not in ("variant", "folder", "out", "variants") and v is not None
+                ],
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     float_bytes = params * 4
-    lines = [f"# Peak memory: PTQ in memory vs streamed ({args.device})", "",
-             f"Random Llama, hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, vocab "
-             f"{args.vocab}: {params / 1e6:.0f}M parameters ({float_bytes / 2**30:.2f} GiB in float32). LoRDS 3 bits, "
-             f"block 64, act_diag × {args.steps}, {args.tokens} calibration tokens. Peak "
-             f"{'CUDA memory' if args.device == 'cuda' else 'resident memory of the process'}.", "",
-             "| variant | peak GiB | × float model | seconds | seconds per block |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Peak memory: PTQ in memory vs streamed ({args.device})",
+        "",
+        f"Random Llama, hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, vocab "
+        f"{args.vocab}: {params / 1e6:.0f}M parameters ({float_bytes / 2**30:.2f} GiB in float32). LoRDS 3 bits, "
+        f"block 64, act_diag × {args.steps}, {args.tokens} calibration tokens. Peak "
+        f"{'CUDA memory' if args.device == 'cuda' else 'resident memory of the process'}.",
+        "",
+        "| variant | peak GiB | × float model | seconds | seconds per block |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['peak_bytes'] / 2**30:.2f} | {r['peak_bytes'] / float_bytes:.2f} | "
-                     f"{r['seconds']:.1f} | {r['seconds_per_block']:.1f} |")
+        lines.append(
+            f"| {r['variant']} | {r['peak_bytes'] / 2**30:.2f} | {r['peak_bytes'] / float_bytes:.2f} | "
+            f"{r['seconds']:.1f} | {r['seconds_per_block']:.1f} |"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(dict(vars(args), params=params, rows=rows), indent=1))

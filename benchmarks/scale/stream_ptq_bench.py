@@ -12,6 +12,7 @@ vocab 128,256) is saved in bfloat16 shards; then ``lords_pipelines.stages.stream
 once), peak CUDA memory of the largest rank, the speedups, and whether the checkpoint equals the one-GPU checkpoint
 bit for bit (the SHA-256 of the per-tensor manifest in the checkpoint's ``config.json``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-SHAPES = {"8b": dict(hidden=4096, heads=32, kv_heads=8, intermediate=14336, vocab=128256),
-          "tiny": dict(hidden=128, heads=4, kv_heads=2, intermediate=256, vocab=512)}
+SHAPES = {
+    "8b": dict(hidden=4096, heads=32, kv_heads=8, intermediate=14336, vocab=128256),
+    "tiny": dict(hidden=128, heads=4, kv_heads=2, intermediate=256, vocab=512),
+}
+
 
 def _manifest(out: Path) -> str:
     """The SHA-256 of the checkpoint's per-tensor manifest: equal manifests, equal tensors bit for bit."""
@@ -30,10 +34,33 @@ def _manifest(out: Path) -> str:
 
 
 def _run(folder: Path, out: Path, ranks: int, args) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-           "-m", "lords_pipelines.stages.stream_ptq", str(folder), "--out", str(out), "--inputs", args.inputs,
-           "--steps", str(args.steps), "--calib-tokens", str(args.tokens), "--random-calib", "--dtype", "bfloat16",
-           "--device", args.device, "--bits", "3", "--block-size", str(args.block_size)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        "-m",
+        "lords_pipelines.stages.stream_ptq",
+        str(folder),
+        "--out",
+        str(out),
+        "--inputs",
+        args.inputs,
+        "--steps",
+        str(args.steps),
+        "--calib-tokens",
+        str(args.tokens),
+        "--random-calib",
+        "--dtype",
+        "bfloat16",
+        "--device",
+        args.device,
+        "--bits",
+        "3",
+        "--block-size",
+        str(args.block_size),
+    ]
     if args.device == "cpu":  # one BLAS thread a rank: CPU sums otherwise differ with the thread count
         cmd += ["--threads", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -43,18 +70,25 @@ def _run(folder: Path, out: Path, ranks: int, args) -> dict:
 
 
 def _render(rows: list[dict]) -> str:
-    lines = ["# Streamed PTQ on several GPUs", "",
-             f"Random {rows[0]['shape']}-shaped blocks in bfloat16 ({rows[0]['layers_blocks']} blocks, random weights: "
-             f"time and memory only), LoRDS 3 bits block {rows[0]['block_size']}, calibrated Algorithm 1 at "
-             f"T = {rows[0]['steps']}, "
-             f"{rows[0]['tokens']} calibration tokens; one process per GPU under torchrun "
-             f"(`python -m benchmarks.scale.stream_ptq_bench`, {rows[0]['device']}).", "",
-             "| inputs | GPUs | wall s | block phase s | × one GPU (wall) | × one GPU (blocks) | peak GiB | "
-             "checkpoint = one GPU's |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Streamed PTQ on several GPUs",
+        "",
+        f"Random {rows[0]['shape']}-shaped blocks in bfloat16 ({rows[0]['layers_blocks']} blocks, random weights: "
+        f"time and memory only), LoRDS 3 bits block {rows[0]['block_size']}, calibrated Algorithm 1 at "
+        f"T = {rows[0]['steps']}, "
+        f"{rows[0]['tokens']} calibration tokens; one process per GPU under torchrun "
+        f"(`python -m benchmarks.scale.stream_ptq_bench`, {rows[0]['device']}).",
+        "",
+        "| inputs | GPUs | wall s | block phase s | × one GPU (wall) | × one GPU (blocks) | peak GiB | "
+        "checkpoint = one GPU's |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['inputs']} | {r['ranks']} | {r['seconds']:.1f} | {r['blocks_seconds']:.1f} | "
-                     f"{r['speedup_wall']:.2f} | {r['speedup_blocks']:.2f} | {r['peak_bytes'] / 2**30:.2f} | "
-                     f"{'bit for bit' if r['identical'] else 'DIFFERS'} |")
+        lines.append(
+            f"| {r['inputs']} | {r['ranks']} | {r['seconds']:.1f} | {r['blocks_seconds']:.1f} | "
+            f"{r['speedup_wall']:.2f} | {r['speedup_blocks']:.2f} | {r['peak_bytes'] / 2**30:.2f} | "
+            f"{'bit for bit' if r['identical'] else 'DIFFERS'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -65,7 +99,9 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--tokens", type=int, default=2048)
-    p.add_argument("--out", default=None, help="report path without suffix (default outputs/reports/scale_ptq_<inputs>)")
+    p.add_argument(
+        "--out", default=None, help="report path without suffix (default outputs/reports/scale_ptq_<inputs>)"
+    )
     p.add_argument("--shape", default="8b", choices=list(SHAPES), help="tiny: a CPU smoke run of this script")
     p.add_argument("--device", default="cuda")
     args = p.parse_args(argv)
@@ -84,14 +120,25 @@ def main(argv=None):
         runs = {n: _run(folder, Path(tmp) / f"out{n}", n, args) for n in args.ranks}
         ref = args.ranks[0]
         for n, t in runs.items():
-            rows.append({"inputs": args.inputs, "ranks": n, "shape": {"8b": "Llama-3-8B"}.get(args.shape, args.shape),
-                         "block_size": args.block_size, "layers_blocks": args.layers, "steps": args.steps,
-                         "tokens": args.tokens, "device": t["device"], "seconds": t["seconds"],
-                         "blocks_seconds": t["blocks_seconds"], "peak_bytes": t["peak_bytes"],
-                         "speedup_wall": runs[ref]["seconds"] / t["seconds"],
-                         "speedup_blocks": runs[ref]["blocks_seconds"] / t["blocks_seconds"],
-                         "identical": _manifest(Path(tmp) / f"out{n}") == _manifest(Path(tmp) / f"out{ref}"),
-                         "per_rank": t["per_rank"]})
+            rows.append(
+                {
+                    "inputs": args.inputs,
+                    "ranks": n,
+                    "shape": {"8b": "Llama-3-8B"}.get(args.shape, args.shape),
+                    "block_size": args.block_size,
+                    "layers_blocks": args.layers,
+                    "steps": args.steps,
+                    "tokens": args.tokens,
+                    "device": t["device"],
+                    "seconds": t["seconds"],
+                    "blocks_seconds": t["blocks_seconds"],
+                    "peak_bytes": t["peak_bytes"],
+                    "speedup_wall": runs[ref]["seconds"] / t["seconds"],
+                    "speedup_blocks": runs[ref]["blocks_seconds"] / t["blocks_seconds"],
+                    "identical": _manifest(Path(tmp) / f"out{n}") == _manifest(Path(tmp) / f"out{ref}"),
+                    "per_rank": t["per_rank"],
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.with_suffix(".json").write_text(json.dumps(rows, indent=1))

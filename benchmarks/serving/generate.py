@@ -25,6 +25,7 @@ CUDA-graph recording, Triton JIT); then ``--rounds`` rounds, each timing every c
 the row holds the median over rounds and the spread (max − min). Eager and compiled greedy outputs are compared per
 variant and batch (``same_tokens_as_eager``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,6 +52,7 @@ def _sync():
 
 # --------------------------------------------------------------------------------------------- variants
 
+
 def to_bnb_nf4(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """Every ``nn.Linear`` but the LM head → ``bnb.nn.Linear4bit`` NF4 (quantized on the move to CUDA)."""
     import bitsandbytes as bnb
@@ -60,11 +62,22 @@ def to_bnb_nf4(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         for child_name, child in list(mod.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             if type(child) is nn.Linear and "lm_head" not in full:
-                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                      compute_dtype=dtype, compress_statistics=False, quant_type="nf4",
-                                      device="cpu")
-                q.weight = bnb.nn.Params4bit(child.weight.data.to("cpu", dtype), requires_grad=False,
-                                             compress_statistics=False, quant_type="nf4", blocksize=64)
+                q = bnb.nn.Linear4bit(
+                    child.in_features,
+                    child.out_features,
+                    bias=child.bias is not None,
+                    compute_dtype=dtype,
+                    compress_statistics=False,
+                    quant_type="nf4",
+                    device="cpu",
+                )
+                q.weight = bnb.nn.Params4bit(
+                    child.weight.data.to("cpu", dtype),
+                    requires_grad=False,
+                    compress_statistics=False,
+                    quant_type="nf4",
+                    blocksize=64,
+                )
                 if child.bias is not None:
                     q.bias = nn.Parameter(child.bias.data.to("cpu", dtype), requires_grad=False)
                 setattr(mod, child_name, q.to(device))
@@ -99,23 +112,28 @@ def build_variants(float_model: nn.Module, dtype: torch.dtype, kinds: list[str])
         if kind == "bnb_nf4":
             m, block = to_bnb_nf4(m, dtype), 64
         elif kind.startswith("lords"):
-            block = int(kind[len("lords"):])
+            block = int(kind[len("lords") :])
             m = to_lords(m, block)
         elif kind != "float":
             raise ValueError(kind)
         dropped = detach_uncompileable_quantizer(m)
-        out[kind] = dict(model=m.eval(), kind="lords" if kind.startswith("lords") else kind, block_size=block,
-                         quantizer_detached=dropped, build_s=round(time.perf_counter() - t0, 2))
+        out[kind] = dict(
+            model=m.eval(),
+            kind="lords" if kind.startswith("lords") else kind,
+            block_size=block,
+            quantizer_detached=dropped,
+            build_s=round(time.perf_counter() - t0, 2),
+        )
     return out
 
 
 # ----------------------------------------------------------------------------------------------- timing
 
+
 def _generate(model, ids, n, compiled: bool, fullgraph: bool, dtype):
     from transformers import CompileConfig
 
-    kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-              pad_token_id=0)
+    kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
     if compiled:
         cc = CompileConfig(fullgraph=fullgraph, dynamic=False, mode="reduce-overhead")
         if not torch.cuda.is_available():  # the CPU smoke run: dynamo's eager backend
@@ -171,7 +189,9 @@ def run(args) -> dict:
             except Exception as e:  # noqa: BLE001
                 if not c or not fullgraph[k]:
                     raise
-                notes[k] = f"fullgraph=True failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); fullgraph=False"
+                notes[k] = (
+                    f"fullgraph=True failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); fullgraph=False"
+                )
                 fullgraph[k] = False
                 torch._dynamo.reset()
                 _t, out = _timed(m, prompts[b], args.long, c, fullgraph[k], dtype)
@@ -207,11 +227,22 @@ def _report(args, model_name, load_s, variants, cells, times, outs, fullgraph, n
         same = None
         if (k, b, False) in outs and (k, b, True) in outs:
             same = bool(torch.equal(outs[(k, b, False)], outs[(k, b, True)]))
-        rows.append(dict(kind=variants[k]["kind"], batch=b, block_size=variants[k]["block_size"], compiled=c,
-                         ms_per_token=round(statistics.median(v), 4), spread=round(max(v) - min(v), 4),
-                         rounds=len(v), samples=[round(t, 4) for t in v], variant=k,
-                         cache="static" if c else "dynamic", fullgraph=fullgraph[k] if c else None,
-                         same_tokens_as_eager=same if c else None))
+        rows.append(
+            dict(
+                kind=variants[k]["kind"],
+                batch=b,
+                block_size=variants[k]["block_size"],
+                compiled=c,
+                ms_per_token=round(statistics.median(v), 4),
+                spread=round(max(v) - min(v), 4),
+                rounds=len(v),
+                samples=[round(t, 4) for t in v],
+                variant=k,
+                cache="static" if c else "dynamic",
+                fullgraph=fullgraph[k] if c else None,
+                same_tokens_as_eager=same if c else None,
+            )
+        )
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (smoke: timings meaningless)"
     import transformers
     import triton
@@ -223,11 +254,20 @@ def _report(args, model_name, load_s, variants, cells, times, outs, fullgraph, n
         env["bitsandbytes"] = bitsandbytes.__version__
     except ImportError:
         env["bitsandbytes"] = None
-    return dict(model=model_name, dtype=args.dtype, prompt_tokens=args.prompt, short=args.short, long=args.long,
-                load_s=round(load_s, 1), env=env, rows=rows, notes=notes,
-                errors={f"{k} b={b} compiled={c}": e for (k, b, c), e in errors.items()},
-                variants={k: {kk: vv for kk, vv in v.items() if kk != "model"} for k, v in variants.items()},
-                command=" ".join(sys.argv))
+    return dict(
+        model=model_name,
+        dtype=args.dtype,
+        prompt_tokens=args.prompt,
+        short=args.short,
+        long=args.long,
+        load_s=round(load_s, 1),
+        env=env,
+        rows=rows,
+        notes=notes,
+        errors={f"{k} b={b} compiled={c}": e for (k, b, c), e in errors.items()},
+        variants={k: {kk: vv for kk, vv in v.items() if kk != "model"} for k, v in variants.items()},
+        command=" ".join(sys.argv),
+    )
 
 
 def _has_bnb() -> bool:
@@ -240,20 +280,27 @@ def _has_bnb() -> bool:
 
 
 def render(report: dict) -> str:
-    lines = [f"# Serving: `model.generate`, {report['model']}, {report['dtype']}, {report['env']['gpu']}", "",
-             f"ms per new token = (t({report['long']}) − t({report['short']})) / {report['long'] - report['short']}"
-             f" after a {report['prompt_tokens']}-token prompt; median of rounds, spread = max − min; greedy. "
-             f"Eager: dynamic cache, no compile. Compiled: static cache, inductor reduce-overhead (CUDA graphs).",
-             "", f"Versions: {report['env']}", "",
-             "| kind | block | batch | compiled | ms/token | spread | rounds | × float (same mode) | tokens = eager |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Serving: `model.generate`, {report['model']}, {report['dtype']}, {report['env']['gpu']}",
+        "",
+        f"ms per new token = (t({report['long']}) − t({report['short']})) / {report['long'] - report['short']}"
+        f" after a {report['prompt_tokens']}-token prompt; median of rounds, spread = max − min; greedy. "
+        f"Eager: dynamic cache, no compile. Compiled: static cache, inductor reduce-overhead (CUDA graphs).",
+        "",
+        f"Versions: {report['env']}",
+        "",
+        "| kind | block | batch | compiled | ms/token | spread | rounds | × float (same mode) | tokens = eager |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     base = {(r["batch"], r["compiled"]): r["ms_per_token"] for r in report["rows"] if r["kind"] == "float"}
     for r in sorted(report["rows"], key=lambda r: (r["batch"], r["compiled"], r["variant"])):
         f = base.get((r["batch"], r["compiled"]))
         ratio = f"{r['ms_per_token'] / f:.2f}" if f else "—"
         same = "" if r["same_tokens_as_eager"] is None else str(r["same_tokens_as_eager"])
-        lines.append(f"| {r['kind']} | {r['block_size'] or '—'} | {r['batch']} | {r['compiled']} | "
-                     f"{r['ms_per_token']:.3f} | {r['spread']:.3f} | {r['rounds']} | {ratio} | {same} |")
+        lines.append(
+            f"| {r['kind']} | {r['block_size'] or '—'} | {r['batch']} | {r['compiled']} | "
+            f"{r['ms_per_token']:.3f} | {r['spread']:.3f} | {r['rounds']} | {ratio} | {same} |"
+        )
     for k, v in report["notes"].items():
         lines.append(f"\nNote, {k}: {v}")
     for k, v in report["errors"].items():
@@ -264,7 +311,9 @@ def render(report: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="a GGUF path, local folder or hub id (lords_pipelines.models.load_model)")
+    p.add_argument(
+        "--model", default=None, help="a GGUF path, local folder or hub id (lords_pipelines.models.load_model)"
+    )
     p.add_argument("--out-dir", default="outputs/reports")
     p.add_argument("--name", default="serving")
     p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])

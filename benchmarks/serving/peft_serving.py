@@ -17,6 +17,7 @@ only the last position's logits, as a server computes them); the report gives ea
 and the spread (max − min). CUDA is synchronised around every timed region. On the CPU it runs (a test), but its
 numbers are no speed comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,8 @@ def prefill_seconds(model: nn.Module, ids: torch.Tensor) -> float:
 
 def build_variants(float_model: nn.Module, tok, spec) -> dict[str, nn.Module]:
     """``{variant: model}`` in the order the report lists them (see the module docstring)."""
-    from lords_pipelines.stages.common import apply_backend
     from lords_pipelines.peft_methods import merged, prepare
+    from lords_pipelines.stages.common import apply_backend
     from lords_pipelines.tables.peft_tasks import load_task
     from lords_pipelines.tables.peft_train import train
 
@@ -86,8 +87,14 @@ def build_variants(float_model: nn.Module, tok, spec) -> dict[str, nn.Module]:
     return variants
 
 
-def measure(variants: dict[str, nn.Module], prompt: torch.Tensor, prefill: torch.Tensor, rounds: int,
-            new_tokens: int, warmup: int) -> dict[str, dict]:
+def measure(
+    variants: dict[str, nn.Module],
+    prompt: torch.Tensor,
+    prefill: torch.Tensor,
+    rounds: int,
+    new_tokens: int,
+    warmup: int,
+) -> dict[str, dict]:
     """Per variant: every round's decode ms per token and prefill tokens/s, rounds interleaved over variants."""
     for model in variants.values():  # kernels compiled, caches and allocator warm before any timed round
         _decode(model, prompt, warmup)
@@ -104,38 +111,58 @@ def rows_of(times: dict[str, dict], variants: dict[str, nn.Module], spec, device
     rows = []
     for name, t in times.items():
         method = name.removesuffix("_merged")
-        rows.append({"model": spec.model_label, "variant": name, "method": method, "merged": name.endswith("_merged"),
-                     "bits": None if name == "float" else spec.bits, "block_size": spec.block_size,
-                     "decode_ms_per_token": statistics.median(t["decode_ms"]),
-                     "decode_ms_spread": max(t["decode_ms"]) - min(t["decode_ms"]),
-                     "prefill_tokens_per_s": statistics.median(t["prefill_tps"]),
-                     "prefill_tps_spread": max(t["prefill_tps"]) - min(t["prefill_tps"]),
-                     "weights_mib": weight_bytes(variants[name]) / 2**20, "rounds": len(t["decode_ms"]),
-                     "device": device, "torch": torch.__version__, "times": t})
+        rows.append(
+            {
+                "model": spec.model_label,
+                "variant": name,
+                "method": method,
+                "merged": name.endswith("_merged"),
+                "bits": None if name == "float" else spec.bits,
+                "block_size": spec.block_size,
+                "decode_ms_per_token": statistics.median(t["decode_ms"]),
+                "decode_ms_spread": max(t["decode_ms"]) - min(t["decode_ms"]),
+                "prefill_tokens_per_s": statistics.median(t["prefill_tps"]),
+                "prefill_tps_spread": max(t["prefill_tps"]) - min(t["prefill_tps"]),
+                "weights_mib": weight_bytes(variants[name]) / 2**20,
+                "rounds": len(t["decode_ms"]),
+                "device": device,
+                "torch": torch.__version__,
+                "times": t,
+            }
+        )
     return rows
 
 
 def markdown(rows: list[dict], spec) -> str:
     cfg = spec.serving
     by = {r["variant"]: r for r in rows}
-    lines = [f"# Serving after PEFT: {rows[0]['model']}, {spec.bits}-bit bases, block {spec.block_size} "
-             f"({rows[0]['device']})", "",
-             f"Batch-1 greedy decode after a {cfg.prompt_tokens}-token prompt ({cfg.new_tokens} steps, KV cache) and "
-             f"one {cfg.prefill_tokens}-token prefill at batch 1, each variant after {cfg.train_steps} PEFT steps on "
-             f"`{cfg.task}` (`lords_before`: untrained); eager PyTorch as `transformers` runs it, no CUDA graphs. "
-             f"Median of {rows[0]['rounds']} rounds, variants interleaved in each round; spread = max − min. "
-             "`python -m benchmarks.serving.peft_serving peft`.", "",
-             "| variant | decode ms/token | spread | × lords_peft | prefill tok/s | spread | weights MiB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Serving after PEFT: {rows[0]['model']}, {spec.bits}-bit bases, block {spec.block_size} "
+        f"({rows[0]['device']})",
+        "",
+        f"Batch-1 greedy decode after a {cfg.prompt_tokens}-token prompt ({cfg.new_tokens} steps, KV cache) and "
+        f"one {cfg.prefill_tokens}-token prefill at batch 1, each variant after {cfg.train_steps} PEFT steps on "
+        f"`{cfg.task}` (`lords_before`: untrained); eager PyTorch as `transformers` runs it, no CUDA graphs. "
+        f"Median of {rows[0]['rounds']} rounds, variants interleaved in each round; spread = max − min. "
+        "`python -m benchmarks.serving.peft_serving peft`.",
+        "",
+        "| variant | decode ms/token | spread | × lords_peft | prefill tok/s | spread | weights MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     ref = by.get("lords_peft", rows[0])["decode_ms_per_token"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['decode_ms_per_token']:.2f} | {r['decode_ms_spread']:.2f} | "
-                     f"{r['decode_ms_per_token'] / ref:.2f} | {r['prefill_tokens_per_s']:,.0f} | "
-                     f"{r['prefill_tps_spread']:,.0f} | {r['weights_mib']:.1f} |")
+        lines.append(
+            f"| {r['variant']} | {r['decode_ms_per_token']:.2f} | {r['decode_ms_spread']:.2f} | "
+            f"{r['decode_ms_per_token'] / ref:.2f} | {r['prefill_tokens_per_s']:,.0f} | "
+            f"{r['prefill_tps_spread']:,.0f} | {r['weights_mib']:.1f} |"
+        )
     if "lords_peft" in by and "lords_before" in by:
         added = by["lords_peft"]["decode_ms_per_token"] / by["lords_before"]["decode_ms_per_token"] - 1
-        lines += ["", f"LoRDS after PEFT against before: {added:+.1%} decode time per token (same modules and kernels; "
-                      f"the before-row spread is {by['lords_before']['decode_ms_spread']:.2f} ms)."]
+        lines += [
+            "",
+            f"LoRDS after PEFT against before: {added:+.1%} decode time per token (same modules and kernels; "
+            f"the before-row spread is {by['lords_before']['decode_ms_spread']:.2f} ms).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -162,8 +189,9 @@ def main(argv=None):
     from lords_pipelines.evaluation.scores import corpus_ids
 
     ids = corpus_ids(tok, spec.eval.texts[0], max(cfg.prefill_tokens, cfg.prompt_tokens)).to(device)
-    times = measure(variants, ids[:, : cfg.prompt_tokens], ids[:, : cfg.prefill_tokens], cfg.rounds,
-                    cfg.new_tokens, cfg.warmup)
+    times = measure(
+        variants, ids[:, : cfg.prompt_tokens], ids[:, : cfg.prefill_tokens], cfg.rounds, cfg.new_tokens, cfg.warmup
+    )
     rows = rows_of(times, variants, spec, device_name())
     name = Path(args.table).stem
     out = Path(args.out)

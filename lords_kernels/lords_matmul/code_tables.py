@@ -1,5 +1,6 @@
 """The code-value tables the kernels read, cast or packed once per grid and dtype and cached: the grid in the
 activation dtype, and the 8 int32 words of the ``prmt`` lookup (forward and dequantize passes both read them)."""
+
 from __future__ import annotations
 
 import torch

@@ -11,9 +11,10 @@ runners bind every integer and every pointer but ``x`` and ``y`` (the shared scr
 so 16-byte aligned like the ones they replace), so their key is :func:`io_key` of ``x`` and ``y``. Under the
 interpreter (``TRITON_INTERPRET=1``) there is no binary: every call takes the JIT path.
 """
+
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
 
 
 class Launch:
@@ -47,5 +48,4 @@ def io_key(x, y) -> tuple:
     whether both pointers are 16-byte aligned and how their row strides specialise (1, a multiple of 16, other:
     ``x`` may be a strided view of a longer sequence)."""
     sx, sy = x.stride(0), y.stride(0)
-    return (x.dtype, y.dtype, (x.data_ptr() | y.data_ptr()) & 15 == 0,
-            sx == 1, sx % 16 == 0, sy == 1, sy % 16 == 0)
+    return (x.dtype, y.dtype, (x.data_ptr() | y.data_ptr()) & 15 == 0, sx == 1, sx % 16 == 0, sy == 1, sy % 16 == 0)

@@ -14,6 +14,7 @@ bytes covers (``F`` fields per byte).
 K is padded with code 0 up to a multiple of ``G``; the kernels mask ``x`` and ``A`` beyond K, so the padding
 contributes nothing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ def group_size(bits: int) -> int:
 class KernelCodes:
     """Codes in the kernels' layout. ``lo (N, K_pad·b'/8)`` uint8 with ``b' = bits`` (2 for 3 bits);
     ``hi (N, K_pad/8)`` uint8 for 3 bits, else an empty tensor. ``K`` is the true input size."""
+
     lo: torch.Tensor
     hi: torch.Tensor
     bits: int
@@ -88,7 +90,9 @@ def unrepack(kc: KernelCodes) -> torch.Tensor:
     codes = ((lo >> shifts) & ((1 << width) - 1)).reshape(n, -1)
     if kc.bits == 3:
         hi = kc.hi.reshape(n, -1, 1, 1, T // 2)
-        sh = (torch.arange(4, device=hi.device, dtype=torch.uint8).view(4, 1) +
-              4 * torch.arange(2, device=hi.device, dtype=torch.uint8).view(1, 2)).view(1, 1, 4, 2, 1)
+        sh = (
+            torch.arange(4, device=hi.device, dtype=torch.uint8).view(4, 1)
+            + 4 * torch.arange(2, device=hi.device, dtype=torch.uint8).view(1, 2)
+        ).view(1, 1, 4, 2, 1)
         codes = codes | (((hi >> sh) & 1).reshape(n, -1) << 2)
     return codes[:, : kc.K].contiguous()

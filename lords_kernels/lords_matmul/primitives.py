@@ -4,6 +4,7 @@ inline PTX), code loads, tile scheduling, the split-K epilogue, and the one plac
 ``DOT_FP32`` (set under ``TRITON_INTERPRET=1``): dots on fp32 operands with IEEE precision, since the interpreter's
 bf16 dot is wrong; :func:`_dot` / :func:`_mm` hold that branch for every kernel.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,11 +72,18 @@ def _lut(grid_ptr, c):
         return tl.load(grid_ptr + c)
     else:
         if grid_ptr.dtype.element_ty == tl.float32:
-            return tl.inline_asm_elementwise("ld.global.nc.f32 $0, [$1];", "=r,l", [grid_ptr + c],
-                                             dtype=tl.float32, is_pure=True, pack=1)
+            return tl.inline_asm_elementwise(
+                "ld.global.nc.f32 $0, [$1];", "=r,l", [grid_ptr + c], dtype=tl.float32, is_pure=True, pack=1
+            )
         else:
-            return tl.inline_asm_elementwise("ld.global.nc.b16 $0, [$1];", "=h,l", [grid_ptr + c],
-                                             dtype=grid_ptr.dtype.element_ty, is_pure=True, pack=1)
+            return tl.inline_asm_elementwise(
+                "ld.global.nc.b16 $0, [$1];",
+                "=h,l",
+                [grid_ptr + c],
+                dtype=grid_ptr.dtype.element_ty,
+                is_pure=True,
+                pack=1,
+            )
 
 
 def _prmt_asm(bits: int, shift) -> str:
@@ -87,16 +95,38 @@ def _prmt_asm(bits: int, shift) -> str:
     of ``prmt``/``lop3`` for every width (NOTES.md)."""
     pre = [f"shr.b32 w, $2, {shift};" if shift else "mov.b32 w, $2;"]  # shift: an immediate or "$35"
     if bits == 4:
-        body = ["and.b32 w, w, 0x0F0F0F0F;", "shr.b32 t, w, 4;", "or.b32 t, t, w;", "prmt.b32 sel, t, t, 0x0020;",
-                "and.b32 sel, sel, 0x7777;", "shl.b32 m, w, 4;", "prmt.b32 m, m, m, 0xBA98;",
-                "prmt.b32 a, $3, $7, sel;", "prmt.b32 b, $11, $15, sel;", "lop3.b32 lo, a, b, m, 0xD8;",
-                "prmt.b32 a, $19, $23, sel;", "prmt.b32 b, $27, $31, sel;", "lop3.b32 hi, a, b, m, 0xD8;"]
+        body = [
+            "and.b32 w, w, 0x0F0F0F0F;",
+            "shr.b32 t, w, 4;",
+            "or.b32 t, t, w;",
+            "prmt.b32 sel, t, t, 0x0020;",
+            "and.b32 sel, sel, 0x7777;",
+            "shl.b32 m, w, 4;",
+            "prmt.b32 m, m, m, 0xBA98;",
+            "prmt.b32 a, $3, $7, sel;",
+            "prmt.b32 b, $11, $15, sel;",
+            "lop3.b32 lo, a, b, m, 0xD8;",
+            "prmt.b32 a, $19, $23, sel;",
+            "prmt.b32 b, $27, $31, sel;",
+            "lop3.b32 hi, a, b, m, 0xD8;",
+        ]
     elif bits == 2:
-        body = ["and.b32 w, w, 0x03030303;", "shr.b32 t, w, 4;", "or.b32 t, t, w;", "prmt.b32 sel, t, t, 0x0020;",
-                "prmt.b32 lo, $3, $3, sel;", "prmt.b32 hi, $19, $19, sel;"]
+        body = [
+            "and.b32 w, w, 0x03030303;",
+            "shr.b32 t, w, 4;",
+            "or.b32 t, t, w;",
+            "prmt.b32 sel, t, t, 0x0020;",
+            "prmt.b32 lo, $3, $3, sel;",
+            "prmt.b32 hi, $19, $19, sel;",
+        ]
     else:  # 3 bits: the bytes already hold codes < 8
-        body = ["shr.b32 t, w, 4;", "or.b32 t, t, w;", "prmt.b32 sel, t, t, 0x0020;",
-                "prmt.b32 lo, $3, $7, sel;", "prmt.b32 hi, $19, $23, sel;"]
+        body = [
+            "shr.b32 t, w, 4;",
+            "or.b32 t, t, w;",
+            "prmt.b32 sel, t, t, 0x0020;",
+            "prmt.b32 lo, $3, $7, sel;",
+            "prmt.b32 hi, $19, $23, sel;",
+        ]
     post = ["prmt.b32 $0, lo, hi, 0x5140;", "prmt.b32 $1, lo, hi, 0x7362;"]
     return "{ .reg .b32 w, t, sel, m, a, b, lo, hi; " + " ".join(pre + body + post) + " }"
 
@@ -119,9 +149,18 @@ def _lut_prmt_rt(raw, tab_ptr, dt_ptr, shift, BITS: tl.constexpr):
     """:func:`_lut_prmt` with a run-time field shift (4 and 2 bits only)."""
     DT = dt_ptr.dtype.element_ty
     z = tl.zeros(raw.shape, dtype=tl.int32)
-    args = [raw, z + tl.load(tab_ptr + 0), z + tl.load(tab_ptr + 1), z + tl.load(tab_ptr + 2),
-            z + tl.load(tab_ptr + 3), z + tl.load(tab_ptr + 4), z + tl.load(tab_ptr + 5), z + tl.load(tab_ptr + 6),
-            z + tl.load(tab_ptr + 7), z + shift]
+    args = [
+        raw,
+        z + tl.load(tab_ptr + 0),
+        z + tl.load(tab_ptr + 1),
+        z + tl.load(tab_ptr + 2),
+        z + tl.load(tab_ptr + 3),
+        z + tl.load(tab_ptr + 4),
+        z + tl.load(tab_ptr + 5),
+        z + tl.load(tab_ptr + 6),
+        z + tl.load(tab_ptr + 7),
+        z + shift,
+    ]
     if BITS == 4:
         v = tl.inline_asm_elementwise(PRMT4_RT, PRMT_RT_CONSTRAINTS, args, dtype=DT, is_pure=True, pack=4)
     else:
@@ -135,9 +174,17 @@ def _lut_prmt(raw, tab_ptr, dt_ptr, f: tl.constexpr, BITS: tl.constexpr):
     codes)."""
     DT = dt_ptr.dtype.element_ty
     z = tl.zeros(raw.shape, dtype=tl.int32)
-    args = [raw, z + tl.load(tab_ptr + 0), z + tl.load(tab_ptr + 1), z + tl.load(tab_ptr + 2),
-            z + tl.load(tab_ptr + 3), z + tl.load(tab_ptr + 4), z + tl.load(tab_ptr + 5), z + tl.load(tab_ptr + 6),
-            z + tl.load(tab_ptr + 7)]
+    args = [
+        raw,
+        z + tl.load(tab_ptr + 0),
+        z + tl.load(tab_ptr + 1),
+        z + tl.load(tab_ptr + 2),
+        z + tl.load(tab_ptr + 3),
+        z + tl.load(tab_ptr + 4),
+        z + tl.load(tab_ptr + 5),
+        z + tl.load(tab_ptr + 6),
+        z + tl.load(tab_ptr + 7),
+    ]
     if BITS == 4:
         if f == 0:
             v = tl.inline_asm_elementwise(PRMT4_0, PRMT_CONSTRAINTS, args, dtype=DT, is_pure=True, pack=4)
@@ -158,8 +205,21 @@ def _lut_prmt(raw, tab_ptr, dt_ptr, f: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _load_codes(lo_ptr, hi_ptr, rows, row_mask, g, offs_j, stride_lo, stride_hi, ROWS_FIRST: tl.constexpr,
-                BITS: tl.constexpr, T: tl.constexpr, MASKED: tl.constexpr = True, RAW: tl.constexpr = False):
+def _load_codes(
+    lo_ptr,
+    hi_ptr,
+    rows,
+    row_mask,
+    g,
+    offs_j,
+    stride_lo,
+    stride_hi,
+    ROWS_FIRST: tl.constexpr,
+    BITS: tl.constexpr,
+    T: tl.constexpr,
+    MASKED: tl.constexpr = True,
+    RAW: tl.constexpr = False,
+):
     """Bytes of group ``g`` for ``rows``: ``(len(rows), T)`` if ROWS_FIRST else ``(T, len(rows))``, int32."""
     if ROWS_FIRST:
         lo_p = lo_ptr + rows[:, None] * stride_lo + g * T + offs_j[None, :]
@@ -222,8 +282,22 @@ def _split_range(pid_k, n, split_k):
 
 
 @triton.jit
-def _splitk_epilogue(acc, offs_m, offs_n, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, lock_ptr, tile_id, pid_k,
-                     split_k, HAS_BIAS: tl.constexpr):
+def _splitk_epilogue(
+    acc,
+    offs_m,
+    offs_n,
+    M,
+    N,
+    y_ptr,
+    stride_ym,
+    bias_ptr,
+    ws_ptr,
+    lock_ptr,
+    tile_id,
+    pid_k,
+    split_k,
+    HAS_BIAS: tl.constexpr,
+):
     """Write ``acc (BM, BN)`` fp32: directly if one split, else through the partials and the last split."""
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if split_k > 1:

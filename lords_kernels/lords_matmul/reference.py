@@ -11,6 +11,7 @@ Shapes and dtypes (the contract with ``lords.linear.LoRDSLinear``):
 ``compute_dtype`` (float64 for tests) and return that dtype: the Triton kernels must match them up to the
 rounding of their operand dtype.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,16 +19,30 @@ import torch
 from lords.packing import unpack_codes
 
 
-def dequantize(qweight: torch.Tensor, grid: torch.Tensor, B: torch.Tensor, A: torch.Tensor, bits: int,
-               compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def dequantize(
+    qweight: torch.Tensor,
+    grid: torch.Tensor,
+    B: torch.Tensor,
+    A: torch.Tensor,
+    bits: int,
+    compute_dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
     """``W_hat (N, K)`` in ``compute_dtype``."""
     K = A.shape[1]
     values = grid.to(compute_dtype)[unpack_codes(qweight, bits, K).long()]
     return values * (B.to(compute_dtype) @ A.to(compute_dtype))
 
 
-def lords_matmul(x: torch.Tensor, qweight: torch.Tensor, grid: torch.Tensor, B: torch.Tensor, A: torch.Tensor,
-                 bias: torch.Tensor | None, bits: int, compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def lords_matmul(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    grid: torch.Tensor,
+    B: torch.Tensor,
+    A: torch.Tensor,
+    bias: torch.Tensor | None,
+    bits: int,
+    compute_dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
     """``y (..., N) = x @ W_hat.T + bias`` in ``compute_dtype``."""
     w = dequantize(qweight, grid, B, A, bits, compute_dtype)
     y = x.to(compute_dtype) @ w.T
@@ -36,9 +51,16 @@ def lords_matmul(x: torch.Tensor, qweight: torch.Tensor, grid: torch.Tensor, B: 
     return y
 
 
-def lords_matmul_backward(dy: torch.Tensor, x: torch.Tensor, qweight: torch.Tensor, grid: torch.Tensor,
-                          B: torch.Tensor, A: torch.Tensor, bits: int,
-                          compute_dtype: torch.dtype = torch.float64):
+def lords_matmul_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    grid: torch.Tensor,
+    B: torch.Tensor,
+    A: torch.Tensor,
+    bits: int,
+    compute_dtype: torch.dtype = torch.float64,
+):
     """Gradients ``(dx (..., K), dB (N, r), dA (r, K))`` of ``y = lords_matmul(x, ...)`` for upstream ``dy``.
 
     ``dS = (dyᵀ x) ⊙ grid[Q]``, ``dB = dS Aᵀ``, ``dA = Bᵀ dS``, ``dx = dy W_hat``.

@@ -4,6 +4,7 @@
 The same table may carry a ``"crossover"`` section, ``{"N,K,bits": M}``: from that many tokens a layer of that shape
 dequantizes once and calls cuBLAS (forward, and ``dx`` / ``dyᵀx`` in the backward) instead of the fused kernels;
 shapes not in it use :data:`DEQUANT_MIN_M` (``python -m benchmarks.kernels.bench_k16`` measures the crossover)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,7 +56,7 @@ class TileConfig:
             raise ValueError(f"kernel={self.kernel!r} is not one of {KERNELS}")
 
     @classmethod
-    def of(cls, value: "TileConfig | dict") -> "TileConfig":
+    def of(cls, value: TileConfig | dict) -> TileConfig:
         """A ``TileConfig`` from itself or a table entry (unknown keys refused, naming them)."""
         if isinstance(value, cls):
             return value
@@ -88,16 +89,16 @@ def default_config(M: int, N: int, K: int, bits: int, r: int, sms: int = 132) ->
         split = max(1, min(n_groups, 16, (2 * sms) // -(-N // 128)))
         # code values routed through an MMA-made tile of ones, as the MMA's A operand: best or within 3% in every
         # gemv cell of the sweep (ONES applies to fp16; the runner drops it for bf16)
-        return TileConfig(kernel="gemv", BN=128, split_k=split, num_warps=4, num_stages=3, PRMT=True, Q_AS_B=False,
-                          ONES=True)
+        return TileConfig(
+            kernel="gemv", BN=128, split_k=split, num_warps=4, num_stages=3, PRMT=True, Q_AS_B=False, ONES=True
+        )
     if M <= 64:  # the swap-AB kernel: weight rows on the MMA's wide side, the few tokens on its narrow side
         bm = swap_bm(M)
         tiles = -(-N // 64) * -(-M // bm)
         # splits for about two programs per SM; from 32 tokens a split's fp32 partials (M·N each) cost enough to
         # want 4+ code groups per split
         split = max(1, min(n_groups // max(1, M // 16), 16, _near_pow2(2 * sms / tiles)))
-        return TileConfig(kernel="gemm_t", BM=bm, BN=64, split_k=split, num_warps=4, num_stages=3, GROUP_M=8,
-                          S16=True)
+        return TileConfig(kernel="gemm_t", BM=bm, BN=64, split_k=split, num_warps=4, num_stages=3, GROUP_M=8, S16=True)
     # two warpgroups of 64 weight rows each: one's LUT work overlaps the other's MMAs (H100 sweep: 1.9x faster
     # than one warpgroup at M = 2048); 256-token tiles unless that leaves fewer than 16 tiles, split K up to 4
     # while the programs still fit one wave

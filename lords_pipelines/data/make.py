@@ -21,6 +21,7 @@
   test split is the lm-eval task ``lords_pipelines/evaluation/tasks/lords_kjv_prophets.jsonl``) and ``lords_unicode_names``
   (multiple choice, likewise: ``lords_pipelines/evaluation/tasks/lords_unicode_names.jsonl``).
 """
+
 from __future__ import annotations
 
 import json
@@ -146,8 +147,11 @@ def main():
     write_jsonl(TASKS / "lords_kjv_proverbs.jsonl", kjv_proverb_items())
     from lords_pipelines.data.peft_splits import prophet_splits, roman_splits, unicode_name_splits
 
-    for task, splits in (("lords_roman", roman_splits()), ("lords_kjv_prophets", prophet_splits()),
-                         ("lords_unicode_names", unicode_name_splits())):
+    for task, splits in (
+        ("lords_roman", roman_splits()),
+        ("lords_kjv_prophets", prophet_splits()),
+        ("lords_unicode_names", unicode_name_splits()),
+    ):
         for split, rows in splits.items():
             if split == "test" and task != "lords_roman":  # an lm-eval task, beside the zero-shot ones
                 write_jsonl(TASKS / f"{task}.jsonl", rows)

@@ -17,6 +17,7 @@
   ``lords_pipelines/evaluation/tasks/lords_unicode_names.yaml``), 200 validation items, 1,090 training pairs. Names follow rules
   (script, case, base letter, diacritics) that training letters teach and held-out letters test.
 """
+
 from __future__ import annotations
 
 import random
@@ -25,8 +26,21 @@ from collections import Counter
 
 TEST_ITEMS = 500
 VAL_ITEMS = 200
-ROMAN = ((1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"), (40, "XL"), (10, "X"),
-         (9, "IX"), (5, "V"), (4, "IV"), (1, "I"))
+ROMAN = (
+    (1000, "M"),
+    (900, "CM"),
+    (500, "D"),
+    (400, "CD"),
+    (100, "C"),
+    (90, "XC"),
+    (50, "L"),
+    (40, "XL"),
+    (10, "X"),
+    (9, "IX"),
+    (5, "V"),
+    (4, "IV"),
+    (1, "I"),
+)
 
 
 def roman(n: int) -> str:
@@ -45,8 +59,11 @@ def roman_splits() -> dict[str, list[dict]]:
     numbers = list(range(1, 4000))
     random.Random(0).shuffle(numbers)
     pairs = [{"prompt": f"Roman numeral of {n}:", "answer": " " + roman(n)} for n in numbers]
-    return {"test": pairs[:TEST_ITEMS], "val": pairs[TEST_ITEMS : TEST_ITEMS + VAL_ITEMS],
-            "train": pairs[TEST_ITEMS + VAL_ITEMS :]}
+    return {
+        "test": pairs[:TEST_ITEMS],
+        "val": pairs[TEST_ITEMS : TEST_ITEMS + VAL_ITEMS],
+        "train": pairs[TEST_ITEMS + VAL_ITEMS :],
+    }
 
 
 def _prophet_chapters():
@@ -91,12 +108,21 @@ def prophet_splits() -> dict[str, list[dict]]:
         pool = [(c, b) for _, b, c in by_split[split]]
         out[split] = _choice_items(rng, by_split[split], pool, n)
     held = {t for a, b, _ in by_split["test"] + by_split["val"] for t in (a, b)}  # verses repeated across chapters
-    out["train"] = [{"prompt": a, "answer": " " + b} for a, b, _ in by_split["train"] if a not in held and b not in held]
+    out["train"] = [
+        {"prompt": a, "answer": " " + b} for a, b, _ in by_split["train"] if a not in held and b not in held
+    ]
     return out
 
 
-UNICODE_BLOCKS = ((0x00C0, 0x0250), (0x0370, 0x0700), (0x0900, 0x0980), (0x0E00, 0x0E80), (0x10A0, 0x1100),
-                  (0x1E00, 0x2000), (0x3040, 0x3100))
+UNICODE_BLOCKS = (
+    (0x00C0, 0x0250),
+    (0x0370, 0x0700),
+    (0x0900, 0x0980),
+    (0x0E00, 0x0E80),
+    (0x10A0, 0x1100),
+    (0x1E00, 0x2000),
+    (0x3040, 0x3100),
+)
 """Latin-1 letters to IPA, Greek, Cyrillic, Armenian, Hebrew, Arabic, Devanagari, Thai, Georgian, Latin and Greek
 Extended, Hiragana and Katakana: the letters (categories Lu, Ll, Lo) of these ranges in Unicode 3.2."""
 
@@ -104,8 +130,12 @@ Extended, Hiragana and Katakana: the letters (categories Lu, Ll, Lo) of these ra
 def unicode_letters() -> list[tuple[str, str]]:
     """``(letter, name)`` of every letter of :data:`UNICODE_BLOCKS` in Unicode 3.2, shuffled with seed 0."""
     ucd = unicodedata.ucd_3_2_0
-    letters = [(chr(c), ucd.name(chr(c))) for a, b in UNICODE_BLOCKS for c in range(a, b)
-               if ucd.category(chr(c)) in ("Lu", "Ll", "Lo")]
+    letters = [
+        (chr(c), ucd.name(chr(c)))
+        for a, b in UNICODE_BLOCKS
+        for c in range(a, b)
+        if ucd.category(chr(c)) in ("Lu", "Ll", "Lo")
+    ]
     random.Random(0).shuffle(letters)
     return letters
 
@@ -135,6 +165,10 @@ def unicode_name_splits() -> dict[str, list[dict]]:
         return {"context": f'Unicode name of "{letter}":', "choices": choices, "label": choices.index(name)}
 
     test, val = letters[:TEST_ITEMS], letters[TEST_ITEMS : TEST_ITEMS + VAL_ITEMS]
-    return {"test": [item(*x) for x in test], "val": [item(*x) for x in val],
-            "train": [{"prompt": f'Unicode name of "{c}":', "answer": " " + n}
-                      for c, n in letters[TEST_ITEMS + VAL_ITEMS :]]}
+    return {
+        "test": [item(*x) for x in test],
+        "val": [item(*x) for x in val],
+        "train": [
+            {"prompt": f'Unicode name of "{c}":', "answer": " " + n} for c, n in letters[TEST_ITEMS + VAL_ITEMS :]
+        ],
+    }

@@ -10,6 +10,7 @@ The KJV ships whole in ``data/kjv.txt.gz`` (one verse a line, ``<book><chapter>:
 ``bible-kjv-text`` 4.38 prints it with ``bible -f``); the cloze and next-verse tasks of ``lords_pipelines.tasks``
 draw on the books in :data:`KJV_TASK_BOOKS`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -81,9 +82,12 @@ def kjv_train_text() -> str:
 
 
 def corpus_text(name: str) -> str:
-    texts = {EVAL_CORPUS: eval_text, CALIB_CORPUS: calibration_text,
-             "kjv_genesis": lambda: kjv_text(KJV_EVAL_BOOKS),
-             "kjv_train": kjv_train_text}
+    texts = {
+        EVAL_CORPUS: eval_text,
+        CALIB_CORPUS: calibration_text,
+        "kjv_genesis": lambda: kjv_text(KJV_EVAL_BOOKS),
+        "kjv_train": kjv_train_text,
+    }
     if name not in texts:
         from lords.errors import ConfigError
 

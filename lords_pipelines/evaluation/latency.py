@@ -7,6 +7,7 @@ is applied, bitsandbytes' 4-bit gemv plus peft's adapter path for an unmerged Lo
 ``merge_and_unload``. On the CPU it runs (a test checks the shape of the answer), but CPU timings are no speed
 comparison: the table's latency is measured on the GPU.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -35,8 +36,9 @@ def _decode(model: nn.Module, prompt: torch.Tensor, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def decode_ms_per_token(model: nn.Module, prompt: torch.Tensor, new_tokens: int = 64, repeats: int = 3,
-                        warmup: int = 8) -> float:
+def decode_ms_per_token(
+    model: nn.Module, prompt: torch.Tensor, new_tokens: int = 64, repeats: int = 3, warmup: int = 8
+) -> float:
     """Median over ``repeats`` runs of the milliseconds per decoded token at batch 1 after ``prompt (1, P)``."""
     if prompt.dim() != 2 or prompt.shape[0] != 1:
         raise ValueError(f"prompt must be (1, P) token ids, got {tuple(prompt.shape)}")

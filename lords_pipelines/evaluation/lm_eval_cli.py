@@ -7,6 +7,7 @@ transformers), then lm-eval's CLI unchanged, with the shipped offline tasks on i
 
 Every lm-eval option works as documented by lm-eval; ``--include_path lords_pipelines/evaluation/tasks`` is added when absent.
 """
+
 from __future__ import annotations
 
 import sys
@@ -15,8 +16,9 @@ from lords_pipelines.evaluation.scores import LOCAL_TASKS
 
 
 def main(argv: list[str] | None = None) -> None:
-    import lords  # noqa: F401  (registers the lords quantizer before lm-eval calls from_pretrained)
     from lm_eval.__main__ import cli_evaluate
+
+    import lords  # noqa: F401  (registers the lords quantizer before lm-eval calls from_pretrained)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     running = not argv or argv[0] not in ("ls", "validate", "-h", "--help")

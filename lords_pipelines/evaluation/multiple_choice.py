@@ -7,6 +7,7 @@ the continuation's tokens are those of the whole string past the context's; the 
 so BOS where it adds one), sums the continuation's log-probabilities, and takes ``acc`` = argmax of the sum,
 ``acc_norm`` = argmax of the sum over the choice's length in characters. A test holds it equal to lm-eval.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer.encode(context + continuation)
     ctx = tokenizer.encode(context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 @torch.no_grad()
@@ -81,8 +82,9 @@ def interval95(acc: float, n: int) -> float:
     return 1.96 * math.sqrt(max(acc * (1 - acc), 0.0) / max(n, 1))
 
 
-def choice_loglikelihoods(model: nn.Module, tokenizer, items: list[Item], batch_size: int = 32,
-                          delimiter: str = " ") -> list[list[float]]:
+def choice_loglikelihoods(
+    model: nn.Module, tokenizer, items: list[Item], batch_size: int = 32, delimiter: str = " "
+) -> list[list[float]]:
     """``log p(delimiter + choice | context)`` for every choice of every item."""
     pairs = [encode_pair(tokenizer, it.context, delimiter + c) for it in items for c in it.choices]
     model.eval()
@@ -95,8 +97,9 @@ def choice_loglikelihoods(model: nn.Module, tokenizer, items: list[Item], batch_
     return out
 
 
-def score_task(model: nn.Module, tokenizer, task: str, limit: int | None = None,
-               batch_size: int = 32) -> dict[str, float]:
+def score_task(
+    model: nn.Module, tokenizer, task: str, limit: int | None = None, batch_size: int = 32
+) -> dict[str, float]:
     """``{task/acc, task/acc_norm, task/acc_ci95, task/items}`` of ``model`` on a shipped task."""
     items = load_items(task, limit)
     right = right_norm = 0
@@ -107,12 +110,17 @@ def score_task(model: nn.Module, tokenizer, task: str, limit: int | None = None,
         right_norm += int(int((ll / lengths).argmax()) == it.label)
     n = len(items)
     acc = right / n
-    return {f"{task}/acc": acc, f"{task}/acc_norm": right_norm / n, f"{task}/acc_ci95": interval95(acc, n),
-            f"{task}/items": n}
+    return {
+        f"{task}/acc": acc,
+        f"{task}/acc_norm": right_norm / n,
+        f"{task}/acc_ci95": interval95(acc, n),
+        f"{task}/items": n,
+    }
 
 
-def zero_shot(model: nn.Module, tokenizer, tasks=ZERO_SHOT, limit: int | None = None,
-              batch_size: int = 32) -> dict[str, float]:
+def zero_shot(
+    model: nn.Module, tokenizer, tasks=ZERO_SHOT, limit: int | None = None, batch_size: int = 32
+) -> dict[str, float]:
     """Every task's scores plus ``zero_shot_mean`` (mean ``acc`` over tasks) and its 95% half-width
     (items pooled: the tasks have equal sizes)."""
     out: dict[str, float] = {}

@@ -5,6 +5,7 @@ text is scored, the first of a window from BOS alone (as lm-eval's rolling logli
 way see a BOS-less window as out of distribution (measured: 1.5x the perplexity, and two methods' order flipped).
 Without BOS, the first token of each window is context only.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +19,13 @@ from lords.errors import ConfigError
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, input_ids: torch.Tensor, window: int | None = None,
-               progress: bool | str = False, bos: int | None = None) -> tuple[float, int]:
+def perplexity(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    window: int | None = None,
+    progress: bool | str = False,
+    bos: int | None = None,
+) -> tuple[float, int]:
     """``(perplexity, tokens scored)`` of ``model`` on ``input_ids (1, T)``.
 
     Windows of ``window`` tokens (default: 2048, or the model's context if smaller); inside each,

@@ -3,6 +3,7 @@
 Local tasks live in ``lords_pipelines/evaluation/tasks`` (``lords_cloze``, ``lords_unicode``, group ``lords_local``) and run
 offline; standard names (arc_easy, arc_challenge, hellaswag, piqa, winogrande, boolq, openbookqa) need the hub.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,9 +14,8 @@ import torch
 from torch import nn
 
 from lords.linear import cached_weights
-from lords_pipelines.evaluation.perplexity import perplexity
 from lords_pipelines.data.texts import bos_id, tokenize
-
+from lords_pipelines.evaluation.perplexity import perplexity
 from lords_pipelines.stages.settings import EvalSettings
 
 LOCAL_TASKS = Path(__file__).parent / "tasks"
@@ -30,8 +30,9 @@ def corpus_ids(tokenizer, corpus: str, tokens: int):
     return tokenize(tokenizer, text, tokens)
 
 
-def corpus_perplexity(model: nn.Module, tokenizer, corpus: str, tokens: int, window: int = 2048,
-                      ids=None) -> tuple[float, int]:
+def corpus_perplexity(
+    model: nn.Module, tokenizer, corpus: str, tokens: int, window: int = 2048, ids=None
+) -> tuple[float, int]:
     """``(perplexity, tokens scored)`` on the first ``tokens`` tokens of ``corpus`` (or on ``ids`` already cut
     from it), BOS-led windows where the tokenizer adds BOS (``lords_pipelines.evaluation.perplexity``)."""
     ids = corpus_ids(tokenizer, corpus, tokens) if ids is None else ids
@@ -52,8 +53,9 @@ def eval_perplexity(model: nn.Module, tokenizer, s: EvalSettings) -> dict[str, A
     return out
 
 
-def lm_eval_accuracy(model: nn.Module, tokenizer, tasks, limit: int | None = None, batch_size: int = 1,
-                     device: str | None = None) -> dict[str, float]:
+def lm_eval_accuracy(
+    model: nn.Module, tokenizer, tasks, limit: int | None = None, batch_size: int = 1, device: str | None = None
+) -> dict[str, float]:
     """``{task/acc: ..., task/acc_norm: ...}`` from lm-eval on ``model`` (an ``HFLM`` around the object)."""
     tasks = list(tasks)
     if not tasks:  # lm-eval is needed only when tasks are asked for
@@ -70,8 +72,9 @@ def lm_eval_accuracy(model: nn.Module, tokenizer, tasks, limit: int | None = Non
     device = device or str(next(model.parameters()).device)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
     with cached_weights(model):
-        out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, bootstrap_iters=0,
-                              log_samples=False)
+        out = simple_evaluate(
+            model=lm, tasks=tasks, task_manager=manager, limit=limit, bootstrap_iters=0, log_samples=False
+        )
     metrics = {}
     for task, res in out["results"].items():
         for key, value in res.items():

@@ -4,6 +4,7 @@
 
 Runs automatically at the end of every ``--multirun`` (``AggregateCallback`` in ``conf/config.yaml``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,19 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 KEYS = ("model", "stage", "method", "bits", "block_size", "grid", "refine")
-ORDER = ("weight_rel_error", "float_params", "code_bits", "bits_per_weight", "ppl", "fp_ppl", "answer_nll", "answer_exact",
-         "trainable_floats", "quant_seconds", "train_seconds")
+ORDER = (
+    "weight_rel_error",
+    "float_params",
+    "code_bits",
+    "bits_per_weight",
+    "ppl",
+    "fp_ppl",
+    "answer_nll",
+    "answer_exact",
+    "trainable_floats",
+    "quant_seconds",
+    "train_seconds",
+)
 
 
 def load_rows(root: Path) -> list[dict[str, Any]]:
@@ -28,9 +40,16 @@ def load_rows(root: Path) -> list[dict[str, Any]]:
         leaf = q.get("base", q)  # mixed precision: the fields of its base config
         refine = leaf.get("refine")
         method = q["method"] if st["name"] != "peft" else f"{st['method']}-peft"
-        row = {"model": s["model"]["name"], "stage": st["name"], "method": method, "bits": q["bits"],
-               "block_size": leaf.get("block_size", ""), "grid": leaf.get("grid", ""),
-               "refine": "" if not refine else f"{refine['objective']}×{refine['steps']}", "run": path.parent.name}
+        row = {
+            "model": s["model"]["name"],
+            "stage": st["name"],
+            "method": method,
+            "bits": q["bits"],
+            "block_size": leaf.get("block_size", ""),
+            "grid": leaf.get("grid", ""),
+            "refine": "" if not refine else f"{refine['objective']}×{refine['steps']}",
+            "run": path.parent.name,
+        }
         row.update({k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         rows.append(row)
     rows.sort(key=lambda r: (r["model"], r["stage"], r["method"], -float(r["bits"]), str(r["block_size"])))
@@ -51,11 +70,19 @@ def markdown(rows: list[dict[str, Any]], title: str, note: str | None = None) ->
     metrics += sorted({k for r in rows for k in r if "/" in k and not k.endswith("_items")})
     cols = list(KEYS) + metrics
     if note is None and any("fp_ppl" in r for r in rows):
-        note = ("`fp_ppl`: the same model in float on the same tokens (the reference every `ppl` is read against; "
-                "a random tiny model scores near its vocabulary size either way).")
-    lines = [f"# {title}", "", *([note, ""] if note else []), f"{len(rows)} runs.", "",
-             "| " + " | ".join(cols) + " |",
-             "|" + "---|" * len(cols)]
+        note = (
+            "`fp_ppl`: the same model in float on the same tokens (the reference every `ppl` is read against; "
+            "a random tiny model scores near its vocabulary size either way)."
+        )
+    lines = [
+        f"# {title}",
+        "",
+        *([note, ""] if note else []),
+        f"{len(rows)} runs.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
     return "\n".join(lines) + "\n"
@@ -103,8 +130,9 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str | None = None) -> P
     return path
 
 
-def aggregate(root: str | Path, out: str | Path | None = None, title: str | None = None,
-              note: str | None = None) -> dict[str, Any]:
+def aggregate(
+    root: str | Path, out: str | Path | None = None, title: str | None = None, note: str | None = None
+) -> dict[str, Any]:
     """Write ``<out>.md``, ``<out>.json`` and ``<out>.png`` (default ``<root>/summary``); returns paths and rows."""
     root = Path(root)
     out = Path(out) if out else root / "summary"

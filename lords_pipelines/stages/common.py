@@ -2,6 +2,7 @@
 
 Nothing here imports Lightning or wandb at module level (the PTQ stage needs neither unless asked).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,6 @@ from torch import nn
 
 from lords import QuantConfig, QuantizeReport, quantize_, storage_bits
 from lords.errors import ConfigError
-
 from lords_pipelines.stages.settings import LoggerSettings, ModelSettings, RunSettings
 
 log = logging.getLogger("lords_pipelines")  # under Hydra: the console and <run dir>/<stage>.log
@@ -37,14 +37,20 @@ def bpe_tokenizer(vocab: int, add_bos: bool = False):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     special = ["<|endoftext|>"]
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=special, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=special,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([calibration_text()[:400_000]], trainer=trainer)
     if add_bos:
-        tok.post_processor = processors.TemplateProcessing(single=f"{special[0]} $A", pair=f"{special[0]} $A $B",
-                                                           special_tokens=[(special[0], 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=special[0], bos_token=special[0],
-                                   pad_token=special[0], unk_token=special[0])
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{special[0]} $A", pair=f"{special[0]} $A $B", special_tokens=[(special[0], 0)]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=special[0], bos_token=special[0], pad_token=special[0], unk_token=special[0]
+    )
 
 
 def device_for(accelerator: str) -> str:
@@ -78,16 +84,28 @@ def _load_model(s: ModelSettings, seed: int):
 
         t = s.tiny
         tok = bpe_tokenizer(t.vocab)
-        model = tiny_llama(seed=seed, hidden=t.hidden, layers=t.layers, heads=t.heads, kv_heads=t.kv_heads,
-                           intermediate=t.intermediate, vocab=len(tok))
+        model = tiny_llama(
+            seed=seed,
+            hidden=t.hidden,
+            layers=t.layers,
+            heads=t.heads,
+            kv_heads=t.kv_heads,
+            intermediate=t.intermediate,
+            vocab=len(tok),
+        )
         return model.to(_DTYPES[s.dtype]).eval(), tok
     from lords_pipelines.models import load_model as lib_load
 
     return lib_load(s.name, _DTYPES[s.dtype], gguf_file=s.gguf_file)
 
 
-def quantize_model(model: nn.Module, config: QuantConfig, calib_ids: torch.Tensor | None = None,
-                   progress: bool = False, journal: Path | None = None) -> QuantizeReport:
+def quantize_model(
+    model: nn.Module,
+    config: QuantConfig,
+    calib_ids: torch.Tensor | None = None,
+    progress: bool = False,
+    journal: Path | None = None,
+) -> QuantizeReport:
     """``lords.quantize_`` with the run's config; with ``journal``, finished layers are kept there (the
     library's ``resume_dir``) and a rerun resumes."""
     return quantize_(model, config, calib_ids=calib_ids, progress=progress, resume_dir=journal)
@@ -145,8 +163,13 @@ def save_checkpoint(model: nn.Module, s: RunSettings, out_dir: Path, tokenizer=N
         return None
     path = out_dir / "quantized"
     # The config as applied (resolved rules, e.g. the sensitivity allocation), else the run's.
-    save_quantized(model, path, getattr(model, "lords_config", s.quant), extra={"pipeline_settings": s.to_dict()},
-                   tokenizer=tokenizer)
+    save_quantized(
+        model,
+        path,
+        getattr(model, "lords_config", s.quant),
+        extra={"pipeline_settings": s.to_dict()},
+        tokenizer=tokenizer,
+    )
     return path
 
 
@@ -173,7 +196,9 @@ def finished_metrics(out_dir: Path, s: RunSettings) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    same = json.loads(json.dumps(record.get("settings"), default=str)) == json.loads(json.dumps(s.to_dict(), default=str))
+    same = json.loads(json.dumps(record.get("settings"), default=str)) == json.loads(
+        json.dumps(s.to_dict(), default=str)
+    )
     return record.get("metrics") if same else None
 
 
@@ -224,9 +249,16 @@ def make_logger(s: RunSettings, out_dir: Path):
         if ls.mode == "offline":
             os.environ["WANDB_MODE"] = "offline"
         (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
-        logger = WandbLogger(project=ls.project, group=sweep_group(out_dir, s), tags=list(ls.tags),
-                             save_dir=str(out_dir), mode=ls.mode, name=out_dir.name, job_type=s.stage.name,
-                             config=flat_settings(s))
+        logger = WandbLogger(
+            project=ls.project,
+            group=sweep_group(out_dir, s),
+            tags=list(ls.tags),
+            save_dir=str(out_dir),
+            mode=ls.mode,
+            name=out_dir.name,
+            job_type=s.stage.name,
+            config=flat_settings(s),
+        )
     logger.log_hyperparams(flat_settings(s))
     return logger
 
@@ -250,8 +282,13 @@ def start_run(s: RunSettings):
     logger. Returns ``(out, model, tokenizer, logger)``."""
     torch.manual_seed(s.seed)
     out = out_dir_of(s)
-    log.info("%s run in %s: model %s, quant %s", s.stage.name, out, s.model.name,
-             "float" if s.quant is None else json.dumps(s.quant.to_dict()))
+    log.info(
+        "%s run in %s: model %s, quant %s",
+        s.stage.name,
+        out,
+        s.model.name,
+        "float" if s.quant is None else json.dumps(s.quant.to_dict()),
+    )
     model, tok = load_model(s.model, s.seed, device_for(s.trainer.accelerator))
     return out, model, tok, make_logger(s, out)
 
@@ -265,8 +302,16 @@ def calibration_for(s: RunSettings, tok) -> torch.Tensor | None:
     return calibration_ids(s.data, tok, s.quant.calibration[0])
 
 
-def finish_run(model: nn.Module, tok, s: RunSettings, out: Path, logger, metrics: dict[str, Any],
-               checkpoint: bool = True, save=None) -> dict[str, Any]:
+def finish_run(
+    model: nn.Module,
+    tok,
+    s: RunSettings,
+    out: Path,
+    logger,
+    metrics: dict[str, Any],
+    checkpoint: bool = True,
+    save=None,
+) -> dict[str, Any]:
     """What every stage ends with: evaluation, the checkpoint (``save()`` or the library's, when
     ``stage.save``; none at all when ``checkpoint`` is False), ``metrics.json``, the logger's summary."""
     from lords_pipelines.evaluation.scores import evaluate
@@ -289,4 +334,3 @@ def out_dir_of(s: RunSettings) -> Path:
     path = Path(s.out_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
-

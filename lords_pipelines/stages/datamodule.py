@@ -4,6 +4,7 @@ Sources (``data`` group): ``pydoc_topics`` / ``licenses`` (offline texts of ``lo
 file, a local JSONL of ``{prompt, answer}`` pairs, or ``hf:<dataset>[:<config>]`` through ``datasets`` when
 online. Batches are dicts ``input_ids (b, t)``, ``attention_mask (b, t)``, ``labels (b, t)`` (−100: no loss).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from lords.errors import ConfigError
 from lords_pipelines.data.texts import CORPORA, corpus_text, tokenize
-
 from lords_pipelines.stages.settings import DataSettings
 
 IGNORE = -100
@@ -89,8 +89,11 @@ class _Items(Dataset):
 def pad_collate(pad_id: int):
     def collate(items):
         t = max(len(x["input_ids"]) for x in items)
-        out = {"input_ids": torch.full((len(items), t), pad_id), "labels": torch.full((len(items), t), IGNORE),
-               "attention_mask": torch.zeros(len(items), t, dtype=torch.long)}
+        out = {
+            "input_ids": torch.full((len(items), t), pad_id),
+            "labels": torch.full((len(items), t), IGNORE),
+            "attention_mask": torch.zeros(len(items), t, dtype=torch.long),
+        }
         for i, x in enumerate(items):
             n = len(x["input_ids"])
             out["input_ids"][i, :n] = x["input_ids"]
@@ -125,9 +128,12 @@ class LordsDataModule(L.LightningDataModule):
             ids = self.calib_ids = calibration_ids(self.data, self.tokenizer, self.data.train_tokens)
             self.train_set = _Items(self._windows(ids))
             try:
-                val = tokenize(self.tokenizer, source_text(self.data.calib_source, self.data.text_field,
-                                                           self.data.split), ids.shape[1] + self.data.window)
-                self.val_set = _Items(self._windows(val[:, ids.shape[1]:]) if val.shape[1] > ids.shape[1] + 1 else [])
+                val = tokenize(
+                    self.tokenizer,
+                    source_text(self.data.calib_source, self.data.text_field, self.data.split),
+                    ids.shape[1] + self.data.window,
+                )
+                self.val_set = _Items(self._windows(val[:, ids.shape[1] :]) if val.shape[1] > ids.shape[1] + 1 else [])
             except ConfigError:
                 self.val_set = _Items([])
         else:
@@ -147,8 +153,14 @@ class LordsDataModule(L.LightningDataModule):
     def _loader(self, ds, shuffle):
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
-        return DataLoader(ds, batch_size=self.data.batch_size, shuffle=shuffle, num_workers=self.data.num_workers,
-                          collate_fn=pad_collate(pad), generator=torch.Generator().manual_seed(0) if shuffle else None)
+        return DataLoader(
+            ds,
+            batch_size=self.data.batch_size,
+            shuffle=shuffle,
+            num_workers=self.data.num_workers,
+            collate_fn=pad_collate(pad),
+            generator=torch.Generator().manual_seed(0) if shuffle else None,
+        )
 
     def train_dataloader(self):
         return self._loader(self.train_set, shuffle=True)

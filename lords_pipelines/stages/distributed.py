@@ -14,6 +14,7 @@ At the end of training rank zero needs a plain model (the library's checkpoint, 
 keeps an empty copy of the model before sharding (meta tensors, no memory), and :func:`trained_model` fills it
 with the full state dict that every rank helps gather.
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,8 +52,9 @@ def strategy_for(name: str, accelerator: str, devices, frozen_buffers: bool = Fa
         return name
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    return ModelParallelStrategy(data_parallel_size=device_count(accelerator, devices), tensor_parallel_size=1,
-                                 save_distributed_checkpoint=False)
+    return ModelParallelStrategy(
+        data_parallel_size=device_count(accelerator, devices), tensor_parallel_size=1, save_distributed_checkpoint=False
+    )
 
 
 def decoder_blocks(model: nn.Module) -> list[nn.Module]:
@@ -112,8 +114,9 @@ def trained_model(trainer, model: nn.Module, skeleton: nn.Module | None, prefix:
     tied = getattr(getattr(skeleton, "config", None), "tie_word_embeddings", False)
     missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]
     if missing or result.unexpected_keys:
-        raise ConfigError(f"gathered state does not fit the model: missing {missing[:5]}, "
-                          f"unexpected {result.unexpected_keys[:5]}")
+        raise ConfigError(
+            f"gathered state does not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
     if tied and hasattr(skeleton, "tie_weights"):
         skeleton.tie_weights()
     return skeleton.to(trainer.strategy.root_device).eval()

@@ -6,13 +6,20 @@ the fly by the ``quant`` group, or of the float model (``quant=none``).
     python -m lords_pipelines.stages.eval model=smollm2-135m stage.checkpoint=<base folder> stage.adapter=<peft run>/lords_adapter
     python -m lords_pipelines.stages.eval model=llama3-8b quant=none trainer=gpu eval.tasks=[arc_easy,piqa]   # online
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from lords.checkpoint import load_quantized
-
-from lords_pipelines.stages.common import apply_backend, calibration_for, finish_run, quantize_model, start_run, storage_metrics
+from lords_pipelines.stages.common import (
+    apply_backend,
+    calibration_for,
+    finish_run,
+    quantize_model,
+    start_run,
+    storage_metrics,
+)
 from lords_pipelines.stages.settings import RunSettings, settings_from_cfg
 
 
@@ -23,7 +30,6 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
         model, _ = load_quantized(s.stage.checkpoint, model)
     if s.stage.adapter:
         from lords.errors import ConfigError
-
         from lords_pipelines.adapters import load_adapter
 
         if not s.stage.checkpoint:

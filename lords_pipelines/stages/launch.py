@@ -5,11 +5,11 @@ the valid values or keys; nothing is written.
     if __name__ == "__main__":
         launch("ptq", run)   # checks the command line (exit 2 on a bad override), then Hydra runs run(settings)
 """
+
 from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
 from lords_pipelines import CONF
 
@@ -21,13 +21,15 @@ def _variants(overrides: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
-    first = [o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
-             for o in parsed]
+    first = [
+        o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
+        for o in parsed
+    ]
     variants = [first]
     for i, o in enumerate(parsed):
         if o.is_sweep_override():
             for value in list(o.sweep_string_iterator())[1:]:
-                variants.append(first[:i] + [f"{o.get_key_element()}={value}"] + first[i + 1:])
+                variants.append(first[:i] + [f"{o.get_key_element()}={value}"] + first[i + 1 :])
     return variants
 
 
@@ -39,7 +41,8 @@ def _one_line(error: Exception, overrides: list[str], config_name: str) -> str:
         options = sorted(p.stem for p in (CONF / group).glob("*.yaml")) if group else []
         return f"{group}={option}: no such option (available: {', '.join(options)})"
     key = re.search(r"Could not (?:override|append to config)[^']*'([^']+)'", text) or re.search(
-        r"Key '([^']+)' is not in struct", text)
+        r"Key '([^']+)' is not in struct", text
+    )
     if key:
         name = key.group(1)
         given = next((o for o in overrides if o.lstrip("+~").split("=")[0].endswith(name)), name)
@@ -65,7 +68,6 @@ def check_overrides(config_name: str, overrides: list[str]) -> str | None:
     from hydra import compose, initialize_config_dir
 
     from lords.errors import LordsError
-
     from lords_pipelines.stages.settings import settings_from_cfg
 
     overrides = [o for o in overrides if not o.startswith("hydra.")]

@@ -7,6 +7,7 @@ Algorithm-1 iteration on every layer: ``Refiner.evaluate()`` then the optimiser 
 gradients are the library's explicit ones). ``finish`` scores the last iterate and restores each layer's best;
 ``write_back`` builds the method's layers with its ``build``. The result equals ``lords.quantize_``'s.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lords import LayerStats, QuantConfig, Refiner, RefineAdam, layer_report, plan, scale_method
+from lords import LayerStats, QuantConfig, RefineAdam, Refiner, layer_report, plan, scale_method
 from lords.grids import make_grid
 
 
@@ -48,8 +49,9 @@ class PTQRefineModule(L.LightningModule):
             torch.manual_seed(leaf.seed)
             scale = method.init_scale(weight, leaf, name)
             grid = make_grid(leaf.grid, leaf.bits).to(weight.device)
-            refiners[name.replace(".", "__")] = Refiner(weight, scale, grid, leaf.refine,
-                                                        None if stats is None else stats.get(name))
+            refiners[name.replace(".", "__")] = Refiner(
+                weight, scale, grid, leaf.refine, None if stats is None else stats.get(name)
+            )
             self.leaves[name] = leaf
             self.lrs.add(leaf.refine.lr)
         if len(self.lrs) != 1:
@@ -68,8 +70,10 @@ class PTQRefineModule(L.LightningModule):
     def finish(self) -> dict[str, float]:
         """Score the final iterate too (Algorithm 1 scores T+1 points), restore each layer's best."""
         self.results = {key: r.finish() for key, r in self.refiners.items()}
-        return {"refine_loss": float(sum(r.best_loss for r in self.results.values())),
-                "refine_steps": int(self.global_step)}
+        return {
+            "refine_loss": float(sum(r.best_loss for r in self.results.values())),
+            "refine_steps": int(self.global_step),
+        }
 
     @torch.no_grad()
     def write_back(self, model: nn.Module | None = None) -> dict[str, float]:
@@ -85,5 +89,8 @@ class PTQRefineModule(L.LightningModule):
             # where the replaced linear lives, not where the refiner does (Lightning's teardown moves the refiners)
             model.set_submodule(name, module.to(linear.weight.device))
         sq_err, sq_norm = sum(r.sq_error for r in reports), sum(r.sq_norm for r in reports)
-        return {"weight_rel_error": (sq_err / max(sq_norm, 1e-30)) ** 0.5,
-                "float_params": sum(r.float_params for r in reports), "layers": len(reports)}
+        return {
+            "weight_rel_error": (sq_err / max(sq_norm, 1e-30)) ** 0.5,
+            "float_params": sum(r.float_params for r in reports),
+            "layers": len(reports),
+        }

@@ -8,6 +8,7 @@
   through ``peft`` on a ``BlockLinear`` base, registered as a custom module of peft's ``lora.Linear``.
 Batches come from ``LordsDataModule`` (labels −100 where no loss is taken).
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -25,8 +26,9 @@ class CausalLMModule(L.LightningModule):
     FSDP (``trainer.strategy=fsdp``) replaces every parameter by its shard there. The logged ``train/loss`` is the
     mean over ranks, the loss of the global batch (one process, DDP and FSDP log the same curve)."""
 
-    def __init__(self, model: nn.Module, param_groups: list[dict], weight_decay: float = 0.0,
-                 checkpoint_blocks: bool = False):
+    def __init__(
+        self, model: nn.Module, param_groups: list[dict], weight_decay: float = 0.0, checkpoint_blocks: bool = False
+    ):
         super().__init__()
         self.model = model.train()
         if checkpoint_blocks:
@@ -53,8 +55,9 @@ class CausalLMModule(L.LightningModule):
                 dist.broadcast(b, src=0)
 
     def forward(self, batch):
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch["labels"]).loss
+        return self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
 
     def training_step(self, batch, batch_idx):
         loss = self(batch)
@@ -84,8 +87,16 @@ def enable_block_checkpointing(model: nn.Module) -> None:
 class QATModule(CausalLMModule):
     """QAT of ``config``'s method: latent weights at ``lr_weight``, scales at ``lr_scale``; everything else frozen."""
 
-    def __init__(self, model: nn.Module, config: QuantConfig, lr_weight: float, lr_scale: float,
-                 weight_decay: float = 0.0, checkpoint_blocks: bool = False, calib_ids=None):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: QuantConfig,
+        lr_weight: float,
+        lr_scale: float,
+        weight_decay: float = 0.0,
+        checkpoint_blocks: bool = False,
+        calib_ids=None,
+    ):
         for p in model.parameters():
             p.requires_grad_(False)
         # A config with refinement starts QAT from Algorithm 1's scales (calib_ids: its calibration tokens).

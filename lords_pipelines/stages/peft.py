@@ -7,6 +7,7 @@ answers only. The methods are the PEFT table's (``lords_pipelines.peft_methods``
     python -m lords_pipelines.stages.peft model=smollm2-135m quant.bits=4                      # LoRDS PEFT
     python -m lords_pipelines.stages.peft model=smollm2-135m quant=nf stage.method=qlora       # QLoRA baseline
 """
+
 from __future__ import annotations
 
 import time
@@ -15,7 +16,6 @@ from typing import Any
 
 from lords.checkpoint import load_quantized
 from lords.errors import ConfigError
-
 from lords_pipelines.evaluation.scores import answer_metrics
 from lords_pipelines.peft_methods import LORA_METHODS
 from lords_pipelines.stages.common import (
@@ -41,11 +41,14 @@ def prepare(model, tok, s: RunSettings):
         raise ConfigError(f"quant: stage.method=lords_peft needs LoRDS layers (quant=lords), got {sorted(methods)}")
     if st.method in LORA_METHODS:
         if methods != {"blockwise"} or len(s.quant.leaves()) != 1:
-            raise ConfigError(f"quant: stage.method={st.method} takes its base's bits and block size from a "
-                              f"block-wise quant group (quant=nf), got {sorted(methods)}")
+            raise ConfigError(
+                f"quant: stage.method={st.method} takes its base's bits and block size from a "
+                f"block-wise quant group (quant=nf), got {sorted(methods)}"
+            )
         leaf = s.quant.leaves()[0]
-        p = prepare_lora(model, st.method, bits=leaf.bits, block_size=leaf.block_size, seed=s.seed,
-                         alpha_ratio=st.lora_alpha_ratio)
+        p = prepare_lora(
+            model, st.method, bits=leaf.bits, block_size=leaf.block_size, seed=s.seed, alpha_ratio=st.lora_alpha_ratio
+        )
         return p.model, p.trainable_floats
     if st.init_checkpoint:
         model, _ = load_quantized(st.init_checkpoint, model)

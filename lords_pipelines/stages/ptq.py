@@ -4,22 +4,35 @@ then perplexity and lm-eval; writes ``<out_dir>/metrics.json`` and the quantized
     python -m lords_pipelines.stages.ptq model=smollm2-135m quant=lords quant.bits=3
     python -m lords_pipelines.stages.ptq --multirun model=tiny-llama quant=lords,nf quant.bits=3,4 quant.block_size=32,64
 """
+
 from __future__ import annotations
 
 import time
 from typing import Any
 
 from lords import QuantizeReport
-
-from lords_pipelines.stages.common import (apply_backend, calibration_for, finish_run, finished_metrics, out_dir_of, quantize_model,
-                     start_run, storage_metrics)
+from lords_pipelines.stages.common import (
+    apply_backend,
+    calibration_for,
+    finish_run,
+    finished_metrics,
+    out_dir_of,
+    quantize_model,
+    start_run,
+    storage_metrics,
+)
 from lords_pipelines.stages.settings import RunSettings, settings_from_cfg
 
 
 def quant_metrics(report, model, seconds: float) -> dict[str, Any]:
-    return {"weight_rel_error": report.rel_error if report.layers else 0.0, "frob_error": report.frob_error,
-            "float_params": report.float_params, **storage_metrics(model),
-            "quant_seconds": seconds, "layers": len(report.layers)}
+    return {
+        "weight_rel_error": report.rel_error if report.layers else 0.0,
+        "frob_error": report.frob_error,
+        "float_params": report.float_params,
+        **storage_metrics(model),
+        "quant_seconds": seconds,
+        "layers": len(report.layers),
+    }
 
 
 def journal_dir(out, s: RunSettings):
@@ -39,16 +52,14 @@ def heldout_calibration_ppl(model, tok, s: RunSettings) -> dict[str, Any]:
     if not s.eval.heldout_calib_tokens:
         return {}
     from lords.linear import cached_weights
-    from lords_pipelines.evaluation.perplexity import perplexity
     from lords_pipelines.data.texts import bos_id
-
+    from lords_pipelines.evaluation.perplexity import perplexity
     from lords_pipelines.stages.datamodule import calibration_ids
 
     used = s.quant.calibration[0] if s.quant is not None else 0
     ids = calibration_ids(s.data, tok, s.eval.heldout_calib_tokens, offset=used)
     with cached_weights(model):
-        ppl, n = perplexity(model, ids, progress="perplexity on held-out calibration text",
-                            bos=bos_id(tok))
+        ppl, n = perplexity(model, ids, progress="perplexity on held-out calibration text", bos=bos_id(tok))
     return {"heldout_calib_ppl": ppl, "heldout_calib_tokens": n}
 
 
@@ -67,8 +78,13 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     t = time.time()
     report = QuantizeReport()
     if s.quant is not None:
-        report = quantize_model(model, s.quant, calibration_for(s, tok), progress=s.stage.progress,
-                                journal=journal_dir(out, s) if s.stage.journal else None)
+        report = quantize_model(
+            model,
+            s.quant,
+            calibration_for(s, tok),
+            progress=s.stage.progress,
+            journal=journal_dir(out, s) if s.stage.journal else None,
+        )
     metrics = quant_metrics(report, model, time.time() - t) | reference
     metrics.update(heldout_calibration_ppl(model, tok, s))
     apply_backend(model, s.trainer.backend)

@@ -4,6 +4,7 @@ then the refined layers are written back, evaluated and saved as the library's q
     python -m lords_pipelines.stages.ptq_refine model=smollm2-135m quant.bits=3 quant.refine.steps=100
     python -m lords_pipelines.stages.ptq_refine ... out_dir=outputs/runs/r1 trainer.resume=last     # resume after a stop
 """
+
 from __future__ import annotations
 
 import time
@@ -12,9 +13,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from lords.errors import ConfigError
 from lords import calibration_stats
-
+from lords.errors import ConfigError
 from lords_pipelines.stages.common import apply_backend, calibration_for, finish_run, start_run, storage_metrics
 from lords_pipelines.stages.settings import RunSettings, settings_from_cfg
 
@@ -37,8 +37,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     # Checkpoints hold the state after each Algorithm-1 step, which is exactly what resume needs.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     t = time.time()
-    trainer.fit(module, train_dataloaders=DataLoader(StepDataset(1), batch_size=1),
-                ckpt_path=resume_path(s, out))
+    trainer.fit(module, train_dataloaders=DataLoader(StepDataset(1), batch_size=1), ckpt_path=resume_path(s, out))
     module.to(trainer.strategy.root_device)  # Lightning's teardown moved the refiners to the CPU: build on the GPU
     metrics: dict[str, Any] = module.finish()
     metrics.update(module.write_back(model))

@@ -4,13 +4,13 @@ layers by the same config (its ``scale_dtype`` included) and saved at the end.
 
     python -m lords_pipelines.stages.qat model=smollm2-135m quant.bits=2 trainer.max_steps=200
 """
+
 from __future__ import annotations
 
 import time
 from typing import Any
 
 from lords.errors import ConfigError
-
 from lords_pipelines.stages.common import apply_backend, calibration_for, finish_run, start_run, storage_metrics
 from lords_pipelines.stages.settings import RunSettings, settings_from_cfg
 
@@ -28,8 +28,15 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     dm = LordsDataModule(s.data, tok, kind=s.stage.data)
     # A quant config with a calibrated refinement starts from that PTQ model: calibration tokens from data's
     # calibration source (the first calib_tokens of the training text in the QAT table).
-    module = QATModule(model, s.quant, s.stage.lr_weight, s.stage.lr_scale, s.stage.weight_decay,
-                       checkpoint_blocks=s.trainer.activation_checkpointing, calib_ids=calibration_for(s, tok))
+    module = QATModule(
+        model,
+        s.quant,
+        s.stage.lr_weight,
+        s.stage.lr_scale,
+        s.stage.weight_decay,
+        checkpoint_blocks=s.trainer.activation_checkpointing,
+        calib_ids=calibration_for(s, tok),
+    )
     trainer = make_trainer(s, out, logger, frozen_buffers=True)
     skeleton = structure_of(module.model) if s.trainer.strategy == "fsdp" else None
     t = time.time()

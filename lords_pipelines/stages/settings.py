@@ -6,34 +6,20 @@ runs: an unknown key, a wrong type or a bad value raises ``lords.errors.ConfigEr
 starts with the dotted key (``quant.bits=5 ...``). The ``quant`` group is instantiated once, here, into the
 object the library receives; nothing restates its fields or defaults.
 """
+
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any, Union
 
 from lords.config import QuantConfig, RefineConfig
 from lords.errors import ConfigError
-
 from lords_pipelines.peft_methods import METHODS as PEFT_METHODS
 
+from .validate import _build, _choice, _fail, _is_instance, _positive  # noqa: F401
+
 STAGES = ("ptq", "ptq_refine", "qat", "peft", "eval")
-
-
-def _fail(key: str, value, why: str):
-    raise ConfigError(f"{key}={value!r} {why}")
-
-
-def _choice(key: str, value, choices):
-    if value not in choices:
-        _fail(key, value, f"is not one of {tuple(choices)}")
-
-
-def _positive(key: str, value, allow_zero=False):
-    if value < 0 or (value == 0 and not allow_zero):
-        _fail(key, value, f"must be {'non-negative' if allow_zero else 'positive'}")
 
 
 @dataclass(frozen=True)
@@ -83,8 +69,10 @@ def _locate(path: str, key: str):
     module, _, name = path.rpartition(".")
     if module in sys.modules and hasattr(sys.modules[module], name):
         return getattr(sys.modules[module], name)
-    raise ConfigError(f"{key}._target_={path!r}: not a lords config class (lords.LordsConfig, lords.BlockwiseConfig, "
-                      "...; a class of another module is looked up only once that module is imported)")
+    raise ConfigError(
+        f"{key}._target_={path!r}: not a lords config class (lords.LordsConfig, lords.BlockwiseConfig, "
+        "...; a class of another module is looked up only once that module is imported)"
+    )
 
 
 def build_quant(d, key: str = "quant"):
@@ -102,8 +90,11 @@ def build_quant(d, key: str = "quant"):
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}: unknown key for {cls.__name__} (known: {sorted(fields)})")
     # Nested configs with a _target_ are built here; plain mappings (refine: {steps: 3}) go to the class as they are.
-    kwargs = {k: build_quant(v, f"{key}.{k}") if isinstance(v, dict) and "_target_" in v else v
-              for k, v in d.items() if k != "_target_"}
+    kwargs = {
+        k: build_quant(v, f"{key}.{k}") if isinstance(v, dict) and "_target_" in v else v
+        for k, v in d.items()
+        if k != "_target_"
+    }
     try:
         try:
             return cls(**kwargs)
@@ -190,8 +181,10 @@ class PEFTStage:
         _positive(f"{key}.lr", self.lr)
         _positive(f"{key}.lora_alpha_ratio", self.lora_alpha_ratio)
         if self.init_checkpoint and self.method != "lords_peft":
-            raise ConfigError(f"{key}.init_checkpoint: only lords_peft starts from a checkpoint (the LoRA methods "
-                              "rebuild their base from the float model)")
+            raise ConfigError(
+                f"{key}.init_checkpoint: only lords_peft starts from a checkpoint (the LoRA methods "
+                "rebuild their base from the float model)"
+            )
 
 
 @dataclass(frozen=True)
@@ -289,59 +282,15 @@ class RunSettings:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d = {k: v.to_dict() if isinstance(v, QuantConfig) else dataclasses.asdict(v) if dataclasses.is_dataclass(v)
-             else v for k, v in d.items()}
+        d = {
+            k: v.to_dict()
+            if isinstance(v, QuantConfig)
+            else dataclasses.asdict(v)
+            if dataclasses.is_dataclass(v)
+            else v
+            for k, v in d.items()
+        }
         return d
-
-
-def _is_instance(value, tp) -> bool:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return True
-    if origin in (Union, types.UnionType):
-        return any(_is_instance(value, t) for t in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is tuple:
-        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-    return isinstance(value, tp)
-
-
-def _build(cls, data, key: str):
-    """``cls(**data)`` with unknown keys, missing keys and wrong types reported by dotted key."""
-    if not isinstance(data, dict):
-        _fail(key, data, f"must be a mapping of {cls.__name__} fields")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}: unknown key (known: {sorted(fields)})")
-    kwargs = {}
-    for name, f in fields.items():
-        sub = f"{key}.{name}" if key else name
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{sub}: missing key")
-            continue
-        value, tp = data[name], hints[name]
-        nested = [t for t in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(t)]
-        if nested and isinstance(value, dict):
-            value = _build(nested[0], value, sub)
-        elif not _is_instance(value, tp):
-            _fail(sub, value, f"has the wrong type (expected {tp})")
-        if typing.get_origin(tp) is tuple or (isinstance(value, list)):
-            value = tuple(value)
-        if tp is float and isinstance(value, int):
-            value = float(value) if name != "bits" else value
-        kwargs[name] = value
-    obj = cls(**kwargs)
-    if hasattr(obj, "check"):
-        obj.check(key)
-    return obj
 
 
 def settings_from_dict(d: dict[str, Any]) -> RunSettings:
@@ -357,8 +306,14 @@ def settings_from_dict(d: dict[str, Any]) -> RunSettings:
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown top-level key (known: {sorted(known)})")
     parts = {}
-    types_ = {"model": ModelSettings, "data": DataSettings, "stage": STAGE_TYPES[name],
-              "trainer": TrainerSettings, "logger": LoggerSettings, "eval": EvalSettings}
+    types_ = {
+        "model": ModelSettings,
+        "data": DataSettings,
+        "stage": STAGE_TYPES[name],
+        "trainer": TrainerSettings,
+        "logger": LoggerSettings,
+        "eval": EvalSettings,
+    }
     for key in (*types_, "quant"):
         if key not in d:
             raise ConfigError(f"{key}: missing config group")

@@ -11,6 +11,7 @@ the library's default) is sequential over blocks: the ranks share the linears of
 block. ``OUT/journal`` holds the finished layers (a rerun resumes), ``OUT/quantized`` the checkpoint and
 ``OUT/timing.json`` seconds and peak memory per rank.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,14 @@ def _config(args):
     import lords
 
     refine = None if args.steps == 0 else lords.RefineConfig(steps=args.steps, lr=args.lr, objective=args.objective)
-    return lords.LordsConfig(bits=args.bits, block_size=args.block_size, calib_tokens=args.calib_tokens,
-                             sample_tokens=0 if args.objective != "act" else 512, refine=refine, seed=args.seed)
+    return lords.LordsConfig(
+        bits=args.bits,
+        block_size=args.block_size,
+        calib_tokens=args.calib_tokens,
+        sample_tokens=0 if args.objective != "act" else 512,
+        refine=refine,
+        seed=args.seed,
+    )
 
 
 def _calibration(args) -> torch.Tensor:
@@ -73,10 +80,23 @@ def run(args) -> dict | None:
     config = _config(args)
     ids = _calibration(args)
     start = time.time()
-    report = lords.quantize_streamed(args.model_dir, config, out / "journal", ids, inputs=args.inputs, device=device,
-                                     dtype=getattr(torch, args.dtype), progress=ranks.rank == 0, ranks=ranks)
-    mine = {"rank": ranks.rank, "seconds": time.time() - start, **{f"{k}_seconds": v for k, v in report.seconds.items()},
-            "peak_bytes": _peak_bytes(device)}
+    report = lords.quantize_streamed(
+        args.model_dir,
+        config,
+        out / "journal",
+        ids,
+        inputs=args.inputs,
+        device=device,
+        dtype=getattr(torch, args.dtype),
+        progress=ranks.rank == 0,
+        ranks=ranks,
+    )
+    mine = {
+        "rank": ranks.rank,
+        "seconds": time.time() - start,
+        **{f"{k}_seconds": v for k, v in report.seconds.items()},
+        "peak_bytes": _peak_bytes(device),
+    }
     every = [None] * ranks.world
     if ranks.world > 1:
         dist.all_gather_object(every, mine)
@@ -86,10 +106,16 @@ def run(args) -> dict | None:
     if ranks.rank == 0:
         model = lords.load_streamed(args.model_dir, config, out / "journal", dtype=getattr(torch, args.dtype))
         lords.save_quantized(model, out / "quantized", config)
-        record = {"ranks": ranks.world, "inputs": args.inputs, "layers": len(report.layers),
-                  "seconds": max(r["seconds"] for r in every), "blocks_seconds": max(r["blocks_seconds"] for r in every),
-                  "peak_bytes": max(r["peak_bytes"] for r in every),
-                  "per_rank": every, "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"}
+        record = {
+            "ranks": ranks.world,
+            "inputs": args.inputs,
+            "layers": len(report.layers),
+            "seconds": max(r["seconds"] for r in every),
+            "blocks_seconds": max(r["blocks_seconds"] for r in every),
+            "peak_bytes": max(r["peak_bytes"] for r in every),
+            "per_rank": every,
+            "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+        }
         from lords.integrity import atomic_write_bytes
 
         atomic_write_bytes(out / "timing.json", json.dumps(record, indent=1).encode())

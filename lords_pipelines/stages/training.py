@@ -1,5 +1,6 @@
 """The Lightning Trainer every training stage uses: validated trainer settings, the run's logger,
 checkpoints under ``<out_dir>/checkpoints`` (``last.ckpt`` kept) and resume (``trainer.resume``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,6 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lords.errors import ConfigError
-
 from lords_pipelines.stages.settings import RunSettings
 
 
@@ -85,13 +85,18 @@ def fit_metrics(trainer: L.Trainer, started: float, trainable_floats: int) -> di
     import time
 
     clock = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
-    return {"train_seconds": time.time() - started, "train_tokens_per_s": clock and clock.tokens_per_s,
-            "trainable_floats": trainable_floats, "train_steps": trainer.global_step,
-            "peak_gpu_bytes": clock and clock.peak_bytes}
+    return {
+        "train_seconds": time.time() - started,
+        "train_tokens_per_s": clock and clock.tokens_per_s,
+        "trainable_floats": trainable_floats,
+        "train_steps": trainer.global_step,
+        "peak_gpu_bytes": clock and clock.peak_bytes,
+    }
 
 
-def make_trainer(s: RunSettings, out: Path, logger, max_steps: int | None = None,
-                 frozen_buffers: bool = False) -> L.Trainer:
+def make_trainer(
+    s: RunSettings, out: Path, logger, max_steps: int | None = None, frozen_buffers: bool = False
+) -> L.Trainer:
     """The stage's Trainer; ``trainer.strategy=fsdp`` becomes FSDP2 through Lightning (``.distributed``);
     ``frozen_buffers``: no step writes a buffer (QAT, PEFT), so DDP does not re-broadcast them every step."""
     from lords_pipelines.stages.distributed import strategy_for
@@ -103,8 +108,20 @@ def make_trainer(s: RunSettings, out: Path, logger, max_steps: int | None = None
     fast = bool(kw["fast_dev_run"])
     callbacks = [Throughput()]
     if not fast:
-        callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
-                                         every_n_train_steps=s.trainer.checkpoint_every_n_steps))
-    return L.Trainer(**kw, logger=logger if logger is not None else False, callbacks=callbacks,
-                     enable_checkpointing=not fast, default_root_dir=str(out), enable_model_summary=False,
-                     num_sanity_val_steps=0)
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=out / "checkpoints",
+                save_last=True,
+                save_top_k=0,
+                every_n_train_steps=s.trainer.checkpoint_every_n_steps,
+            )
+        )
+    return L.Trainer(
+        **kw,
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        enable_checkpointing=not fast,
+        default_root_dir=str(out),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )

@@ -5,6 +5,7 @@
 The file is wandb's record log (LevelDB log format: 32 KiB blocks, 7-byte record headers, protobuf
 ``Record`` payloads). Used by the tests to check the group, config, history and summary that land there.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,12 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
         record.ParseFromString(payload)
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            out.update(project=record.run.project, group=record.run.run_group, job_type=record.run.job_type,
-                       name=record.run.display_name)
+            out.update(
+                project=record.run.project,
+                group=record.run.run_group,
+                job_type=record.run.job_type,
+                name=record.run.display_name,
+            )
             out["config"].update({_key(u): _value(u) for u in record.run.config.update})
         elif kind == "config":
             out["config"].update({_key(u): _value(u) for u in record.config.update})
@@ -86,6 +91,17 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
 if __name__ == "__main__":
     run = read_offline_run(sys.argv[1])
     keys = sorted({k for h in run["history"] for k in h if not k.startswith("_")})
-    print(json.dumps({"project": run.get("project"), "group": run.get("group"), "job_type": run.get("job_type"),
-                      "config_keys": len(run["config"]), "history_keys": keys, "summary": run["summary"]},
-                     indent=1, default=str))
+    print(
+        json.dumps(
+            {
+                "project": run.get("project"),
+                "group": run.get("group"),
+                "job_type": run.get("job_type"),
+                "config_keys": len(run["config"]),
+                "history_keys": keys,
+                "summary": run["summary"],
+            },
+            indent=1,
+            default=str,
+        )
+    )

@@ -1,5 +1,6 @@
 """Journal records → table rows: PTQ/QAT rows aggregated over calibration samples (mean ± std), PEFT rows over
 seeds at the learning rate chosen on validation, and the serving benchmark's decode times added to PEFT rows."""
+
 from __future__ import annotations
 
 import statistics
@@ -14,8 +15,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 GROUP = ("method", "bits", "block_size", "rule", "steps", "rank_scale")
 
 
-QAT_FIELDS = ("trainable_floats", "train_steps", "train_tokens", "train_source", "train_distinct_tokens",
-              "lr_weight", "lr_scale", "train_seconds", "train_tokens_per_s")
+QAT_FIELDS = (
+    "trainable_floats",
+    "train_steps",
+    "train_tokens",
+    "train_source",
+    "train_distinct_tokens",
+    "lr_weight",
+    "lr_scale",
+    "train_seconds",
+    "train_tokens_per_s",
+)
 
 
 def aggregate(records: list[dict]) -> list[dict]:
@@ -29,8 +39,11 @@ def aggregate(records: list[dict]) -> list[dict]:
         texts = list(first["ppl"])
         tasks = [k[: -len("/acc")] for k in first if k.endswith("/acc")]
         row = {k: first[k] for k in ("model", *GROUP, "rank", "float_params", "bits_per_weight", "code_bits")}
-        row["objective"] = (((first.get("config") or {}).get("refine") or
-                             ((first.get("config") or {}).get("base") or {}).get("refine") or {}).get("objective"))
+        row["objective"] = (
+            (first.get("config") or {}).get("refine")
+            or ((first.get("config") or {}).get("base") or {}).get("refine")
+            or {}
+        ).get("objective")
         row["seed"] = first.get("seed", 0)
         row["samples"] = len(runs) if first["sample"] is not None else 0
         ppl = {t: mean_std([r["ppl"][t] for r in runs]) for t in texts}
@@ -49,8 +62,9 @@ def aggregate(records: list[dict]) -> list[dict]:
         row["refine_steps"], row["steps"], row["tokens"] = row["steps"], first.get("train_steps", 0), 0
         if "train_steps" in first:  # a QAT row: what it trained, at what budget
             row.update({k: first.get(k) for k in QAT_FIELDS}, tokens=first.get("train_tokens"))
-        row["runs"] = [{"sample": r["sample"], "ppl": r["ppl"], "zero_shot_mean": r.get("zero_shot_mean")}
-                       for r in runs]
+        row["runs"] = [
+            {"sample": r["sample"], "ppl": r["ppl"], "zero_shot_mean": r.get("zero_shot_mean")} for r in runs
+        ]
         rows.append(row)
     return rows
 
@@ -80,9 +94,14 @@ def aggregate_peft(records: list[dict], spec: dict) -> list[dict]:
             before = next(r for r in mine if r["lr"] is None)
             first = runs[0]
             row = {k: first[k] for k in COPIED}
-            row.update(lr=lr, lr_grid={f"{r['lr']:g}": r["val_score"] for r in mine if r["phase"] == "grid"},
-                       steps=first["steps"], tokens=first["tokens"], loss_tokens=first["loss_tokens"],
-                       seed=[r["seed"] for r in runs])
+            row.update(
+                lr=lr,
+                lr_grid={f"{r['lr']:g}": r["val_score"] for r in mine if r["phase"] == "grid"},
+                steps=first["steps"],
+                tokens=first["tokens"],
+                loss_tokens=first["loss_tokens"],
+                seed=[r["seed"] for r in runs],
+            )
             acc = f"{task}/acc"
             if acc in first:
                 row[acc], row[f"{acc}_std"] = mean_std([r[acc] for r in runs])
@@ -92,8 +111,11 @@ def aggregate_peft(records: list[dict], spec: dict) -> list[dict]:
             row["val_score"] = mean_std([r["val_score"] for r in runs])[0]
             for key in ("decode_ms_per_token", "decode_ms_per_token_merged", "train_seconds"):
                 row[key] = _mean([r.get(key) for r in runs])
-            row["before"] = {k: before.get(k) for k in (acc, "ppl", "val_score", "decode_ms_per_token",
-                                                        "decode_ms_per_token_merged") if k in before}
+            row["before"] = {
+                k: before.get(k)
+                for k in (acc, "ppl", "val_score", "decode_ms_per_token", "decode_ms_per_token_merged")
+                if k in before
+            }
             row["runs"] = mine
             rows.append(row)
     return rows
@@ -117,5 +139,7 @@ def add_serving(rows: list[dict], serving: list[dict]) -> None:
             row["decode_ms_per_token"] = by.get(row["method"])
             row["decode_ms_per_token_merged"] = by.get(f"{row['method']}_merged")
             if row["method"] == "lords_peft":
-                row["before"]["decode_ms_per_token"] = row["before"].get("decode_ms_per_token") or by.get("lords_before")
+                row["before"]["decode_ms_per_token"] = row["before"].get("decode_ms_per_token") or by.get(
+                    "lords_before"
+                )
             row["decode_source"] = "peft_serving"

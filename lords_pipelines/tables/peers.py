@@ -18,6 +18,7 @@ packs 3-bit codes ten to an int32, so they cost 3.2 bits) over its weight count;
 floats (scales, and hqq's zero points, which are floats). The libraries are optional (``pip install .[peers]``,
 or the ``--no-deps`` overlay ``docs/peers.md`` gives): :func:`unavailable` says why a peer cannot run here.
 """
+
 from __future__ import annotations
 
 import copy
@@ -67,13 +68,21 @@ def unavailable(method: str, model: nn.Module | None = None, group_size: int | N
     if model is not None and group_size and LIBRARY[method] == "llmcompressor":
         widths = sorted({m.in_features for m in _quantized_linears(model).values() if m.in_features % group_size})
         if widths:
-            return (f"llmcompressor refuses group_size={group_size} on inputs of width {widths} "
-                    "(group quantization needs columns % group_size == 0)")
+            return (
+                f"llmcompressor refuses group_size={group_size} on inputs of width {widths} "
+                "(group quantization needs columns % group_size == 0)"
+            )
     return None
 
 
-def quantize_peer(float_model: nn.Module, method: str, bits: int, group_size: int, calib_ids: torch.Tensor | None = None,
-                  tokenizer=None) -> PeerResult:
+def quantize_peer(
+    float_model: nn.Module,
+    method: str,
+    bits: int,
+    group_size: int,
+    calib_ids: torch.Tensor | None = None,
+    tokenizer=None,
+) -> PeerResult:
     """``method``'s model of ``float_model`` (left untouched) at ``bits`` with one scale per ``group_size`` inputs.
 
     ``calib_ids (1, T)``: calibration tokens (GPTQ and AWQ; one sample of ``T`` tokens, the very tokens LoRDS's
@@ -95,18 +104,26 @@ def _version(dist: str) -> str:
 
 
 def _quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    return {n: m for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not any(s in n for s in EXCLUDE)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not any(s in n for s in EXCLUDE)}
 
 
-def _result(float_model, weights: dict[str, torch.Tensor], state: dict[str, torch.Tensor], stored_bits: int,
-            code_bits: int, floats: int, library: str) -> PeerResult:
+def _result(
+    float_model,
+    weights: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+    stored_bits: int,
+    code_bits: int,
+    floats: int,
+    library: str,
+) -> PeerResult:
     """The float architecture with ``state`` (every float tensor) and the dequantized ``weights`` loaded."""
     model = copy.deepcopy(float_model)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     if missing:
-        raise RuntimeError(f"{library}: the quantized model lacks {missing[:4]}: cannot load it into the float architecture")
+        raise RuntimeError(
+            f"{library}: the quantized model lacks {missing[:4]}: cannot load it into the float architecture"
+        )
     with torch.no_grad():
         for key, value in own.items():
             value.copy_(state[key].to(value.dtype))
@@ -123,8 +140,13 @@ def _result(float_model, weights: dict[str, torch.Tensor], state: dict[str, torc
 def _scheme(method: str, bits: int, group_size: int) -> dict:
     """llmcompressor's ``config_groups``: int codes of ``bits``, one scale per ``group_size`` inputs; GPTQ symmetric
     (the ``W4A16`` preset's choice), AWQ asymmetric (its ``W4A16_ASYM`` default)."""
-    weights = {"num_bits": bits, "type": "int", "symmetric": method == "gptq", "strategy": "group",
-               "group_size": group_size}
+    weights = {
+        "num_bits": bits,
+        "type": "int",
+        "symmetric": method == "gptq",
+        "strategy": "group",
+        "group_size": group_size,
+    }
     return {"group_0": {"targets": ["Linear"], "weights": weights}}
 
 
@@ -141,15 +163,23 @@ def _llmcompressor(float_model, method, bits, group_size, calib_ids, tokenizer) 
     model = copy.deepcopy(float_model)
     ids = calib_ids.reshape(1, -1).cpu()
     data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
-    modifier = (GPTQModifier if method == "gptq" else AWQModifier)(config_groups=_scheme(method, bits, group_size),
-                                                                    ignore=list(EXCLUDE))
+    modifier = (GPTQModifier if method == "gptq" else AWQModifier)(
+        config_groups=_scheme(method, bits, group_size), ignore=list(EXCLUDE)
+    )
     with tempfile.TemporaryDirectory() as config_dir:
         # oneshot re-reads the model's config from ``name_or_path`` (to refuse checkpoints already quantized):
         # a model built in memory or read from a GGUF has none there, so its config is written for it to read.
         model.config.save_pretrained(config_dir)
         model.config._name_or_path = config_dir
-        model = oneshot(model=model, tokenizer=tokenizer, dataset=data, recipe=modifier, num_calibration_samples=1,
-                        max_seq_length=ids.shape[1], shuffle_calibration_samples=False)
+        model = oneshot(
+            model=model,
+            tokenizer=tokenizer,
+            dataset=data,
+            recipe=modifier,
+            num_calibration_samples=1,
+            max_seq_length=ids.shape[1],
+            shuffle_calibration_samples=False,
+        )
     weights, stored, codes, floats = {}, 0, 0, 0
     for name, module in model.named_modules():
         scheme = getattr(module, "quantization_scheme", None)
@@ -157,19 +187,31 @@ def _llmcompressor(float_model, method, bits, group_size, calib_ids, tokenizer) 
             continue
         if hasattr(module, "weight_g_idx"):
             raise RuntimeError(f"{name}: group activation ordering (g_idx) is not what this runner packs")
-        state = {"weight": module.weight.detach(), "weight_scale": module.weight_scale.detach(),
-                 "weight_zero_point": module.weight_zero_point.detach()}
+        state = {
+            "weight": module.weight.detach(),
+            "weight_scale": module.weight_scale.detach(),
+            "weight_zero_point": module.weight_zero_point.detach(),
+        }
         packed = PackedQuantizationCompressor.compress(state, scheme)
         stored += sum(t.numel() * t.element_size() * 8 for k, t in packed.items() if k != "weight_shape")
         codes += packed["weight_packed"].numel() * 32
         floats += packed["weight_scale"].numel()
         weights[name] = PackedQuantizationCompressor.decompress(packed, scheme)["weight"].detach().float()
     if set(weights) != set(_quantized_linears(float_model)):
-        raise RuntimeError(f"{method}: llmcompressor quantized {len(weights)} layers, the model has "
-                           f"{len(_quantized_linears(float_model))} to quantize")
+        raise RuntimeError(
+            f"{method}: llmcompressor quantized {len(weights)} layers, the model has "
+            f"{len(_quantized_linears(float_model))} to quantize"
+        )
     state = {k: v.detach() for k, v in model.state_dict().items()}
-    return _result(float_model, weights, state, stored, codes, floats,
-                   f"{_version('llmcompressor')}, {_version('compressed-tensors')}")
+    return _result(
+        float_model,
+        weights,
+        state,
+        stored,
+        codes,
+        floats,
+        f"{_version('llmcompressor')}, {_version('compressed-tensors')}",
+    )
 
 
 def _cpu_without_pinning() -> None:
@@ -189,8 +231,13 @@ def _hqq(float_model, bits, group_size) -> PeerResult:
     device = next(float_model.parameters()).device
     weights, meta_bits, codes, floats = {}, 0, 0, 0
     for name, linear in _quantized_linears(float_model).items():
-        layer = HQQLinear(copy.deepcopy(linear).float(), BaseQuantizeConfig(nbits=bits, group_size=group_size),
-                          compute_dtype=torch.float16, device=str(device), del_orig=True)
+        layer = HQQLinear(
+            copy.deepcopy(linear).float(),
+            BaseQuantizeConfig(nbits=bits, group_size=group_size),
+            compute_dtype=torch.float16,
+            device=str(device),
+            del_orig=True,
+        )
         codes += layer.W_q.numel() * layer.W_q.element_size() * 8
         for key in ("scale", "zero"):
             meta_bits += layer.meta[key].numel() * layer.meta[key].element_size() * 8

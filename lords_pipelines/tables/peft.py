@@ -12,6 +12,7 @@ scores the test split, perplexity on the evaluation texts, and batch-1 decode la
 allows). Each finished run is appended to ``<run-dir>/<table>/rows.jsonl`` at once: a rerun with the same
 ``--run-dir`` skips what it holds (a run killed by a time limit loses one run at most; rerun until it says done).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lords_pipelines import CONF
 from lords.errors import ConfigError
-
+from lords_pipelines import CONF
 from lords_pipelines.tables.peft_runs import Run, choose_lr, grid_runs, seed_runs  # noqa: F401 (re-exported)
 from lords_pipelines.tables.runner import check_only, device_name, run_dir_of, table_cli
 
@@ -88,37 +88,60 @@ class Context:
 
 def run_one(ctx: Context, run: Run) -> dict:
     """Prepare, train (unless ``before``), score and time one run; returns its journal record."""
-    from lords_pipelines.stages.common import apply_backend
     from lords_pipelines.evaluation.latency import decode_ms_per_token
     from lords_pipelines.evaluation.scores import corpus_perplexity
     from lords_pipelines.peft_methods import merged, prepare
+    from lords_pipelines.stages.common import apply_backend
     from lords_pipelines.tables.peft_tasks import held_out_scores, validation_score
     from lords_pipelines.tables.peft_train import train
 
     spec, tok = ctx.spec, ctx.tok
     t = time.time()
     refine, calib = ctx.lords_refine() if run.method == "lords_peft" else (None, None)
-    p = prepare(ctx.model, run.method, spec.bits, spec.block_size, run.seed, spec.alpha_ratio, spec.loftq_iters,
-                refine, calib)
+    p = prepare(
+        ctx.model, run.method, spec.bits, spec.block_size, run.seed, spec.alpha_ratio, spec.loftq_iters, refine, calib
+    )
     if p.base == "lords":
         apply_backend(p.model, "auto")  # the Triton kernels on CUDA (training and serving), the reference on CPU
     task, settings = ctx.task(run.task), spec.tasks[run.task]
-    record = {"model": spec.model_label, **asdict(run), "key": run.key, "phase": "before" if run.lr is None else
-              "grid" if run.seed == spec.seeds[0] else "seed", "bits": spec.bits, "block_size": spec.block_size,
-              "base": p.base, "init": p.init, "rank": round(p.mean_rank, 2), "trainable_floats": p.trainable_floats,
-              "alpha_ratio": None if p.base == "lords" else spec.alpha_ratio, "device": device_name(),
-              "torch": torch.__version__}
+    record = {
+        "model": spec.model_label,
+        **asdict(run),
+        "key": run.key,
+        "phase": "before" if run.lr is None else "grid" if run.seed == spec.seeds[0] else "seed",
+        "bits": spec.bits,
+        "block_size": spec.block_size,
+        "base": p.base,
+        "init": p.init,
+        "rank": round(p.mean_rank, 2),
+        "trainable_floats": p.trainable_floats,
+        "alpha_ratio": None if p.base == "lords" else spec.alpha_ratio,
+        "device": device_name(),
+        "torch": torch.__version__,
+    }
     if run.lr is None:
         record.update(steps=0, tokens=0, loss_tokens=0, train_seconds=0.0, final_loss=None)
     else:
         cuda = next(p.model.parameters()).is_cuda
-        record.update(train(p.model, task.train, tok, settings.steps, settings.batch_size, run.lr, run.seed,
-                            precision=spec.precision if cuda else "32-true"))
+        record.update(
+            train(
+                p.model,
+                task.train,
+                tok,
+                settings.steps,
+                settings.batch_size,
+                run.lr,
+                run.seed,
+                precision=spec.precision if cuda else "32-true",
+            )
+        )
     bs = spec.eval.batch_size
     record["val_score"] = validation_score(p.model, tok, task, bs)
     record.update(held_out_scores(p.model, tok, task, bs))
-    record["ppl"] = {text: corpus_perplexity(p.model, tok, text, spec.eval.tokens, ids=ctx.text_ids(text))[0]
-                     for text in spec.eval.texts}
+    record["ppl"] = {
+        text: corpus_perplexity(p.model, tok, text, spec.eval.tokens, ids=ctx.text_ids(text))[0]
+        for text in spec.eval.texts
+    }
     lat = spec.latency
     prompt = ctx.text_ids(spec.eval.texts[0])[:, : lat.prompt_tokens]
     timing = dict(new_tokens=lat.new_tokens, repeats=lat.repeats, warmup=lat.get("warmup", 8))
@@ -145,8 +168,9 @@ def _journal(path: Path) -> dict[str, dict]:
     return {r["key"]: r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())}
 
 
-def run_table(table: str, run_dir: Path, model_name: str | None, only: str | None,
-              render_only: bool = False) -> tuple[DictConfig, list[dict], list[str]]:
+def run_table(
+    table: str, run_dir: Path, model_name: str | None, only: str | None, render_only: bool = False
+) -> tuple[DictConfig, list[dict], list[str]]:
     """Every run of the table that ``only`` (a regex over ``<task>_<method>_``) selects, resumed from the journal;
     returns the spec, the journal's records of the selected runs and the keys not run (``render_only``: nothing
     runs; a task and method whose lr grid is incomplete is left out of the records, its seeds may be partial)."""
@@ -166,8 +190,11 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
     missing: list[str] = []
     for task, method in pairs:
         for phase in ("grid", "seeds"):
-            runs = grid_runs(spec, task, method) if phase == "grid" else \
-                seed_runs(spec, task, method, choose_lr(done, spec, task, method))
+            runs = (
+                grid_runs(spec, task, method)
+                if phase == "grid"
+                else seed_runs(spec, task, method, choose_lr(done, spec, task, method))
+            )
             todo = [r for r in runs if r.key not in done]
             if render_only:
                 missing += [r.key for r in todo]
@@ -181,10 +208,14 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
                     f.write(json.dumps(record) + "\n")
                 done[run.key] = record
                 acc = record.get(f"{task}/acc")
-                print(f"  {run.key}: val {record['val_score']:.4f}" + (f", test acc {acc:.4f}" if acc is not None
-                      else "") + ", ppl " + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
-                      + f", {record['decode_ms_per_token'] or float('nan'):.2f} ms/token, {record['seconds']:.0f} s",
-                      flush=True)
+                print(
+                    f"  {run.key}: val {record['val_score']:.4f}"
+                    + (f", test acc {acc:.4f}" if acc is not None else "")
+                    + ", ppl "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
+                    + f", {record['decode_ms_per_token'] or float('nan'):.2f} ms/token, {record['seconds']:.0f} s",
+                    flush=True,
+                )
     # Drawn: the pairs whose grid is done (their lr is chosen); their seeds may be partial.
     complete = [(t, m) for t, m in pairs if all(r.key in done for r in grid_runs(spec, t, m))]
     keys = {r.key for t, m in complete for r in grid_runs(spec, t, m)}
@@ -205,23 +236,33 @@ def _context(spec: DictConfig) -> Context:
 def main(argv: list[str] | None = None) -> None:
     from lords_pipelines.tables.render import write_table
 
-    args = table_cli(__doc__, "peft_tables", "regex over '<task>_<method>_': run only those",
-                     dict(names=["table"], nargs="?", default="peft",
-                          help="conf/tables/<table>.yaml name or a YAML path")).parse_args(argv)
+    args = table_cli(
+        __doc__,
+        "peft_tables",
+        "regex over '<task>_<method>_': run only those",
+        dict(names=["table"], nargs="?", default="peft", help="conf/tables/<table>.yaml name or a YAML path"),
+    ).parse_args(argv)
     run_dir = run_dir_of(args, "peft_tables")
     t = time.time()
     spec, records, missing = run_table(args.table, run_dir, args.model, args.only, render_only=args.render)
     if not records:
         raise SystemExit(f"{run_dir}: no task and method of the table has its lr grid done yet: nothing to draw")
     name = Path(args.table).stem
-    meta = {"table": name, "spec": OmegaConf.to_container(spec, resolve=True),
-            "device": " / ".join(sorted({r["device"] for r in records})),
-            "torch": " / ".join(sorted({r["torch"] for r in records})), "missing": missing}
+    meta = {
+        "table": name,
+        "spec": OmegaConf.to_container(spec, resolve=True),
+        "device": " / ".join(sorted({r["device"] for r in records})),
+        "torch": " / ".join(sorted({r["torch"] for r in records})),
+        "missing": missing,
+    }
     for dest in [run_dir] + ([Path(args.out)] if args.out else []):
         md = write_table(name, records, meta, dest)
     print(md)
-    print(f"done: written under {run_dir}" + (f" and {args.out}" if args.out else "")
-          + f" in {(time.time() - t) / 60:.1f} min")
+    print(
+        f"done: written under {run_dir}"
+        + (f" and {args.out}" if args.out else "")
+        + f" in {(time.time() - t) / 60:.1f} min"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 Runs the Hydra sweep ``python -m lords_pipelines.stages.peft --multirun experiment=peft_smollm2_lords,peft_smollm2_qlora``
 (one process, wandb offline), then aggregates its two ``metrics.json`` into the committed report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,15 +57,23 @@ def main(argv=None):
     if not args.render:
         shutil.rmtree(sweep, ignore_errors=True)
         start = time.time()
-        cmd = [sys.executable, "-m", "lords_pipelines.stages.peft", "--multirun", f"experiment={EXPERIMENTS}",
-               f"hydra.sweep.dir={sweep}", *args.overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lords_pipelines.stages.peft",
+            "--multirun",
+            f"experiment={EXPERIMENTS}",
+            f"hydra.sweep.dir={sweep}",
+            *args.overrides,
+        ]
         subprocess.run(cmd, check=True, env=dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline")))
         (sweep / "wall_seconds.json").write_text(json.dumps(time.time() - start))
     seconds = json.loads((sweep / "wall_seconds.json").read_text())
     first = json.loads(next(sweep.rglob("metrics.json")).read_text())["settings"]
     rows = aggregate(sweep)["rows"]
-    result = aggregate(sweep, args.out, "PEFT on SmolLM2-135M: LoRDS vs QLoRA at matched trainable floats",
-                       note(rows, seconds, first))
+    result = aggregate(
+        sweep, args.out, "PEFT on SmolLM2-135M: LoRDS vs QLoRA at matched trainable floats", note(rows, seconds, first)
+    )
     print(result["markdown"].read_text())
 
 

@@ -1,5 +1,6 @@
 """Which runs a PEFT table makes and which learning rate it keeps: a ``before`` run, the lr grid at the first seed,
 then the chosen lr at every seed."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

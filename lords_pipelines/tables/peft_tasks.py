@@ -12,6 +12,7 @@ rate is chosen on, and the held-out test score.
   reports it, and ``licenses``, as a forgetting check).
 Data files: ``lords_pipelines/data/peft/<task>_<split>.jsonl`` (``python -m lords_pipelines.data.make``).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,9 @@ from torch.utils.data import DataLoader
 
 from lords.errors import ConfigError
 from lords_pipelines.data.texts import corpus_text, tokenize
-
-from lords_pipelines.stages.datamodule import encode_pair, pad_collate
-from lords_pipelines.evaluation.scores import answer_metrics, corpus_perplexity
 from lords_pipelines.evaluation.multiple_choice import Item, choice_loglikelihoods, score_task
+from lords_pipelines.evaluation.scores import answer_metrics, corpus_perplexity
+from lords_pipelines.stages.datamodule import encode_pair, pad_collate
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "peft"
 KINDS = {"lords_roman": "exact", "lords_kjv_prophets": "choice", "lords_unicode_names": "choice", "kjv": "text"}
@@ -69,9 +69,14 @@ def load_task(name: str, tok, spec, cache: dict | None = None) -> TaskData:
     kind = KINDS[name]
     limit, test_limit = spec.get("val_limit"), spec.get("test_limit")
     if kind == "exact":
-        return TaskData(name, kind, _pairs(tok, _rows(f"{name}_train"), spec.max_length),
-                        _pairs(tok, _rows(f"{name}_val"), spec.max_length)[:limit],
-                        _pairs(tok, _rows(f"{name}_test")[:test_limit], spec.max_length), test_limit)
+        return TaskData(
+            name,
+            kind,
+            _pairs(tok, _rows(f"{name}_train"), spec.max_length),
+            _pairs(tok, _rows(f"{name}_val"), spec.max_length)[:limit],
+            _pairs(tok, _rows(f"{name}_test")[:test_limit], spec.max_length),
+            test_limit,
+        )
     if kind == "choice":
         val = [Item(r["context"], tuple(r["choices"]), int(r["label"])) for r in _rows(f"{name}_val")][:limit]
         return TaskData(name, kind, _pairs(tok, _rows(f"{name}_train"), spec.max_length), val, None, test_limit)
@@ -84,14 +89,20 @@ def load_task(name: str, tok, spec, cache: dict | None = None) -> TaskData:
     w = spec.window
     n = spec.train_tokens // w
     windows = ids[0, : n * w].view(n, w)
-    return TaskData(name, kind, [{"input_ids": x, "labels": x.clone()} for x in windows], [ids[:, -spec.val_tokens :]],
-                    None)
+    return TaskData(
+        name, kind, [{"input_ids": x, "labels": x.clone()} for x in windows], [ids[:, -spec.val_tokens :]], None
+    )
 
 
 def loader(items: list, tok, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=pad_collate(pad),
-                      generator=torch.Generator().manual_seed(seed) if shuffle else None)
+    return DataLoader(
+        items,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=pad_collate(pad),
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+    )
 
 
 def choice_accuracy(model, tok, items: list[Item], batch_size: int = 32) -> float:
@@ -116,8 +127,11 @@ def held_out_scores(model, tok, task: TaskData, batch_size: int = 32) -> dict:
     model.eval()
     if task.kind == "exact":
         m = answer_metrics(model, loader(task.test, tok, batch_size, False))
-        return {f"{task.name}/acc": m["answer_exact"], f"{task.name}/items": m["answer_items"],
-                f"{task.name}/answer_nll": m["answer_nll"]}
+        return {
+            f"{task.name}/acc": m["answer_exact"],
+            f"{task.name}/items": m["answer_items"],
+            f"{task.name}/answer_nll": m["answer_nll"],
+        }
     if task.kind == "choice":
         s = score_task(model, tok, task.name, limit=task.test_limit, batch_size=batch_size)
         return {k: s[k] for k in (f"{task.name}/acc", f"{task.name}/acc_norm", f"{task.name}/items")}

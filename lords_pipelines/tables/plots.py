@@ -1,10 +1,10 @@
 """The tables' plots: perplexity against bits, steps or floats (PTQ), QAT training curves, PEFT scores and decode."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from lords_pipelines.tables.peft_tasks import KINDS
-
 
 PLOTTED = ("nf", "loftq", "nf_calibrated", "lords_refined", "lords_calibrated", "blockwise_refined")
 
@@ -38,14 +38,28 @@ def plot_ptq(table: str, rows: list[dict], path: Path) -> None:
             pts.sort()
             x, y, e = ([p[i] for p in pts] for i in range(3))
             low = [min(err, 0.5 * val) for val, err in zip(y, e)]  # log axis: keep the bar above zero
-            ax.errorbar(x, y, yerr=[low, e], marker="s" if "sensitivity" in label else "o", ms=4, capsize=2,
-                        label=label, color=colours.get(label.split()[0]), ls="--" if "b128" in label else "-")
+            ax.errorbar(
+                x,
+                y,
+                yerr=[low, e],
+                marker="s" if "sensitivity" in label else "o",
+                ms=4,
+                capsize=2,
+                label=label,
+                color=colours.get(label.split()[0]),
+                ls="--" if "b128" in label else "-",
+            )
         ax.axhline(fp["ppl"][text], color="k", lw=0.8, ls=":", label="float")
         ax.set_yscale("log")
         ax.set_ylim(fp["ppl"][text] / 1.3, min(ax.get_ylim()[1], 1e5))
         ax.set_title(f"{text} (clipped at 1e5)")
-        ax.set_xlabel("Algorithm 1 steps T" if "refine" in table else "float parameters" if "rank" in table
-                      else "bits per weight (codes + scales)")
+        ax.set_xlabel(
+            "Algorithm 1 steps T"
+            if "refine" in table
+            else "float parameters"
+            if "rank" in table
+            else "bits per weight (codes + scales)"
+        )
         ax.set_ylabel("perplexity (log scale)")
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()  # one legend below the panels, clear of every curve
@@ -105,12 +119,20 @@ def plot_peft(rows: list[dict], spec: dict, path: Path) -> None:
         mine = [r for r in rows if r["task"] == task]
         if KINDS[task] == "text":
             text = spec["eval"]["texts"][0]
-            y, e, before, label = ([r["ppl"][text] for r in mine], [r["ppl_std"][text] for r in mine],
-                                   [r["before"]["ppl"][text] for r in mine], f"perplexity on {text}")
+            y, e, before, label = (
+                [r["ppl"][text] for r in mine],
+                [r["ppl_std"][text] for r in mine],
+                [r["before"]["ppl"][text] for r in mine],
+                f"perplexity on {text}",
+            )
         else:
             acc = f"{task}/acc"
-            y, e, before, label = ([r[acc] for r in mine], [r[f"{acc}_std"] for r in mine],
-                                   [r["before"][acc] for r in mine], "test accuracy")
+            y, e, before, label = (
+                [r[acc] for r in mine],
+                [r[f"{acc}_std"] for r in mine],
+                [r["before"][acc] for r in mine],
+                "test accuracy",
+            )
         x = range(len(mine))
         ax.bar(x, y, yerr=e, capsize=3, color=[f"C{i}" for i in x], label="after PEFT")
         ax.scatter(x, before, marker="_", s=300, color="k", label="before")

@@ -10,6 +10,7 @@ the ``ptq`` stage runs), then scores perplexity on each evaluation text and zero
 tasks. Each finished row is appended to ``<run-dir>/<table>/rows.jsonl`` at once: a rerun with the same
 ``--run-dir`` skips the rows it holds, so a crash loses one row at most.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,19 +24,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from lords_pipelines import CONF
 from lords import QuantConfig, QuantizedLinear, quantize_
+from lords_pipelines import CONF
 from lords_pipelines.data.texts import corpus_text, tokenize
-
-from lords_pipelines.evaluation.scores import corpus_ids, corpus_perplexity
 from lords_pipelines.evaluation.multiple_choice import zero_shot
+from lords_pipelines.evaluation.scores import corpus_ids, corpus_perplexity
 from lords_pipelines.tables.render import write_table
-from lords_pipelines.tables.runner import check_only, device_name, run_dir_of, table_cli  # noqa: F401 (re-exported)
 from lords_pipelines.tables.rows import Row, load_spec, overrides, peer_of, table_rows
+from lords_pipelines.tables.runner import check_only, device_name, run_dir_of, table_cli  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # annotations only: transformers loads with the model
     from transformers import PreTrainedTokenizerBase
-
 
 
 def quant_config(spec: DictConfig, row: Row) -> QuantConfig:
@@ -70,8 +69,9 @@ def evaluate_row(model: nn.Module, tok: PreTrainedTokenizerBase, spec: DictConfi
     return {"ppl": ppl, "ppl_tokens": tokens, **acc}
 
 
-def run_row(float_model: nn.Module, tok: PreTrainedTokenizerBase, spec: DictConfig, row: Row, cache: dict,
-            out: Path) -> dict:
+def run_row(
+    float_model: nn.Module, tok: PreTrainedTokenizerBase, spec: DictConfig, row: Row, cache: dict, out: Path
+) -> dict:
     """One row's record: a fresh copy of ``float_model`` quantized (or QAT-trained) as the row says, scored."""
     from lords_pipelines.stages.common import storage_metrics
 
@@ -86,8 +86,14 @@ def run_row(float_model: nn.Module, tok: PreTrainedTokenizerBase, spec: DictConf
         calib = calibration_sample(tok, spec, row.sample, cache) if row.sample is not None else None
         peer = quantize_peer(float_model, peer_of(spec, row.method), row.bits, row.block_size, calib, tok)
         model = peer.model
-        record.update(float_params=peer.float_params, bits_per_weight=peer.bits_per_weight, code_bits=peer.code_bits,
-                      weight_rel_error=peer.weight_rel_error, rank=None, library=peer.library)
+        record.update(
+            float_params=peer.float_params,
+            bits_per_weight=peer.bits_per_weight,
+            code_bits=peer.code_bits,
+            weight_rel_error=peer.weight_rel_error,
+            rank=None,
+            library=peer.library,
+        )
     elif spec.method_defs[row.method].get("qat"):
         from lords_pipelines.tables.qat_rows import run_qat
 
@@ -98,17 +104,26 @@ def run_row(float_model: nn.Module, tok: PreTrainedTokenizerBase, spec: DictConf
         reference = {n: float_model.get_submodule(n).weight.detach().float() for n in layers}
         err = sum(float((reference[n] - m.dequantized_weight()).pow(2).sum()) for n, m in layers.items())
         norm = sum(float(w.pow(2).sum()) for w in reference.values())
-        record.update(fields, float_params=sum(m.float_params() for m in layers.values()),
-                      weight_rel_error=(err / norm) ** 0.5,
-                      rank=round(sum(ranks) / len(ranks), 2) if ranks else None, **storage_metrics(model))
+        record.update(
+            fields,
+            float_params=sum(m.float_params() for m in layers.values()),
+            weight_rel_error=(err / norm) ** 0.5,
+            rank=round(sum(ranks) / len(ranks), 2) if ranks else None,
+            **storage_metrics(model),
+        )
     else:
         config = quant_config(spec, row)
         model = copy.deepcopy(float_model)
         calib = calibration_sample(tok, spec, row.sample, cache) if row.sample is not None else None
         report = quantize_(model, config, calib_ids=calib, progress=False)
         ranks = [lay.rank for lay in report.layers if lay.rank is not None]
-        record.update(float_params=report.float_params, weight_rel_error=report.rel_error, **storage_metrics(model),
-                      rank=round(sum(ranks) / len(ranks), 2) if ranks else None, config=config.to_dict())
+        record.update(
+            float_params=report.float_params,
+            weight_rel_error=report.rel_error,
+            **storage_metrics(model),
+            rank=round(sum(ranks) / len(ranks), 2) if ranks else None,
+            config=config.to_dict(),
+        )
     record["quant_seconds"] = time.time() - t
     record.update(evaluate_row(model, tok, spec, cache))
     record["seconds"] = time.time() - t
@@ -116,8 +131,9 @@ def run_row(float_model: nn.Module, tok: PreTrainedTokenizerBase, spec: DictConf
     return record
 
 
-def run_table(table: str, run_dir: Path, model_name: str | None, only: str | None, loaded: dict,
-              render_only: bool = False) -> tuple[list[dict], list[str]]:
+def run_table(
+    table: str, run_dir: Path, model_name: str | None, only: str | None, loaded: dict, render_only: bool = False
+) -> tuple[list[dict], list[str]]:
     """``(records, missing)``: the journal's records of the table's rows in spec order, after running those it
     lacks; with ``render_only`` nothing runs and ``missing`` names the rows the journal lacks (rendered as such)."""
     from tqdm.auto import tqdm
@@ -134,13 +150,18 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
     journal = out / "rows.jsonl"
     done = {}
     if journal.is_file():
-        done = {r["key"]: r for r in map(json.loads, journal.read_text().splitlines()) if r.get("eval_tokens") ==
-                spec.eval.tokens}
+        done = {
+            r["key"]: r
+            for r in map(json.loads, journal.read_text().splitlines())
+            if r.get("eval_tokens") == spec.eval.tokens
+        }
     todo = [r for r in rows if r.key not in done]
     if render_only:
         if todo:
-            print(f"{journal}: {len(todo)} rows of the spec not run yet (first: {todo[0].key}); rendering the rest",
-                  flush=True)
+            print(
+                f"{journal}: {len(todo)} rows of the spec not run yet (first: {todo[0].key}); rendering the rest",
+                flush=True,
+            )
         return [done[r.key] for r in rows if r.key in done], [r.key for r in todo]
     print(f"{table}: {len(rows)} rows, {len(rows) - len(todo)} already in {journal}", flush=True)
     if todo and spec.model not in loaded:
@@ -167,15 +188,22 @@ def run_table(table: str, run_dir: Path, model_name: str | None, only: str | Non
         with journal.open("a") as f:
             f.write(json.dumps(record) + "\n")
         done[row.key] = record
-        print(f"  {row.key}: ppl " + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
-              + f"; zero-shot {record.get('zero_shot_mean', float('nan')):.3f}; {record['seconds']:.0f} s", flush=True)
+        print(
+            f"  {row.key}: ppl "
+            + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
+            + f"; zero-shot {record.get('zero_shot_mean', float('nan')):.3f}; {record['seconds']:.0f} s",
+            flush=True,
+        )
     return [done[r.key] for r in rows if r.key in done], skipped
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = table_cli(__doc__, "ptq_tables", "regex over row keys: run only those (the fp row always runs)",
-                     dict(names=["tables"], nargs="+", help="conf/tables/<table>.yaml names, e.g. ptq_bits "
-                          "ptq_refine_ablation")).parse_args(argv)
+    args = table_cli(
+        __doc__,
+        "ptq_tables",
+        "regex over row keys: run only those (the fp row always runs)",
+        dict(names=["tables"], nargs="+", help="conf/tables/<table>.yaml names, e.g. ptq_bits ptq_refine_ablation"),
+    ).parse_args(argv)
     check_only(args.only, [r.key for t in args.tables for r in table_rows(load_spec(t)) if r.method != "fp"], "rows")
     run_dir = run_dir_of(args, "ptq_tables")
     loaded: dict = {}
@@ -186,13 +214,20 @@ def main(argv: list[str] | None = None) -> None:
         spec = load_spec(table)
         table = Path(table).stem
         devices = sorted({r.get("device") or device_name() for r in records})
-        meta = {"table": table, "seconds": time.time() - t_table, "device": " / ".join(devices),
-                "torch": " / ".join(sorted({r.get("torch") or torch.__version__ for r in records})),
-                "spec": OmegaConf.to_container(spec, resolve=True), "missing": missing}
+        meta = {
+            "table": table,
+            "seconds": time.time() - t_table,
+            "device": " / ".join(devices),
+            "torch": " / ".join(sorted({r.get("torch") or torch.__version__ for r in records})),
+            "spec": OmegaConf.to_container(spec, resolve=True),
+            "missing": missing,
+        }
         for dest in [run_dir] + ([Path(args.out)] if args.out else []):
             md = write_table(table, records, meta, dest)
         print(md)
-    print(f"written under {run_dir}" + (f" and {args.out}" if args.out else "") + f" in {(time.time() - t) / 60:.1f} min")
+    print(
+        f"written under {run_dir}" + (f" and {args.out}" if args.out else "") + f" in {(time.time() - t) / 60:.1f} min"
+    )
 
 
 if __name__ == "__main__":

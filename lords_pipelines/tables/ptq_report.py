@@ -17,6 +17,7 @@ Every row's configuration is composed and validated before the first row runs: a
 and one line, and an override that would rewrite what distinguishes the rows (``quant=``, ``quant.bits``,
 ``quant.refine...``) is refused with the flag to use instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,12 +38,18 @@ from lords_pipelines.tables.runner import commit, cpu_name
 if TYPE_CHECKING:  # annotations only: the settings module imports Hydra-side validation
     from lords_pipelines.stages.settings import RunSettings
 
-GGUF_NOTE = ("weights come from a Q4_1 GGUF (4-bit, block 32) dequantized to float: 3-bit results are fair, "
-             "4-bit ones are biased towards grids that contain the original 4-bit points")
+GGUF_NOTE = (
+    "weights come from a Q4_1 GGUF (4-bit, block 32) dequantized to float: 3-bit results are fair, "
+    "4-bit ones are biased towards grids that contain the original 4-bit points"
+)
 ORDER = ["fp", "nf", "nf_calibrated", "lords_init", "lords_refined", "lords_calibrated"]
 CALIBRATED = ("act_diag", "act")
-ROW_KEYS = {"quant": "a method of the spec (--spec)", "quant.bits": "--bits", "quant.refine": "--objectives, or the "
-            "spec's refine", "quant._target_": "a method of the spec (--spec)"}
+ROW_KEYS = {
+    "quant": "a method of the spec (--spec)",
+    "quant.bits": "--bits",
+    "quant.refine": "--objectives, or the spec's refine",
+    "quant._target_": "a method of the spec (--spec)",
+}
 
 
 def load_spec(name: str) -> DictConfig:
@@ -57,8 +64,14 @@ def row_overrides(spec: DictConfig, method: str, bits: int | None, objective: st
     """The ``ptq`` stage overrides of one row: the spec's model and evaluation, the method's quant group at
     ``bits`` and the spec's block size, Algorithm 1 on the method's objective (a calibrated one: ``objective``)."""
     d = spec.method_defs[method]
-    common = [f"model={spec.model}", "logger=none", "stage.save=false", "stage.journal=false", "stage.progress=true",
-              f"eval.perplexity_tokens={spec.eval.tokens}"]
+    common = [
+        f"model={spec.model}",
+        "logger=none",
+        "stage.save=false",
+        "stage.journal=false",
+        "stage.progress=true",
+        f"eval.perplexity_tokens={spec.eval.tokens}",
+    ]
     if d.quant == "none":
         return [*common, "quant=none"]
     out = [*common, f"quant={d.quant}", f"quant.bits={bits}", f"quant.block_size={spec.block_sizes[0]}"]
@@ -66,8 +79,10 @@ def row_overrides(spec: DictConfig, method: str, bits: int | None, objective: st
     if chosen is None:
         out.append("quant.refine=null")
     else:
-        out.append(f"quant.refine={{_target_:lords.RefineConfig,steps:{spec.refine.steps},lr:{spec.refine.lr},"
-                   f"objective:{chosen}}}")
+        out.append(
+            f"quant.refine={{_target_:lords.RefineConfig,steps:{spec.refine.steps},lr:{spec.refine.lr},"
+            f"objective:{chosen}}}"
+        )
     if d.objective in CALIBRATED and d.quant == "lords":  # the objective's judge: held-out calibration text
         out.append(f"eval.heldout_calib_tokens={spec.eval.heldout_calib_tokens}")
     return out
@@ -119,16 +134,28 @@ def stage_run(overrides: list[str], out: Path) -> dict:
 
 def _row(name: str, bits, rec: dict, objective: str | None) -> dict:
     m, s = rec["metrics"], rec["settings"]
-    return dict(method=name, bits=bits, objective=objective, float_params=m["float_params"] or None, ppl=m["ppl"],
-                tokens=m["ppl_tokens"], weight_rel_error=m["weight_rel_error"], quant_seconds=m["quant_seconds"],
-                model=s["model"]["name"], corpus=s["eval"]["corpus"], calib_corpus=s["data"]["calib_source"],
-                block_size=(s["quant"] or {}).get("block_size"), calib_tokens=(s["quant"] or {}).get("calib_tokens"),
-                steps=(((s["quant"] or {}).get("refine")) or {}).get("steps"),
-                lr=(((s["quant"] or {}).get("refine")) or {}).get("lr"))
+    return dict(
+        method=name,
+        bits=bits,
+        objective=objective,
+        float_params=m["float_params"] or None,
+        ppl=m["ppl"],
+        tokens=m["ppl_tokens"],
+        weight_rel_error=m["weight_rel_error"],
+        quant_seconds=m["quant_seconds"],
+        model=s["model"]["name"],
+        corpus=s["eval"]["corpus"],
+        calib_corpus=s["data"]["calib_source"],
+        block_size=(s["quant"] or {}).get("block_size"),
+        calib_tokens=(s["quant"] or {}).get("calib_tokens"),
+        steps=(((s["quant"] or {}).get("refine")) or {}).get("steps"),
+        lr=(((s["quant"] or {}).get("refine")) or {}).get("lr"),
+    )
 
 
-def run(spec: DictConfig, bits: list[int], objectives: list[str], out: Path, overrides: list[str]
-        ) -> tuple[list[dict], dict]:
+def run(
+    spec: DictConfig, bits: list[int], objectives: list[str], out: Path, overrides: list[str]
+) -> tuple[list[dict], dict]:
     """Every row of ``spec`` at ``bits`` (the calibrated objective picked at the first width), in the order the
     table prints them; returns ``(rows, meta)``."""
     t_start = time.time()
@@ -150,14 +177,18 @@ def run(spec: DictConfig, bits: list[int], objectives: list[str], out: Path, ove
         rec = stage_run([*row_overrides(spec, method, b, objective), *given], run_dir)
         done.append(time.time() - t)
         m = rec["metrics"]
-        print(f"{label} {16 if b is None else b}b: ppl {m['ppl']:.2f}, weight rel. error {m['weight_rel_error']:.4f}, "
-              f"floats {m['float_params']}, {m['quant_seconds']:.0f} s", flush=True)
+        print(
+            f"{label} {16 if b is None else b}b: ppl {m['ppl']:.2f}, weight rel. error {m['weight_rel_error']:.4f}, "
+            f"floats {m['float_params']}, {m['quant_seconds']:.0f} s",
+            flush=True,
+        )
         return rec
 
     rows = []
     if "fp" in methods:
-        rows.append(dict(_row("fp", 16, go("fp", None), None), weight_rel_error=0.0, quant_seconds=0.0,
-                         float_params=None))
+        rows.append(
+            dict(_row("fp", 16, go("fp", None), None), weight_rel_error=0.0, quant_seconds=0.0, float_params=None)
+        )
     chosen = None
     for b in bits:
         for method in lords_cal:
@@ -167,8 +198,13 @@ def run(spec: DictConfig, bits: list[int], objectives: list[str], out: Path, ove
             for o, v in val.items():
                 print(f"  {method} {b}b objective {o}: held-out calibration ppl {v:.2f}", flush=True)
             chosen = min(val, key=val.get)
-            rows.append(dict(_row(method, b, recs[chosen], chosen), val_ppl=val,
-                             val_tokens=recs[chosen]["metrics"]["heldout_calib_tokens"]))
+            rows.append(
+                dict(
+                    _row(method, b, recs[chosen], chosen),
+                    val_ppl=val,
+                    val_tokens=recs[chosen]["metrics"]["heldout_calib_tokens"],
+                )
+            )
         for method in methods:
             if method == "fp" or method in lords_cal:
                 continue
@@ -176,10 +212,20 @@ def run(spec: DictConfig, bits: list[int], objectives: list[str], out: Path, ove
             objective = chosen or objectives[0] if objective in CALIBRATED else objective
             rows.append(_row(method, b, go(method, b, objective), objective))
     rows.sort(key=lambda r: (-r["bits"], ORDER.index(r["method"]) if r["method"] in ORDER else len(ORDER)))
-    meta = dict(steps=spec.refine.steps, lr=spec.refine.lr, grid="nf", objectives=objectives,
-                total_seconds=time.time() - t_start, torch_threads=torch.get_num_threads(),
-                machine=platform.machine(), cpu=cpu_name(), torch=torch.__version__, commit=commit(),
-                note=GGUF_NOTE, overrides=overrides)
+    meta = dict(
+        steps=spec.refine.steps,
+        lr=spec.refine.lr,
+        grid="nf",
+        objectives=objectives,
+        total_seconds=time.time() - t_start,
+        torch_threads=torch.get_num_threads(),
+        machine=platform.machine(),
+        cpu=cpu_name(),
+        torch=torch.__version__,
+        commit=commit(),
+        note=GGUF_NOTE,
+        overrides=overrides,
+    )
     return rows, meta
 
 
@@ -204,16 +250,25 @@ def markdown(rows: list[dict], meta: dict) -> str:
         if nf and r["method"] not in ("fp", "nf"):
             gap = f"{(nf['ppl'] - r['ppl']) / (nf['ppl'] - fp['ppl']) * 100:+.0f}%"
         fl = "" if r["float_params"] is None else f"{r['float_params']:,}"
-        lines.append(f"| {r['bits']} | {r['method']} | {r['objective'] or ''} | {fl} | "
-                     f"{r['weight_rel_error']:.4f} | {r['ppl']:.2f} | {gap} |")
+        lines.append(
+            f"| {r['bits']} | {r['method']} | {r['objective'] or ''} | {fl} | "
+            f"{r['weight_rel_error']:.4f} | {r['ppl']:.2f} | {gap} |"
+        )
     sel = [r for r in rows if r["method"] == "lords_calibrated"]
-    lines += ["", "Objective selection for `lords_calibrated` (perplexity on held-out calibration text, "
-              f"{sel[0]['val_tokens'] if sel else 0} tokens after the calibration tokens):", ""]
+    lines += [
+        "",
+        "Objective selection for `lords_calibrated` (perplexity on held-out calibration text, "
+        f"{sel[0]['val_tokens'] if sel else 0} tokens after the calibration tokens):",
+        "",
+    ]
     for r in sel:
         scores = ", ".join(f"{k} {v:.2f}" for k, v in r["val_ppl"].items())
         lines.append(f"- {r['bits']} bits: {scores} → `{r['objective']}`")
-    lines += ["", f"Total wall time {meta['total_seconds'] / 60:.1f} min on {meta['torch_threads']} torch threads "
-              f"({meta['cpu']}, {meta['machine']}); torch {meta['torch']}, commit {meta['commit']}."]
+    lines += [
+        "",
+        f"Total wall time {meta['total_seconds'] / 60:.1f} min on {meta['torch_threads']} torch threads "
+        f"({meta['cpu']}, {meta['machine']}); torch {meta['torch']}, commit {meta['commit']}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -228,8 +283,14 @@ def write_reports(rows: list[dict], meta: dict, out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", default="ptq_smollm2", help="conf/tables/<spec>.yaml or a YAML path (ptq_smollm2)")
-    p.add_argument("--bits", type=int, nargs="+", choices=(2, 3, 4), default=None,
-                   help="bit widths (default: the spec's); the calibrated objective is picked at the first")
+    p.add_argument(
+        "--bits",
+        type=int,
+        nargs="+",
+        choices=(2, 3, 4),
+        default=None,
+        help="bit widths (default: the spec's); the calibrated objective is picked at the first",
+    )
     p.add_argument("--objectives", nargs="+", default=None, help="calibrated objectives to compare (the spec's)")
     p.add_argument("--out", default=None, help="also write <out>.md/.json (e.g. outputs/reports/ptq_smollm2)")
     p.add_argument("--run-dir", default=None, help="run folder (default outputs/runs/ptq_report/<time>)")

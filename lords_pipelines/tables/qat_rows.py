@@ -2,6 +2,7 @@
 and learning rates of the table's ``qat`` section; the trained, converted model comes back for the table's
 evaluation, with its training and validation curves (Lightning's CSV log, or wandb offline where it is installed).
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,18 +16,31 @@ from lords_pipelines import CONF
 from lords_pipelines.tables.rows import Row, overrides
 
 
-
 def qat_overrides(spec, row: Row, out: Path) -> list[str]:
     """The ``qat`` stage's overrides for ``row``: its quant group and the table's training budget."""
     q = spec.qat
     steps = q.tokens // (q.window * q.batch_size)
     gpu = torch.cuda.is_available()
-    return [*overrides(spec, row), f"model.name={spec.model}", f"out_dir={out}", "stage.save=false",
-            f"stage.lr_weight={q.lr_weight}", f"stage.lr_scale={lr_scale(spec, row)}", f"data.calib_source={q.source}",
-            f"data.train_tokens={q.distinct_tokens}", f"data.window={q.window}", f"data.batch_size={q.batch_size}",
-            f"trainer={'gpu' if gpu else 'cpu'}", f"trainer.max_steps={steps}",
-            f"trainer.val_check_interval={min(q.val_every, steps)}", f"trainer.log_every_n_steps={q.log_every}",
-            "trainer.limit_val_batches=1.0", f"logger={q.logger}", "eval.perplexity_tokens=0", "eval.tasks=[]"]
+    return [
+        *overrides(spec, row),
+        f"model.name={spec.model}",
+        f"out_dir={out}",
+        "stage.save=false",
+        f"stage.lr_weight={q.lr_weight}",
+        f"stage.lr_scale={lr_scale(spec, row)}",
+        f"data.calib_source={q.source}",
+        f"data.train_tokens={q.distinct_tokens}",
+        f"data.window={q.window}",
+        f"data.batch_size={q.batch_size}",
+        f"trainer={'gpu' if gpu else 'cpu'}",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={min(q.val_every, steps)}",
+        f"trainer.log_every_n_steps={q.log_every}",
+        "trainer.limit_val_batches=1.0",
+        f"logger={q.logger}",
+        "eval.perplexity_tokens=0",
+        "eval.tasks=[]",
+    ]
 
 
 def lr_scale(spec, row: Row) -> float:
@@ -60,9 +74,17 @@ def run_qat(spec: DictConfig, row: Row, out: Path) -> tuple[nn.Module, dict]:
     metrics, extra = qat.run(s)
     q = spec.qat
     steps = metrics["train_steps"]
-    fields = {"train_steps": steps, "train_tokens": steps * q.window * q.batch_size, "train_source": q.source,
-              "train_distinct_tokens": q.distinct_tokens, "train_seconds": metrics["train_seconds"],
-              "train_tokens_per_s": metrics.get("train_tokens_per_s"), "trainable_floats": metrics["trainable_floats"],
-              "lr_weight": q.lr_weight, "lr_scale": lr_scale(spec, row), "curves": curves(out),
-              "config": s.quant.to_dict()}
+    fields = {
+        "train_steps": steps,
+        "train_tokens": steps * q.window * q.batch_size,
+        "train_source": q.source,
+        "train_distinct_tokens": q.distinct_tokens,
+        "train_seconds": metrics["train_seconds"],
+        "train_tokens_per_s": metrics.get("train_tokens_per_s"),
+        "trainable_floats": metrics["trainable_floats"],
+        "lr_weight": q.lr_weight,
+        "lr_scale": lr_scale(spec, row),
+        "curves": curves(out),
+        "config": s.quant.to_dict(),
+    }
     return extra["model"], fields

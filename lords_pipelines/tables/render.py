@@ -1,6 +1,7 @@
 """The paper's tables as people read them: one ``write_table`` for every table runner (PTQ, QAT and PEFT) writes
 ``<dest>/<table>.{json,md,png}``: the aggregated rows as JSON, a markdown table with each method's baseline beside
 it, and the plots."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ def write_table(table: str, records: list[dict], meta: dict, dest: Path) -> str:
         serving = dest / f"{table}_serving.json"
         if serving.is_file():
             add_serving(rows, json.loads(serving.read_text()))
-        md = peft_markdown(table, rows, meta) + not_run_note(table, meta.get("missing") or [], "runs",
-                                                              " A row's ± is over the seeds it has.")
+        md = peft_markdown(table, rows, meta) + not_run_note(
+            table, meta.get("missing") or [], "runs", " A row's ± is over the seeds it has."
+        )
         if serving.is_file():
             md += "\n" + serving.with_suffix(".md").read_text().replace("# Serving", "## Serving", 1)
     else:
@@ -46,8 +48,9 @@ def not_run_note(table: str, missing: list[str], unit: str, after: str = "", sho
     """The markdown line naming what a partial journal lacks (the first ``shown`` keys), or "" when nothing."""
     if not missing:
         return ""
-    keys = ", ".join(f"`{k}`" for k in missing[:shown]) + (f" and {len(missing) - shown} more" if
-                                                            len(missing) > shown else "")
+    keys = ", ".join(f"`{k}`" for k in missing[:shown]) + (
+        f" and {len(missing) - shown} more" if len(missing) > shown else ""
+    )
     return f"\nNot run yet: {len(missing)} {unit} of `conf/tables/{table}.yaml` ({keys}).{after}\n"
 
 
@@ -61,31 +64,44 @@ def ptq_markdown(table: str, rows: list[dict], meta: dict) -> str:
     tasks = [k[: -len("/acc")] for k in rows[0] if k.endswith("/acc")]
     fp = next(r for r in rows if r["method"] == "fp")
     scored = ", ".join(f"{fp['ppl_tokens'][t]:,} tokens of `{t}`" for t in texts)
-    zs = (f"zero-shot accuracy on {', '.join(tasks)} ({fp[tasks[0] + '/items']} items each, lords' scorer, equal "
-          f"to lm-eval's), mean over tasks with its 95% half-width (±{fp['zero_shot_ci95']:.3f} at the float model)"
-          if tasks else "no zero-shot tasks in this table")
-    lines = [f"# `{table}`: {fp['model']}", "",
-             f"Perplexity on {scored} (2048-token windows, BOS-led where the tokenizer adds BOS); {zs}. "
-             f"Calibrated rows: mean ± std over "
-             f"{spec['calib']['samples']} disjoint samples of {spec['calib']['tokens']:,} tokens of "
-             f"`{spec['calib']['source']}`. Algorithm 1: Adam lr {spec['refine']['lr']}, T as listed, the same for "
-             f"block scales and LoRDS. Bits per weight include every stored scale float (fp32) and LoftQ's correction.",
-             "", "| bits | block | rule | method | T | rank | floats | bits/weight | weight err. | "
-             + " | ".join(f"ppl {t}" for t in texts) + " | zero-shot | n |",
-             "|" + "---|" * (11 + len(texts))]
+    zs = (
+        f"zero-shot accuracy on {', '.join(tasks)} ({fp[tasks[0] + '/items']} items each, lords' scorer, equal "
+        f"to lm-eval's), mean over tasks with its 95% half-width (±{fp['zero_shot_ci95']:.3f} at the float model)"
+        if tasks
+        else "no zero-shot tasks in this table"
+    )
+    lines = [
+        f"# `{table}`: {fp['model']}",
+        "",
+        f"Perplexity on {scored} (2048-token windows, BOS-led where the tokenizer adds BOS); {zs}. "
+        f"Calibrated rows: mean ± std over "
+        f"{spec['calib']['samples']} disjoint samples of {spec['calib']['tokens']:,} tokens of "
+        f"`{spec['calib']['source']}`. Algorithm 1: Adam lr {spec['refine']['lr']}, T as listed, the same for "
+        f"block scales and LoRDS. Bits per weight include every stored scale float (fp32) and LoftQ's correction.",
+        "",
+        "| bits | block | rule | method | T | rank | floats | bits/weight | weight err. | "
+        + " | ".join(f"ppl {t}" for t in texts)
+        + " | zero-shot | n |",
+        "|" + "---|" * (11 + len(texts)),
+    ]
     for r in rows:
         n = r["samples"]
         ppl = " | ".join(_pm(r["ppl"][t], r["ppl_std"][t], n) for t in texts)
         bpw = "—" if r["method"] == "fp" or r["bits_per_weight"] is None else f"{r['bits_per_weight']:.3f}"
         rank = "" if r["rank"] is None else f"{r['rank']:g}"
         zero_shot = _pm(r["zero_shot_mean"], r["zero_shot_mean_std"], n, ".3f") if "zero_shot_mean" in r else "—"
-        lines.append(f"| {r['bits'] or 16} | {r['block_size'] or ''} | {r['rule'] or ''} | {r['method']} | "
-                     f"{r['refine_steps'] if r.get('objective') or r['refine_steps'] else ''} | {rank} | {r['float_params']:,} | {bpw} | "
-                     f"{r['weight_rel_error']:.4f} | {ppl} | {zero_shot} | {n or 1} |")
+        lines.append(
+            f"| {r['bits'] or 16} | {r['block_size'] or ''} | {r['rule'] or ''} | {r['method']} | "
+            f"{r['refine_steps'] if r.get('objective') or r['refine_steps'] else ''} | {rank} | {r['float_params']:,} | {bpw} | "
+            f"{r['weight_rel_error']:.4f} | {ppl} | {zero_shot} | {n or 1} |"
+        )
     compute = sum(r["seconds"] for r in rows)
-    lines += ["", f"{len(rows)} rows ({sum(max(r['samples'], 1) for r in rows)} runs): {compute / 60:.1f} min of "
-              f"quantization and evaluation summed over runs on {meta['device']} (torch {meta['torch']}; model "
-              f"loading excluded; per-run seconds in the JSON)."]
+    lines += [
+        "",
+        f"{len(rows)} rows ({sum(max(r['samples'], 1) for r in rows)} runs): {compute / 60:.1f} min of "
+        f"quantization and evaluation summed over runs on {meta['device']} (torch {meta['torch']}; model "
+        f"loading excluded; per-run seconds in the JSON).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -102,17 +118,21 @@ def _ms(v) -> str:
 def peft_markdown(table: str, rows: list[dict], meta: dict) -> str:
     spec = meta["spec"]
     texts = list(spec["eval"]["texts"])
-    lines = [f"# `{table}`: PEFT on {rows[0]['model']} at {spec['bits']} bits, block {spec['block_size']}", "",
-             "Methods at matched trainable floats: every LoRA rank is LoRDS's parity rank of its layer, so each "
-             "method trains the floats shown. `lords_peft` trains only B, A (codes unchanged, nothing merged); "
-             "`qlora` is bitsandbytes NF4 `Linear4bit` + peft LoRA; `loftq` and `qpissa` start the LoRA from LoftQ's "
-             "alternation and from PiSSA's principal directions (base = the quantized residual). Learning rate: the "
-             f"grid {spec['lrs']} at seed {spec['seeds'][0]}, chosen on the validation split by the same rule for "
-             f"every method; scores are mean ± std over seeds {spec['seeds']} at that lr. `before`: the quantized "
-             "base untrained. Decode: batch-1 greedy ms per token after training, the model as served (LoRDS "
-             "through its kernels on CUDA, nothing merged; LoRA unmerged, and merged where peft allows). "
-             f"Perplexity on {spec['eval']['tokens']:,} tokens of each text. Device: {meta['device']} "
-             f"(torch {meta['torch']}).", ""]
+    lines = [
+        f"# `{table}`: PEFT on {rows[0]['model']} at {spec['bits']} bits, block {spec['block_size']}",
+        "",
+        "Methods at matched trainable floats: every LoRA rank is LoRDS's parity rank of its layer, so each "
+        "method trains the floats shown. `lords_peft` trains only B, A (codes unchanged, nothing merged); "
+        "`qlora` is bitsandbytes NF4 `Linear4bit` + peft LoRA; `loftq` and `qpissa` start the LoRA from LoftQ's "
+        "alternation and from PiSSA's principal directions (base = the quantized residual). Learning rate: the "
+        f"grid {spec['lrs']} at seed {spec['seeds'][0]}, chosen on the validation split by the same rule for "
+        f"every method; scores are mean ± std over seeds {spec['seeds']} at that lr. `before`: the quantized "
+        "base untrained. Decode: batch-1 greedy ms per token after training, the model as served (LoRDS "
+        "through its kernels on CUDA, nothing merged; LoRA unmerged, and merged where peft allows). "
+        f"Perplexity on {spec['eval']['tokens']:,} tokens of each text. Device: {meta['device']} "
+        f"(torch {meta['torch']}).",
+        "",
+    ]
     for task in spec["tasks"]:
         mine = [r for r in rows if r["task"] == task]
         if not mine:
@@ -121,24 +141,36 @@ def peft_markdown(table: str, rows: list[dict], meta: dict) -> str:
         score = "test acc" if kind != "text" else f"ppl {texts[0]} (test)"
         shown = texts[1:] if kind == "text" else texts  # a text task's test is already the first perplexity
         floats = sorted({r["trainable_floats"] for r in mine})
-        lines += [f"## `{task}` ({kind}; {mine[0]['steps']} steps, {mine[0]['tokens']:,} tokens per run; "
-                  f"trainable floats {', '.join(f'{f:,}' for f in floats)})", "",
-                  f"| method | rank | init | lr | {score} | before | " + " | ".join(f"ppl {t}" for t in shown)
-                  + " | ms/token | merged ms/token | before ms/token |", "|" + "---|" * (9 + len(shown))]
+        lines += [
+            f"## `{task}` ({kind}; {mine[0]['steps']} steps, {mine[0]['tokens']:,} tokens per run; "
+            f"trainable floats {', '.join(f'{f:,}' for f in floats)})",
+            "",
+            f"| method | rank | init | lr | {score} | before | "
+            + " | ".join(f"ppl {t}" for t in shown)
+            + " | ms/token | merged ms/token | before ms/token |",
+            "|" + "---|" * (9 + len(shown)),
+        ]
         for r in mine:
             n = len(r["seed"])
             acc = f"{task}/acc"
             if kind == "text":
-                main, before = _pm_or_dash(r["ppl"][texts[0]], r["ppl_std"][texts[0]], n, ".2f"), r["before"]["ppl"][texts[0]]
+                main, before = (
+                    _pm_or_dash(r["ppl"][texts[0]], r["ppl_std"][texts[0]], n, ".2f"),
+                    r["before"]["ppl"][texts[0]],
+                )
                 before = f"{before:.2f}"
             else:
                 main, before = _pm_or_dash(r[acc], r[f"{acc}_std"], n, ".3f"), f"{r['before'][acc]:.3f}"
             ppl = " | ".join(_pm_or_dash(r["ppl"][t], r["ppl_std"][t], n, ".2f") for t in shown)
-            lines.append(f"| {r['method']} | {r['rank']:g} | {r['init']} | {r['lr']:g} | {main} | {before} | {ppl} | "
-                         f"{_ms(r['decode_ms_per_token'])} | {_ms(r['decode_ms_per_token_merged'])} | "
-                         f"{_ms(r['before']['decode_ms_per_token'])} |")
+            lines.append(
+                f"| {r['method']} | {r['rank']:g} | {r['init']} | {r['lr']:g} | {main} | {before} | {ppl} | "
+                f"{_ms(r['decode_ms_per_token'])} | {_ms(r['decode_ms_per_token_merged'])} | "
+                f"{_ms(r['before']['decode_ms_per_token'])} |"
+            )
         lines.append("")
     compute = sum(run["seconds"] for r in rows for run in r["runs"])
-    lines.append(f"{sum(len(r['runs']) for r in rows)} runs, {compute / 60:.1f} min of training and evaluation summed "
-                 "over runs (model loading excluded; per-run seconds in the JSON).")
+    lines.append(
+        f"{sum(len(r['runs']) for r in rows)} runs, {compute / 60:.1f} min of training and evaluation summed "
+        "over runs (model loading excluded; per-run seconds in the JSON)."
+    )
     return "\n".join(lines) + "\n"

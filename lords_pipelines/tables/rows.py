@@ -4,6 +4,7 @@ rank multiples, and the Hydra overrides of the ``quant`` group that build each r
 A row whose config reads calibration text (an ``act_diag`` objective, or the sensitivity rule of mixed precision)
 runs once per disjoint calibration sample; every other row runs once.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -11,8 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lords_pipelines import CONF
 from lords.errors import ConfigError
+from lords_pipelines import CONF
 
 TABLES = CONF / "tables"
 CALIBRATED = ("act_diag", "act")
@@ -33,8 +34,15 @@ class Row:
     @property
     def key(self) -> str:
         """A file-name-safe identity: the run folder name and the resume key."""
-        parts = [self.method, f"b{self.bits}", f"bs{self.block_size}", self.rule or "", f"T{self.steps}",
-                 f"r{self.rank_scale:g}", "" if self.sample is None else f"s{self.sample}"]
+        parts = [
+            self.method,
+            f"b{self.bits}",
+            f"bs{self.block_size}",
+            self.rule or "",
+            f"T{self.steps}",
+            f"r{self.rank_scale:g}",
+            "" if self.sample is None else f"s{self.sample}",
+        ]
         return "_".join(p for p in parts if p)
 
     def to_dict(self) -> dict:
@@ -97,8 +105,9 @@ def _part_rows(spec: DictConfig) -> list[Row]:
 
 def _expand(spec, method, bits, block, rule, steps, scale) -> list[Row]:
     if method not in spec.method_defs:
-        raise ConfigError(f"method {method!r} is not defined in conf/tables/methods.yaml "
-                          f"(defined: {sorted(spec.method_defs)})")
+        raise ConfigError(
+            f"method {method!r} is not defined in conf/tables/methods.yaml (defined: {sorted(spec.method_defs)})"
+        )
     refined = spec.method_defs[method].objective is not None
     lords = spec.method_defs[method].quant == "lords"
     if not lords and scale != 1.0:  # block scales spend the same floats as rank × scale at block / scale
@@ -116,12 +125,18 @@ def overrides(spec: DictConfig, row: Row) -> list[str]:
     if d.quant == "none":
         return ["quant=none"]
     if d.quant == "peer":
-        raise ConfigError(f"method {row.method!r} is run by its own library (lords_pipelines.tables.peers), "
-                          "not by a quant config")
+        raise ConfigError(
+            f"method {row.method!r} is run by its own library (lords_pipelines.tables.peers), not by a quant config"
+        )
     mixed = row.rule is not None
     at = "quant.base." if mixed else "quant."
-    out = [f"quant={d.quant}_mixed" if mixed else f"quant={d.quant}", f"quant.bits={row.bits}",
-           f"{at}block_size={row.block_size}", f"{at}calib_tokens={spec.calib.tokens}", f"seed={spec.seed}"]
+    out = [
+        f"quant={d.quant}_mixed" if mixed else f"quant={d.quant}",
+        f"quant.bits={row.bits}",
+        f"{at}block_size={row.block_size}",
+        f"{at}calib_tokens={spec.calib.tokens}",
+        f"seed={spec.seed}",
+    ]
     if mixed:
         out.append(f"quant.rule={row.rule}")
     if d.get("target"):  # a subclass of the group's config; GPTQ's Hessian reads every calibration token
@@ -129,7 +144,10 @@ def overrides(spec: DictConfig, row: Row) -> list[str]:
     if d.quant == "lords":
         out.append(f"{at}rank_scale={row.rank_scale}")
     if d.quant != "loftq":
-        out.append(f"{at}refine=null" if d.objective is None else
-                   f"{at}refine={{_target_: lords.RefineConfig, steps: {row.steps}, lr: {spec.refine.lr}, "
-                   f"objective: {d.objective}}}")
+        out.append(
+            f"{at}refine=null"
+            if d.objective is None
+            else f"{at}refine={{_target_: lords.RefineConfig, steps: {row.steps}, lr: {spec.refine.lr}, "
+            f"objective: {d.objective}}}"
+        )
     return out

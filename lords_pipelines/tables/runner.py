@@ -1,4 +1,5 @@
 """What every table runner shares: its command line, its run folder, and the machine facts each row records."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,11 @@ def table_cli(doc: str, runner: str, only_help: str, table_arg: dict) -> argpars
 def check_only(only: str | None, keys: list[str], what: str) -> None:
     """Stop before any work when ``--only`` selects none of ``keys`` (a typo would otherwise run nothing, quietly)."""
     if only and not any(re.search(only, k) for k in keys):
-        raise SystemExit(f"--only {only!r} selects no {what} of the table(s); its {what} look like "
-                         + ", ".join(keys[:3]) + f" ({len(keys)} in all)")
+        raise SystemExit(
+            f"--only {only!r} selects no {what} of the table(s); its {what} look like "
+            + ", ".join(keys[:3])
+            + f" ({len(keys)} in all)"
+        )
 
 
 def run_dir_of(args, runner: str) -> Path:
@@ -48,8 +52,9 @@ def commit() -> str:
     """The checkout's short commit, ``+dirty`` when tracked files changed (recorded beside every table)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=CONF.parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=CONF.parent).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=CONF.parent
+        ).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except OSError:
         return "unknown"

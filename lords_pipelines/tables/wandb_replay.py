@@ -9,14 +9,31 @@ offline wandb run per row (project ``lords``, group ``<table>-table``, job type 
 as config and its final metrics (perplexity per text, zero-shot mean) as summary: what a run on a machine with
 wandb logs live, replayed from the record.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
-CONFIG_KEYS = ("model", "method", "bits", "block_size", "rule", "steps", "rank", "float_params", "bits_per_weight",
-               "train_steps", "train_tokens", "train_source", "lr_weight", "lr_scale", "device", "torch")
+CONFIG_KEYS = (
+    "model",
+    "method",
+    "bits",
+    "block_size",
+    "rule",
+    "steps",
+    "rank",
+    "float_params",
+    "bits_per_weight",
+    "train_steps",
+    "train_tokens",
+    "train_source",
+    "lr_weight",
+    "lr_scale",
+    "device",
+    "torch",
+)
 
 
 def history(curves: dict[str, list]) -> list[tuple[int, dict[str, float]]]:
@@ -43,8 +60,16 @@ def replay(rows: list[dict], out: Path, table: str) -> list[str]:
         curves = row.get("curves") or {}
         if not any(curves.values()):
             continue
-        run = wandb.init(project="lords", group=f"{table}-table", job_type="qat", name=row["key"], dir=str(out),
-                         mode="offline", config={k: row.get(k) for k in CONFIG_KEYS if k in row}, reinit="create_new")
+        run = wandb.init(
+            project="lords",
+            group=f"{table}-table",
+            job_type="qat",
+            name=row["key"],
+            dir=str(out),
+            mode="offline",
+            config={k: row.get(k) for k in CONFIG_KEYS if k in row},
+            reinit="create_new",
+        )
         for step, metrics in history(curves):
             run.log(metrics, step=step)
         run.summary.update(summary(row))

@@ -1,5 +1,6 @@
 """Dataset loaders for the local lm-eval tasks (``custom_dataset: !function loaders.load_*``): the JSONL files
 beside this module, made by ``python -m lords_pipelines.data.make``; no hub access and no dataset cache written."""
+
 from __future__ import annotations
 
 import json

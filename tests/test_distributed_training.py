@@ -123,8 +123,8 @@ def _pairs(path: Path) -> Path:
     return path
 
 
-# QAT runs in CI (50 s: latent weights and scales, the larger sharded state); PEFT's twin is `slow`.
-@pytest.mark.parametrize("stage", [pytest.param(s, marks=[pytest.mark.slow] if s != "qat" else []) for s in STAGES])
+# Both are `slow` (about 1 to 2 min each on 2 cores: 2 processes x DDP and FSDP x a restart); `make test-all` runs them.
+@pytest.mark.parametrize("stage", [pytest.param(s, marks=[pytest.mark.slow]) for s in STAGES])
 def test_ddp_and_fsdp_on_two_processes_follow_one_process_loss_curve_through_a_resume(tmp_path, stage):
     """Two steps, a restart from ``last.ckpt`` (``trainer.resume=last``), two more: the same four losses as one
     uninterrupted process, within ``TOLERANCE``; the final artefact is the library's checkpoint."""

@@ -147,6 +147,7 @@ def test_weight_bytes_match_the_tensors_a_call_reads():
         assert weight_bytes("bnb_nf4", N, K, 128) == bnb.qweight.nbytes + bnb.state.absmax.nbytes
 
 
+@pytest.mark.slow  # the whole decode benchmark through the interpreter: about 20 s on 2 cores
 @interpreter_only
 def test_decode_smoke_rows(tmp_path):
     from benchmarks.kernels import decode

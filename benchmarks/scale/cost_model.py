@@ -2,7 +2,7 @@
 (tokens/s, memory per GPU). Pure arithmetic on the models' shapes; no torch.
 
 Where a figure needs a constant that the shapes do not give, the constant is either COUNTED from the code (named
-in its docstring) or CALIBRATED on one committed measurement (``outputs/reports/stream_8b.md``,
+in its docstring) or CALIBRATED on one committed measurement (``outputs/reports/stream_8b_{2,4}layers.json``,
 ``scale_train.md``) and then only extrapolated to other shapes or GPU counts: ``outputs/reports/scale.md`` labels each.
 """
 

@@ -175,7 +175,7 @@ def render(m: dict, mod: dict) -> str:
         f"- `ptq_8b_minutes` = **{m['ptq_32_blocks_seconds'] / 60:.1f}** (extrapolated): streamed PTQ of Llama-3-8B "
         f"at T = {m['ptq_steps']} on one {m['ptq_gpu']}, {_fmt(m['ptq_fixed_seconds'], 1)} s fixed + 32 × "
         f"{_fmt(m['ptq_block_seconds'], 2)} s per block, both from the measured 2- and 4-block runs "
-        f"({', '.join(f'{k} blocks: {_fmt(v, 1)} s' for k, v in m['ptq_runs_seconds'].items())}; `stream_8b.md`). "
+        f"({', '.join(f'{k} blocks: {_fmt(v, 1)} s' for k, v in m['ptq_runs_seconds'].items())}; `stream_8b_{{2,4}}layers.json`). "
         "Goal: under 30 minutes.",
         f"- `ptq_peak_gb` = **{m['ptq_peak_bytes'] / 1e9:.2f}** GB ({m['ptq_peak_bytes'] / 2**30:.2f} GiB, measured, "
         "same runs; one block is in memory at a time, so it does not grow with the number of blocks). Goal: under 24 GB.",
@@ -334,7 +334,7 @@ def build(reports: Path) -> dict:
     return {
         "ptq_8b_minutes": m["ptq_32_blocks_seconds"] / 60,
         "ptq_8b_minutes_is": "extrapolated: fixed part + 32 x per-block seconds, both from the measured 2- and "
-        f"4-block streamed runs (stream_8b.md, {m['ptq_gpu']}, T = {m['ptq_steps']})",
+        f"4-block streamed runs (stream_8b_{{2,4}}layers.json, {m['ptq_gpu']}, T = {m['ptq_steps']})",
         "ptq_peak_gb": m["ptq_peak_bytes"] / 1e9,
         "ptq_peak_gb_is": "measured: peak CUDA memory of the same runs (GB = 1e9 bytes)",
         "speedup_2gpu": m["speedup_2gpu"],

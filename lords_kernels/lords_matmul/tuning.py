@@ -19,7 +19,7 @@ from .layout import group_size
 KERNELS = ("gemv", "gemm_t", "dequant")
 DEQUANT_MIN_M = 512
 """Default crossover: from this many tokens the forward dequantizes once and calls cuBLAS (lords_matmul.dequant).
-Measured on the H100 (session 13): at M = 256 the fused kernel won on the large shapes, from M = 512 the dequant
+Measured on the H100: at M = 256 the fused kernel won on the large shapes, from M = 512 the dequant
 path won on all four bench shapes."""
 
 

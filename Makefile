@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the pinned dependencies (CPU torch)
 
-demo: $(STAMP)  ## the main job: PTQ of the embedded SmolLM2-135M, LoRDS vs NF at 3 and 4 bits (16 min on 2 cores) -> outputs/runs/ptq_report/<time>/
+demo: $(STAMP)  ## the main job: PTQ of the embedded SmolLM2-135M, LoRDS vs NF at 3 and 4 bits (12 min on 2 idle cores, several times longer on shared ones) -> outputs/runs/ptq_report/<time>/
 	$(PY) -m lords_pipelines.tables.ptq_report
 
 test: $(STAMP)  ## what CI runs: ruff (lint + format check), then the test suite (skips `gpu` and `slow` markers)

@@ -11,6 +11,7 @@ Every lm-eval option works as documented by lm-eval; ``--include_path lords_pipe
 from __future__ import annotations
 
 import sys
+import warnings
 
 from lords_pipelines.evaluation.scores import LOCAL_TASKS
 
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import lords  # noqa: F401  (registers the lords quantizer before lm-eval calls from_pretrained)
 
+    # lm-eval hands its own quantization arguments to from_pretrained; a lords folder's config wins, as it should.
+    warnings.filterwarnings("ignore", message="You passed `quantization_config` or equivalent parameters")
     argv = list(sys.argv[1:] if argv is None else argv)
     running = not argv or argv[0] not in ("ls", "validate", "-h", "--help")
     if running and "--include_path" not in argv:

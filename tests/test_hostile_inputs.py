@@ -8,26 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_hostile import TINY, calibrated, cfg, tiny  # the same tiny model and configs as the attacks on reads
 
 import lords
 from lords.errors import CheckpointError, ConfigError, LordsError
-from lords_pipelines.models import tiny_llama
-
-TINY = dict(hidden=64, layers=1, heads=2, kv_heads=1, intermediate=128, vocab=128, max_positions=64)
-
-
-def tiny(seed: int = 0):
-    return tiny_llama(seed=seed, **TINY)
-
-
-def cfg(**kw):
-    return lords.LordsConfig(**{"bits": 4, "block_size": 16, **kw})
-
-
-def calibrated(**kw):
-    return cfg(
-        refine=lords.RefineConfig(steps=2, lr=1e-2, objective="act_diag"), calib_tokens=64, sample_tokens=16, **kw
-    )
 
 
 def same_state(a, b) -> bool:

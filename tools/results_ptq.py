@@ -1,10 +1,8 @@
 """docs/results.md, the PTQ sections: the main job, the PTQ tables and their ablations."""
 
-from results_common import (  # noqa: F401
+from results_common import (
     COLLAPSED,
-    NAMES,
     REP,
-    ROOT,
     SECTIONS,
     TEXTS,
     both,
@@ -15,7 +13,6 @@ from results_common import (  # noqa: F401
     pick,
     ppl,
     ratio,
-    sci,
     sd,
     section,
     table,

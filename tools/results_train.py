@@ -1,26 +1,6 @@
 """docs/results.md, the sections past PTQ: QAT, PEFT and serving, kernels, scale."""
 
-from results_common import (  # noqa: F401
-    COLLAPSED,
-    NAMES,
-    REP,
-    ROOT,
-    SECTIONS,
-    TEXTS,
-    both,
-    compare,
-    load,
-    missing,
-    pct,
-    pick,
-    ppl,
-    ratio,
-    sci,
-    sd,
-    section,
-    table,
-    vs,
-)
+from results_common import NAMES, REP, TEXTS, both, compare, load, missing, pick, ratio, section, table, vs
 
 
 def qat(reports):

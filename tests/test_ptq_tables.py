@@ -102,6 +102,7 @@ def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, model_
     )
 
 
+@pytest.mark.slow  # about 30 s on 2 cores (a QAT stage run per row); the stage itself is tested in CI
 def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_path, model_dir):
     spec = tmp_path / "qat_mini.yaml"
     spec.write_text(

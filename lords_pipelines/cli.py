@@ -85,8 +85,11 @@ def cmd_quantize(a) -> dict:
 
 
 def cmd_info(a) -> dict:
+    import torch
+
     from lords.checkpoint import check_layout, expected_shapes, read_quantization_config
     from lords.integrity import shard_files, tensor_specs
+    from lords.layouts import module_from_meta
 
     path = _folder(a.dir)
     qc = read_quantization_config(path)  # the whole quantization_config, as every loader checks it
@@ -95,19 +98,18 @@ def cmd_info(a) -> dict:
     check_layout(qc["modules"], specs)
     stored = {name: shape for name, (shape, _) in specs.items()}
     modules = qc["modules"]
-    dtype_bits = {"float32": 32, "float16": 16, "bfloat16": 16}
     weights = codes = scale_bits = scale_floats = 0
     quantized_tensors = set()
     for name, meta in modules.items():
         n, m = meta["out_features"], meta["in_features"]
         weights += n * m
         codes += meta["bits"] * n * m
-        for suffix, shape in expected_shapes(meta).items():
-            quantized_tensors.add(f"{name}.{suffix}")
-            if suffix in ("A", "B", "scales"):
-                floats = _numel(shape)
-                scale_floats += floats
-                scale_bits += floats * dtype_bits[meta["dtype"]]
+        quantized_tensors.update(f"{name}.{suffix}" for suffix in expected_shapes(meta))
+        with torch.device("meta"):  # the layout's empty module counts its stored floats, as storage_bits does
+            empty = module_from_meta(meta, name)
+        floats = empty.float_params()  # scales, and what a method stores beside them (LoftQ's correction)
+        scale_floats += floats
+        scale_bits += floats * torch.finfo(empty.scale_dtype).bits
     float_params = sum(_numel(s) for k, s in stored.items() if k not in quantized_tensors)
     on_disk = sum(f.stat().st_size for f in files)
     cfg = qc["config"]

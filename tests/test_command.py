@@ -2,6 +2,7 @@
 line on stderr and exit status 2."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +99,30 @@ def test_info_reports_bits_floats_and_sizes_without_building_a_model(lords_dir, 
     assert 3 < bpw <= 5
     qc = json.loads((lords_dir / "config.json").read_text())["quantization_config"]
     assert f"quantized modules              {len(qc['modules'])} (lords)" in out
+
+
+@pytest.mark.parametrize("config", ["lords", "loftq"])
+def test_info_counts_what_the_library_counts_for_every_registered_layout(tmp_path, capsys, config):
+    """Bits per weight and stored floats from the folder's metadata alone equal ``lords.storage_bits`` of the model
+    that was saved: LoftQ's low-rank correction counts beside its block scales, as in the tables."""
+    import lords
+    from lords_pipelines.models import tiny_llama
+
+    model = tiny_llama(seed=0)
+    cfg = (
+        lords.LordsConfig(bits=3, block_size=16)
+        if config == "lords"
+        else lords.LoftQConfig(bits=3, block_size=16, rank=4)
+    )
+    lords.quantize_(model, cfg, progress=False)
+    lords.save_quantized(model, tmp_path / "q")
+    assert main(["info", str(tmp_path / "q")]) == 0
+    out = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in capsys.readouterr().out.splitlines() if "  " in line)
+    layers = [m for m in model.modules() if isinstance(m, lords.QuantizedLinear)]
+    assert int(out["scale floats"].strip().replace(",", "")) == sum(m.float_params() for m in layers)
+    assert float(out["bits per weight (with scales)"]) == pytest.approx(
+        lords.storage_bits(model)["bits_per_weight"], abs=1e-3
+    )
 
 
 def test_eval_scores_perplexity_and_a_shipped_task(lords_dir, capsys):

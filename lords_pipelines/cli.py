@@ -87,7 +87,7 @@ def cmd_quantize(a) -> dict:
 def cmd_info(a) -> dict:
     import torch
 
-    from lords.checkpoint import check_layout, expected_shapes, read_quantization_config
+    from lords.checkpoint import check_layout, read_quantization_config
     from lords.integrity import shard_files, tensor_specs
     from lords.layouts import module_from_meta
 
@@ -104,9 +104,9 @@ def cmd_info(a) -> dict:
         n, m = meta["out_features"], meta["in_features"]
         weights += n * m
         codes += meta["bits"] * n * m
-        quantized_tensors.update(f"{name}.{suffix}" for suffix in expected_shapes(meta))
-        with torch.device("meta"):  # the layout's empty module counts its stored floats, as storage_bits does
+        with torch.device("meta"):  # the layout's empty module: its tensors and stored floats, as storage_bits counts
             empty = module_from_meta(meta, name)
+        quantized_tensors.update(f"{name}.{suffix}" for suffix in empty.state_dict())
         floats = empty.float_params()  # scales, and what a method stores beside them (LoftQ's correction)
         scale_floats += floats
         scale_bits += floats * torch.finfo(empty.scale_dtype).bits

@@ -100,14 +100,18 @@ def choice_loglikelihoods(
 def score_task(
     model: nn.Module, tokenizer, task: str, limit: int | None = None, batch_size: int = 32
 ) -> dict[str, float]:
-    """``{task/acc, task/acc_norm, task/acc_ci95, task/items}`` of ``model`` on a shipped task."""
+    """``{task/acc, task/acc_norm, task/acc_ci95, task/items, task/correct}`` of ``model`` on a shipped task;
+    ``correct`` is one character per item, ``"1"`` where ``acc`` counts it (what paired tests between two models on
+    the same items read)."""
     items = load_items(task, limit)
     right = right_norm = 0
+    correct = []
     for it, lls in zip(items, choice_loglikelihoods(model, tokenizer, items, batch_size)):
         ll = torch.tensor(lls)
         lengths = torch.tensor([float(len(c)) for c in it.choices])
-        right += int(int(ll.argmax()) == it.label)
+        correct.append("1" if int(ll.argmax()) == it.label else "0")
         right_norm += int(int((ll / lengths).argmax()) == it.label)
+    right = correct.count("1")
     n = len(items)
     acc = right / n
     return {
@@ -115,6 +119,7 @@ def score_task(
         f"{task}/acc_norm": right_norm / n,
         f"{task}/acc_ci95": interval95(acc, n),
         f"{task}/items": n,
+        f"{task}/correct": "".join(correct),
     }
 
 

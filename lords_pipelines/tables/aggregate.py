@@ -3,9 +3,11 @@ seeds at the learning rate chosen on validation, and the serving benchmark's dec
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from lords_pipelines.tables.peft_runs import choose_lr
+from lords_pipelines.tables.stats import collapsed, item_scores, log_ppl, paired_bootstrap
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -29,7 +31,10 @@ QAT_FIELDS = (
 
 
 def aggregate(records: list[dict]) -> list[dict]:
-    """One row per method setting; calibrated rows carry the mean and std over their samples and the runs."""
+    """One row per method setting; calibrated rows carry the mean and std over their samples and the runs. On a text
+    where a run collapsed (perplexity above ``stats.COLLAPSED``) the row's ``ppl`` is the exponential of the mean
+    log-perplexity (``ppl_std`` None, ``log_ppl_std`` its spread) and ``ppl_collapsed`` marks it. Each row's
+    ``zero_shot_paired`` compares it with the best LoRDS row of its bits and block on the same items."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault(tuple(r[k] for k in GROUP), []).append(r)
@@ -47,8 +52,12 @@ def aggregate(records: list[dict]) -> list[dict]:
         row["seed"] = first.get("seed", 0)
         row["samples"] = len(runs) if first["sample"] is not None else 0
         ppl = {t: mean_std([r["ppl"][t] for r in runs]) for t in texts}
-        row["ppl"] = {t: m for t, (m, _) in ppl.items()}
-        row["ppl_std"] = {t: s for t, (_, s) in ppl.items()}
+        logs = {t: log_ppl([r["ppl"][t] for r in runs]) for t in texts}
+        row["ppl_collapsed"] = {t: collapsed([r["ppl"][t] for r in runs]) for t in texts}
+        row["ppl"] = {t: math.exp(logs[t][0]) if row["ppl_collapsed"][t] else m for t, (m, _) in ppl.items()}
+        row["ppl_std"] = {t: None if row["ppl_collapsed"][t] else s for t, (_, s) in ppl.items()}
+        row["log_ppl"] = {t: m for t, (m, _) in logs.items()}
+        row["log_ppl_std"] = {t: s for t, (_, s) in logs.items()}
         row["ppl_tokens"] = first["ppl_tokens"]
         for key in ("weight_rel_error", "zero_shot_mean", "quant_seconds"):
             if key in first:
@@ -65,8 +74,32 @@ def aggregate(records: list[dict]) -> list[dict]:
         row["runs"] = [
             {"sample": r["sample"], "ppl": r["ppl"], "zero_shot_mean": r.get("zero_shot_mean")} for r in runs
         ]
+        row["_items"] = item_scores(runs, tasks)
         rows.append(row)
+    add_paired(rows)
     return rows
+
+
+def add_paired(rows: list[dict]) -> None:
+    """``zero_shot_paired`` of every row with per-item scores: ``{vs, delta, ci95, items}``, its zero-shot accuracy
+    minus that of the best LoRDS row (lowest summed log-perplexity) of the same bits and block, by a paired bootstrap
+    over the items both answered; None for that LoRDS row itself and where either lacks per-item scores."""
+    for row in rows:
+        row["zero_shot_paired"] = None
+    for bits, block in {(r["bits"], r["block_size"]) for r in rows if r["method"] != "fp"}:
+        group = [r for r in rows if (r["bits"], r["block_size"]) == (bits, block)]
+        lords = [r for r in group if r["method"].startswith("lords") and r["_items"] is not None]
+        if not lords:
+            continue
+        best = min(lords, key=lambda r: sum(r["log_ppl"].values()))
+        for r in group:
+            if r is best or r["_items"] is None or r["_items"].shape != best["_items"].shape:
+                continue
+            delta, low, high = paired_bootstrap(r["_items"], best["_items"])
+            vs = f"{best['method']}" + (f" ({best['rule']})" if best["rule"] else "")
+            r["zero_shot_paired"] = {"vs": vs, "delta": delta, "ci95": [low, high], "items": r["_items"].numel()}
+    for row in rows:
+        del row["_items"]
 
 
 COPIED = ("model", "task", "method", "bits", "block_size", "base", "init", "rank", "trainable_floats", "alpha_ratio")

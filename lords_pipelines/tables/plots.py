@@ -6,7 +6,27 @@ from pathlib import Path
 
 from lords_pipelines.tables.peft_tasks import KINDS
 
-PLOTTED = ("nf", "loftq", "nf_calibrated", "lords_refined", "lords_calibrated", "blockwise_refined")
+PLOTTED = (
+    "nf",
+    "loftq",
+    "nf_calibrated",
+    "lords_refined",
+    "lords_calibrated",
+    "blockwise_refined",
+    "gptq",
+    "awq",
+    "hqq",
+    "lords_gptq",
+)
+
+
+def _bar(r: dict, text: str) -> tuple[float, float]:
+    """(below, above) the point: ± std, or the log-perplexity's spread where the row collapsed (log axis)."""
+    y = r["ppl"][text]
+    if r.get("ppl_collapsed", {}).get(text):
+        s = r["log_ppl_std"][text]
+        return y - y * 2.718281828459045 ** (-s), y * 2.718281828459045**s - y
+    return min(r["ppl_std"][text], 0.5 * y), r["ppl_std"][text]  # log axis: keep the bar above zero
 
 
 def _series(table: str, rows: list[dict], text: str) -> dict[str, list]:
@@ -19,7 +39,7 @@ def _series(table: str, rows: list[dict], text: str) -> dict[str, list]:
             x = r["bits_per_weight"]
         else:
             label, x = r["method"], r["refine_steps"] if "refine" in table else r["float_params"]
-        series.setdefault(label, []).append((x, r["ppl"][text], r["ppl_std"][text]))
+        series.setdefault(label, []).append((x, r["ppl"][text], *_bar(r, text)))
     return series
 
 
@@ -36,12 +56,11 @@ def plot_ptq(table: str, rows: list[dict], path: Path) -> None:
     for ax, text in zip(axes, texts):
         for label, pts in sorted(_series(table, rows, text).items()):
             pts.sort()
-            x, y, e = ([p[i] for p in pts] for i in range(3))
-            low = [min(err, 0.5 * val) for val, err in zip(y, e)]  # log axis: keep the bar above zero
+            x, y, low, high = ([p[i] for p in pts] for i in range(4))
             ax.errorbar(
                 x,
                 y,
-                yerr=[low, e],
+                yerr=[low, high],
                 marker="s" if "sensitivity" in label else "o",
                 ms=4,
                 capsize=2,

@@ -58,6 +58,23 @@ def _pm(mean: float, std: float, samples: int, fmt: str = ".2f") -> str:
     return f"{mean:{fmt}} ± {std:{fmt}}" if samples > 1 else f"{mean:{fmt}}"
 
 
+def _ppl_cell(r: dict, text: str, n: int) -> str:
+    """Mean ± std, or for a collapsed text the geometric mean with the log-perplexity's mean ± std."""
+    if not r.get("ppl_collapsed", {}).get(text):
+        return _pm(r["ppl"][text], r["ppl_std"][text], n)
+    spread = f" ± {r['log_ppl_std'][text]:.2f}" if n > 1 else ""
+    return f"{r['ppl'][text]:.1e} (collapsed; log {r['log_ppl'][text]:.2f}{spread})"
+
+
+def _paired_cell(r: dict) -> str:
+    p = r.get("zero_shot_paired")
+    if not p:
+        return ""
+    low, high = p["ci95"]
+    mark = "*" if low > 0 or high < 0 else ""
+    return f"{p['delta']:+.3f} [{low:+.3f}, {high:+.3f}]{mark}"
+
+
 def ptq_markdown(table: str, rows: list[dict], meta: dict) -> str:
     spec = meta["spec"]
     texts = list(rows[0]["ppl"])
@@ -77,23 +94,27 @@ def ptq_markdown(table: str, rows: list[dict], meta: dict) -> str:
         f"Calibrated rows: mean ± std over "
         f"{spec['calib']['samples']} disjoint samples of {spec['calib']['tokens']:,} tokens of "
         f"`{spec['calib']['source']}`. Algorithm 1: Adam lr {spec['refine']['lr']}, T as listed, the same for "
-        f"block scales and LoRDS. Bits per weight include every stored scale float (fp32) and LoftQ's correction.",
+        f"block scales and LoRDS. Bits per weight include every stored scale float (fp32) and LoftQ's correction. "
+        "A text where a run's perplexity exceeds 1e3 is marked collapsed and summarised by the mean ± std of "
+        "log-perplexity (its geometric mean shown). Δ zero-shot: the row's accuracy minus that of the best LoRDS "
+        "row of the same bits and block, on the same items (averaged over samples), with the 95% interval of a "
+        "paired bootstrap over items (4,000 resamples); `*` where the interval excludes 0.",
         "",
         "| bits | block | rule | method | T | rank | floats | bits/weight | weight err. | "
         + " | ".join(f"ppl {t}" for t in texts)
-        + " | zero-shot | n |",
-        "|" + "---|" * (11 + len(texts)),
+        + " | zero-shot | Δ zero-shot (paired 95%) | n |",
+        "|" + "---|" * (12 + len(texts)),
     ]
     for r in rows:
         n = r["samples"]
-        ppl = " | ".join(_pm(r["ppl"][t], r["ppl_std"][t], n) for t in texts)
+        ppl = " | ".join(_ppl_cell(r, t, n) for t in texts)
         bpw = "—" if r["method"] == "fp" or r["bits_per_weight"] is None else f"{r['bits_per_weight']:.3f}"
         rank = "" if r["rank"] is None else f"{r['rank']:g}"
         zero_shot = _pm(r["zero_shot_mean"], r["zero_shot_mean_std"], n, ".3f") if "zero_shot_mean" in r else "—"
         lines.append(
             f"| {r['bits'] or 16} | {r['block_size'] or ''} | {r['rule'] or ''} | {r['method']} | "
             f"{r['refine_steps'] if r.get('objective') or r['refine_steps'] else ''} | {rank} | {r['float_params']:,} | {bpw} | "
-            f"{r['weight_rel_error']:.4f} | {ppl} | {zero_shot} | {n or 1} |"
+            f"{r['weight_rel_error']:.4f} | {ppl} | {zero_shot} | {_paired_cell(r)} | {n or 1} |"
         )
     compute = sum(r["seconds"] for r in rows)
     lines += [

@@ -65,12 +65,14 @@ class GPTQFields:
         _check("refit_lr", self.refit_lr, (int, float), 0, strict=True)
         if not isinstance(self.act_order, bool):
             raise ConfigError(f"act_order={self.act_order!r} must be true or false")
-        if self.sample_tokens == 0:
-            raise ConfigError("sample_tokens=0: GPTQ needs calibration inputs to build its Hessian")
 
     @property
     def needs_calibration(self) -> bool:
         return True  # the Hessian, whatever the refinement objective
+
+    @property
+    def needs_gram(self) -> bool:
+        return True  # the Hessian E[x xᵀ] over every calibration token, accumulated as the statistics are collected
 
     def scale_config(self):
         """The plain scale config these codes sit on (its handler gives the init, Algorithm 1 and the module)."""
@@ -82,8 +84,9 @@ class GPTQFields:
 class LordsGPTQConfig(GPTQFields, LordsConfig):
     """LoRDS (init, then Algorithm 1 when ``refine`` is set) with GPTQ's codes and refitted ``B, A``."""
 
-    sample_tokens: int = 2048
-    """Calibration rows kept per layer: the Hessian's (all of ``calib_tokens`` by default)."""
+    sample_tokens: int = 0
+    """Calibration rows kept per layer (only the ``act`` refinement objective reads them; the Hessian is accumulated
+    over every calibration token)."""
 
     method: ClassVar[str] = "lords_gptq"
     base_type: ClassVar[type] = LordsConfig
@@ -97,8 +100,9 @@ class LordsGPTQConfig(GPTQFields, LordsConfig):
 class BlockwiseGPTQConfig(GPTQFields, BlockwiseConfig):
     """Block-wise absmax scales (then Algorithm 1 when ``refine`` is set) with GPTQ's codes and refitted scales."""
 
-    sample_tokens: int = 2048
-    """Calibration rows kept per layer: the Hessian's (all of ``calib_tokens`` by default)."""
+    sample_tokens: int = 0
+    """Calibration rows kept per layer (only the ``act`` refinement objective reads them; the Hessian is accumulated
+    over every calibration token)."""
 
     method: ClassVar[str] = "blockwise_gptq"
     base_type: ClassVar[type] = BlockwiseConfig
@@ -108,11 +112,15 @@ class BlockwiseGPTQConfig(GPTQFields, BlockwiseConfig):
         self.check_gptq()
 
 
-def hessian(x: torch.Tensor, damp: float) -> torch.Tensor:
-    """``XᵀX / t`` of calibration inputs ``x (t, m)``, float64, dead inputs given a unit diagonal, plus ``damp``
-    times the mean diagonal."""
+def hessian(x: torch.Tensor) -> torch.Tensor:
+    """``XᵀX / t (m, m)`` of calibration inputs ``x (t, m)``, float64."""
     x = x.double()
-    H = x.T @ x / max(x.shape[0], 1)
+    return x.T @ x / max(x.shape[0], 1)
+
+
+def damped(H: torch.Tensor, damp: float = 0.0) -> torch.Tensor:
+    """A copy of ``H (m, m)`` in float64, dead inputs given a unit diagonal, plus ``damp`` times the mean diagonal."""
+    H = H.double().clone()
     dead = H.diagonal() == 0
     H.diagonal()[dead] = 1.0
     H.diagonal().add_(damp * H.diagonal().mean())
@@ -209,7 +217,7 @@ def refit(
 def quantize_gptq(name: str, linear: nn.Linear, config, stats):
     """The handler of both GPTQ configs: the base method's init (and Algorithm 1), then ``rounds`` of GPTQ codes
     and scale refits; the candidate with the lowest calibration output error is kept."""
-    if stats is None or stats.sample is None or stats.sample.shape[0] == 0:
+    if stats is None or (stats.gram is None and (stats.sample is None or stats.sample.shape[0] == 0)):
         raise ConfigError(f"{name}: {config.method} needs calibration inputs (pass calib_ids to quantize_)")
     base_config = config.scale_config()
     method = scale_method(base_config)
@@ -217,7 +225,8 @@ def quantize_gptq(name: str, linear: nn.Linear, config, stats):
     if base_config.refine is not None and base_config.refine.steps > 0:
         refine(weight, scale, grid, base_config.refine, stats)
     bias = None if linear.bias is None else linear.bias.detach()
-    H = hessian(stats.sample.to(weight.device), config.damp)
+    H = stats.gram.to(weight.device) if stats.gram is not None else hessian(stats.sample.to(weight.device))
+    H = damped(H, config.damp)
 
     def built(codes=None):
         """``(calibration output error, module)`` of the current scale with ``codes`` (None: nearest codes)."""

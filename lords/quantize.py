@@ -85,7 +85,8 @@ def calibration_stats(
         raise ConfigError("a refinement objective needs calibration activations: pass calib_ids (calibration tokens)")
     check_token_ids(calib_ids, model)
     calib_tokens, sample_tokens, seed = config.calibration
-    return collect_stats(model, calib_ids[:, :calib_tokens], calibrated, sample_tokens, seed=seed)
+    gram = any(getattr(leaf, "needs_gram", False) for _, leaf in chosen.values() if leaf.needs_calibration)
+    return collect_stats(model, calib_ids[:, :calib_tokens], calibrated, sample_tokens, seed=seed, gram=gram)
 
 
 def check_token_ids(ids, model: nn.Module | None = None, vocab: int | None = None, name: str = "calib_ids") -> None:

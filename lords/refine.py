@@ -25,10 +25,12 @@ from .grids import nearest_code
 
 @dataclass
 class LayerStats:
-    """What a layer's calibration inputs say: ``diag (m,) = E[x_j²]`` and a row sample ``x (t, m)``."""
+    """What a layer's calibration inputs say: ``diag (m,) = E[x_j²]``, a row sample ``x (t, m)`` and, when asked
+    for, the second moment ``gram (m, m) = E[x xᵀ]`` over every calibration token (GPTQ's Hessian)."""
 
     diag: torch.Tensor
     sample: torch.Tensor | None = None
+    gram: torch.Tensor | None = None
 
 
 @dataclass

@@ -158,6 +158,7 @@ def quantize_streamed(
                 lengths,
                 calibrated,
                 *config.calibration[1:],
+                gram=any(getattr(leaf, "needs_gram", False) for _, leaf in chosen.values()),
             )
         for name, (module, leaf) in chosen.items():
             if owner[name] != ranks.rank:

@@ -8,7 +8,7 @@ import torch
 import lords
 from lords import BlockLinear, BlockwiseConfig, LordsConfig, LoRDSLinear, QuantizedLinear, RefineConfig, quantize_
 from lords.errors import ConfigError
-from lords.gptq import BlockwiseGPTQConfig, LordsGPTQConfig, gptq_codes, hessian, nearest_codes
+from lords.gptq import BlockwiseGPTQConfig, LordsGPTQConfig, damped, gptq_codes, hessian, nearest_codes
 
 CALIBRATED = RefineConfig(steps=50, lr=1e-2, objective="act_diag")
 
@@ -111,7 +111,7 @@ def test_gptq_codes_lower_the_output_error_of_correlated_inputs():
     grid = torch.linspace(-1, 1, 8)
     x = torch.randn(512, 64) @ (torch.randn(64, 64) * 0.3 + torch.eye(64))
     w, s = torch.randn(32, 64), torch.full((32, 64), 3.0)
-    H = hessian(x, 0.01)
+    H = damped(hessian(x), 0.01)
 
     def err(codes):
         e = (w - grid[codes.long()] * s).double()
@@ -121,13 +121,21 @@ def test_gptq_codes_lower_the_output_error_of_correlated_inputs():
         assert err(gptq_codes(w, s, grid, H, lazy_block=16, act_order=order)) < 0.8 * err(nearest_codes(w / s, grid))
 
 
+def test_the_hessian_accumulated_over_every_token_equals_the_one_of_all_rows(setup):
+    from lords.calibration import collect_stats
+
+    model, calib, _ = setup
+    linear = {"q": model.model.layers[1].self_attn.q_proj}
+    stats = collect_stats(model, calib, linear, sample_tokens=calib.shape[1], gram=True)["q"]
+    assert stats.sample.shape[0] == calib.shape[1]
+    torch.testing.assert_close(stats.gram.double(), hessian(stats.sample), rtol=1e-5, atol=1e-6)
+
+
 def test_refusals_and_config_round_trip():
     with pytest.raises(ConfigError, match="damp"):
         LordsGPTQConfig(damp=0)
     with pytest.raises(ConfigError, match="rounds"):
         BlockwiseGPTQConfig(rounds=0)
-    with pytest.raises(ConfigError, match="sample_tokens"):
-        LordsGPTQConfig(sample_tokens=0)
     config = LordsGPTQConfig(bits=3, refine=CALIBRATED, refit_steps=7)
     assert lords.config_from_dict(config.to_dict()) == config
     assert config.needs_calibration and BlockwiseGPTQConfig().needs_calibration

@@ -139,8 +139,8 @@ def overrides(spec: DictConfig, row: Row) -> list[str]:
     ]
     if mixed:
         out.append(f"quant.rule={row.rule}")
-    if d.get("target"):  # a subclass of the group's config; GPTQ's Hessian reads every calibration token
-        out += [f"{at}_target_={d.target}", f"{at}sample_tokens={spec.calib.tokens}"]
+    if d.get("target"):  # a subclass of the group's config (GPTQ: its Hessian accumulates every token, no sample)
+        out += [f"{at}_target_={d.target}", f"{at}sample_tokens=0"]
     if d.quant == "lords":
         out.append(f"{at}rank_scale={row.rank_scale}")
     if d.quant != "loftq":

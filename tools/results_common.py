@@ -93,7 +93,7 @@ def ppl(v, s=0.0):
 
 
 def sd(r, text):  # a row's std on one text, only where it averages several calibration samples
-    return r["ppl_std"][text] if r.get("samples", 0) > 1 else 0.0
+    return (r["ppl_std"][text] or 0.0) if r.get("samples", 0) > 1 else 0.0  # None: collapsed (log scale)
 
 
 def both(r):  # "licences / Genesis"

@@ -1,5 +1,7 @@
 """docs/results.md, the PTQ sections: the main job, the PTQ tables and their ablations."""
 
+import os
+
 from results_common import (
     COLLAPSED,
     REP,
@@ -169,7 +171,56 @@ def ptq_tables(reports):
         verdicts.append(f"{b} bits {vs(g['lords_calibrated'], g['nf_calibrated'])}")
     out += table(["bits", "method", "ppl licences / Genesis", "float params"], body)
     out += ["At block 128, LoRDS calibrated against NF calibrated: " + "; ".join(verdicts) + ".", ""]
-    return out + refine_ablation(reports) + rank_ablation(reports)
+    return out + peers(rows, reports) + refine_ablation(reports) + rank_ablation(reports)
+
+
+PEER_ROWS = ("nf_calibrated", "lords_calibrated", "gptq", "awq", "hqq", "blockwise_gptq", "lords_gptq")
+
+
+def peers(rows, reports):
+    """What users pick (GPTQ, AWQ: llmcompressor; HQQ) beside the calibrated rows and GPTQ's codes over the
+    library's scales, with each row's zero-shot difference from the best LoRDS row by a paired test."""
+    out = [
+        "### Against GPTQ, AWQ and HQQ (their own libraries)",
+        "",
+        "GPTQ and AWQ through llmcompressor (int codes, one scale per block of inputs), HQQ through hqq "
+        "(data-free); `blockwise_gptq` / `lords_gptq`: GPTQ's error-feedback codes over refined block scales / "
+        "LoRDS scales (docs/peers.md). Every calibrated row reads the same 3 samples of 2,048 tokens. Δ zero-shot: "
+        "against the best LoRDS row of the same bits and block on the same 1,500 items, paired bootstrap 95% "
+        "interval (`*`: excludes 0).",
+        "",
+    ]
+    body, absent = [], []
+    # the spec's cells: peers at integer widths, blocks 64 and 128; GPTQ's codes over the library's scales at 2.5 too
+    cells = [(b, block, PEER_ROWS) for b in (4, 3) for block in (64, 128)]
+    cells.append((2.5, 64, ("nf_calibrated", "lords_calibrated", "blockwise_gptq", "lords_gptq")))
+    for bits, block, methods in cells:
+        for m in methods:
+            r = pick(rows, bits=bits, block_size=block, rule="loftq" if bits == 2.5 else None, method=m)
+            if r is None:
+                absent.append(f"{m} at {bits} bits, block {block}")
+                continue
+                p = r.get("zero_shot_paired")
+                delta = (
+                    f"{p['delta']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+                    + ("*" if p["ci95"][0] > 0 or p["ci95"][1] < 0 else "")
+                    if p
+                    else ""
+                )
+                body.append(
+                    [bits, block, m, both(r), f"{r['zero_shot_mean']:.3f}", delta, f"{r['bits_per_weight']:.3f}"]
+                )
+    head = ["bits", "block", "method", "ppl licences / Genesis", "zero-shot", "Δ zero-shot (paired 95%)", "bits/weight"]
+    out += table(head, body)
+    if absent:
+        out += [f"Not run yet ({len(absent)}): " + "; ".join(absent) + ".", ""]
+    layers = os.path.join(reports, "tables", "ptq_bits_layers.md")
+    if os.path.exists(layers):
+        with open(layers) as f:
+            text = f.read().split("\n", 2)[2]  # below its title
+        out += ["Why, layer by layer (`tables/ptq_bits_layers.md`, plot `ptq_bits_layers.png`):", "", text.strip(), ""]
+        out += [f"![per-layer output error]({REP}/tables/ptq_bits_layers.png)", ""]
+    return out
 
 
 def refine_ablation(reports):

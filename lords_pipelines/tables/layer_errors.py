@@ -10,7 +10,7 @@ rows in the journal; ``--methods`` names them instead), the model is quantized a
     ‖(W − Ŵ) Xᵀ‖ / ‖W Xᵀ‖        X: the float model's inputs to that layer
 
 is measured on tokens of the calibration text that no sample saw (``[samples·T, (samples+1)·T)``). Writes
-``<out>/<table>_layers.{json,png}``. AWQ folds a rescaling of each layer's inputs into the norms before it, so its
+``<out>/<table>_layers.{json,md,png}``. AWQ folds a rescaling of each layer's inputs into the norms before it, so its
 layers do not see the float model's ``X``: it is refused here rather than charged a meaningless error.
 """
 
@@ -122,6 +122,42 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(result: dict) -> str:
+    """The mean error of each projection kind (q, k, v, o, gate, up, down) per method, and the worst layer."""
+    kinds = sorted({n.rsplit(".", 1)[-1] for e in result["errors"].values() for n in e}, key=_ORDER.index)
+    lines = [
+        f"# Per-layer output error: {result['model']}, {result['bits']} bits, block {result['block_size']}",
+        "",
+        f"‖(W − Ŵ)Xᵀ‖ / ‖WXᵀ‖ per linear layer on {result['held_out_tokens']:,} held-out tokens of "
+        f"`{result['source']}` (X: the float model's inputs to the layer); rows {', '.join(result['rows'])}. "
+        "Mean over the decoder layers per projection:",
+        "",
+        "| method | " + " | ".join(kinds) + " | all | worst layer |",
+        "|" + "---|" * (len(kinds) + 3),
+    ]
+    for method, errors in result["errors"].items():
+        by = {k: [v for n, v in errors.items() if n.endswith("." + k)] for k in kinds}
+        worst = max(errors, key=errors.get)
+        lines.append(
+            f"| {method} | "
+            + " | ".join(f"{sum(v) / len(v):.4f}" for v in by.values())
+            + f" | {sum(errors.values()) / len(errors):.4f} | {worst} ({errors[worst]:.3f}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+_ORDER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def render(result: dict, out: Path, table: str) -> None:
+    """``<out>/<table>_layers.{json,md,png}``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{table}_layers.json").write_text(json.dumps(result, indent=1))
+    (out / f"{table}_layers.md").write_text(markdown(result))
+    plot(result, out / f"{table}_layers.png")
+    print(markdown(result))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("table")
@@ -156,8 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         errors[row.method] = layer_output_errors(model, quantized_model(model, tok, spec, row, calib), ids)
         print(f"{row.key}: mean layer error {sum(errors[row.method].values()) / len(errors[row.method]):.4f}")
+    name = str(args.model or spec.model)
     result = {
-        "model": spec.model_label if "model_label" in spec else str(args.model or spec.model),
+        "model": "SmolLM2-135M-Instruct" if "smol" in name.lower() else name,
         "bits": bits,
         "block_size": args.block_size,
         "rows": [r.key for r in rows],
@@ -165,10 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         "source": spec.calib.source,
         "errors": errors,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{Path(args.table).stem}_layers.json").write_text(json.dumps(result, indent=1))
-    plot(result, args.out / f"{Path(args.table).stem}_layers.png")
-    print(f"written {args.out / Path(args.table).stem}_layers.{{json,png}}")
+    render(result, args.out, Path(args.table).stem)
 
 
 if __name__ == "__main__":

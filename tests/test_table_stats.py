@@ -121,3 +121,22 @@ def test_a_calibrated_lords_layer_errs_less_than_nearest_rounding_on_held_out_to
     quantize_(lords, LordsConfig(bits=3, block_size=32, refine=refine), calib_ids=calib, progress=False)
     nf_err, lords_err = (layer_output_errors(model, m, held) for m in (nf, lords))
     assert sum(lords_err.values()) < sum(nf_err.values())
+
+
+def test_a_calibration_size_sweep_names_its_rows_and_keeps_the_default_rows_keys():
+    from lords_pipelines.tables.rows import load_spec, overrides, table_rows
+
+    spec = load_spec("ptq_calib")
+    keys = [r.key for r in table_rows(spec)]
+    assert "lords_calibrated_b3_bs64_T500_r1_s0" in keys  # the 2,048-token row: ptq_bits's own key
+    assert "lords_calibrated_b3_bs64_T500_r1_s2_c16384" in keys
+    assert "gptq_b3_bs64_T0_r1_s0_c98304" in keys and "gptq_b3_bs64_T0_r1_s1_c98304" not in keys
+    row = next(r for r in table_rows(spec) if r.key.endswith("_c16384") and r.method == "lords_gptq")
+    assert "quant.calib_tokens=16384" in overrides(spec, row)
+
+
+def test_rows_at_two_calibration_sizes_aggregate_apart():
+    small = [_record("lords_calibrated", s, 30.0, "10") for s in range(2)]
+    large = [_record("lords_calibrated", s, 20.0, "11") | {"calib_tokens": 16384} for s in range(2)]
+    rows = {r["calib_tokens"]: r for r in aggregate(small + large)}
+    assert rows[None]["ppl"]["text"] == 30.0 and rows[16384]["ppl"]["text"] == 20.0

@@ -14,7 +14,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-GROUP = ("method", "bits", "block_size", "rule", "steps", "rank_scale")
+GROUP = ("method", "bits", "block_size", "rule", "steps", "rank_scale", "calib_tokens")
 
 
 QAT_FIELDS = (
@@ -37,13 +37,13 @@ def aggregate(records: list[dict]) -> list[dict]:
     ``zero_shot_paired`` compares it with the best LoRDS row of its bits and block on the same items."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault(tuple(r[k] for k in GROUP), []).append(r)
+        groups.setdefault(tuple(r.get(k) for k in GROUP), []).append(r)
     rows = []
     for runs in groups.values():
         first = runs[0]
         texts = list(first["ppl"])
         tasks = [k[: -len("/acc")] for k in first if k.endswith("/acc")]
-        row = {k: first[k] for k in ("model", *GROUP, "rank", "float_params", "bits_per_weight", "code_bits")}
+        row = {k: first.get(k) for k in ("model", *GROUP, "rank", "float_params", "bits_per_weight", "code_bits")}
         row["objective"] = (
             (first.get("config") or {}).get("refine")
             or ((first.get("config") or {}).get("base") or {}).get("refine")
@@ -86,8 +86,8 @@ def add_paired(rows: list[dict]) -> None:
     over the items both answered; None for that LoRDS row itself and where either lacks per-item scores."""
     for row in rows:
         row["zero_shot_paired"] = None
-    for bits, block in {(r["bits"], r["block_size"]) for r in rows if r["method"] != "fp"}:
-        group = [r for r in rows if (r["bits"], r["block_size"]) == (bits, block)]
+    for cell in {(r["bits"], r["block_size"], r["calib_tokens"]) for r in rows if r["method"] != "fp"}:
+        group = [r for r in rows if (r["bits"], r["block_size"], r["calib_tokens"]) == cell]
         lords = [r for r in group if r["method"].startswith("lords") and r["_items"] is not None]
         if not lords:
             continue

@@ -32,6 +32,8 @@ from torch import nn
 
 PEERS = ("gptq", "awq", "hqq")
 LIBRARY = {"gptq": "llmcompressor", "awq": "llmcompressor", "hqq": "hqq"}
+WINDOW = 2048
+"""Calibration tokens per sequence handed to llmcompressor (longer samples are cut into sequences of this many)."""
 EXCLUDE = ("lm_head",)
 """Layers kept in float, as the library's configs keep them (``exclude=('lm_head',)``)."""
 
@@ -162,6 +164,8 @@ def _llmcompressor(float_model, method, bits, group_size, calib_ids, tokenizer) 
     _cpu_without_pinning()
     model = copy.deepcopy(float_model)
     ids = calib_ids.reshape(1, -1).cpu()
+    if ids.shape[1] > WINDOW:  # sequences of the window the library's own calibration and the evaluation read
+        ids = ids[:, : ids.shape[1] // WINDOW * WINDOW].reshape(-1, WINDOW)
     data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
     modifier = (GPTQModifier if method == "gptq" else AWQModifier)(
         config_groups=_scheme(method, bits, group_size), ignore=list(EXCLUDE)
@@ -176,7 +180,7 @@ def _llmcompressor(float_model, method, bits, group_size, calib_ids, tokenizer) 
             tokenizer=tokenizer,
             dataset=data,
             recipe=modifier,
-            num_calibration_samples=1,
+            num_calibration_samples=ids.shape[0],
             max_seq_length=ids.shape[1],
             shuffle_calibration_samples=False,
         )

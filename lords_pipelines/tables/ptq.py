@@ -48,13 +48,19 @@ def quant_config(spec: DictConfig, row: Row) -> QuantConfig:
     return build_quant(OmegaConf.to_container(cfg.quant, resolve=True))
 
 
-def calibration_sample(tok: PreTrainedTokenizerBase, spec: DictConfig, k: int, cache: dict) -> torch.Tensor:
-    """Tokens ``[k·T, (k+1)·T)`` of the calibration text (``T = calib.tokens``): samples never overlap."""
+def calibration_sample(
+    tok: PreTrainedTokenizerBase, spec: DictConfig, k: int, cache: dict, tokens: int | None = None
+) -> torch.Tensor:
+    """Tokens ``[k·T, (k+1)·T)`` of the calibration text (``T = tokens or calib.tokens``): samples never overlap."""
+    t = tokens or spec.calib.tokens
     if "ids" not in cache:
-        cache["ids"] = tokenize(tok, corpus_text(spec.calib.source), spec.calib.tokens * spec.calib.samples)
-    ids = cache["ids"][:, k * spec.calib.tokens : (k + 1) * spec.calib.tokens]
-    if ids.shape[1] < spec.calib.tokens:
-        raise ValueError(f"calibration text {spec.calib.source!r} holds too few tokens for sample {k}")
+        cache["ids"] = tokenize(tok, corpus_text(spec.calib.source))
+    ids = cache["ids"][:, k * t : (k + 1) * t]
+    if ids.shape[1] < t:
+        raise ValueError(
+            f"calibration text {spec.calib.source!r} holds {cache['ids'].shape[1]:,} tokens: too few for sample {k} "
+            f"of {t:,}"
+        )
     return ids
 
 
@@ -83,7 +89,7 @@ def run_row(
     elif peer_of(spec, row.method):
         from lords_pipelines.tables.peers import quantize_peer
 
-        calib = calibration_sample(tok, spec, row.sample, cache) if row.sample is not None else None
+        calib = calibration_sample(tok, spec, row.sample, cache, row.calib_tokens) if row.sample is not None else None
         peer = quantize_peer(float_model, peer_of(spec, row.method), row.bits, row.block_size, calib, tok)
         model = peer.model
         record.update(
@@ -114,7 +120,7 @@ def run_row(
     else:
         config = quant_config(spec, row)
         model = copy.deepcopy(float_model)
-        calib = calibration_sample(tok, spec, row.sample, cache) if row.sample is not None else None
+        calib = calibration_sample(tok, spec, row.sample, cache, row.calib_tokens) if row.sample is not None else None
         report = quantize_(model, config, calib_ids=calib, progress=False)
         ranks = [lay.rank for lay in report.layers if lay.rank is not None]
         record.update(

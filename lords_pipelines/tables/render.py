@@ -66,6 +66,12 @@ def _ppl_cell(r: dict, text: str, n: int) -> str:
     return f"{r['ppl'][text]:.1e} (collapsed; log {r['log_ppl'][text]:.2f}{spread})"
 
 
+def calib_cell(r: dict, spec: dict) -> str:
+    if r.get("samples", 0) == 0 and r["method"] != "fp" and not r.get("calib_tokens"):
+        return "— | "  # data-free
+    return f"{r.get('calib_tokens') or spec['calib']['tokens']:,} | " if r["method"] != "fp" else "— | "
+
+
 def _paired_cell(r: dict) -> str:
     p = r.get("zero_shot_paired")
     if not p:
@@ -80,6 +86,7 @@ def ptq_markdown(table: str, rows: list[dict], meta: dict) -> str:
     texts = list(rows[0]["ppl"])
     tasks = [k[: -len("/acc")] for k in rows[0] if k.endswith("/acc")]
     fp = next(r for r in rows if r["method"] == "fp")
+    sweep = any(r.get("calib_tokens") for r in rows)  # a calibration-size sweep: each row names its tokens
     scored = ", ".join(f"{fp['ppl_tokens'][t]:,} tokens of `{t}`" for t in texts)
     zs = (
         f"zero-shot accuracy on {', '.join(tasks)} ({fp[tasks[0] + '/items']} items each, lords' scorer, equal "
@@ -101,9 +108,10 @@ def ptq_markdown(table: str, rows: list[dict], meta: dict) -> str:
         "paired bootstrap over items (4,000 resamples); `*` where the interval excludes 0.",
         "",
         "| bits | block | rule | method | T | rank | floats | bits/weight | weight err. | "
+        + ("calib. tokens | " if sweep else "")
         + " | ".join(f"ppl {t}" for t in texts)
         + " | zero-shot | Δ zero-shot (paired 95%) | n |",
-        "|" + "---|" * (12 + len(texts)),
+        "|" + "---|" * (12 + len(texts) + sweep),
     ]
     for r in rows:
         n = r["samples"]
@@ -114,7 +122,7 @@ def ptq_markdown(table: str, rows: list[dict], meta: dict) -> str:
         lines.append(
             f"| {r['bits'] or 16} | {r['block_size'] or ''} | {r['rule'] or ''} | {r['method']} | "
             f"{r['refine_steps'] if r.get('objective') or r['refine_steps'] else ''} | {rank} | {r['float_params']:,} | {bpw} | "
-            f"{r['weight_rel_error']:.4f} | {ppl} | {zero_shot} | {_paired_cell(r)} | {n or 1} |"
+            f"{r['weight_rel_error']:.4f} | {calib_cell(r, spec) if sweep else ''}{ppl} | {zero_shot} | {_paired_cell(r)} | {n or 1} |"
         )
     compute = sum(r["seconds"] for r in rows)
     lines += [

@@ -30,6 +30,9 @@ class Row:
     rank_scale: float = 1.0
     sample: int | None = None
     """Calibration sample index (tokens ``[k·T, (k+1)·T)`` of the calibration text), None for data-free rows."""
+    calib_tokens: int | None = None
+    """``T`` of this row where a part of the spec sets its own ``calib.tokens`` (a calibration-size sweep); None:
+    the spec's."""
 
     @property
     def key(self) -> str:
@@ -42,6 +45,7 @@ class Row:
             f"T{self.steps}",
             f"r{self.rank_scale:g}",
             "" if self.sample is None else f"s{self.sample}",
+            "" if self.calib_tokens is None else f"c{self.calib_tokens}",
         ]
         return "_".join(p for p in parts if p)
 
@@ -84,11 +88,11 @@ def table_rows(spec: DictConfig) -> list[Row]:
     """Every row of the table, the float model first."""
     rows = [Row("fp")]
     for part in [spec] + [OmegaConf.merge(spec, extra) for extra in spec.get("extra", [])]:
-        rows += _part_rows(part)
+        rows += _part_rows(part, None if part.calib.tokens == spec.calib.tokens else part.calib.tokens)
     return rows
 
 
-def _part_rows(spec: DictConfig) -> list[Row]:
+def _part_rows(spec: DictConfig, calib_tokens: int | None) -> list[Row]:
     rows = []
     steps_list = list(spec.get("steps", [spec.refine.steps]))
     for block in spec.block_sizes:
@@ -99,11 +103,11 @@ def _part_rows(spec: DictConfig) -> list[Row]:
                 for method in methods:
                     for steps in steps_list:
                         for scale in spec.get("rank_scales", [1.0]):
-                            rows += _expand(spec, method, bits, block, rule, steps, scale)
+                            rows += _expand(spec, method, bits, block, rule, steps, scale, calib_tokens)
     return rows
 
 
-def _expand(spec, method, bits, block, rule, steps, scale) -> list[Row]:
+def _expand(spec, method, bits, block, rule, steps, scale, calib_tokens=None) -> list[Row]:
     if method not in spec.method_defs:
         raise ConfigError(
             f"method {method!r} is not defined in conf/tables/methods.yaml (defined: {sorted(spec.method_defs)})"
@@ -115,8 +119,10 @@ def _expand(spec, method, bits, block, rule, steps, scale) -> list[Row]:
     bits = int(bits) if float(bits).is_integer() else float(bits)
     if spec.method_defs[method].quant == "peer" and not isinstance(bits, int):
         raise ConfigError(f"method {method!r} (a peer library) runs integer widths only, not bits={bits}")
-    samples = range(spec.calib.samples) if _needs_calibration(spec, method, rule) else [None]
-    return [Row(method, bits, block, rule, steps if refined else 0, scale, k) for k in samples]
+    calibrated = _needs_calibration(spec, method, rule)
+    samples = range(spec.calib.samples) if calibrated else [None]
+    tokens = calib_tokens if calibrated else None  # a data-free row is the same row whatever the calibration size
+    return [Row(method, bits, block, rule, steps if refined else 0, scale, k, tokens) for k in samples]
 
 
 def overrides(spec: DictConfig, row: Row) -> list[str]:
@@ -134,7 +140,7 @@ def overrides(spec: DictConfig, row: Row) -> list[str]:
         f"quant={d.quant}_mixed" if mixed else f"quant={d.quant}",
         f"quant.bits={row.bits}",
         f"{at}block_size={row.block_size}",
-        f"{at}calib_tokens={spec.calib.tokens}",
+        f"{at}calib_tokens={row.calib_tokens or spec.calib.tokens}",
         f"seed={spec.seed}",
     ]
     if mixed:

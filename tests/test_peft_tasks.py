@@ -7,8 +7,15 @@ import unicodedata
 import pytest
 import torch
 
-from lords_pipelines.data.peft_splits import prophet_splits, roman, roman_splits, unicode_name_splits
-from lords_pipelines.data.texts import KJV_EVAL_BOOKS, KJV_PEFT_BOOKS, KJV_TASK_BOOKS, kjv_verses
+from lords_pipelines.data.peft_splits import (
+    prophet_half_splits,
+    prophet_splits,
+    prophet_word_splits,
+    roman,
+    roman_splits,
+    unicode_name_splits,
+)
+from lords_pipelines.data.texts import KJV_EVAL_BOOKS, KJV_PEFT_BOOKS, KJV_TASK_BOOKS, _ngrams, kjv_verses
 from lords_pipelines.evaluation.multiple_choice import TASKS_DIR, load_items
 from lords_pipelines.tables.peft_tasks import DATA_DIR
 
@@ -77,6 +84,30 @@ def test_unicode_name_splits_hold_out_letters_with_same_family_distractors_and_a
     assert len(load_items("lords_unicode_names")) == 500
 
 
+@pytest.mark.parametrize(
+    "name, build", [("lords_prophets_word", prophet_word_splits), ("lords_prophets_half", prophet_half_splits)]
+)
+def test_prophet_word_and_half_splits_share_no_8_word_run_between_training_and_held_out_text(name, build):
+    splits = build()
+    test, val, train = splits["test"], splits["val"], splits["train"]
+    assert len(test) == 500 and len(val) == 200 and len(train) > 700
+    # every text the items show: each verse (context + answer) and each choice (a piece of another held-out verse)
+    held = [it["context"] + " " + it["choices"][it["label"]] for it in test + val]
+    held += [c for it in test + val for c in it["choices"]]
+    held_ngrams = set().union(*(_ngrams(t) for t in held))
+    assert not any(_ngrams(p["prompt"] + p["answer"]) & held_ngrams for p in train)  # no evaluation text leaks
+    assert not {it["context"] for it in test} & {it["context"] for it in val}
+    for items in (test, val):
+        assert all(len(set(it["choices"])) == 4 and 0 <= it["label"] < 4 for it in items)
+    assert all(80 < sum(it["label"] == k for it in test) < 170 for k in range(4))  # no favoured position
+    verses = {t for b, _, _, t in kjv_verses() if b in KJV_PEFT_BOOKS}
+    truth = [it["context"] + " " + it["choices"][it["label"]] for it in test[:50]]
+    assert all(any(v.startswith(t) for v in verses) for t in truth)  # each item is a real verse, cut where it says
+    assert _shipped(f"{name}_train") == train and _shipped(f"{name}_val") == val
+    assert [json.loads(x) for x in (TASKS_DIR / f"{name}.jsonl").read_text().splitlines()] == test
+    assert len(load_items(name)) == 500
+
+
 def test_prophet_books_are_neither_evaluated_nor_used_by_the_zero_shot_tasks():
     assert not set(KJV_PEFT_BOOKS) & set(KJV_EVAL_BOOKS + KJV_TASK_BOOKS)
     prophets = {t for b, _, _, t in kjv_verses() if b in KJV_PEFT_BOOKS}
@@ -84,7 +115,10 @@ def test_prophet_books_are_neither_evaluated_nor_used_by_the_zero_shot_tasks():
         assert not {c for it in load_items(task) for c in it.choices} & prophets
 
 
-@pytest.mark.parametrize("name", ["lords_roman", "lords_kjv_prophets", "lords_unicode_names", "kjv"])
+@pytest.mark.parametrize(
+    "name",
+    ["lords_roman", "lords_kjv_prophets", "lords_unicode_names", "lords_prophets_word", "lords_prophets_half", "kjv"],
+)
 def test_each_task_trains_on_answers_or_text_and_scores_validation_and_test(name):
     from omegaconf import OmegaConf
 

@@ -18,8 +18,9 @@ ROWS=outputs/reports/tables/rows
 if [ $# -eq 0 ]; then
   set -- "ptq:ptq_bits ptq_refine_ablation ptq_rank_ablation" \
     "qat:^(nf|lords_init|nf_calibrated|lords_calibrated)_" "qat:^blockwise_qat_b" "qat:^lords_qat_b" \
-    "qat:^blockwise_qat_calibrated" "qat:^lords_qat_calibrated" "qat:^blockwise_qat_lr" "qat:^lords_qat_lr"
-  for task in lords_roman lords_kjv_prophets lords_unicode_names kjv; do
+    "qat:^blockwise_qat_calibrated" "qat:^lords_qat_calibrated" "qat:^blockwise_qat_lr" "qat:^lords_qat_lr" \
+    "qat:^lords_qat_shared"
+  for task in lords_roman lords_prophets_word lords_prophets_half lords_unicode_names kjv; do
     for method in lords_peft qlora loftq qpissa; do set -- "$@" "peft:^${task}_${method}_"; done
   done
 fi

@@ -19,7 +19,8 @@
 - The PEFT table's fine-tuning tasks (``lords_pipelines.data.peft_splits``): ``lords_pipelines/data/peft/<task>_<split>.jsonl``
   for ``lords_roman`` (exact match; train, val, test) and ``lords_kjv_prophets`` (multiple choice; train, val; its
   test split is the lm-eval task ``lords_pipelines/evaluation/tasks/lords_kjv_prophets.jsonl``) and ``lords_unicode_names``
-  (multiple choice, likewise: ``lords_pipelines/evaluation/tasks/lords_unicode_names.jsonl``).
+  (multiple choice, likewise: ``lords_pipelines/evaluation/tasks/lords_unicode_names.jsonl``), ``lords_prophets_word``
+  and ``lords_prophets_half`` (multiple choice, likewise).
 """
 
 from __future__ import annotations
@@ -145,12 +146,20 @@ def main():
     write_jsonl(TASKS / "lords_kjv_cloze.jsonl", kjv_cloze_items())
     write_jsonl(TASKS / "lords_kjv_next.jsonl", kjv_next_items())
     write_jsonl(TASKS / "lords_kjv_proverbs.jsonl", kjv_proverb_items())
-    from lords_pipelines.data.peft_splits import prophet_splits, roman_splits, unicode_name_splits
+    from lords_pipelines.data.peft_splits import (
+        prophet_half_splits,
+        prophet_splits,
+        prophet_word_splits,
+        roman_splits,
+        unicode_name_splits,
+    )
 
     for task, splits in (
         ("lords_roman", roman_splits()),
         ("lords_kjv_prophets", prophet_splits()),
         ("lords_unicode_names", unicode_name_splits()),
+        ("lords_prophets_word", prophet_word_splits()),
+        ("lords_prophets_half", prophet_half_splits()),
     ):
         for split, rows in splits.items():
             if split == "test" and task != "lords_roman":  # an lm-eval task, beside the zero-shot ones

@@ -16,11 +16,18 @@
   builds the same set). Letters, shuffled with seed 0, are split: 500 test items (the lm-eval task
   ``lords_pipelines/evaluation/tasks/lords_unicode_names.yaml``), 200 validation items, 1,090 training pairs. Names follow rules
   (script, case, base letter, diacritics) that training letters teach and held-out letters test.
+- ``lords_prophets_word`` and ``lords_prophets_half`` (multiple choice, lm-eval semantics), in place of
+  ``lords_kjv_prophets`` (at chance for every model): a verse of Isaiah or Jeremiah without its last word against
+  that word and the last words of three other verses of its chapter; the first half of a verse (to its first colon
+  or semicolon) against its second half and three second halves of like length from other chapters. Chapters are
+  split (500 test items, 200 validation items, the rest of the verses for training, as prompt → answer pairs); a
+  training verse that shares an 8-word run with any held-out chapter is dropped (:func:`_prophet_task`).
 """
 
 from __future__ import annotations
 
 import random
+import re
 import unicodedata
 from collections import Counter
 
@@ -172,3 +179,81 @@ def unicode_name_splits() -> dict[str, list[dict]]:
             {"prompt": f'Unicode name of "{c}":', "answer": " " + n} for c, n in letters[TEST_ITEMS + VAL_ITEMS :]
         ],
     }
+
+
+def _last_word(text: str):
+    """``(verse without its last word, last word)`` when the verse has 8–40 words and ends on a lower-case word of
+    four letters or more (names and short function words are too easy or ambiguous to guess), else None."""
+    words = text.rstrip(".;:,!?").split(" ")
+    if 8 <= len(words) <= 40 and re.fullmatch(r"[a-z]{4,}", words[-1]):
+        return " ".join(words[:-1]), words[-1]
+    return None
+
+
+def _halves(text: str):
+    """``(first half + ":" or ";", second half)`` of a verse cut at its first colon (else semicolon), each half of
+    four words or more, else None."""
+    cut = ":" if ":" in text else ";"
+    if cut not in text:
+        return None
+    first, second = (x.strip() for x in text.split(cut, 1))
+    return (first + cut, second) if len(first.split()) >= 4 and len(second.split()) >= 4 else None
+
+
+def _prophet_task(extract, seed: int, pool_of) -> dict[str, list[dict]]:
+    """Train/val/test of a task whose items come one per verse of Isaiah and Jeremiah (``extract(verse)`` →
+    ``(context, answer)`` or None). Chapters, shuffled with seed 0 as in :func:`prophet_splits`, go to the test split
+    until it holds :data:`TEST_ITEMS` candidates, then to validation until :data:`VAL_ITEMS`, the rest to training.
+    A context that occurs more than once in the two books (``Thus saith the LORD;``) makes no item: its continuation
+    is not determined, and the splits share no context. Each held-out item gets three distractors from ``pool_of(candidates, chapter, answer)``. Training pairs whose verse shares
+    an 8-word run with any verse of a held-out chapter are dropped (Jeremiah repeats itself and Isaiah)."""
+    from lords_pipelines.data.texts import _ngrams
+
+    chapters = _prophet_chapters()
+    unique = Counter(x[0] for vs in chapters.values() for v in vs if (x := extract(v)) is not None)
+    keys = sorted(chapters)
+    random.Random(0).shuffle(keys)
+    split_of, counts, split = {}, {"test": 0, "val": 0, "train": 0}, "test"
+    for key in keys:
+        if split == "test" and counts["test"] >= TEST_ITEMS:
+            split = "val"
+        if split == "val" and counts["val"] >= VAL_ITEMS:
+            split = "train"
+        split_of[key] = split
+        counts[split] += sum(unique[x[0]] == 1 for v in chapters[key] if (x := extract(v)) is not None)
+    cands: dict[str, list] = {"test": [], "val": [], "train": []}
+    for key in keys:
+        cands[split_of[key]] += [(*x, key, v) for v in chapters[key] if (x := extract(v)) is not None]
+    cands = {k: [x for x in v if unique[x[0]] == 1] for k, v in cands.items()}
+    rng = random.Random(seed)
+    out: dict[str, list] = {}
+    for name, n in (("test", TEST_ITEMS), ("val", VAL_ITEMS)):
+        out[name] = []
+        for context, answer, key, _ in rng.sample(cands[name], n):
+            pool = sorted(set(pool_of(cands[name], key, answer)) - {answer})
+            if len(pool) < 3:  # a chapter with too few candidates: the split's
+                pool = sorted({a for _, a, _, _ in cands[name]} - {answer})
+            choices = rng.sample(pool, 3) + [answer]
+            rng.shuffle(choices)
+            out[name].append({"context": context, "choices": choices, "label": choices.index(answer)})
+    held = set().union(*(_ngrams(v) for k, vs in chapters.items() if split_of[k] != "train" for v in vs))
+    out["train"] = [{"prompt": c, "answer": " " + a} for c, a, _, v in cands["train"] if not _ngrams(v) & held]
+    return out
+
+
+def prophet_word_splits() -> dict[str, list[dict]]:
+    """``lords_prophets_word``: the last word of a verse of Isaiah or Jeremiah against the last words of three other
+    verses of the same chapter (same topic and register: the sentence, not the subject, decides)."""
+    return _prophet_task(_last_word, 2, lambda cands, key, answer: [a for _, a, k, _ in cands if k == key])
+
+
+def prophet_half_splits() -> dict[str, list[dict]]:
+    """``lords_prophets_half``: the second half of a verse (after its first colon or semicolon) against the second
+    halves of three verses of other chapters, each within a quarter of its length in words (so that neither ``acc``,
+    which favours short choices, nor ``acc_norm`` reads the answer off its length)."""
+
+    def pool(cands, key, answer):
+        n = len(answer.split())
+        return [a for _, a, k, _ in cands if k != key and abs(len(a.split()) - n) <= n / 4]
+
+    return _prophet_task(_halves, 3, pool)

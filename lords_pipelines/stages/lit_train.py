@@ -17,6 +17,7 @@ from torch import nn
 
 from lords import QATConfig, QATLinear, QuantConfig, mark_only_scales_trainable, quantize_
 from lords.errors import ConfigError
+from lords.scale_steps import scale_param_groups
 
 
 class CausalLMModule(L.LightningModule):
@@ -85,7 +86,9 @@ def enable_block_checkpointing(model: nn.Module) -> None:
 
 
 class QATModule(CausalLMModule):
-    """QAT of ``config``'s method: latent weights at ``lr_weight``, scales at ``lr_scale``; everything else frozen."""
+    """QAT of ``config``'s method: latent weights at ``lr_weight``, scales at ``lr_scale`` by the ``scale_step`` rule
+    (``lords.scale_steps``: ``per_factor`` puts LoRDS's ``B`` and ``A`` each at the learning rate that makes their
+    step in ``S = B·A`` a block scale's; ``shared``, one rate for all); everything else frozen."""
 
     def __init__(
         self,
@@ -96,6 +99,7 @@ class QATModule(CausalLMModule):
         weight_decay: float = 0.0,
         checkpoint_blocks: bool = False,
         calib_ids=None,
+        scale_step: str = "per_factor",
     ):
         for p in model.parameters():
             p.requires_grad_(False)
@@ -106,11 +110,13 @@ class QATModule(CausalLMModule):
             if m.bias is not None:
                 m.bias.requires_grad_(False)  # biases stay as they are; only W and the scales train
         weights = [m.weight for m in layers]
-        scales = [p for m in layers for p in m.scale.parameters()]
         if lr_weight == 0:
             for w in weights:
                 w.requires_grad_(False)
-        groups = [{"params": weights if lr_weight > 0 else [], "lr": lr_weight}, {"params": scales, "lr": lr_scale}]
+        groups = [
+            {"params": weights if lr_weight > 0 else [], "lr": lr_weight},
+            *scale_param_groups([m.scale for m in layers], lr_scale, scale_step),
+        ]
         super().__init__(model, groups, weight_decay, checkpoint_blocks)
         self.config = config
 

@@ -36,6 +36,7 @@ def run(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
         s.stage.weight_decay,
         checkpoint_blocks=s.trainer.activation_checkpointing,
         calib_ids=calibration_for(s, tok),
+        scale_step=s.stage.scale_step,
     )
     trainer = make_trainer(s, out, logger, frozen_buffers=True)
     skeleton = structure_of(module.model) if s.trainer.strategy == "fsdp" else None

@@ -15,6 +15,7 @@ from typing import Any, Union
 
 from lords.config import QuantConfig, RefineConfig
 from lords.errors import ConfigError
+from lords.scale_steps import SCALE_STEPS
 from lords_pipelines.peft_methods import METHODS as PEFT_METHODS
 
 from .validate import _build, _choice, _fail, _is_instance, _positive  # noqa: F401
@@ -155,11 +156,15 @@ class QATStage:
     data: str = "calib"
     lr_weight: float = 1e-5
     lr_scale: float = 1e-3
+    scale_step: str = "per_factor"
+    """How ``lr_scale`` reaches the scales (``lords.scale_steps``): ``per_factor`` (LoRDS's ``B`` and ``A`` each at
+    the rate that makes their step in ``S = B·A`` a block scale's) or ``shared`` (one rate for every scale)."""
     weight_decay: float = 0.0
     save: bool = True
 
     def check(self, key):
         _choice(f"{key}.data", self.data, ("calib", "finetune"))
+        _choice(f"{key}.scale_step", self.scale_step, SCALE_STEPS)
         _positive(f"{key}.lr_weight", self.lr_weight, allow_zero=True)
         _positive(f"{key}.lr_scale", self.lr_scale)
 

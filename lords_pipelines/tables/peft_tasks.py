@@ -7,6 +7,8 @@ rate is chosen on, and the held-out test score.
   4-way accuracy with lm-eval's semantics (``multiple_choice``; the test split is the lm-eval task itself).
 - ``lords_unicode_names`` (``kind: choice``): ``Unicode name of "ж":`` → the name, loss on the answer; scored as
   ``lords_kjv_prophets`` (4-way, lm-eval's semantics; test split = the lm-eval task).
+- ``lords_prophets_word``, ``lords_prophets_half`` (``kind: choice``): a verse of Isaiah or Jeremiah without its last
+  word → the word; the first half of a verse → its second half; scored as ``lords_kjv_prophets``.
 - ``kjv`` (``kind: text``, domain adaptation): packed windows of ``kjv_train``; validation = perplexity on the last
   ``val_tokens`` tokens of ``kjv_train`` (never trained on); test = perplexity on ``kjv_genesis`` (every run also
   reports it, and ``licenses``, as a forgetting check).
@@ -29,7 +31,14 @@ from lords_pipelines.evaluation.scores import answer_metrics, corpus_perplexity
 from lords_pipelines.stages.datamodule import encode_pair, pad_collate
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "peft"
-KINDS = {"lords_roman": "exact", "lords_kjv_prophets": "choice", "lords_unicode_names": "choice", "kjv": "text"}
+KINDS = {
+    "lords_roman": "exact",
+    "lords_kjv_prophets": "choice",
+    "lords_unicode_names": "choice",
+    "lords_prophets_word": "choice",
+    "lords_prophets_half": "choice",
+    "kjv": "text",
+}
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ def qat_overrides(spec, row: Row, out: Path) -> list[str]:
         "stage.save=false",
         f"stage.lr_weight={q.lr_weight}",
         f"stage.lr_scale={lr_scale(spec, row)}",
+        f"stage.scale_step={scale_step(spec, row)}",
         f"data.calib_source={q.source}",
         f"data.train_tokens={q.distinct_tokens}",
         f"data.window={q.window}",
@@ -46,6 +47,12 @@ def qat_overrides(spec, row: Row, out: Path) -> list[str]:
 def lr_scale(spec, row: Row) -> float:
     """The scale learning rate of ``row``: its method's ``lr_scale`` where it sets one, else the table's."""
     return spec.method_defs[row.method].get("lr_scale", spec.qat.lr_scale)
+
+
+def scale_step(spec, row: Row) -> str:
+    """The scale step rule of ``row`` (``lords.scale_steps``): its method's ``scale_step`` where it sets one, else the
+    table's (``per_factor`` when the table names none)."""
+    return spec.method_defs[row.method].get("scale_step", spec.qat.get("scale_step", "per_factor"))
 
 
 def curves(out: Path) -> dict[str, list[tuple[int, float]]]:
@@ -84,6 +91,7 @@ def run_qat(spec: DictConfig, row: Row, out: Path) -> tuple[nn.Module, dict]:
         "trainable_floats": metrics["trainable_floats"],
         "lr_weight": q.lr_weight,
         "lr_scale": lr_scale(spec, row),
+        "scale_step": scale_step(spec, row),
         "curves": curves(out),
         "config": s.quant.to_dict(),
     }

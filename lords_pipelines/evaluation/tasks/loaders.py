@@ -42,3 +42,11 @@ def load_kjv_prophets(**_metadata):
 
 def load_unicode_names(**_metadata):
     return _load("lords_unicode_names")
+
+
+def load_prophets_word(**_metadata):
+    return _load("lords_prophets_word")
+
+
+def load_prophets_half(**_metadata):
+    return _load("lords_prophets_half")

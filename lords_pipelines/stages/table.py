@@ -33,6 +33,7 @@ runs), ``tables.ptq_report`` (the main job, each row a ``ptq`` stage run). Each 
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from dataclasses import dataclass
@@ -86,7 +87,9 @@ def plan_of(cfg: DictConfig, check: bool = False) -> Plan:
     from lords_pipelines.stages.settings import LoggerSettings
     from lords_pipelines.stages.validate import _build
 
-    _build(LoggerSettings, OmegaConf.to_container(cfg.logger, resolve=True), "logger")
+    ls = _build(LoggerSettings, OmegaConf.to_container(cfg.logger, resolve=True), "logger")
+    if check and ls.kind == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logger=wandb: wandb is not installed here (pip install wandb), or log with logger=csv")
     spec = load_spec(str(cfg.table), OmegaConf.to_container(cfg.spec, resolve=True))
     kind = KINDS[kind_of(spec)]
     if check and hasattr(kind, "check"):
@@ -113,6 +116,7 @@ def run(cfg: DictConfig) -> dict:
     if key is not None and key in plan.done():
         print(f"{job}: in {plan.journal} already, skipped", flush=True)
         return {"row": job}
+    print(progress(plan, job), flush=True)
     t = time.time()
     group = cfg.logger.group or f"table-{plan.name}"
     record = plan.kind.run_job(spec, job, plan.table_dir, _MEMO, stage_logger(cfg, group))
@@ -122,8 +126,17 @@ def run(cfg: DictConfig) -> dict:
     append_record(plan.journal, record)
     if plan.kind is not ptq_report:  # the main job's rows are stage runs that logged themselves
         log_row(cfg, plan.table_dir / "jobs" / job, group, record)
+    _MEMO.setdefault(("seconds", plan.table_dir), []).append(time.time() - t)
     print(f"{job}: {plan.kind.summary(record)}; {time.time() - t:.0f} s", flush=True)
     return {"row": job}
+
+
+def progress(plan: Plan, job: str) -> str:
+    """``[i/n] <job>``, with the time left at the mean of the rows this process ran so far."""
+    i = plan.jobs.index(job) + 1 if job in plan.jobs else 0
+    ran = _MEMO.get(("seconds", plan.table_dir), [])
+    eta = f", about {(len(plan.jobs) - i + 1) * sum(ran) / len(ran) / 60:.0f} min left" if ran and i else ""
+    return f"[{i}/{len(plan.jobs)}] {job}{eta}"
 
 
 def stage_logger(cfg: DictConfig, group: str) -> list[str]:

@@ -112,8 +112,9 @@ def run(cfg: DictConfig) -> dict:
     job, spec = cfg.row, plan.spec
     plan.table_dir.mkdir(parents=True, exist_ok=True)
     (plan.table_dir / "spec.yaml").write_text(OmegaConf.to_yaml(spec))
-    key = plan.kind.journal_key(spec, job, plan.done())
-    if key is not None and key in plan.done():
+    done = plan.done()
+    key = plan.kind.journal_key(spec, job, done)
+    if key is not None and key in done:
         print(f"{job}: in {plan.journal} already, skipped", flush=True)
         return {"row": job}
     print(progress(plan, job), flush=True)

@@ -230,7 +230,7 @@ def main() -> None:
     check_command_line("table", argv, validate=lambda cfg: plan_of(cfg, check=True))
     if "row" not in swept:
         cfg = compose("table", overrides)
-        multirun = len(argv) > len([a for a in argv if a not in ("-m", "--multirun")])
+        multirun = any(a in ("-m", "--multirun") for a in argv)
         if cfg.row is None and not cfg.render:
             jobs = plan_of(cfg).jobs
             if not multirun:

@@ -20,8 +20,8 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the pinned dependencies (CPU torch)
 
-demo: $(STAMP)  ## the main job: PTQ of the embedded SmolLM2-135M, LoRDS vs NF at 3 and 4 bits (12 min on 2 idle cores, several times longer on shared ones) -> outputs/runs/ptq_report/<time>/
-	$(PY) -m lords_pipelines.tables.ptq_report
+demo: $(STAMP)  ## the main job: PTQ of the embedded SmolLM2-135M, LoRDS vs NF at 3 and 4 bits (12 min on 2 idle cores, several times longer on shared ones) -> outputs/runs/tables/<time>/ptq_smollm2.{md,json}
+	$(PY) -m lords_pipelines.stages.table --multirun table=ptq_smollm2
 
 test: $(STAMP)  ## what CI runs: ruff (lint + format check), then the test suite (skips `gpu` and `slow` markers)
 	$(PY) -m ruff check .
@@ -35,7 +35,7 @@ test-gpu: $(STAMP)  ## GPU tests (on a CUDA machine)
 	$(PY) -m pytest -m gpu
 
 reproduce-ptq: $(STAMP)  ## regenerate outputs/reports/ptq_smollm2.{md,json}
-	$(PY) -m lords_pipelines.tables.ptq_report --out outputs/reports/ptq_smollm2
+	$(PY) -m lords_pipelines.stages.table --multirun table=ptq_smollm2 out=outputs/reports
 
 sweep-tiny: $(STAMP)  ## CI-sized Hydra sweep: tiny random Llama, bits 3, 4 x blocks 16, 32 -> outputs/sweeps/ptq/<time>/summary.md
 	$(PY) -m lords_pipelines.stages.ptq --multirun experiment=sweep_tiny
@@ -62,15 +62,19 @@ test-kernels: $(STAMP)  ## kernel tests through the Triton interpreter on CPU
 	TRITON_INTERPRET=1 $(PY) -m pytest tests/test_kernels_*.py -q
 
 # The GPU tables run with the machine's own CUDA torch (the .venv pins the CPU build): GPU_PY needs torch, transformers,
-# hydra-core, omegaconf and tqdm. MODEL: the embedded SmolLM2 by default, or a GGUF path / folder / hub id.
+# hydra-core, omegaconf, lightning and tqdm. MODEL: the embedded SmolLM2 by default, or a GGUF path / folder / hub id.
+# Each table is a Hydra multirun (lords_pipelines.stages.table), resumable: rerun the target to finish what a crash left.
+# GPU_LOGGER: each row's logger there (the GPU image has no wandb; GPU_LOGGER=wandb where GPU_PY has it, offline).
 GPU_PY ?= python3
 MODEL ?= smollm2-135m
+GPU_LOGGER ?= csv
 reproduce-tables:  ## GPU (hours on one H200, sequential; tools/tables_on_gpus.sh spreads it over GPUs): outputs/reports/tables/{ptq_bits,ptq_refine_ablation,ptq_rank_ablation,qat,peft}.{md,json,png}
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables needs a CUDA GPU \
 	(about 120 PTQ runs of T = 500 with 1,500 zero-shot items each). On this machine: make reproduce-tables-cpu \
 	(4 and 3 bits, block 64, T = 50, under 30 min on 2 cores) or make reproduce-ptq (the main job).')"
-	$(GPU_PY) -m lords_pipelines.tables.ptq ptq_bits ptq_refine_ablation ptq_rank_ablation qat --model $(MODEL) \
-		--run-dir outputs/runs/ptq_tables/reproduce --out outputs/reports/tables
+	for t in ptq_bits ptq_refine_ablation ptq_rank_ablation qat; do $(GPU_PY) -m lords_pipelines.stages.table --multirun \
+		table=$$t spec.model=$(MODEL) logger=$(GPU_LOGGER) run_dir=outputs/runs/ptq_tables/reproduce \
+		out=outputs/reports/tables || exit 1; done
 	$(MAKE) reproduce-tables-peft
 
 # GPU_PY: the machine's CUDA torch with triton; bitsandbytes and gemlite are optional peers (a missing one is named).
@@ -90,8 +94,8 @@ reproduce-tables-peft:  ## GPU (the serving benchmark alone, then 112 runs, resu
 	(112 PEFT runs of SmolLM2-135M: 4 methods x 4 tasks x (untrained, a 4-point lr grid, 2 more seeds)). On this machine the CPU-sized check is \
 	the smoke test: .venv/bin/python -m pytest tests/test_peft_tables.py')"
 	$(GPU_PY) -m benchmarks.serving.peft_serving peft --model $(MODEL) --out outputs/reports/tables
-	$(GPU_PY) -m lords_pipelines.tables.peft peft --model $(MODEL) --run-dir outputs/runs/peft_tables/reproduce \
-		--out outputs/reports/tables
+	$(GPU_PY) -m lords_pipelines.stages.table --multirun table=peft spec.model=$(MODEL) logger=$(GPU_LOGGER) \
+		run_dir=outputs/runs/peft_tables/reproduce out=outputs/reports/tables
 
 # Scale-out measurements: the streamed 8B-shaped PTQ on one GPU, training throughput and peak memory on 1 and 2 GPUs
 # (DDP, FSDP), streamed PTQ over 2 GPUs; then scale.{md,json} sets them beside the cost model. Random weights throughout.
@@ -112,4 +116,5 @@ reproduce-scale:  ## GPU, 2 of them (about 30 min on 2 H200s, estimated): output
 	$(GPU_PY) -m benchmarks.scale.report
 
 reproduce-tables-cpu: $(STAMP)  ## CPU subset of ptq_bits (4 and 3 bits, block 64, T = 50; under 30 min on 2 cores) -> outputs/reports/tables/ptq_bits_cpu.*
-	$(PY) -m lords_pipelines.tables.ptq ptq_bits_cpu --run-dir outputs/runs/ptq_tables/reproduce-cpu --out outputs/reports/tables
+	$(PY) -m lords_pipelines.stages.table --multirun table=ptq_bits_cpu run_dir=outputs/runs/ptq_tables/reproduce-cpu \
+		out=outputs/reports/tables

@@ -74,16 +74,9 @@ def test_unknown_peer_and_missing_calibration_are_refused(tiny):
             quantize_peer(model, "gptq", 3, 64, None, tok)
 
 
-def test_peer_and_gptq_rows_run_through_the_table_runner(tmp_path):
+def test_peer_and_gptq_rows_run_through_the_table_multirun(tmp_path, model_dir, run_table):
     """A mini table with the peers and lords_gptq beside lords_calibrated: rows by their libraries carry the same
     columns; a peer whose library does not import is named as not run, with the reason."""
-    from lords_pipelines.models import tiny_llama
-    from lords_pipelines.stages.common import bpe_tokenizer
-    from lords_pipelines.tables.ptq import main
-
-    model_dir = tmp_path / "model"
-    tiny_llama(seed=0).save_pretrained(model_dir)
-    bpe_tokenizer(512).save_pretrained(model_dir)
     spec = tmp_path / "peers_mini.yaml"
     spec.write_text(
         "defaults: [common]\nbits: [3]\nblock_sizes: [32]\n"
@@ -91,7 +84,7 @@ def test_peer_and_gptq_rows_run_through_the_table_runner(tmp_path):
         "eval: {tokens: 128, task_limit: 2, batch_size: 4}\ncalib: {tokens: 128, samples: 1}\n"
         "refine: {steps: 2, lr: 0.01}\n"
     )
-    main([str(spec), "--model", str(model_dir), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    run_table(f"table={spec}", f"spec.model={model_dir}", f"run_dir={tmp_path / 'run'}", f"out={tmp_path / 'out'}")
     rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "peers_mini.json").read_text())}
     expected = {"fp", "lords_calibrated", "lords_gptq"} | {m for m in ("gptq", "hqq") if unavailable(m) is None}
     assert set(rows) == expected

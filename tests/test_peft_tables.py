@@ -1,6 +1,6 @@
 """The PEFT table: its spec names the four methods and the shipped tasks, every method of a task trains the same
-floats, the learning rate is chosen on validation by one rule for all methods, and the runner journals every run,
-writes the reports and resumes from its journal."""
+floats, the learning rate is chosen on validation by one rule for all methods, and its Hydra multirun journals
+every run, draws the table and resumes from its journal."""
 
 import json
 
@@ -10,7 +10,7 @@ pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 
 from lords_pipelines.peft_methods import METHODS  # noqa: E402
-from lords_pipelines.tables.peft import Run, choose_lr, grid_runs, load_spec, main, seed_runs  # noqa: E402
+from lords_pipelines.tables.peft import Run, choose_lr, grid_runs, jobs, load_spec, seed_runs  # noqa: E402
 
 SMOKE = """model: {model}
 bits: 4
@@ -56,17 +56,20 @@ def test_lr_is_the_best_validation_score_with_the_smaller_lr_on_a_tie_for_every_
         assert [r.seed for r in seed_runs(spec, "lords_roman", method, want)] == [0, 1, 2]
 
 
-def test_runner_pairs_methods_at_equal_floats_journals_every_run_and_resumes(tmp_path, capsys):
-    from lords_pipelines.models import tiny_llama
-    from lords_pipelines.stages.common import bpe_tokenizer
+def test_the_jobs_are_each_pair_s_grid_then_one_job_per_further_seed():
+    spec = load_spec("peft")
+    mine = [j for j in jobs(spec, "^kjv_qlora_")]
+    grid = [r.key for r in grid_runs(spec, "kjv", "qlora")]
+    assert mine == [*grid, "kjv_qlora_s1", "kjv_qlora_s2"] and len(jobs(spec, None)) == 16 * (len(grid) + 2)
 
-    model_dir = tmp_path / "model"
-    tiny_llama(seed=0).save_pretrained(model_dir)
-    bpe_tokenizer(512).save_pretrained(model_dir)
+
+def test_the_multirun_pairs_methods_at_equal_floats_journals_every_run_and_resumes(
+    tmp_path, model_dir, run_table, capsys
+):
     spec = tmp_path / "mini.yaml"
     spec.write_text(SMOKE.format(model=model_dir))
-    args = [str(spec), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
-    main(args)
+    args = [f"table={spec}", f"run_dir={tmp_path / 'run'}", f"out={tmp_path / 'out'}"]
+    run_table(*args)
     journal = (tmp_path / "run" / "mini" / "rows.jsonl").read_text().splitlines()
     assert len(journal) == 2 * 2 * 3  # tasks × methods × (before, 2 lrs at the one seed)
     rows = json.loads((tmp_path / "out" / "mini.json").read_text())
@@ -91,14 +94,14 @@ def test_runner_pairs_methods_at_equal_floats_journals_every_run_and_resumes(tmp
     assert (tmp_path / "out" / "mini.png").stat().st_size > 0
     assert "## `kjv`" in (tmp_path / "out" / "mini.md").read_text()
     capsys.readouterr()
-    main(args)
+    run_table(*args)
     out = capsys.readouterr().out
-    assert ": val " not in out and "done:" in out  # no run printed its scores: nothing ran again
+    assert ": val " not in out and out.count("already, skipped") == len(journal)  # nothing ran again
     assert len((tmp_path / "run" / "mini" / "rows.jsonl").read_text().splitlines()) == len(journal)
     # Render-only on a journal missing runs: a task and method whose grid is incomplete is left out, the rest drawn.
     kept = [line for line in journal if json.loads(line)["key"] != "kjv_qlora_lr0.01_s0"]
     (tmp_path / "run" / "mini" / "rows.jsonl").write_text("\n".join(kept) + "\n")
-    main([*args, "--render"])
+    run_table(*args, "render=true", multirun=False)
     rows = json.loads((tmp_path / "out" / "mini.json").read_text())
     assert ("kjv", "qlora") not in [(r["task"], r["method"]) for r in rows] and len(rows) == 3
     assert "Not run yet: 1 runs" in (tmp_path / "out" / "mini.md").read_text()
@@ -109,7 +112,7 @@ def test_runner_pairs_methods_at_equal_floats_journals_every_run_and_resumes(tmp
     ]
     (tmp_path / "out" / "mini_serving.json").write_text(json.dumps(serving))
     (tmp_path / "out" / "mini_serving.md").write_text("# Serving after PEFT: test\n")
-    main([*args, "--render"])
+    run_table(*args, "render=true", multirun=False)
     rows = {(r["task"], r["method"]): r for r in json.loads((tmp_path / "out" / "mini.json").read_text())}
     kjv = rows[("kjv", "lords_peft")]  # kjv runs are not timed per run (latency.tasks: [lords_roman])
     assert (kjv["decode_ms_per_token"], kjv["before"]["decode_ms_per_token"]) == (5.1, 5.0)

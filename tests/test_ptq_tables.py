@@ -1,26 +1,27 @@
 """The PTQ tables: their rows pair every LoRDS setting with its block-wise baseline, each calibrated row runs on
-disjoint calibration samples, and the runner writes the reports and resumes from its journal."""
+disjoint calibration samples, and a table's Hydra multirun journals every row, logs it, draws the table and
+resumes from its journal; a filter that selects no row stops in one line before anything loads."""
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from lords import BlockwiseConfig, LoftQConfig, LordsConfig, MixedPrecisionConfig
-from lords_pipelines.tables.ptq import main, quant_config
+from lords_pipelines.tables.ptq import quant_config
 from lords_pipelines.tables.rows import load_spec, table_rows
 
-
-@pytest.fixture
-def model_dir(tmp_path):
-    """A tiny random Llama saved as a model folder with its offline tokenizer."""
-    from lords_pipelines.models import tiny_llama
-    from lords_pipelines.stages.common import bpe_tokenizer
-
-    path = tmp_path / "model"
-    tiny_llama(seed=0).save_pretrained(path)
-    bpe_tokenizer(512).save_pretrained(path)
-    return path
+ROOT = Path(__file__).resolve().parents[1]
+MINI = (
+    "defaults: [common]\nbits: [3]\nblock_sizes: [32]\nmethods: [nf, lords_calibrated]\nrules: {}\n"
+    "eval: {tokens: 128, task_limit: 2, batch_size: 4}\ncalib: {tokens: 64, samples: 2}\n"
+    "refine: {steps: 2, lr: 0.01}\n"
+)
 
 
 def test_every_lords_row_has_a_blockwise_row_refined_the_same_way_at_the_same_bits():
@@ -71,15 +72,13 @@ def test_rows_build_the_library_configs_they_name(index):
     assert (leaf.refine.steps if leaf.refine else 0) == row.steps
 
 
-def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, model_dir, capsys):
+def test_a_table_multirun_journals_logs_and_draws_every_row_and_a_rerun_runs_none(
+    tmp_path, model_dir, run_table, capsys
+):
     spec = tmp_path / "mini.yaml"
-    spec.write_text(
-        "defaults: [common]\nbits: [3]\nblock_sizes: [32]\nmethods: [nf, lords_calibrated]\nrules: {}\n"
-        "eval: {tokens: 128, task_limit: 2, batch_size: 4}\ncalib: {tokens: 64, samples: 2}\n"
-        "refine: {steps: 2, lr: 0.01}\n"
-    )
-    args = ["--model", str(model_dir), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
-    main([str(spec), *args])
+    spec.write_text(MINI)
+    args = [f"table={spec}", f"spec.model={model_dir}", f"run_dir={tmp_path / 'run'}", f"out={tmp_path / 'out'}"]
+    run_table(*args)
     rows = json.loads((tmp_path / "out" / "mini.json").read_text())
     assert [r["method"] for r in rows] == ["fp", "nf", "lords_calibrated"]
     lords = rows[2]
@@ -90,20 +89,46 @@ def test_runner_writes_the_reports_and_resumes_from_its_journal(tmp_path, model_
     assert (tmp_path / "out" / "mini.png").stat().st_size > 0 and "lords_calibrated" in (
         tmp_path / "out" / "mini.md"
     ).read_text()
+    assert (tmp_path / "run" / "mini.md").read_text() == (tmp_path / "out" / "mini.md").read_text()
+    journal = tmp_path / "run" / "mini" / "rows.jsonl"
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    keys = [r["key"] for r in records]
+    assert keys == [r.key for r in table_rows(load_spec(str(spec)))] and {r["eval_tokens"] for r in records} == {128}
+    for key in keys:  # each row is a run of the logger group (CSV here): its numbers and its settings
+        logged = (tmp_path / "run" / "mini" / "jobs" / key / "csv" / "version_0" / "metrics.csv").read_text()
+        assert "final/ppl/licenses" in logged.splitlines()[0]
     capsys.readouterr()
-    main([str(spec), *args])
-    assert "4 already in" in capsys.readouterr().out
-    # A spec grown since its runs renders what its journal holds and names the rows not run yet.
+    run_table(*args)
+    assert capsys.readouterr().out.count("already, skipped") == 4
+    assert journal.read_text().count("\n") == 4  # nothing ran again
+    # A spec grown since its runs draws what its journal holds and names the rows not run yet.
     spec.write_text(spec.read_text().replace("methods: [nf, lords_calibrated]", "methods: [nf, lords_calibrated, int]"))
-    main([str(spec), *args, "--render"])
-    assert (
-        "Not run yet: 1 rows" in (tmp_path / "out" / "mini.md").read_text()
-        and "`int_b3_bs32_T0_r1`" in (tmp_path / "out" / "mini.md").read_text()
-    )
+    run_table(*args, "render=true", multirun=False)
+    md = (tmp_path / "out" / "mini.md").read_text()
+    assert "Not run yet: 1 rows" in md and "`int_b3_bs32_T0_r1`" in md
+
+
+def test_every_row_of_a_multirun_is_an_offline_wandb_run_of_the_table_s_group(tmp_path, model_dir):
+    """The default logger: a real ``python -m lords_pipelines.stages.table --multirun``, wandb offline."""
+    from lords_pipelines.stages.wandb_offline import read_offline_run
+
+    spec = tmp_path / "mini.yaml"
+    spec.write_text(MINI.replace("[nf, lords_calibrated]", "[nf]").replace("task_limit: 2", "tasks: []"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_DIR=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path / "wcfg"))
+    cmd = [sys.executable, "-m", "lords_pipelines.stages.table", "--multirun", f"table={spec}"]
+    cmd += [f"spec.model={model_dir}", f"run_dir={tmp_path / 'run'}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = tmp_path / "run" / "mini" / "jobs"
+    assert sorted(p.name for p in jobs.iterdir()) == ["fp_bNone_bsNone_T0_r1", "nf_b3_bs32_T0_r1"]
+    run = read_offline_run(jobs / "nf_b3_bs32_T0_r1" / "wandb")
+    assert run["group"] == "table-mini" and run["job_type"] == "table" and run["config"]["method"] == "nf"
+    assert run["summary"]["ppl/licenses"] > 1 and run["summary"]["float_params"] > 0
+    assert (tmp_path / "run" / "mini.md").is_file()
 
 
 @pytest.mark.slow  # about 30 s on 2 cores (a QAT stage run per row); the stage itself is tested in CI
-def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_path, model_dir):
+def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_path, model_dir, run_table):
     spec = tmp_path / "qat_mini.yaml"
     spec.write_text(
         "defaults: [qat]\nbits: [3]\nblock_sizes: [32]\n"
@@ -111,7 +136,7 @@ def test_qat_rows_train_through_the_qat_stage_and_are_scored_like_ptq_rows(tmp_p
         "eval: {tokens: 128, tasks: []}\ncalib: {tokens: 64, samples: 1}\nrefine: {steps: 2, lr: 0.01}\n"
         "qat: {distinct_tokens: 256, tokens: 192, window: 32, batch_size: 2, val_every: 2, log_every: 1}\n"
     )
-    main([str(spec), "--model", str(model_dir), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    run_table(f"table={spec}", f"spec.model={model_dir}", f"run_dir={tmp_path / 'run'}", f"out={tmp_path / 'out'}")
     rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "qat_mini.json").read_text())}
     records = [json.loads(line) for line in (tmp_path / "run" / "qat_mini" / "rows.jsonl").read_text().splitlines()]
     qat = {r["method"]: r for r in records if r["method"].endswith("_qat")}
@@ -137,12 +162,24 @@ def test_rows_name_the_gpu_by_cuda_s_own_name(monkeypatch):
     assert device_name() == "NVIDIA H200"
 
 
-def test_an_only_that_selects_nothing_stops_before_any_work(tmp_path):
-    """A mistyped ``--only`` names what it could have matched instead of running nothing."""
-    from lords_pipelines.tables.peft import main as peft_main
-
-    with pytest.raises(SystemExit, match="selects no rows.*lords_init_b3"):
-        main(["qat", "--only", "lords_qatx", "--run-dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="selects no task_method_ pairs.*lords_roman_lords_peft_"):
-        peft_main(["peft", "--only", "nonexistent_", "--run-dir", str(tmp_path)])
-    assert not any(tmp_path.iterdir())  # no journal, no spec written
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (["table=qat", "only=lords_qatx"], "only='lords_qatx' selects no rows of the table; its rows look like"),
+        (["table=peft", "only=nonexistent_"], "selects no task_method_ pairs of the table; its task_method_ pairs"),
+        (["table=ptq_bits", "row=nf_b5"], "row='nf_b5' is not a row of the table"),
+        (["table=ptq_bits,qat"], "table=ptq_bits,qat: one value per table command"),
+        (["table=ptq_bitz"], "table='ptq_bitz': no conf/tables/ptq_bitz.yaml"),
+        (["table=ptq_bits", "bogus=1"], "bogus=1: unknown key"),
+    ],
+    ids=["ptq-filter", "peft-filter", "unknown-row", "two-tables", "unknown-table", "unknown-key"],
+)
+def test_a_bad_table_command_exits_2_with_one_line_before_any_work(tmp_path, args, says):
+    """A mistyped filter names what it could have matched instead of running nothing; nothing loads or is written."""
+    t = time.time()
+    cmd = [sys.executable, "-m", "lords_pipelines.stages.table", "--multirun", *args, f"run_dir={tmp_path / 'run'}"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("config error: "), done.stderr[-2000:]
+    assert says in lines[0]
+    assert time.time() - t < 30 and not (tmp_path / "run").exists()  # no model load (about 5 s on 2 idle cores)

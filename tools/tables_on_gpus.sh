@@ -4,8 +4,10 @@
 #
 #   MODEL=/path/smol.gguf RUN_DIR=/tmp/runs SECONDS_LIMIT=540 bash tools/tables_on_gpus.sh [JOB ...]
 #
-# A JOB is KIND:ARG — `ptq:<tables>` (ptq_tables on those tables), `qat:<regex>` (the qat table's rows whose key
-# matches), `peft:<regex>` (the peft table's runs whose '<task>_<method>_' matches). Default: every table, QAT split
+# A JOB is KIND:ARG — `ptq:<tables>` (the multirun of each table in turn), `qat:<regex>` (the qat table's rows whose
+# key matches: only=<regex>), `peft:<regex>` (the peft table's runs whose '<task>_<method>_' matches). Every job is
+# `python3 -m lords_pipelines.stages.table --multirun table=... run_dir=<its dir>`, rows logged by LOGGER (csv: the
+# GPU image has no wandb). Default: every table, QAT split
 # by method and PEFT by task and method. Each job keeps its own journal under RUN_DIR/<n>-<kind>/ (seeded from
 # outputs/reports/tables/rows/<table>.jsonl, so committed rows are not run again); rerun the same command until every
 # job's log ends in `exit 0`, then `merged` gathers all journals into RUN_DIR/merged/<table>/rows.jsonl for --render.
@@ -13,7 +15,8 @@
 set -u
 MODEL=${MODEL:?a model path, e.g. the SmolLM2 GGUF}
 RUN_DIR=${RUN_DIR:-outputs/runs/tables_on_gpus}
-LIMIT=${SECONDS_LIMIT:-0}  # 0: no limit
+LIMIT=${SECONDS_LIMIT:-0}  # 0: no limit (else each table's multirun is cut after that many seconds; rerun resumes)
+LOGGER=${LOGGER:-csv}
 ROWS=outputs/reports/tables/rows
 if [ $# -eq 0 ]; then
   set -- "ptq:ptq_bits ptq_refine_ablation ptq_rank_ablation" \
@@ -44,16 +47,22 @@ seed() {  # run-dir table...: a journal starts from the committed rows
 n=0
 for spec in "$@"; do
   kind=${spec%%:*} arg=${spec#*:} dir="$RUN_DIR/$n-$kind" gpu=${USE[$((n % ${#USE[@]}))]}
+  only=()
   case $kind in
-    ptq) seed "$dir" $arg; cmd=(python3 -m lords_pipelines.tables.ptq $arg --model "$MODEL" --run-dir "$dir") ;;
-    qat) seed "$dir" qat; cmd=(python3 -m lords_pipelines.tables.ptq qat --model "$MODEL" --run-dir "$dir" --only "$arg") ;;
-    peft) seed "$dir" peft; cmd=(python3 -m lords_pipelines.tables.peft peft --model "$MODEL" --run-dir "$dir" --only "$arg") ;;
+    ptq) seed "$dir" $arg; tables=($arg) ;;
+    qat) seed "$dir" qat; tables=(qat) only=("only='$arg'") ;;
+    peft) seed "$dir" peft; tables=(peft) only=("only='$arg'") ;;
     *) echo "unknown job kind in '$spec' (ptq:, qat:, peft:)"; exit 2 ;;
   esac
-  if [ "$LIMIT" -gt 0 ]; then cmd=(timeout "$LIMIT" "${cmd[@]}"); fi
-  echo "job $n on GPU $gpu: ${cmd[*]}" >> "$RUN_DIR/logs/$n-$kind.log"
-  (CUDA_VISIBLE_DEVICES=$gpu "${cmd[@]}" >> "$RUN_DIR/logs/$n-$kind.log" 2>&1
-   echo "exit $? $(date +%T)" >> "$RUN_DIR/logs/$n-$kind.log") &
+  log="$RUN_DIR/logs/$n-$kind.log"
+  (status=0
+   for t in "${tables[@]}"; do
+     cmd=(python3 -m lords_pipelines.stages.table --multirun "table=$t" "spec.model=$MODEL" "run_dir=$dir" "logger=$LOGGER" "${only[@]}")
+     if [ "$LIMIT" -gt 0 ]; then cmd=(timeout "$LIMIT" "${cmd[@]}"); fi
+     echo "job $n on GPU $gpu: ${cmd[*]}" >> "$log"
+     CUDA_VISIBLE_DEVICES=$gpu "${cmd[@]}" >> "$log" 2>&1 || status=$?
+   done
+   echo "exit $status $(date +%T)" >> "$log") &
   n=$((n + 1))
 done
 wait

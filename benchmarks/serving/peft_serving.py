@@ -167,8 +167,8 @@ def markdown(rows: list[dict], spec) -> str:
 
 
 def main(argv=None):
+    from lords_pipelines.tables.journal import device_name
     from lords_pipelines.tables.peft import load_spec
-    from lords_pipelines.tables.runner import device_name
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("table", nargs="?", default="peft", help="conf/tables/<table>.yaml name or a YAML path")

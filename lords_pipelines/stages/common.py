@@ -235,7 +235,12 @@ def sweep_group(out_dir: Path, s: RunSettings) -> str:
 
 def make_logger(s: RunSettings, out_dir: Path):
     """A Lightning logger (wandb offline by default, csv) or None; the settings are logged as hyperparameters."""
-    ls: LoggerSettings = s.logger
+    return open_logger(s.logger, out_dir, s.stage.name, sweep_group(out_dir, s), flat_settings(s))
+
+
+def open_logger(ls: LoggerSettings, out_dir: Path, job_type: str, group: str, config: dict[str, Any]):
+    """The ``logger`` group's logger for one run in ``out_dir`` (named after it), ``config`` logged as its
+    hyperparameters; None for ``logger=none``."""
     if ls.kind == "none":
         return None
     if ls.kind == "csv":
@@ -251,15 +256,15 @@ def make_logger(s: RunSettings, out_dir: Path):
         (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
         logger = WandbLogger(
             project=ls.project,
-            group=sweep_group(out_dir, s),
+            group=group,
             tags=list(ls.tags),
             save_dir=str(out_dir),
             mode=ls.mode,
             name=out_dir.name,
-            job_type=s.stage.name,
-            config=flat_settings(s),
+            job_type=job_type,
+            config=config,
         )
-    logger.log_hyperparams(flat_settings(s))
+    logger.log_hyperparams(config)
     return logger
 
 

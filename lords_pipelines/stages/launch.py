@@ -51,22 +51,32 @@ def _one_line(error: Exception, overrides: list[str], config_name: str) -> str:
 
 
 def _known_keys(config_name: str, key: str) -> str:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     parent = key.rpartition(".")[0]
     try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            node = OmegaConf.select(compose(config_name), parent) if parent else compose(config_name)
+        node = OmegaConf.select(compose(config_name, []), parent) if parent else compose(config_name, [])
         return f" (known: {', '.join(sorted(k for k in node.keys() if k != '_target_'))})"
     except Exception:  # the hint is a courtesy: never let it hide the error itself
         return ""
 
 
-def check_overrides(config_name: str, overrides: list[str]) -> str | None:
-    """None when every variant of ``overrides`` composes and validates, else the one-line reason."""
-    from hydra import compose, initialize_config_dir
+def compose(config_name: str, overrides: list[str]):
+    """``conf/<config_name>.yaml`` composed with ``overrides``, inside a Hydra job (a table's row composing its
+    stage's config: Hydra is already initialized on ``conf/``) or outside one."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name, overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name, overrides=overrides)
+
+
+def check_overrides(config_name: str, overrides: list[str], validate=None) -> str | None:
+    """None when every variant of ``overrides`` composes and validates (``validate(cfg)``: the stages' settings by
+    default), else the one-line reason."""
     from lords.errors import LordsError
     from lords_pipelines.stages.settings import settings_from_cfg
 
@@ -76,12 +86,10 @@ def check_overrides(config_name: str, overrides: list[str]) -> str | None:
     except Exception as e:  # the override grammar itself
         return _one_line(e, overrides, config_name)
     for variant in variants:
-        if not any(o.startswith("out_dir=") for o in variant):
+        if validate is None and not any(o.startswith("out_dir=") for o in variant):
             variant = [*variant, "out_dir=unused"]  # Hydra's run folder does not exist yet
         try:
-            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-                cfg = compose(config_name, overrides=variant)
-            settings_from_cfg(cfg)
+            (validate or settings_from_cfg)(compose(config_name, variant))
         except LordsError as e:
             return str(e)
         except Exception as e:  # Hydra's and OmegaConf's composition errors
@@ -89,12 +97,12 @@ def check_overrides(config_name: str, overrides: list[str]) -> str | None:
     return None
 
 
-def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
+def check_command_line(config_name: str, argv: list[str] | None = None, validate=None) -> None:
     """Exit 2 with ``config error: <one line>`` when the command line's overrides do not validate."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a.startswith("-") and a not in _HYDRA_FLAGS for a in argv):
         return  # --help, --cfg, --info ...: Hydra's own
-    reason = check_overrides(config_name, [a for a in argv if a not in _HYDRA_FLAGS])
+    reason = check_overrides(config_name, [a for a in argv if a not in _HYDRA_FLAGS], validate)
     if reason is not None:
         print(f"config error: {reason}", file=sys.stderr)
         raise SystemExit(2)
@@ -103,16 +111,25 @@ def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
 def launch(config_name: str, run) -> None:
     """The entry point of a stage: check the command line, then let Hydra compose ``conf/<config_name>.yaml`` (runs,
     sweeps, callbacks) and call ``run`` with the validated settings of each job."""
-    import hydra
-
     from lords_pipelines.stages.settings import settings_or_exit
 
     check_command_line(config_name)
+
+    def task(cfg) -> None:  # the job's return value is kept by Hydra: not the model run() hands back
+        run(settings_or_exit(cfg))
+
+    start(config_name, task)
+
+
+def start(config_name: str, task) -> None:
+    """Hand the (checked) command line to Hydra: ``task(cfg)`` runs once per job of ``conf/<config_name>.yaml``."""
+    import hydra
+
     if not any(a.startswith("hydra.job.name=") for a in sys.argv):
         sys.argv.append(f"hydra.job.name={config_name}")  # the job log is <run dir>/<stage>.log
 
     @hydra.main(version_base="1.3", config_path=str(CONF), config_name=config_name)
-    def main(cfg) -> None:
-        run(settings_or_exit(cfg))
+    def main(cfg):
+        return task(cfg)
 
     main()

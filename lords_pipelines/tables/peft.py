@@ -1,21 +1,22 @@
-"""The PEFT table of the paper on one model: LoRDS PEFT against QLoRA, LoftQ and QPiSSA at matched trainable floats.
+"""The PEFT table of the paper on one model: LoRDS PEFT against QLoRA, LoftQ and QPiSSA at matched trainable floats,
+as the jobs of a Hydra multirun (``lords_pipelines.stages.table``):
 
-    python -m lords_pipelines.tables.peft peft --model /tmp/m/smol.gguf --out outputs/reports/tables   # GPU
-    python -m lords_pipelines.tables.peft peft --only 'lords_roman_' --run-dir outputs/runs/peft_tables/x
-    python -m lords_pipelines.tables.peft peft --render --run-dir outputs/runs/peft_tables/x --out ...
+    python -m lords_pipelines.stages.table -m table=peft spec.model=/tmp/m/smol.gguf out=outputs/reports/tables
+    python -m lords_pipelines.stages.table -m table=peft only='^lords_roman_' run_dir=outputs/runs/peft_tables/x
+    python -m lords_pipelines.stages.table table=peft render=true run_dir=outputs/runs/peft_tables/x out=...
 
 The spec is ``conf/tables/peft.yaml``. For every task and method: a ``before`` run (the quantized base, untrained),
 then the learning-rate grid at the first seed, each run scored on the validation split; the lr with the best
 validation score (the smaller on a tie; the same rule for every method) is then run at the other seeds. Every run
 scores the test split, perplexity on the evaluation texts, and batch-1 decode latency of the model as served
 (LoRDS: nothing merged, through its Triton kernels on CUDA; LoRA methods: adapter unmerged, then merged where peft
-allows). Each finished run is appended to ``<run-dir>/<table>/rows.jsonl`` at once: a rerun with the same
-``--run-dir`` skips what it holds (a run killed by a time limit loses one run at most; rerun until it says done).
+allows). The sweep's jobs are the grid runs, then one job per further seed (``<task>_<method>_s<seed>``) whose lr
+the journal's grid decides when it starts (the jobs run in order, in one process). This module is the table kind
+``peft``: its job list, one run's record, its rendering.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import asdict
@@ -25,28 +26,27 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lords.errors import ConfigError
-from lords_pipelines import CONF
+from lords_pipelines.tables.journal import check_only, device_name
 from lords_pipelines.tables.peft_runs import Run, choose_lr, grid_runs, seed_runs  # noqa: F401 (re-exported)
-from lords_pipelines.tables.runner import check_only, device_name, run_dir_of, table_cli
-
-TABLES = CONF / "tables"
 
 
-def load_spec(table: str) -> DictConfig:
-    """A PEFT table's spec: a name in ``conf/tables`` or a YAML path."""
-    path = Path(table) if table.endswith(".yaml") else TABLES / f"{table}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"table={table!r}: no {path}")
-    spec = OmegaConf.load(path)
+def load_spec(table: str, overrides: dict | None = None) -> DictConfig:
+    """A PEFT table's spec (a name in ``conf/tables`` or a YAML path), its methods and tasks checked."""
+    from lords_pipelines.tables.rows import load_spec as load
+
+    return check_spec(load(table, overrides))
+
+
+def check_spec(spec: DictConfig) -> DictConfig:
     from lords_pipelines.peft_methods import METHODS
     from lords_pipelines.tables.peft_tasks import KINDS
 
     for m in spec.methods:
         if m not in METHODS:
-            raise ConfigError(f"{path}: method {m!r} is not one of {METHODS}")
+            raise ConfigError(f"spec.methods: {m!r} is not one of {METHODS}")
     for t in spec.tasks:
         if t not in KINDS:
-            raise ConfigError(f"{path}: task {t!r} is not one of {tuple(KINDS)}")
+            raise ConfigError(f"spec.tasks: {t!r} is not one of {tuple(KINDS)}")
     return spec
 
 
@@ -162,92 +162,85 @@ def run_one(ctx: Context, run: Run) -> dict:
     return record
 
 
-def _journal(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    return {r["key"]: r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())}
-
-
-def run_table(
-    table: str, run_dir: Path, model_name: str | None, only: str | None, render_only: bool = False
-) -> tuple[DictConfig, list[dict], list[str]]:
-    """Every run of the table that ``only`` (a regex over ``<task>_<method>_``) selects, resumed from the journal;
-    returns the spec, the journal's records of the selected runs and the keys not run (``render_only``: nothing
-    runs; a task and method whose lr grid is incomplete is left out of the records, its seeds may be partial)."""
-    spec = load_spec(table)
+def jobs(spec: DictConfig, only: str | None) -> list[str]:
+    """Per task and method that ``only`` (a regex over ``<task>_<method>_``) selects: the grid runs' keys, then
+    ``<task>_<method>_s<seed>`` for each further seed (its lr is the grid's choice, known when it starts)."""
+    check_spec(spec)
     check_only(only, [f"{t}_{m}_" for t in spec.tasks for m in spec.methods], "task_method_ pairs")
-    name = Path(table).stem
-    if model_name:
-        spec.model = model_name
-    spec.model_label = "SmolLM2-135M-Instruct" if "smol" in str(spec.model).lower() else str(spec.model)
-    out = run_dir / name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spec.yaml").write_text(OmegaConf.to_yaml(spec))
-    journal = out / "rows.jsonl"
-    done = _journal(journal)
-    pairs = [(t, m) for t in spec.tasks for m in spec.methods if not only or re.search(only, f"{t}_{m}_")]
-    ctx = None
-    missing: list[str] = []
-    for task, method in pairs:
-        for phase in ("grid", "seeds"):
-            runs = (
-                grid_runs(spec, task, method)
-                if phase == "grid"
-                else seed_runs(spec, task, method, choose_lr(done, spec, task, method))
-            )
-            todo = [r for r in runs if r.key not in done]
-            if render_only:
-                missing += [r.key for r in todo]
-                if todo:  # an incomplete grid has no lr yet, so its seed runs are not even named
-                    break
-                continue
-            for run in todo:
-                ctx = ctx or _context(spec)
-                record = run_one(ctx, run)
-                with journal.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                done[run.key] = record
-                acc = record.get(f"{task}/acc")
-                print(
-                    f"  {run.key}: val {record['val_score']:.4f}"
-                    + (f", test acc {acc:.4f}" if acc is not None else "")
-                    + ", ppl "
-                    + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
-                    + f", {record['decode_ms_per_token'] or float('nan'):.2f} ms/token, {record['seconds']:.0f} s",
-                    flush=True,
-                )
-    # Drawn: the pairs whose grid is done (their lr is chosen); their seeds may be partial.
-    complete = [(t, m) for t, m in pairs if all(r.key in done for r in grid_runs(spec, t, m))]
-    keys = {r.key for t, m in complete for r in grid_runs(spec, t, m)}
-    keys |= {r.key for t, m in complete for r in seed_runs(spec, t, m, choose_lr(done, spec, t, m))}
-    if missing:
-        print(f"{journal}: {len(missing)} runs not done yet (first: {missing[0]}); drawing the rest", flush=True)
-    return spec, [r for k, r in done.items() if k in keys], missing
+    out = []
+    for t, m in _pairs(spec, only):
+        out += [r.key for r in grid_runs(spec, t, m)] + [f"{t}_{m}_s{s}" for s in spec.seeds[1:]]
+    return out
 
 
-def _context(spec: DictConfig) -> Context:
-    from lords_pipelines.models import load_model
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tok = load_model(spec.model)
-    return Context(spec, model.to(device).eval(), tok)
+def _pairs(spec: DictConfig, only: str | None) -> list[tuple[str, str]]:
+    return [(t, m) for t in spec.tasks for m in spec.methods if not only or re.search(only, f"{t}_{m}_")]
 
 
-def main(argv: list[str] | None = None) -> None:
+def _run_of(spec: DictConfig, job: str, done: dict) -> Run | None:
+    """The run job ``job`` stands for; a seed job's lr is the grid's choice (None while the grid is incomplete)."""
+    for t, m in _pairs(spec, None):
+        grid = grid_runs(spec, t, m)
+        for r in grid:
+            if r.key == job:
+                return r
+        for s in spec.seeds[1:]:
+            if job == f"{t}_{m}_s{s}":
+                if not all(r.key in done for r in grid):
+                    return None
+                return Run(t, m, choose_lr(done, spec, t, m), s)
+    raise ConfigError(f"row={job!r} is not a run of the table")
+
+
+def journal_key(spec: DictConfig, job: str, done: dict) -> str | None:
+    run = _run_of(spec, job, done)
+    return None if run is None else run.key
+
+
+def run_job(spec: DictConfig, job: str, table_dir: Path, memo: dict, stage_overrides: list[str]) -> dict | str:
+    """The journal record of the run ``job`` stands for, or why it cannot run yet (a seed run before its grid)."""
+    from lords_pipelines.tables.journal import read_journal
+
+    run = _run_of(spec, job, read_journal(table_dir / "rows.jsonl"))
+    if run is None:
+        return "its learning-rate grid is not complete yet"
+    if ("context", table_dir) not in memo:
+        from lords_pipelines.tables.journal import loaded_model, model_label
+
+        spec.model_label = model_label(spec)
+        memo["context", table_dir] = Context(spec, *loaded_model(spec, memo))
+    return run_one(memo["context", table_dir], run)
+
+
+def summary(record: dict) -> str:
+    acc = record.get(f"{record['task']}/acc")
+    return (
+        f"val {record['val_score']:.4f}"
+        + (f", test acc {acc:.4f}" if acc is not None else "")
+        + ", ppl "
+        + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
+        + f", {record['decode_ms_per_token'] or float('nan'):.2f} ms/token"
+    )
+
+
+def render(name: str, spec: DictConfig, done: dict, keys: list[str], notes: dict, dests: list[Path]) -> str:
+    """``<dest>/<name>.{md,json,png}``: the task and method pairs of ``keys`` whose grid is done (their lr is
+    chosen; their seeds may be partial); the runs the journal lacks are named as not run."""
     from lords_pipelines.tables.render import write_table
 
-    args = table_cli(
-        __doc__,
-        "peft_tables",
-        "regex over '<task>_<method>_': run only those",
-        dict(names=["table"], nargs="?", default="peft", help="conf/tables/<table>.yaml name or a YAML path"),
-    ).parse_args(argv)
-    run_dir = run_dir_of(args, "peft_tables")
-    t = time.time()
-    spec, records, missing = run_table(args.table, run_dir, args.model, args.only, render_only=args.render)
+    pairs = [(t, m) for t, m in _pairs(spec, None) if any(k.startswith(f"{t}_{m}_") for k in keys)]
+    missing: list[str] = []
+    drawn: set[str] = set()
+    for t, m in pairs:
+        grid = grid_runs(spec, t, m)
+        missing += [r.key for r in grid if r.key not in done]
+        if all(r.key in done for r in grid):  # an incomplete grid has no lr yet: its seed runs are not named
+            seeds = seed_runs(spec, t, m, choose_lr(done, spec, t, m))
+            missing += [r.key for r in seeds if r.key not in done]
+            drawn |= {r.key for r in grid + seeds}
+    records = [r for k, r in done.items() if k in drawn]
     if not records:
-        raise SystemExit(f"{run_dir}: no task and method of the table has its lr grid done yet: nothing to draw")
-    name = Path(args.table).stem
+        raise ConfigError(f"{name}: no task and method of the table has its lr grid done yet: nothing to draw")
     meta = {
         "table": name,
         "spec": OmegaConf.to_container(spec, resolve=True),
@@ -255,15 +248,6 @@ def main(argv: list[str] | None = None) -> None:
         "torch": " / ".join(sorted({r["torch"] for r in records})),
         "missing": missing,
     }
-    for dest in [run_dir] + ([Path(args.out)] if args.out else []):
+    for dest in dests:
         md = write_table(name, records, meta, dest)
-    print(md)
-    print(
-        f"done: written under {run_dir}"
-        + (f" and {args.out}" if args.out else "")
-        + f" in {(time.time() - t) / 60:.1f} min"
-    )
-
-
-if __name__ == "__main__":
-    main()
+    return md

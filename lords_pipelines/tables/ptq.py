@@ -1,20 +1,19 @@
-"""The PTQ tables of the paper on one model: bit widths, the refinement ablation, the rank ablation.
+"""The PTQ tables of the paper on one model (bit widths, the refinement ablation, the rank ablation, QAT), as rows of
+a Hydra multirun (``lords_pipelines.stages.table``):
 
-    python -m lords_pipelines.tables.ptq ptq_bits ptq_refine_ablation ptq_rank_ablation --out outputs/reports/tables
-    python -m lords_pipelines.tables.ptq ptq_bits_cpu                 # the CPU-sized subset (2 cores)
-    python -m lords_pipelines.tables.ptq ptq_bits --model /tmp/m/smol.gguf --only 'lords_.*_b3_'
+    python -m lords_pipelines.stages.table -m table=ptq_bits out=outputs/reports/tables
+    python -m lords_pipelines.stages.table -m table=ptq_bits_cpu                 # the CPU-sized subset (2 cores)
+    python -m lords_pipelines.stages.table -m table=ptq_bits spec.model=/tmp/m/smol.gguf only='lords_.*_b3_'
 
-Each table is ``conf/tables/<table>.yaml`` (rows: ``lords_pipelines.tables.rows``). The model loads once; every
-row quantizes a fresh copy of it with the library config that the Hydra ``quant`` group builds (the same configs
-the ``ptq`` stage runs), then scores perplexity on each evaluation text and zero-shot accuracy on the shipped
-tasks. Each finished row is appended to ``<run-dir>/<table>/rows.jsonl`` at once: a rerun with the same
-``--run-dir`` skips the rows it holds, so a crash loses one row at most.
+Each table is ``conf/tables/<table>.yaml`` (rows: ``lords_pipelines.tables.rows``). The model loads once per
+process; every row quantizes a fresh copy of it with the library config that the Hydra ``quant`` group builds (the
+same configs the ``ptq`` stage runs), then scores perplexity on each evaluation text and zero-shot accuracy on the
+shipped tasks. This module is the table kind ``ptq``: its job list, one row's run and record, its rendering.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import re
 import time
 from pathlib import Path
@@ -25,13 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lords import QuantConfig, QuantizedLinear, quantize_
-from lords_pipelines import CONF
 from lords_pipelines.data.texts import corpus_text, tokenize
 from lords_pipelines.evaluation.multiple_choice import zero_shot
 from lords_pipelines.evaluation.scores import corpus_ids, corpus_perplexity
-from lords_pipelines.tables.render import write_table
-from lords_pipelines.tables.rows import Row, load_spec, overrides, peer_of, table_rows
-from lords_pipelines.tables.runner import check_only, device_name, run_dir_of, table_cli  # noqa: F401 (re-exported)
+from lords_pipelines.tables.journal import check_only, device_name, loaded_model, model_label
+from lords_pipelines.tables.rows import Row, overrides, peer_of, table_rows
 
 if TYPE_CHECKING:  # annotations only: transformers loads with the model
     from transformers import PreTrainedTokenizerBase
@@ -39,12 +36,10 @@ if TYPE_CHECKING:  # annotations only: transformers loads with the model
 
 def quant_config(spec: DictConfig, row: Row) -> QuantConfig:
     """The library config of ``row``: the ``ptq`` config composed with the row's ``quant`` overrides."""
-    from hydra import compose, initialize_config_dir
-
+    from lords_pipelines.stages.launch import compose
     from lords_pipelines.stages.settings import build_quant
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("ptq", overrides=overrides(spec, row))
+    cfg = compose("ptq", overrides(spec, row))
     return build_quant(OmegaConf.to_container(cfg.quant, resolve=True))
 
 
@@ -137,104 +132,54 @@ def run_row(
     return record
 
 
-def run_table(
-    table: str, run_dir: Path, model_name: str | None, only: str | None, loaded: dict, render_only: bool = False
-) -> tuple[list[dict], list[str]]:
-    """``(records, missing)``: the journal's records of the table's rows in spec order, after running those it
-    lacks; with ``render_only`` nothing runs and ``missing`` names the rows the journal lacks (rendered as such)."""
-    from tqdm.auto import tqdm
+def jobs(spec: DictConfig, only: str | None) -> list[str]:
+    """The row keys the table runs, in spec order: the float row always, the others that ``only`` selects."""
+    rows = table_rows(spec)
+    check_only(only, [r.key for r in rows if r.method != "fp"], "rows")
+    return [r.key for r in rows if r.method == "fp" or not only or re.search(only, r.key)]
 
-    spec = load_spec(table)
-    table = Path(table).stem
-    if model_name:
-        spec.model = model_name
-    spec.model_label = "SmolLM2-135M-Instruct" if "smol" in str(spec.model).lower() else str(spec.model)
-    rows = [r for r in table_rows(spec) if r.method == "fp" or not only or re.search(only, r.key)]
-    out = run_dir / table
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spec.yaml").write_text(OmegaConf.to_yaml(spec))
-    journal = out / "rows.jsonl"
-    done = {}
-    if journal.is_file():
-        done = {
-            r["key"]: r
-            for r in map(json.loads, journal.read_text().splitlines())
-            if r.get("eval_tokens") == spec.eval.tokens
-        }
-    todo = [r for r in rows if r.key not in done]
-    if render_only:
-        if todo:
-            print(
-                f"{journal}: {len(todo)} rows of the spec not run yet (first: {todo[0].key}); rendering the rest",
-                flush=True,
-            )
-        return [done[r.key] for r in rows if r.key in done], [r.key for r in todo]
-    print(f"{table}: {len(rows)} rows, {len(rows) - len(todo)} already in {journal}", flush=True)
-    if todo and spec.model not in loaded:
-        from lords_pipelines.models import load_model
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tok = load_model(spec.model)
-        loaded[spec.model] = (model.to(device).eval(), tok)
-    cache: dict = {}
-    skipped = []
-    for row in [r for r in todo if peer_of(spec, r.method)]:
+def journal_key(spec: DictConfig, job: str, done: dict) -> str:
+    return job
+
+
+def run_job(spec: DictConfig, job: str, table_dir: Path, memo: dict, stage_overrides: list[str]) -> dict | str:
+    """The journal record of row ``job`` (with its ``key`` and ``eval_tokens``), or why it cannot run here."""
+    row = next(r for r in table_rows(spec) if r.key == job)
+    model, tok = loaded_model(spec, memo)
+    if peer_of(spec, row.method):
         from lords_pipelines.tables.peers import unavailable
 
-        reason = unavailable(peer_of(spec, row.method), loaded[spec.model][0], row.block_size)
+        reason = unavailable(peer_of(spec, row.method), model, row.block_size)
         if reason:  # kept in the report as not run, with the reason
-            print(f"  {row.key}: not run: {reason}", flush=True)
-            skipped.append(f"{row.key} ({reason})")
-            todo.remove(row)
-    bar = tqdm(todo, desc=table, unit="row")
-    for row in bar:
-        bar.set_postfix_str(row.key)
-        model, tok = loaded[spec.model]
-        record = run_row(model, tok, spec, row, cache, out) | {"key": row.key, "eval_tokens": spec.eval.tokens}
-        with journal.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        done[row.key] = record
-        print(
-            f"  {row.key}: ppl "
-            + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
-            + f"; zero-shot {record.get('zero_shot_mean', float('nan')):.3f}; {record['seconds']:.0f} s",
-            flush=True,
-        )
-    return [done[r.key] for r in rows if r.key in done], skipped
+            return reason
+    spec.model_label = model_label(spec)
+    cache = memo.setdefault(("texts", spec.model, table_dir), {})  # tokenized texts and calibration samples
+    return run_row(model, tok, spec, row, cache, table_dir) | {"key": row.key, "eval_tokens": spec.eval.tokens}
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = table_cli(
-        __doc__,
-        "ptq_tables",
-        "regex over row keys: run only those (the fp row always runs)",
-        dict(names=["tables"], nargs="+", help="conf/tables/<table>.yaml names, e.g. ptq_bits ptq_refine_ablation"),
-    ).parse_args(argv)
-    check_only(args.only, [r.key for t in args.tables for r in table_rows(load_spec(t)) if r.method != "fp"], "rows")
-    run_dir = run_dir_of(args, "ptq_tables")
-    loaded: dict = {}
-    t = time.time()
-    for table in args.tables:
-        t_table = time.time()
-        records, missing = run_table(table, run_dir, args.model, args.only, loaded, render_only=args.render)
-        spec = load_spec(table)
-        table = Path(table).stem
-        devices = sorted({r.get("device") or device_name() for r in records})
-        meta = {
-            "table": table,
-            "seconds": time.time() - t_table,
-            "device": " / ".join(devices),
-            "torch": " / ".join(sorted({r.get("torch") or torch.__version__ for r in records})),
-            "spec": OmegaConf.to_container(spec, resolve=True),
-            "missing": missing,
-        }
-        for dest in [run_dir] + ([Path(args.out)] if args.out else []):
-            md = write_table(table, records, meta, dest)
-        print(md)
-    print(
-        f"written under {run_dir}" + (f" and {args.out}" if args.out else "") + f" in {(time.time() - t) / 60:.1f} min"
+def summary(record: dict) -> str:
+    return (
+        "ppl "
+        + ", ".join(f"{k} {v:.2f}" for k, v in record["ppl"].items())
+        + f"; zero-shot {record.get('zero_shot_mean', float('nan')):.3f}"
     )
 
 
-if __name__ == "__main__":
-    main()
+def render(name: str, spec: DictConfig, done: dict, keys: list[str], notes: dict, dests: list[Path]) -> str:
+    """``<dest>/<name>.{md,json,png}`` from the journal's records of ``keys`` (spec order); a key without a record is
+    named as not run (with the reason a job gave, e.g. a peer library missing here)."""
+    from lords_pipelines.tables.render import write_table
+
+    records = [done[k] for k in keys if k in done]
+    missing = [f"{k} ({notes[k]})" if k in notes else k for k in keys if k not in done]
+    meta = {
+        "table": name,
+        "device": " / ".join(sorted({r.get("device") or device_name() for r in records})),
+        "torch": " / ".join(sorted({r.get("torch") or torch.__version__ for r in records})),
+        "spec": OmegaConf.to_container(spec, resolve=True),
+        "missing": missing,
+    }
+    for dest in dests:
+        md = write_table(name, records, meta, dest)
+    return md

@@ -1,39 +1,36 @@
-"""The main job: the PTQ table of a causal LM at equal float budget, LoRDS against block-wise NF.
+"""The main job: the PTQ table of a causal LM at equal float budget, LoRDS against block-wise NF, as the jobs of a
+Hydra multirun (``lords_pipelines.stages.table``; ``make demo``, ``make reproduce-ptq``):
 
-    python -m lords_pipelines.tables.ptq_report                    # → outputs/runs/ptq_report/<time>/ptq_table.{md,json}
-    python -m lords_pipelines.tables.ptq_report --out outputs/reports/ptq_smollm2      # refresh the committed report
-    python -m lords_pipelines.tables.ptq_report --bits 4 model=tiny-llama quant.block_size=16   # overrides for every row
+    python -m lords_pipelines.stages.table -m table=ptq_smollm2                   # → outputs/runs/tables/<time>/
+    python -m lords_pipelines.stages.table -m table=ptq_smollm2 out=outputs/reports    # refresh the committed report
+    python -m lords_pipelines.stages.table -m table=ptq_smollm2 +spec.bits=[4] spec.model=tiny-llama
 
-The table is the spec ``conf/tables/ptq_smollm2.yaml`` (``--spec`` names another): its methods are those of
-``conf/tables/methods.yaml`` (quant group and objective). Every row is one run of the Hydra ``ptq`` stage, composed
-from ``ptq`` plus the overrides the spec and the row's method give, plus the overrides given here; each run writes its
-``metrics.json`` under the report's run folder. Rows: ``fp``; per bit width ``nf`` (block absmax),
-``nf_calibrated`` (the same block scales refined by Algorithm 1 on the calibrated objective), ``lords_init`` (SVD
-of the block scales), ``lords_refined`` (Algorithm 1 on weight MSE, data-free) and ``lords_calibrated``
-(Algorithm 1 on the better calibrated objective, picked at the first bit width on held-out calibration text,
-never on the evaluation text, and reused for the others and for ``nf_calibrated``).
-
-Every row's configuration is composed and validated before the first row runs: a bad override exits with status 2
-and one line, and an override that would rewrite what distinguishes the rows (``quant=``, ``quant.bits``,
-``quant.refine...``) is refused with the flag to use instead.
+The table is the spec ``conf/tables/ptq_smollm2.yaml``: its methods are those of ``conf/tables/methods.yaml`` (quant
+group and objective). Every row is one run of the Hydra ``ptq`` stage, composed from ``ptq`` plus the overrides the
+spec's row gives (``rows.overrides``, the same as every PTQ table's) and the stage's evaluation settings; each run
+writes its ``metrics.json`` (and its logger's run) in its job folder. Rows: ``fp``; per bit width ``nf`` (block
+absmax), ``nf_calibrated`` (the same block scales refined by Algorithm 1 on the calibrated objective), ``lords_init``
+(SVD of the block scales), ``lords_refined`` (Algorithm 1 on weight MSE, data-free) and ``lords_calibrated``
+(Algorithm 1 on the better calibrated objective, picked at the first bit width on held-out calibration text, never
+on the evaluation text, and reused for the others and for ``nf_calibrated``). The jobs run in that order: a job
+that reuses the picked objective reads it from the journal's candidate rows when it starts.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import shutil
-import sys
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from lords_pipelines import CONF
-from lords_pipelines.tables.runner import commit, cpu_name
+from lords.errors import ConfigError
+from lords_pipelines.tables.journal import check_only, commit, cpu_name, read_journal
+from lords_pipelines.tables.rows import CALIBRATED, Row, overrides
 
 if TYPE_CHECKING:  # annotations only: the settings module imports Hydra-side validation
     from lords_pipelines.stages.settings import RunSettings
@@ -43,84 +40,34 @@ GGUF_NOTE = (
     "4-bit ones are biased towards grids that contain the original 4-bit points"
 )
 ORDER = ["fp", "nf", "nf_calibrated", "lords_init", "lords_refined", "lords_calibrated"]
-CALIBRATED = ("act_diag", "act")
-ROW_KEYS = {
-    "quant": "a method of the spec (--spec)",
-    "quant.bits": "--bits",
-    "quant.refine": "--objectives, or the spec's refine",
-    "quant._target_": "a method of the spec (--spec)",
-}
-
-
-def load_spec(name: str) -> DictConfig:
-    """The main job's spec: a name in ``conf/tables`` or a YAML path, with the method definitions attached."""
-    path = Path(name) if name.endswith(".yaml") else CONF / "tables" / f"{name}.yaml"
-    spec = OmegaConf.load(path)
-    spec.method_defs = OmegaConf.load(CONF / "tables" / "methods.yaml")
-    return spec
+PICKED = "<picked>"
+"""A job's objective placeholder: the calibrated objective picked at the first bit width."""
 
 
 def row_overrides(spec: DictConfig, method: str, bits: int | None, objective: str | None = None) -> list[str]:
-    """The ``ptq`` stage overrides of one row: the spec's model and evaluation, the method's quant group at
-    ``bits`` and the spec's block size, Algorithm 1 on the method's objective (a calibrated one: ``objective``)."""
+    """The ``ptq`` stage overrides of one row: the spec's model and evaluation, then the row's quant config as every
+    PTQ table builds it (``rows.overrides``: the method's quant group at ``bits`` and the spec's block size,
+    calibration and seed, Algorithm 1 on the method's objective, a calibrated one replaced by ``objective``)."""
     d = spec.method_defs[method]
     common = [
         f"model={spec.model}",
-        "logger=none",
         "stage.save=false",
         "stage.journal=false",
         "stage.progress=true",
         f"eval.perplexity_tokens={spec.eval.tokens}",
     ]
-    if d.quant == "none":
-        return [*common, "quant=none"]
-    out = [*common, f"quant={d.quant}", f"quant.bits={bits}", f"quant.block_size={spec.block_sizes[0]}"]
-    chosen = objective if d.objective in CALIBRATED and objective else d.objective
-    if chosen is None:
-        out.append("quant.refine=null")
-    else:
-        out.append(
-            f"quant.refine={{_target_:lords.RefineConfig,steps:{spec.refine.steps},lr:{spec.refine.lr},"
-            f"objective:{chosen}}}"
-        )
+    row = Row(method, bits, spec.block_sizes[0], steps=spec.refine.steps if d.objective else 0)
+    out = [*common, *overrides(spec, row, objective)]
     if d.objective in CALIBRATED and d.quant == "lords":  # the objective's judge: held-out calibration text
         out.append(f"eval.heldout_calib_tokens={spec.eval.heldout_calib_tokens}")
     return out
 
 
 def compose_row(overrides: list[str], out: Path) -> RunSettings:
-    from hydra import compose, initialize_config_dir
-
+    from lords_pipelines.stages.launch import compose
     from lords_pipelines.stages.settings import settings_from_cfg
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return settings_from_cfg(compose("ptq", overrides=[*overrides, f"out_dir={out}"]))
-
-
-def check_command_line(spec: DictConfig, bits: list[int], objectives: list[str], overrides: list[str]) -> None:
-    """Exit 2 with one line, before any model loads, when an override rewrites what tells the rows apart or when any
-    row's configuration does not compose and validate."""
-    from lords_pipelines.stages.launch import check_overrides
-
-    for o in overrides:
-        key = o.lstrip("+~").split("=", 1)[0]
-        for row_key, flag in ROW_KEYS.items():
-            if key == row_key or (row_key != "quant" and key.startswith(row_key + ".")):
-                sys.exit(_refusal(f"{o}: it would rewrite every row of the table (rows differ by it); use {flag}"))
-    unknown = [o for o in objectives if o not in CALIBRATED]
-    if unknown:
-        sys.exit(_refusal(f"--objectives {' '.join(unknown)}: not one of {CALIBRATED}"))
-    for method in spec.methods:
-        for b in [None] if spec.method_defs[method].quant == "none" else bits:
-            given = [o for o in overrides if b is not None or not o.lstrip("+~").startswith("quant.")]
-            reason = check_overrides("ptq", [*row_overrides(spec, method, b, objectives[0]), *given])
-            if reason is not None:
-                sys.exit(_refusal(reason))
-
-
-def _refusal(reason: str) -> int:
-    print(f"config error: {reason}", file=sys.stderr)
-    return 2
+    return settings_from_cfg(compose("ptq", [*overrides, f"out_dir={out}"]))
 
 
 def stage_run(overrides: list[str], out: Path) -> dict:
@@ -130,6 +77,134 @@ def stage_run(overrides: list[str], out: Path) -> dict:
     s = compose_row(overrides, out)
     metrics, _ = ptq.run(s)
     return {"metrics": metrics, "settings": s.to_dict()}
+
+
+def _lords_calibrated(spec: DictConfig) -> list[str]:
+    defs = spec.method_defs
+    return [m for m in spec.methods if defs[m].objective in CALIBRATED and defs[m].quant == "lords"]
+
+
+def plan(spec: DictConfig) -> dict[str, tuple[str, int | None, str | None]]:
+    """``{job: (method, bits, objective)}`` in run order: ``fp``, then per width the calibrated LoRDS rows (every
+    candidate objective at the first width, the picked one after), then the other methods."""
+    lords_cal = _lords_calibrated(spec)
+    out: dict = {"fp_16bit": ("fp", None, None)} if "fp" in spec.methods else {}
+    for i, b in enumerate(spec.bits):
+        for m in lords_cal:
+            if i == 0:
+                out.update({f"{m}_{o}_{b}bit": (m, b, o) for o in spec.objectives})
+            else:
+                out[f"{m}_{b}bit"] = (m, b, PICKED)
+        for m in spec.methods:
+            if m != "fp" and m not in lords_cal:
+                objective = spec.method_defs[m].objective
+                out[f"{m}_{b}bit"] = (m, b, PICKED if objective in CALIBRATED else objective)
+    return out
+
+
+def picked(spec: DictConfig, done: dict) -> str | None:
+    """The calibrated objective with the lower held-out calibration perplexity at the first width (the spec's first
+    objective when it has no calibrated LoRDS row); None while a candidate has not run."""
+    lords_cal = _lords_calibrated(spec)
+    if not lords_cal:
+        return spec.objectives[0]
+    recs = {o: done.get(f"{lords_cal[-1]}_{o}_{spec.bits[0]}bit") for o in spec.objectives}
+    if any(r is None for r in recs.values()):
+        return None
+    return min(recs, key=lambda o: recs[o]["metrics"]["heldout_calib_ppl"])
+
+
+def check(spec: DictConfig) -> None:
+    """Every row's ``ptq`` config composes and validates (about 2 s, before anything loads), else ``ConfigError``."""
+    from lords_pipelines.stages.launch import check_overrides
+
+    unknown = [o for o in spec.objectives if o not in CALIBRATED]
+    if unknown:
+        raise ConfigError(f"spec.objectives: {unknown[0]!r} is not one of {CALIBRATED}")
+    for method, bits, _ in plan(spec).values():
+        reason = check_overrides("ptq", row_overrides(spec, method, bits, spec.objectives[0]))
+        if reason is not None:
+            raise ConfigError(reason)
+
+
+def jobs(spec: DictConfig, only: str | None) -> list[str]:
+    """The jobs in run order that ``only`` selects (``fp_16bit`` always)."""
+    keys = list(plan(spec))
+    check_only(only, [k for k in keys if k != "fp_16bit"], "rows")
+    return [k for k in keys if k == "fp_16bit" or not only or re.search(only, k)]
+
+
+def journal_key(spec: DictConfig, job: str, done: dict) -> str:
+    return job
+
+
+def run_job(spec: DictConfig, job: str, table_dir: Path, memo: dict, stage_overrides: list[str]) -> dict | str:
+    """The journal record of job ``job``: its ``ptq`` stage run's metrics and settings (its logger from
+    ``stage_overrides``), or why it cannot run yet (the picked objective's candidates have not run)."""
+    method, bits, objective = plan(spec)[job]
+    if objective == PICKED:
+        objective = picked(spec, read_journal(table_dir / "rows.jsonl", spec.eval.tokens))
+        if objective is None:
+            return f"it reuses the objective picked at {spec.bits[0]} bits, whose candidate rows have not run"
+    t = time.time()
+    rec = stage_run([*row_overrides(spec, method, bits, objective), *stage_overrides], table_dir / "jobs" / job)
+    rec = json.loads(json.dumps(rec, default=str))
+    head = {"key": job, "eval_tokens": spec.eval.tokens, "method": method, "bits": bits, "objective": objective}
+    return head | rec | {"seconds": time.time() - t}
+
+
+def summary(record: dict) -> str:
+    m = record["metrics"]
+    return (
+        f"ppl {m['ppl']:.2f}, weight rel. error {m['weight_rel_error']:.4f}, floats {m['float_params']}, "
+        f"{m['quant_seconds']:.0f} s quantizing"
+    )
+
+
+def render(name: str, spec: DictConfig, done: dict, keys: list[str], notes: dict, dests: list[Path]) -> str:
+    """``<dest>/<name>.{md,json}`` from the journal's records of ``keys``, in the order the table prints them."""
+    done = {k: r for k, r in done.items() if k in keys}
+    rows = []
+    if "fp_16bit" in done:
+        fp = _row("fp", 16, done["fp_16bit"], None)
+        rows.append(dict(fp, weight_rel_error=0.0, quant_seconds=0.0, float_params=None))
+    lords_cal = _lords_calibrated(spec)
+    for i, b in enumerate(spec.bits):
+        for m in lords_cal:
+            names = [f"{m}_{o}_{b}bit" for o in spec.objectives] if i == 0 else [f"{m}_{b}bit"]
+            recs = {done[k]["objective"]: done[k] for k in names if k in done}
+            if not recs or len(recs) < len(names):
+                continue
+            val = {o: r["metrics"]["heldout_calib_ppl"] for o, r in recs.items()}
+            best = min(val, key=val.get)
+            tokens = recs[best]["metrics"]["heldout_calib_tokens"]
+            rows.append(dict(_row(m, b, recs[best], best), val_ppl=val, val_tokens=tokens))
+        for m in spec.methods:
+            if m != "fp" and m not in lords_cal and f"{m}_{b}bit" in done:
+                rec = done[f"{m}_{b}bit"]
+                rows.append(_row(m, b, rec, rec["objective"]))
+    missing = [k for k in keys if k not in done]
+    if missing:
+        print(f"{name}: {len(missing)} rows not run yet (first: {missing[0]}); rendering the rest", flush=True)
+    if not any(r["method"] == "fp" for r in rows) or len(rows) < 2:
+        raise ConfigError(f"{name}: the journal holds no float row and quantized row yet: nothing to draw")
+    rows.sort(key=lambda r: (-r["bits"], ORDER.index(r["method"]) if r["method"] in ORDER else len(ORDER)))
+    meta = dict(
+        steps=spec.refine.steps,
+        lr=spec.refine.lr,
+        grid="nf",
+        objectives=list(spec.objectives),
+        total_seconds=sum(r.get("seconds", 0.0) for r in done.values()),
+        torch_threads=torch.get_num_threads(),
+        machine=platform.machine(),
+        cpu=cpu_name(),
+        torch=torch.__version__,
+        commit=commit(),
+        note=GGUF_NOTE,
+    )
+    for dest in dests:
+        write_reports(rows, meta, dest / name)
+    return markdown(rows, meta)
 
 
 def _row(name: str, bits, rec: dict, objective: str | None) -> dict:
@@ -151,82 +226,6 @@ def _row(name: str, bits, rec: dict, objective: str | None) -> dict:
         steps=(((s["quant"] or {}).get("refine")) or {}).get("steps"),
         lr=(((s["quant"] or {}).get("refine")) or {}).get("lr"),
     )
-
-
-def run(
-    spec: DictConfig, bits: list[int], objectives: list[str], out: Path, overrides: list[str]
-) -> tuple[list[dict], dict]:
-    """Every row of ``spec`` at ``bits`` (the calibrated objective picked at the first width), in the order the
-    table prints them; returns ``(rows, meta)``."""
-    t_start = time.time()
-    methods = list(spec.methods)
-    calibrated = [m for m in methods if spec.method_defs[m].objective in CALIBRATED]
-    lords_cal = [m for m in calibrated if spec.method_defs[m].quant == "lords"]
-    per_width = len(methods) - ("fp" in methods)
-    total = ("fp" in methods) + len(bits) * per_width + (len(objectives) - 1) * len(lords_cal)
-    done: list[float] = []
-
-    def go(method, b, objective=None, label=None):
-        label = label or method
-        eta = "" if not done else f", about {(total - len(done)) * sum(done) / len(done) / 60:.0f} min left"
-        print(f"[{len(done) + 1}/{total}] {label}" + ("" if b is None else f", {b} bits") + eta, flush=True)
-        run_dir = out / "runs" / f"{label}_{16 if b is None else b}bit"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        given = [o for o in overrides if b is not None or not o.lstrip("+~").startswith("quant.")]  # fp: no quant
-        t = time.time()
-        rec = stage_run([*row_overrides(spec, method, b, objective), *given], run_dir)
-        done.append(time.time() - t)
-        m = rec["metrics"]
-        print(
-            f"{label} {16 if b is None else b}b: ppl {m['ppl']:.2f}, weight rel. error {m['weight_rel_error']:.4f}, "
-            f"floats {m['float_params']}, {m['quant_seconds']:.0f} s",
-            flush=True,
-        )
-        return rec
-
-    rows = []
-    if "fp" in methods:
-        rows.append(
-            dict(_row("fp", 16, go("fp", None), None), weight_rel_error=0.0, quant_seconds=0.0, float_params=None)
-        )
-    chosen = None
-    for b in bits:
-        for method in lords_cal:
-            candidates = objectives if chosen is None else [chosen]
-            recs = {o: go(method, b, o, f"{method}_{o}") for o in candidates}
-            val = {o: r["metrics"]["heldout_calib_ppl"] for o, r in recs.items()}
-            for o, v in val.items():
-                print(f"  {method} {b}b objective {o}: held-out calibration ppl {v:.2f}", flush=True)
-            chosen = min(val, key=val.get)
-            rows.append(
-                dict(
-                    _row(method, b, recs[chosen], chosen),
-                    val_ppl=val,
-                    val_tokens=recs[chosen]["metrics"]["heldout_calib_tokens"],
-                )
-            )
-        for method in methods:
-            if method == "fp" or method in lords_cal:
-                continue
-            objective = spec.method_defs[method].objective
-            objective = chosen or objectives[0] if objective in CALIBRATED else objective
-            rows.append(_row(method, b, go(method, b, objective), objective))
-    rows.sort(key=lambda r: (-r["bits"], ORDER.index(r["method"]) if r["method"] in ORDER else len(ORDER)))
-    meta = dict(
-        steps=spec.refine.steps,
-        lr=spec.refine.lr,
-        grid="nf",
-        objectives=objectives,
-        total_seconds=time.time() - t_start,
-        torch_threads=torch.get_num_threads(),
-        machine=platform.machine(),
-        cpu=cpu_name(),
-        torch=torch.__version__,
-        commit=commit(),
-        note=GGUF_NOTE,
-        overrides=overrides,
-    )
-    return rows, meta
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -266,7 +265,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"- {r['bits']} bits: {scores} → `{r['objective']}`")
     lines += [
         "",
-        f"Total wall time {meta['total_seconds'] / 60:.1f} min on {meta['torch_threads']} torch threads "
+        f"Total run time {meta['total_seconds'] / 60:.1f} min (the rows' runs summed) on {meta['torch_threads']} torch threads "
         f"({meta['cpu']}, {meta['machine']}); torch {meta['torch']}, commit {meta['commit']}.",
     ]
     return "\n".join(lines) + "\n"
@@ -278,35 +277,3 @@ def write_reports(rows: list[dict], meta: dict, out: Path) -> None:
     settings = {k: meta[k] for k in ("steps", "lr", "grid", "total_seconds", "torch", "cpu", "commit")}
     out.with_suffix(".json").write_text(json.dumps([dict(r, **settings) for r in rows], indent=1))
     out.with_suffix(".md").write_text(markdown(rows, meta))
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--spec", default="ptq_smollm2", help="conf/tables/<spec>.yaml or a YAML path (ptq_smollm2)")
-    p.add_argument(
-        "--bits",
-        type=int,
-        nargs="+",
-        choices=(2, 3, 4),
-        default=None,
-        help="bit widths (default: the spec's); the calibrated objective is picked at the first",
-    )
-    p.add_argument("--objectives", nargs="+", default=None, help="calibrated objectives to compare (the spec's)")
-    p.add_argument("--out", default=None, help="also write <out>.md/.json (e.g. outputs/reports/ptq_smollm2)")
-    p.add_argument("--run-dir", default=None, help="run folder (default outputs/runs/ptq_report/<time>)")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides for every row (e.g. model=tiny-llama)")
-    args = p.parse_args(argv)
-    spec = load_spec(args.spec)
-    bits, objectives = args.bits or list(spec.bits), args.objectives or list(spec.objectives)
-    check_command_line(spec, bits, objectives, args.overrides)
-    run_dir = Path(args.run_dir or f"outputs/runs/ptq_report/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
-    rows, meta = run(spec, bits, objectives, run_dir, args.overrides)
-    write_reports(rows, meta, run_dir / "ptq_table")
-    if args.out:
-        write_reports(rows, meta, Path(args.out))
-    print(markdown(rows, meta))
-    print(f"written: {run_dir / 'ptq_table'}.md / .json" + (f", {args.out}.md / .json" if args.out else ""))
-
-
-if __name__ == "__main__":
-    main()

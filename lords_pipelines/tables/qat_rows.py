@@ -12,7 +12,6 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lords_pipelines import CONF
 from lords_pipelines.tables.rows import Row, overrides
 
 
@@ -70,14 +69,11 @@ def curves(out: Path) -> dict[str, list[tuple[int, float]]]:
 
 def run_qat(spec: DictConfig, row: Row, out: Path) -> tuple[nn.Module, dict]:
     """``(converted model, record fields)`` of one QAT row."""
-    from hydra import compose, initialize_config_dir
-
     from lords_pipelines.stages import qat
+    from lords_pipelines.stages.launch import compose
     from lords_pipelines.stages.settings import settings_from_cfg
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("qat", overrides=qat_overrides(spec, row, out))
-    s = settings_from_cfg(cfg)
+    s = settings_from_cfg(compose("qat", qat_overrides(spec, row, out)))
     metrics, extra = qat.run(s)
     q = spec.qat
     steps = metrics["train_steps"]

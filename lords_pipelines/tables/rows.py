@@ -53,16 +53,28 @@ class Row:
         return asdict(self)
 
 
-def load_spec(table: str) -> DictConfig:
+def load_spec(table: str, overrides: dict | None = None) -> DictConfig:
     """A table's spec (a name in ``conf/tables`` or a YAML path) merged over its ``defaults`` (names in
-    ``conf/tables``, themselves with defaults), and the method definitions."""
+    ``conf/tables``, themselves with defaults), then ``overrides`` (the ``spec.*`` keys of a table run, None values
+    left out), and, for the PTQ kinds, the method definitions of ``conf/tables/methods.yaml``."""
     path = Path(table) if table.endswith(".yaml") else TABLES / f"{table}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in TABLES.glob("*.yaml") if p.stem not in ("common", "methods"))
         raise ConfigError(f"table={table!r}: no conf/tables/{table}.yaml (tables: {known})")
     merged = _with_defaults(path)
-    merged.method_defs = OmegaConf.load(TABLES / "methods.yaml")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given:
+        merged = OmegaConf.merge(merged, given)
+    if kind_of(merged) != "peft":
+        merged.method_defs = OmegaConf.load(TABLES / "methods.yaml")
     return merged
+
+
+def kind_of(spec: DictConfig) -> str:
+    """Which runner module a spec's rows go to: ``peft`` (a spec with ``tasks``: runs of ``tables.peft``),
+    ``report`` (a spec with calibrated ``objectives`` to pick from: the main job, ``tables.ptq_report``), else
+    ``ptq`` (``tables.ptq``, QAT rows included)."""
+    return "peft" if "tasks" in spec else "report" if "objectives" in spec else "ptq"
 
 
 def _with_defaults(path: Path) -> DictConfig:
@@ -125,9 +137,11 @@ def _expand(spec, method, bits, block, rule, steps, scale, calib_tokens=None) ->
     return [Row(method, bits, block, rule, steps if refined else 0, scale, k, tokens) for k in samples]
 
 
-def overrides(spec: DictConfig, row: Row) -> list[str]:
-    """Hydra overrides of the ``ptq`` config that build ``row``'s quant config."""
+def overrides(spec: DictConfig, row: Row, objective: str | None = None) -> list[str]:
+    """Hydra overrides of the ``ptq`` config that build ``row``'s quant config; ``objective`` replaces the
+    method's calibrated objective (the main job picks one of its spec's ``objectives``)."""
     d = spec.method_defs[row.method]
+    chosen = objective if objective and d.objective in CALIBRATED else d.objective
     if d.quant == "none":
         return ["quant=none"]
     if d.quant == "peer":
@@ -152,8 +166,8 @@ def overrides(spec: DictConfig, row: Row) -> list[str]:
     if d.quant != "loftq":
         out.append(
             f"{at}refine=null"
-            if d.objective is None
+            if chosen is None
             else f"{at}refine={{_target_: lords.RefineConfig, steps: {row.steps}, lr: {spec.refine.lr}, "
-            f"objective: {d.objective}}}"
+            f"objective: {chosen}}}"
         )
     return out

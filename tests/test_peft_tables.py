@@ -28,6 +28,7 @@ tasks:
 data: {{max_length: 48, window: 32, train_tokens: 64, val_tokens: 64, val_limit: 4, test_limit: 6}}
 eval: {{texts: [kjv_genesis, licenses], tokens: 64, batch_size: 8}}
 latency: {{tasks: [lords_roman], prompt_tokens: 8, new_tokens: 2, repeats: 1, warmup: 1}}
+spectrum: {{task: lords_roman, methods: [lords_peft, qlora]}}
 """
 
 
@@ -60,7 +61,9 @@ def test_the_jobs_are_each_pair_s_grid_then_one_job_per_further_seed():
     spec = load_spec("peft")
     mine = [j for j in jobs(spec, "^kjv_qlora_")]
     grid = [r.key for r in grid_runs(spec, "kjv", "qlora")]
-    assert mine == [*grid, "kjv_qlora_s1", "kjv_qlora_s2"] and len(jobs(spec, None)) == 16 * (len(grid) + 2)
+    assert mine == [*grid, "kjv_qlora_s1", "kjv_qlora_s2"] and len(jobs(spec, None)) == len(spec.tasks) * len(
+        spec.methods
+    ) * (len(grid) + 2)
 
 
 def test_the_multirun_pairs_methods_at_equal_floats_journals_every_run_and_resumes(
@@ -91,7 +94,14 @@ def test_the_multirun_pairs_methods_at_equal_floats_journals_every_run_and_resum
         assert (r["decode_ms_per_token_merged"] is not None) == (timed and r["method"] != "lords_peft")
         if r["task"] != "kjv":
             assert 0 <= r[f"{r['task']}/acc"] <= 1 and f"{r['task']}/acc_std" in r
+        # the LoRA method is also scored merged into its NF4 base, as deployed; LoRDS has nothing to merge
+        assert (r["merged"] is None) == (r["method"] == "lords_peft")
+        if r["merged"]:
+            assert set(r["merged"]["ppl"]) == {"kjv_genesis", "licenses"}
+        assert (r["spectrum"] is not None) == (r["task"] == "lords_roman")  # Figure 3: ΔW of each trained method
     assert (tmp_path / "out" / "mini.png").stat().st_size > 0
+    assert (tmp_path / "out" / "mini_spectrum.png").stat().st_size > 0
+    assert "entropy rank" in (tmp_path / "out" / "mini.md").read_text()
     assert "## `kjv`" in (tmp_path / "out" / "mini.md").read_text()
     capsys.readouterr()
     run_table(*args)

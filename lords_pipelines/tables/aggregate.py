@@ -144,6 +144,12 @@ def aggregate_peft(records: list[dict], spec: dict) -> list[dict]:
             row["val_score"] = mean_std([r["val_score"] for r in runs])[0]
             for key in ("decode_ms_per_token", "decode_ms_per_token_merged", "train_seconds"):
                 row[key] = _mean([r.get(key) for r in runs])
+            merged = [r.get("merged") for r in runs]
+            row["merged"] = None
+            if all(merged):  # the LoRA methods merged into their 4-bit base, as they are deployed
+                row["merged"] = {k: _mean([m.get(k) for m in merged]) for k in (acc, "val_score") if k in merged[0]}
+                row["merged"]["ppl"] = {t: _mean([m["ppl"][t] for m in merged]) for t in merged[0]["ppl"]}
+            row["spectrum"] = next((r["spectrum"] for r in runs if r.get("spectrum")), None)
             row["before"] = {
                 k: before.get(k)
                 for k in (acc, "ppl", "val_score", "decode_ms_per_token", "decode_ms_per_token_merged")

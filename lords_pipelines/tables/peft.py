@@ -17,6 +17,7 @@ the journal's grid decides when it starts (the jobs run in order, in one process
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from dataclasses import asdict
@@ -90,7 +91,7 @@ def run_one(ctx: Context, run: Run) -> dict:
     """Prepare, train (unless ``before``), score and time one run; returns its journal record."""
     from lords_pipelines.evaluation.latency import decode_ms_per_token
     from lords_pipelines.evaluation.scores import corpus_perplexity
-    from lords_pipelines.peft_methods import merged, prepare
+    from lords_pipelines.peft_methods import prepare
     from lords_pipelines.stages.common import apply_backend
     from lords_pipelines.tables.peft_tasks import held_out_scores, validation_score
     from lords_pipelines.tables.peft_train import train
@@ -104,6 +105,12 @@ def run_one(ctx: Context, run: Run) -> dict:
     if p.base == "lords":
         apply_backend(p.model, "auto")  # the Triton kernels on CUDA (training and serving), the reference on CPU
     task, settings = ctx.task(run.task), spec.tasks[run.task]
+    spectrum = spec.get("spectrum") or {}
+    before = (  # Figure 3: ΔW of the trained run against its start
+        copy.deepcopy(p.model)
+        if run.lr is not None and run.task == spectrum.get("task") and run.method in spectrum.get("methods", [])
+        else None
+    )
     record = {
         "model": spec.model_label,
         **asdict(run),
@@ -148,9 +155,17 @@ def run_one(ctx: Context, run: Run) -> dict:
     timed = run.task in lat.get("tasks", spec.tasks)  # the speed of a served model does not depend on its task
     record["decode_ms_per_token"] = decode_ms_per_token(p.model, prompt, **timing) if timed else None
     record["decode_ms_per_token_merged"] = None
-    if p.base != "lords" and timed:  # last: merging re-quantizes the base in place
-        model = merged(p.model)
-        if model is not None:
+    if before is not None:
+        from lords_pipelines.tables.peft_delta import spectrum_rows
+
+        record["spectrum"] = spectrum_rows(before, p.model)
+        del before
+    if p.base != "lords":  # last: merging re-quantizes the base in place (the deployable form of a LoRA method)
+        from lords_pipelines.tables.peft_merged import merged_scores
+
+        model, fields = merged_scores(p.model, tok, task, spec.eval.texts, spec.eval.tokens, bs, ctx.text_ids)
+        record.update(fields)
+        if model is not None and timed:
             record["decode_ms_per_token_merged"] = decode_ms_per_token(model, prompt, **timing)
     record["seconds"] = time.time() - t
     del p

@@ -34,6 +34,11 @@ def write_table(table: str, records: list[dict], meta: dict, dest: Path) -> str:
     try:
         if peft:
             plot_peft(rows, meta["spec"], dest / f"{table}.png")
+            spectra = {r["method"]: r["spectrum"] for r in rows if r.get("spectrum")}
+            if spectra:
+                from lords_pipelines.tables.peft_delta import plot_spectra
+
+                plot_spectra(spectra, dest / f"{table}_spectrum.png")
         else:
             plot_ptq(table, rows, dest / f"{table}.png")
             if plot_curves(records, dest / f"{table}_curves.png"):
@@ -140,6 +145,30 @@ def _pm_or_dash(mean: float | None, std: float, n: int, fmt: str) -> str:
     return f"{mean:{fmt}} ± {std:{fmt}}" if n > 1 else f"{mean:{fmt}}"
 
 
+def _fmt(v, fmt: str) -> str:
+    return "—" if v is None else f"{v:{fmt}}"
+
+
+def spectrum_lines(rows: list[dict]) -> list[str]:
+    """Figure 3's table: effective ranks of ΔW after training (the run at the chosen lr, first seed)."""
+    have = [r for r in rows if r.get("spectrum")]
+    if not have:
+        return []
+    lines = [
+        f"## ΔW after training on `{have[0]['task']}` (Figure 3; `peft_spectrum.png`)",
+        "",
+        "| method | layer | shape | trainable floats | entropy rank | 90%-energy rank |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in have:
+        for name, s in r["spectrum"].items():
+            lines.append(
+                f"| {r['method']} | {name} | {s['shape'][0]}×{s['shape'][1]} | {r['trainable_floats']:,} | "
+                f"{s['entropy_rank']:.1f} | {s['energy_rank']} |"
+            )
+    return lines + [""]
+
+
 def _ms(v) -> str:
     return "—" if v is None else f"{v:.2f}"
 
@@ -176,8 +205,10 @@ def peft_markdown(table: str, rows: list[dict], meta: dict) -> str:
             "",
             f"| method | rank | init | lr | {score} | before | "
             + " | ".join(f"ppl {t}" for t in shown)
+            + f" | merged: {score} | "
+            + " | ".join(f"merged: ppl {t}" for t in shown)
             + " | ms/token | merged ms/token | before ms/token |",
-            "|" + "---|" * (9 + len(shown)),
+            "|" + "---|" * (10 + 2 * len(shown)),
         ]
         for r in mine:
             n = len(r["seed"])
@@ -191,12 +222,18 @@ def peft_markdown(table: str, rows: list[dict], meta: dict) -> str:
             else:
                 main, before = _pm_or_dash(r[acc], r[f"{acc}_std"], n, ".3f"), f"{r['before'][acc]:.3f}"
             ppl = " | ".join(_pm_or_dash(r["ppl"][t], r["ppl_std"][t], n, ".2f") for t in shown)
+            m = r.get("merged") or {}
+            merged_main = (m.get("ppl") or {}).get(texts[0]) if kind == "text" else m.get(acc)
+            merged = f"{_fmt(merged_main, '.2f' if kind == 'text' else '.3f')} | " + " | ".join(
+                _fmt((m.get("ppl") or {}).get(t), ".2f") for t in shown
+            )
             lines.append(
-                f"| {r['method']} | {r['rank']:g} | {r['init']} | {r['lr']:g} | {main} | {before} | {ppl} | "
+                f"| {r['method']} | {r['rank']:g} | {r['init']} | {r['lr']:g} | {main} | {before} | {ppl} | {merged} | "
                 f"{_ms(r['decode_ms_per_token'])} | {_ms(r['decode_ms_per_token_merged'])} | "
                 f"{_ms(r['before']['decode_ms_per_token'])} |"
             )
         lines.append("")
+    lines += spectrum_lines(rows)
     compute = sum(run["seconds"] for r in rows for run in r["runs"])
     lines.append(
         f"{sum(len(r['runs']) for r in rows)} runs, {compute / 60:.1f} min of training and evaluation summed "

@@ -71,7 +71,7 @@ GPU_LOGGER ?= csv
 reproduce-tables:  ## GPU (hours on one H200, sequential; tools/tables_on_gpus.sh spreads it over GPUs): outputs/reports/tables/{ptq_bits,ptq_refine_ablation,ptq_rank_ablation,qat,peft}.{md,json,png}
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'reproduce-tables needs a CUDA GPU \
 	(about 120 PTQ runs of T = 500 with 1,500 zero-shot items each). On this machine: make reproduce-tables-cpu \
-	(4 and 3 bits, block 64, T = 50, under 30 min on 2 cores) or make reproduce-ptq (the main job).')"
+	(4 and 3 bits, block 64, T = 50, about 35 min on 2 cores with the peers) or make reproduce-ptq (the main job).')"
 	for t in ptq_bits ptq_refine_ablation ptq_rank_ablation qat; do $(GPU_PY) -m lords_pipelines.stages.table --multirun \
 		table=$$t spec.model=$(MODEL) logger=$(GPU_LOGGER) run_dir=outputs/runs/ptq_tables/reproduce \
 		out=outputs/reports/tables || exit 1; done
@@ -115,6 +115,6 @@ reproduce-scale:  ## GPU, 2 of them (about 30 min on 2 H200s, estimated): output
 	$(GPU_PY) -m benchmarks.scale.stream_ptq_bench --inputs quantized --layers 4
 	$(GPU_PY) -m benchmarks.scale.report
 
-reproduce-tables-cpu: $(STAMP)  ## CPU subset of ptq_bits (4 and 3 bits, block 64, T = 50; under 30 min on 2 cores) -> outputs/reports/tables/ptq_bits_cpu.*
+reproduce-tables-cpu: $(STAMP)  ## CPU subset of ptq_bits (4 and 3 bits, block 64, T = 50; 35 min on 2 cores with the peers installed) -> outputs/reports/tables/ptq_bits_cpu.*
 	$(PY) -m lords_pipelines.stages.table --multirun table=ptq_bits_cpu run_dir=outputs/runs/ptq_tables/reproduce-cpu \
 		out=outputs/reports/tables

@@ -74,9 +74,10 @@ def quantized_model(float_model: nn.Module, tok, spec, row: Row, calib: torch.Te
     return model.eval()
 
 
-def best_and_worst(journal: Path, bits: float, block_size: int) -> tuple[str, str]:
-    """The methods (of :data:`CANDIDATES` with rows in the journal at ``bits``/``block_size``) with the lowest and
-    the highest summed mean log-perplexity; AWQ is passed over (see :data:`UNMEASURABLE`)."""
+def best_and_worst(journal: Path, bits: float, block_size: int, steps: int) -> tuple[str, str]:
+    """The methods (of :data:`CANDIDATES` with rows in the journal at ``bits``/``block_size``, refined rows at the
+    table's ``steps``) with the lowest and the highest summed mean log-perplexity; AWQ is passed over (see
+    :data:`UNMEASURABLE`)."""
     records = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
     rows = [
         r
@@ -84,7 +85,7 @@ def best_and_worst(journal: Path, bits: float, block_size: int) -> tuple[str, st
         if r["method"] in CANDIDATES
         and r["method"] not in UNMEASURABLE
         and (r["bits"], r["block_size"]) == (bits, block_size)
-        and r["steps"] in (0, 500)
+        and r["steps"] in (0, steps)
     ]
     if len(rows) < 2:
         raise SystemExit(f"{journal}: fewer than two methods at {bits} bits, block {block_size}")
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     bits = int(args.bits) if float(args.bits).is_integer() else args.bits
     spec = load_spec(args.table)
-    methods = args.methods or list(best_and_worst(args.journal, bits, args.block_size))
+    methods = args.methods or list(best_and_worst(args.journal, bits, args.block_size, spec.refine.steps))
     refused = [m for m in methods if m in UNMEASURABLE]
     if refused:
         raise SystemExit(f"{refused[0]}: {UNMEASURABLE[refused[0]]}")

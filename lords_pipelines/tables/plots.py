@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from lords_pipelines.tables.peft_tasks import KINDS
@@ -25,7 +26,7 @@ def _bar(r: dict, text: str) -> tuple[float, float]:
     y = r["ppl"][text]
     if r.get("ppl_collapsed", {}).get(text):
         s = r["log_ppl_std"][text]
-        return y - y * 2.718281828459045 ** (-s), y * 2.718281828459045**s - y
+        return y - y * math.exp(-s), y * math.exp(s) - y
     return min(r["ppl_std"][text], 0.5 * y), r["ppl_std"][text]  # log axis: keep the bar above zero
 
 
